@@ -1,0 +1,84 @@
+"""The hub's FastAPI application: REST API under /api/v1, OpenAPI docs at /docs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import cast
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from cloud_hub import __version__
+from cloud_hub.api import projects, runs, schedules, versions
+from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
+from cloud_hub.hub import Hub
+from cloud_hub.training.scheduler import TrainingScheduler
+
+API_PREFIX = "/api/v1"
+
+
+def training_executor(hub: Hub) -> ThreadPoolExecutor:
+    """Background training runs: one at a time beside the scheduler's, to spare small hosts."""
+    executor = getattr(hub, "_training_executor", None)
+    if executor is None:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
+        hub._training_executor = executor  # type: ignore[attr-defined]
+    return cast(ThreadPoolExecutor, executor)
+
+
+def _error(code: int, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=code, content={"detail": str(exc), "error": type(exc).__name__})
+
+
+def create_app(hub: Hub, *, scheduler: bool | None = None) -> FastAPI:
+    run_scheduler = hub.settings.run_scheduler if scheduler is None else scheduler
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sched = None
+        if run_scheduler:
+            sched = TrainingScheduler(
+                hub.registry, hub.pipeline(), poll_s=hub.settings.scheduler_poll_s
+            )
+            sched.start()
+        app.state.scheduler = sched
+        try:
+            yield
+        finally:
+            if sched is not None:
+                sched.stop()
+            training_executor(hub).shutdown(wait=True, cancel_futures=True)
+
+    app = FastAPI(
+        title="EdgePilot hub",
+        version=__version__,
+        description="Registry, training, conversion and fleet API for EdgePilot.",
+        lifespan=lifespan,
+    )
+    app.state.hub = hub
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return _error(status.HTTP_404_NOT_FOUND, exc)
+
+    @app.exception_handler(AlreadyExists)
+    async def conflict(_: Request, exc: AlreadyExists) -> JSONResponse:
+        return _error(status.HTTP_409_CONFLICT, exc)
+
+    @app.exception_handler(InvalidInput)
+    async def invalid(_: Request, exc: InvalidInput) -> JSONResponse:
+        return _error(status.HTTP_422_UNPROCESSABLE_CONTENT, exc)
+
+    @app.exception_handler(RegistryError)
+    async def other(_: Request, exc: RegistryError) -> JSONResponse:
+        return _error(status.HTTP_400_BAD_REQUEST, exc)
+
+    @app.get("/api/v1/health", tags=["meta"])
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    for module in (projects, versions, runs, schedules):
+        app.include_router(module.router, prefix=API_PREFIX)
+    return app

@@ -1,0 +1,115 @@
+"""Versions: list and get, upload an external model file, download artifacts."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
+
+from cloud_hub.api.deps import HubDep, RegistryDep
+from cloud_hub.errors import InvalidInput
+from cloud_hub.schemas import Version
+from cloud_hub.uploads import register_upload
+
+router = APIRouter(tags=["versions"])
+
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
+
+
+@router.get("/projects/{project}/models/{model}/versions")
+def list_versions(project: str, model: str, registry: RegistryDep) -> list[Version]:
+    return registry.list_versions(project, model)
+
+
+@router.get("/projects/{project}/models/{model}/versions/{number}")
+def get_version(project: str, model: str, number: str, registry: RegistryDep) -> Version:
+    """A version by its number within the model, or `latest`."""
+    if not (number.isdigit() or number == "latest"):
+        raise InvalidInput(f"version must be a number or 'latest', got {number!r}")
+    return registry.get_version(project, model, number)
+
+
+@router.get("/versions/{version_id}")
+def get_version_by_id(version_id: int, registry: RegistryDep) -> Version:
+    return registry.get_version_by_id(version_id)
+
+
+def _json_field(name: str, text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"form field {name!r} is not valid JSON: {exc}") from None
+
+
+@router.post("/projects/{project}/models/{model}/versions", status_code=status.HTTP_201_CREATED)
+async def upload_version(
+    project: str,
+    model: str,
+    hub: HubDep,
+    file: Annotated[UploadFile, File(description="an .onnx or .tflite model file")],
+    labels: Annotated[str | None, Form(description="JSON list of class labels")] = None,
+    preprocessing: Annotated[str | None, Form(description="JSON preprocessing spec")] = None,
+) -> Version:
+    """Register an external model file as a new version. It is loaded before anything is stored:
+    a file that is not a model is refused with 422 and the registry is left as it was."""
+    limit = hub.settings.max_upload_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"model file is larger than {limit} bytes"
+        )
+    label_list = _json_field("labels", labels)
+    if label_list is not None and not (
+        isinstance(label_list, list) and all(isinstance(x, str) for x in label_list)
+    ):
+        raise InvalidInput("form field 'labels' must be a JSON list of strings")
+    spec = _json_field("preprocessing", preprocessing)
+    if spec is not None and not isinstance(spec, dict):
+        raise InvalidInput("form field 'preprocessing' must be a JSON object")
+    return register_upload(
+        hub.registry,
+        project=project,
+        model=model,
+        data=data,
+        filename=file.filename,
+        labels=label_list,
+        preprocessing=spec,
+    )
+
+
+def _artifact_response(data: bytes, sha256: str, fmt: str) -> Response:
+    return Response(
+        content=data,
+        media_type="application/octet-stream",
+        headers={
+            "X-Content-SHA256": sha256,
+            "Content-Disposition": f'attachment; filename="{sha256}{SUFFIX.get(fmt, "")}"',
+        },
+    )
+
+
+@router.get("/artifacts/{sha256}", response_class=Response)
+def download_artifact(sha256: str, registry: RegistryDep) -> Response:
+    """The artifact's bytes; the `X-Content-SHA256` header carries its digest."""
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise InvalidInput(f"not a sha256 digest: {sha256!r}")
+    data = registry.artifact_blob(sha256)
+    return _artifact_response(data, sha256, "")
+
+
+@router.get("/versions/{version_id}/artifacts/{fmt}/{precision}", response_class=Response)
+def download_version_artifact(
+    version_id: int, fmt: str, precision: str, registry: RegistryDep
+) -> Response:
+    version = registry.get_version_by_id(version_id)
+    for art in version.artifacts:
+        if art.format == fmt and art.precision == precision:
+            return _artifact_response(registry.artifact_blob(art.sha256), art.sha256, fmt)
+    have = ", ".join(f"{a.format}/{a.precision}" for a in version.artifacts)
+    raise HTTPException(
+        status.HTTP_404_NOT_FOUND,
+        f"version {version.ref} has no {fmt}/{precision} artifact (it has: {have})",
+    )

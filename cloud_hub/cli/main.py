@@ -1,0 +1,453 @@
+"""`edgepilot`: the operator's command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from cloud_hub.cli import render
+from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
+from cloud_hub.hub import Hub
+from cloud_hub.settings import HubSettings, resolve_data_dir
+
+app = typer.Typer(help="EdgePilot: train, convert and ship models to edge devices.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+models_app = typer.Typer(help="Models and versions in the registry.", no_args_is_help=True)
+runs_app = typer.Typer(help="Training runs.", no_args_is_help=True)
+projects_app = typer.Typer(help="Projects.", no_args_is_help=True)
+schedules_app = typer.Typer(help="Batch training schedules.", no_args_is_help=True)
+hub_app = typer.Typer(help="Run the hub.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(runs_app, name="runs")
+app.add_typer(projects_app, name="projects")
+app.add_typer(schedules_app, name="schedules")
+app.add_typer(hub_app, name="hub")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+class State:
+    def __init__(self, data_dir: Path | None) -> None:
+        self.data_dir = data_dir
+        self._hub: Hub | None = None
+
+    def settings(self, **overrides: Any) -> HubSettings:
+        return HubSettings(data_dir=resolve_data_dir(self.data_dir, os.environ), **overrides)
+
+    @property
+    def hub(self) -> Hub:
+        if self._hub is None:
+            self._hub = Hub.open(self.settings())
+        return self._hub
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    render.err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into a message and a non-zero exit code."""
+    try:
+        yield
+    except (NotFound, AlreadyExists, InvalidInput, RegistryError) as exc:
+        raise fail(str(exc)) from None
+    except ValidationError as exc:
+        msgs = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise fail(msgs) from None
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Where the hub keeps its database and artifacts "
+                     "[env: EDGEPILOT_DATA_DIR; default: the user's data directory]"),
+    ] = None,
+) -> None:
+    ctx.obj = State(data_dir)
+
+
+def _state(ctx: typer.Context) -> State:
+    state = ctx.obj
+    assert isinstance(state, State)
+    return state
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    import json
+
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def _parse_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    h, sep, w = text.lower().partition("x")
+    if not (sep and h.isdigit() and w.isdigit()) or int(h) < 1 or int(w) < 1:
+        raise InvalidInput(f"--image-size {text!r}: expected HxW, e.g. 32x32")
+    return int(h), int(w)
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    project: Annotated[str, typer.Option(help="Project to register the model in.")],
+    dataset: Annotated[str, typer.Option(help="digits, iris, csv or images.")],
+    model: Annotated[str, typer.Option(help="Model type: logreg, mlp, random_forest or cnn.")],
+    name: Annotated[str | None, typer.Option(help="Model name [default: DATASET-MODEL].")] = None,
+    path: Annotated[Path | None, typer.Option(help="CSV file or image folder.")] = None,
+    label: Annotated[str | None, typer.Option(help="Label column of a CSV file.")] = None,
+    image_size: Annotated[str | None, typer.Option(help="Resize images to HxW.")] = None,
+    color: Annotated[str, typer.Option(help="gray or rgb, for image folders.")] = "gray",
+    param: Annotated[list[str] | None, typer.Option(help="Trainer parameter KEY=VALUE.")] = None,
+    test_size: Annotated[float, typer.Option(help="Held-out fraction.")] = 0.2,
+    seed: int = 0,
+    threshold: Annotated[float, typer.Option(help="Minimum top-1 agreement of conversions.")] = 0.99,
+    formats: Annotated[str | None, typer.Option(help="Comma-separated: onnx,tflite.")] = None,
+    quantize: Annotated[bool, typer.Option(help="Also produce int8 artifacts.")] = True,
+    schedule: Annotated[str | None, typer.Option(help="Cron: retrain on this schedule in the hub.")] = None,
+    schedule_name: Annotated[str | None, typer.Option(help="Name of the schedule.")] = None,
+    retries: Annotated[int, typer.Option(help="Retries of a failed scheduled run.")] = 3,
+    backoff: Annotated[float, typer.Option(help="First retry delay in seconds (doubles).")] = 30.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a model, convert and quantize it, check the conversions and register a version."""
+    from cloud_hub.training.request import TrainRequest
+
+    state = _state(ctx)
+    with user_errors():
+        request = TrainRequest(
+            project=project,
+            dataset=dataset,
+            model_type=model,
+            model_name=name,
+            path=str(path.resolve()) if path else None,
+            label_column=label,
+            image_size=_parse_size(image_size),
+            color=color,  # type: ignore[arg-type]
+            params=_parse_params(param or []),
+            test_size=test_size,
+            seed=seed,
+            threshold=threshold,
+            formats=[f.strip() for f in formats.split(",")] if formats else None,  # type: ignore[misc]
+            quantize=quantize,
+        )
+        if schedule is not None:
+            from cloud_hub.training.scheduler import create_schedule
+
+            sched = create_schedule(
+                state.hub.registry,
+                name=schedule_name or f"{request.project}.{request.resolved_model_name}",
+                cron=schedule,
+                request=request,
+                max_retries=retries,
+                backoff_s=backoff,
+            )
+            if json_out:
+                render.print_json(sched)
+            else:
+                render.console.print(render.schedules_table([sched]))
+                render.console.print("The hub runs it: start it with `edgepilot hub serve`.")
+            return
+        run = _run_with_progress(state, request, json_out)
+    _finish_run(state, run, json_out)
+
+
+def _run_with_progress(state: State, request: Any, quiet: bool) -> Any:
+    from cloud_hub.training.pipeline import STEPS
+
+    progress = Progress(
+        SpinnerColumn(), TextColumn("{task.description:<12}"), BarColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+        console=render.err_console, disable=quiet,
+    )
+    tasks = {s: progress.add_task(s, total=1, info="", start=False) for s in STEPS}
+
+    def on_event(step: str, status: str, payload: dict[str, Any]) -> None:
+        task = tasks[step]
+        if status == "started":
+            progress.start_task(task)
+        elif status in ("succeeded", "cached"):
+            info = status if status == "cached" else _step_info(step, payload)
+            progress.update(task, completed=1, info=info)
+        else:
+            progress.update(task, info=f"[red]{payload.get('error', 'failed')}[/red]"[:80])
+
+    with progress:
+        return state.hub.pipeline(on_event).start(request)
+
+
+def _step_info(step: str, payload: dict[str, Any]) -> str:
+    if "accuracy" in payload and step == "evaluate":
+        return f"accuracy {100 * payload['accuracy']:.1f}%"
+    if step == "load_data":
+        return f"{payload.get('samples')} samples, {payload.get('classes')} classes"
+    if step in ("convert", "quantize"):
+        return ", ".join(f"{a['format']}/{a['precision']}" for a in payload.get("artifacts", []))
+    if step == "validate":
+        return "passed" if payload.get("passed") else "[red]below threshold[/red]"
+    if step == "register":
+        return str(payload.get("version", ""))
+    return ""
+
+
+def _finish_run(state: State, run: Any, json_out: bool) -> None:
+    version = state.hub.registry.get_version_by_id(run.version_id) if run.version_id else None
+    if json_out:
+        out: dict[str, Any] = {
+            "run": {"id": run.id, "name": run.name, "status": run.status,
+                    "failed_step": run.failed_step, "error": run.error},
+            "version": None if version is None else version.model_dump(mode="json"),
+        }
+        render.print_json(out)
+    else:
+        render.console.print(render.steps_table(run))
+        if version is not None:
+            render.show_version(version)
+    if run.status != "succeeded":
+        raise fail(f"run {run.name} failed at step {run.failed_step}: {run.error}", code=1)
+
+
+# -- models ---------------------------------------------------------------------------------
+@models_app.command("list")
+def models_list(
+    ctx: typer.Context,
+    project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List models."""
+    with user_errors():
+        models = _state(ctx).hub.registry.list_models(project)
+    if json_out:
+        render.print_json(models)
+    else:
+        render.console.print(render.models_table(models))
+
+
+@models_app.command("show")
+def models_show(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="PROJECT/MODEL (all versions) or PROJECT/MODEL:N.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a model's versions, or one version with its artifacts and report."""
+    registry = _state(ctx).hub.registry
+    with user_errors():
+        if ":" in ref or ref.isdigit():
+            version = registry.resolve_version(ref)
+            if json_out:
+                render.print_json(version)
+            else:
+                render.show_version(version)
+            return
+        project, sep, model = ref.partition("/")
+        if not sep:
+            raise InvalidInput(f"model reference {ref!r}: expected PROJECT/MODEL[:VERSION]")
+        versions = registry.list_versions(project, model)
+    if json_out:
+        render.print_json(versions)
+    else:
+        render.console.print(render.versions_table(versions))
+
+
+@models_app.command("upload")
+def models_upload(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="An .onnx or .tflite file.", exists=True,
+                                         dir_okay=False)],
+    project: Annotated[str, typer.Option()],
+    model: Annotated[str, typer.Option()],
+    labels: Annotated[str | None, typer.Option(help="Comma-separated class labels.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Register an external model file as a new version (refused unless it loads)."""
+    from cloud_hub.uploads import register_upload
+
+    with user_errors():
+        version = register_upload(
+            _state(ctx).hub.registry, project=project, model=model, data=file.read_bytes(),
+            filename=file.name, labels=labels.split(",") if labels else None,
+        )
+    if json_out:
+        render.print_json(version)
+    else:
+        render.show_version(version)
+
+
+@models_app.command("download")
+def models_download(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="PROJECT/MODEL[:N] or a version id.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+    format: Annotated[str, typer.Option("--format")] = "onnx",
+    precision: Annotated[str, typer.Option()] = "fp32",
+) -> None:
+    """Write one artifact of a version to a file."""
+    registry = _state(ctx).hub.registry
+    with user_errors():
+        version = registry.resolve_version(ref)
+        match = [a for a in version.artifacts if a.format == format and a.precision == precision]
+        if not match:
+            have = ", ".join(f"{a.format}/{a.precision}" for a in version.artifacts)
+            raise NotFound("artifact", f"{version.ref} {format}/{precision} (it has: {have})")
+        output.write_bytes(registry.artifact_blob(match[0].sha256))
+    render.console.print(f"wrote {output} ({match[0].size} bytes, sha256 {match[0].sha256})")
+
+
+# -- runs -----------------------------------------------------------------------------------
+@runs_app.command("list")
+def runs_list(
+    ctx: typer.Context,
+    project: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[str | None, typer.Option()] = None,
+    limit: int = 50,
+    json_out: JsonOpt = False,
+) -> None:
+    """List training runs, newest first."""
+    with user_errors():
+        runs = _state(ctx).hub.registry.list_runs(project=project, status=status, limit=limit)
+    if json_out:
+        render.print_json(runs)
+    else:
+        render.console.print(render.runs_table(runs))
+
+
+@runs_app.command("show")
+def runs_show(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="Run id or name.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a run's steps, outputs, timings and error."""
+    with user_errors():
+        found = _state(ctx).hub.registry.get_run(run)
+    if json_out:
+        render.print_json(found)
+    else:
+        render.console.print(render.steps_table(found))
+        if found.error:
+            render.console.print(f"[red]error at {found.failed_step}:[/red] {found.error}")
+
+
+@runs_app.command("resume")
+def runs_resume(
+    ctx: typer.Context, run: Annotated[str, typer.Argument()], json_out: JsonOpt = False
+) -> None:
+    """Continue a failed run from the step that failed."""
+    state = _state(ctx)
+    with user_errors():
+        result = state.hub.pipeline().resume(run)
+    _finish_run(state, result, json_out)
+
+
+@runs_app.command("rerun")
+def runs_rerun(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument()],
+    from_step: Annotated[str, typer.Option("--from", help="First step to run again.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Run again from a step, reusing the run's cached outputs before it."""
+    state = _state(ctx)
+    with user_errors():
+        result = state.hub.pipeline().rerun(run, from_step)
+    _finish_run(state, result, json_out)
+
+
+# -- projects and schedules -----------------------------------------------------------------
+@projects_app.command("list")
+def projects_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    projects = _state(ctx).hub.registry.list_projects()
+    if json_out:
+        render.print_json(projects)
+        return
+    table = render.Table(title="Projects")
+    for col in ("id", "name", "description", "created"):
+        table.add_column(col)
+    for p in projects:
+        table.add_row(str(p.id), p.name, p.description, p.created_at[:19])
+    render.console.print(table)
+
+
+@projects_app.command("create")
+def projects_create(
+    ctx: typer.Context, name: str, description: str = "", json_out: JsonOpt = False
+) -> None:
+    with user_errors():
+        project = _state(ctx).hub.registry.create_project(name, description)
+    if json_out:
+        render.print_json(project)
+    else:
+        render.console.print(f"created project {project.name} (id {project.id})")
+
+
+@schedules_app.command("list")
+def schedules_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    schedules = _state(ctx).hub.registry.list_schedules()
+    if json_out:
+        render.print_json(schedules)
+    else:
+        render.console.print(render.schedules_table(schedules))
+
+
+@schedules_app.command("delete")
+def schedules_delete(ctx: typer.Context, name: str) -> None:
+    with user_errors():
+        _state(ctx).hub.registry.delete_schedule(name)
+    render.console.print(f"deleted schedule {name}")
+
+
+# -- hub ------------------------------------------------------------------------------------
+@hub_app.command("serve")
+def hub_serve(
+    ctx: typer.Context,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    scheduler: Annotated[bool, typer.Option(help="Run scheduled training.")] = True,
+) -> None:
+    """Serve the REST API (docs at /docs) and run scheduled training."""
+    import uvicorn
+
+    from cloud_hub.api.app import create_app
+
+    state = _state(ctx)
+    settings = state.settings(host=host, port=port, run_scheduler=scheduler)
+    hub = Hub.open(settings)
+    render.err_console.print(
+        f"EdgePilot hub on http://{host}:{port}  (data: {settings.data_dir}, docs: /docs)"
+    )
+    uvicorn.run(create_app(hub), host=host, port=port, log_level="info")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

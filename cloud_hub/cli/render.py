@@ -1,0 +1,129 @@
+"""How the CLI shows things: rich tables for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from cloud_hub.schemas import Model, Run, Schedule, Version
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
+    if isinstance(value, BaseModel):
+        data: Any = value.model_dump(mode="json")
+    elif isinstance(value, dict):
+        data = value
+    else:
+        data = [v.model_dump(mode="json") for v in value]
+    print(json.dumps(data, indent=2))
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.1f}%"
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.3f}"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:.1f} KB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MB"
+
+
+def models_table(models: Sequence[Model]) -> Table:
+    table = Table(title="Models")
+    for col in ("id", "project", "model", "task", "versions", "latest", "created"):
+        table.add_column(col)
+    for m in models:
+        table.add_row(
+            str(m.id), m.project, m.name, m.task, str(m.version_count),
+            "-" if m.latest_version is None else str(m.latest_version), m.created_at[:19],
+        )
+    return table
+
+
+def versions_table(versions: Sequence[Version]) -> Table:
+    table = Table(title="Versions")
+    for col in ("id", "version", "status", "source", "kind", "accuracy", "artifacts", "created"):
+        table.add_column(col)
+    for v in versions:
+        arts = ", ".join(f"{a.format}/{a.precision}" for a in v.artifacts)
+        table.add_row(
+            str(v.id), v.ref, v.status, v.source, v.kind or "-",
+            _pct(v.metrics.get("accuracy")), arts, v.created_at[:19],
+        )
+    return table
+
+
+def artifacts_table(version: Version) -> Table:
+    table = Table(title=f"{version.ref} ({version.status})")
+    for col in ("format", "precision", "status", "size", "sha256", "accuracy", "agreement",
+                "max |Δ|", "ms b1", "ms b64", "method"):
+        table.add_column(col)
+    for a in version.artifacts:
+        m = a.metrics
+        table.add_row(
+            a.format, a.precision, a.status, _size(a.size), a.sha256[:12],
+            _pct(m.get("accuracy")), _pct(m.get("top1_agreement")),
+            "-" if m.get("max_abs_diff") is None else f"{m['max_abs_diff']:.2g}",
+            _ms(m.get("latency_ms_p50_batch1")), _ms(m.get("latency_ms_p50_batch64")),
+            a.method or "-",
+        )
+    return table
+
+
+def show_version(version: Version) -> None:
+    console.print(artifacts_table(version))
+    if version.status_reason:
+        console.print(f"[red]failed:[/red] {version.status_reason}")
+    if version.report and version.report.get("skipped"):
+        for note in version.report["skipped"]:
+            console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"labels: {', '.join(version.labels) or '-'}")
+
+
+def runs_table(runs: Sequence[Run]) -> Table:
+    table = Table(title="Runs")
+    for col in ("id", "name", "status", "failed step", "accuracy", "version", "attempt", "started"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(
+            str(r.id), r.name, r.status, r.failed_step or "-", _pct(r.metrics.get("accuracy")),
+            "-" if r.version_id is None else str(r.version_id), str(r.attempt),
+            (r.started_at or "-")[:19],
+        )
+    return table
+
+
+def steps_table(run: Run) -> Table:
+    table = Table(title=f"Run {run.name} ({run.status})")
+    for col in ("step", "status", "seconds", "outputs / error"):
+        table.add_column(col)
+    for s in run.steps:
+        detail = s.error or ", ".join(
+            f"{k}={v}" for k, v in s.outputs.items() if not isinstance(v, (list, dict))
+        )
+        table.add_row(
+            s.step, s.status, "-" if s.duration_s is None else f"{s.duration_s:.2f}", detail[:90]
+        )
+    return table
+
+
+def schedules_table(schedules: Sequence[Schedule]) -> Table:
+    table = Table(title="Schedules")
+    for col in ("id", "name", "cron", "project", "next run", "running", "last status"):
+        table.add_column(col)
+    for s in schedules:
+        table.add_row(
+            str(s.id), s.name, s.cron, str(s.request.get("project")), s.next_run_at[:19],
+            "yes" if s.running else "no", s.last_status or "-",
+        )
+    return table

@@ -1,0 +1,495 @@
+"""The training pipeline: named steps, each recorded on the run, each output cached.
+
+load_data → preprocess → train → evaluate → convert → quantize → validate → register
+
+A step's summary goes on the run (what a user reads); its values (arrays, the trained model,
+artifact bytes) are pickled into a content-addressed cache, so a failed run can be resumed at the
+step that failed, or any run re-run from a chosen step, without redoing the steps before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloud_hub.artifact_store import ArtifactStore
+from cloud_hub.errors import InvalidInput
+from cloud_hub.registry import NewArtifact, Registry, utcnow
+from cloud_hub.schemas import Run
+from cloud_hub.signature import signature_of
+from cloud_hub.training.datasets import Dataset, DatasetError, load_dataset
+from cloud_hub.training.preprocessing import PreprocessingSpec, fit_spec
+from cloud_hub.training.request import TrainRequest
+
+log = logging.getLogger(__name__)
+
+STEPS: tuple[str, ...] = (
+    "load_data",
+    "preprocess",
+    "train",
+    "evaluate",
+    "convert",
+    "quantize",
+    "validate",
+    "register",
+)
+CALIBRATION_SAMPLES = 200
+
+# on_event(step, status, payload): status is "started", "succeeded", "failed" or "cached"
+EventHandler = Callable[[str, str, dict[str, Any]], None]
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, error: BaseException) -> None:
+        super().__init__(f"step {step!r} failed: {error}")
+        self.step = step
+        self.error = error
+
+
+@dataclass
+class StepResult:
+    summary: dict[str, Any]
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExportedArtifact:
+    format: str
+    precision: str
+    data: bytes
+    method: str
+
+
+def _train_step(state: dict[str, Any], request: TrainRequest) -> StepResult:
+    from cloud_hub.training.trainers import train_model
+
+    trained = train_model(
+        request.model_type, state["X_train"], state["y_train"], request.params, seed=request.seed
+    )
+    train_acc = float((trained.predict_scores(state["X_train"]).argmax(1) == state["y_train"]).mean())
+    return StepResult(
+        {"framework": trained.framework, "model_type": trained.kind, "train_accuracy": train_acc},
+        {"trained": trained},
+    )
+
+
+class TrainingPipeline:
+    def __init__(
+        self,
+        registry: Registry,
+        cache: ArtifactStore,
+        *,
+        threads: int = 1,
+        on_event: EventHandler | None = None,
+    ) -> None:
+        self.registry = registry
+        self.cache = cache
+        self.threads = threads
+        self.on_event = on_event or (lambda step, status, payload: None)
+
+    # -- entry points -----------------------------------------------------------------------
+    def start(
+        self,
+        request: TrainRequest,
+        *,
+        schedule_id: int | None = None,
+        attempt: int = 1,
+        preflight: bool = True,
+    ) -> Run:
+        """Run a new pipeline. With `preflight`, bad data is refused before anything is stored."""
+        run, preloaded = self.prepare(
+            request, schedule_id=schedule_id, attempt=attempt, preflight=preflight
+        )
+        return self.execute(run.id, preloaded)
+
+    def prepare(
+        self,
+        request: TrainRequest,
+        *,
+        schedule_id: int | None = None,
+        attempt: int = 1,
+        preflight: bool = True,
+    ) -> tuple[Run, dict[str, Any] | None]:
+        """Check the data and record a queued run; `execute` then runs it (maybe elsewhere)."""
+        preloaded: dict[str, Any] | None = None
+        if preflight:
+            try:
+                preloaded = {"dataset": self._load(request)}
+            except DatasetError as exc:
+                raise InvalidInput(str(exc)) from exc
+        run = self.registry.create_run(
+            project=request.project,
+            experiment=request.resolved_experiment,
+            request=request.model_dump(mode="json"),
+            params=request.params,
+            steps=list(STEPS),
+            schedule_id=schedule_id,
+            attempt=attempt,
+        )
+        return run, preloaded
+
+    def execute(self, run_id: int, preloaded: dict[str, Any] | None = None) -> Run:
+        request = TrainRequest(**self.registry.get_run(run_id).request)
+        return self._execute(run_id, request, 0, {}, preloaded)
+
+    def resume(self, run_ref: str | int) -> Run:
+        """Continue a failed run in place, from the step that failed."""
+        run = self.registry.get_run(run_ref)
+        if run.status != "failed" or run.failed_step is None:
+            raise InvalidInput(f"run {run.name} is {run.status}; only a failed run can be resumed")
+        start = STEPS.index(run.failed_step)
+        state = self._restore(run.id, STEPS[:start])
+        self.registry.update_run(run.id, status="queued", failed_step=None, error=None)
+        return self._execute(run.id, TrainRequest(**run.request), start, state, None)
+
+    def rerun(self, run_ref: str | int, from_step: str) -> Run:
+        """A new run that reuses `run_ref`'s cached outputs up to `from_step`, then runs the rest."""
+        if from_step not in STEPS:
+            raise InvalidInput(f"unknown step {from_step!r}: steps are {', '.join(STEPS)}")
+        source = self.registry.get_run(run_ref)
+        start = STEPS.index(from_step)
+        done = {s.step: s for s in source.steps if s.status in ("succeeded", "cached")}
+        missing = [s for s in STEPS[:start] if s not in done]
+        if missing:
+            raise InvalidInput(
+                f"run {source.name} has no cached output for {', '.join(missing)}; "
+                f"re-run from an earlier step"
+            )
+        state = self._restore(source.id, STEPS[:start])
+        request = TrainRequest(**source.request)
+        run = self.registry.create_run(
+            project=request.project,
+            experiment=request.resolved_experiment,
+            request=source.request,
+            params=source.params,
+            steps=list(STEPS),
+            parent_run_id=source.id,
+        )
+        caches = self.registry.step_cache(source.id)
+        for step in STEPS[:start]:
+            self.registry.update_step(
+                run.id,
+                step,
+                status="cached",
+                outputs=done[step].outputs,
+                cache_sha256=caches[step],
+                duration_s=0.0,
+            )
+            self.on_event(step, "cached", done[step].outputs)
+        return self._execute(run.id, request, start, state, None)
+
+    # -- machinery --------------------------------------------------------------------------
+    def _restore(self, run_id: int, steps: tuple[str, ...]) -> dict[str, Any]:
+        caches = self.registry.step_cache(run_id)
+        state: dict[str, Any] = {}
+        for step in steps:
+            digest = caches.get(step)
+            if digest is None:
+                raise InvalidInput(f"run {run_id} has no cached output for step {step!r}")
+            try:
+                state.update(pickle.loads(self.cache.get(digest)))
+            except KeyError:
+                raise InvalidInput(
+                    f"cached output of step {step!r} (run {run_id}) is gone from the step cache"
+                ) from None
+        return state
+
+    def _execute(
+        self,
+        run_id: int,
+        request: TrainRequest,
+        start: int,
+        state: dict[str, Any],
+        preloaded: dict[str, Any] | None,
+    ) -> Run:
+        self.registry.update_run(run_id, status="running", started_at=utcnow(), finished_at=None)
+        state["run_id"] = run_id
+        for step in STEPS[start:]:
+            t0 = time.perf_counter()
+            self.registry.update_step(
+                run_id, step, status="running", started_at=utcnow(), error=None
+            )
+            self.on_event(step, "started", {})
+            try:
+                if step == "load_data" and preloaded is not None:
+                    result = StepResult(preloaded["dataset"].summary(), preloaded)
+                else:
+                    result = self._run_step(step, state, request)
+                state.update(result.values)
+                digest = self.cache.put(pickle.dumps(result.values, protocol=5))
+            except Exception as exc:  # a step's failure is recorded, never lost
+                log.warning("run %s: step %s failed: %s", run_id, step, exc)
+                message = f"{type(exc).__name__}: {exc}"
+                self.registry.update_step(
+                    run_id,
+                    step,
+                    status="failed",
+                    error=message,
+                    finished_at=utcnow(),
+                    duration_s=time.perf_counter() - t0,
+                    outputs={"traceback": traceback.format_exc(limit=5)},
+                )
+                self.registry.update_run(
+                    run_id, status="failed", failed_step=step, error=message, finished_at=utcnow()
+                )
+                self.on_event(step, "failed", {"error": message})
+                return self.registry.get_run(run_id)
+            self.registry.update_step(
+                run_id,
+                step,
+                status="succeeded",
+                outputs=result.summary,
+                cache_sha256=digest,
+                finished_at=utcnow(),
+                duration_s=time.perf_counter() - t0,
+            )
+            self.on_event(step, "succeeded", result.summary)
+        report = state.get("report") or {}
+        metrics = {"accuracy": state.get("accuracy")}
+        if report.get("passed", True):
+            self.registry.update_run(
+                run_id,
+                status="succeeded",
+                metrics=metrics,
+                version_id=state.get("version_id"),
+                finished_at=utcnow(),
+            )
+        else:
+            self.registry.update_run(
+                run_id,
+                status="failed",
+                failed_step="validate",
+                error=state.get("report_reason"),
+                metrics=metrics,
+                version_id=state.get("version_id"),
+                finished_at=utcnow(),
+            )
+        return self.registry.get_run(run_id)
+
+    def _load(self, request: TrainRequest) -> Dataset:
+        return load_dataset(
+            request.dataset,
+            path=Path(request.path) if request.path else None,
+            label_column=request.label_column,
+            image_size=request.image_size,
+            color=request.color,
+        )
+
+    def _run_step(self, step: str, state: dict[str, Any], request: TrainRequest) -> StepResult:
+        if step == "load_data":
+            dataset = self._load(request)
+            return StepResult(dataset.summary(), {"dataset": dataset})
+        if step == "preprocess":
+            return self._preprocess(state, request)
+        if step == "train":
+            return _train_step(state, request)
+        if step == "evaluate":
+            scores = state["trained"].predict_scores(state["X_test"])
+            accuracy = float((scores.argmax(1) == state["y_test"]).mean())
+            return StepResult(
+                {"accuracy": accuracy, "test_samples": len(state["y_test"])},
+                {"reference_scores": scores, "accuracy": accuracy},
+            )
+        if step == "convert":
+            return self._convert(state, request)
+        if step == "quantize":
+            return self._quantize(state, request)
+        if step == "validate":
+            return self._validate(state, request)
+        if step == "register":
+            return self._register(state, request)
+        raise InvalidInput(f"unknown step {step!r}")
+
+    def _preprocess(self, state: dict[str, Any], request: TrainRequest) -> StepResult:
+        from sklearn.model_selection import train_test_split
+
+        dataset: Dataset = state["dataset"]
+        idx = np.arange(len(dataset.y))
+        try:
+            train_idx, test_idx = train_test_split(
+                idx, test_size=request.test_size, random_state=request.seed, stratify=dataset.y
+            )
+        except ValueError as exc:
+            raise DatasetError(f"cannot split dataset {dataset.name!r}: {exc}") from exc
+        flatten = dataset.kind == "image" and request.model_type != "cnn"
+        if request.model_type == "cnn" and dataset.kind != "image":
+            raise DatasetError(
+                f"model 'cnn' needs image data; dataset {dataset.name!r} is tabular "
+                f"with {dataset.X.shape[1]} features"
+            )
+        spec = fit_spec(
+            kind=dataset.kind,
+            X_train=dataset.X[train_idx],
+            value_max=dataset.value_max,
+            color=dataset.color,
+            flatten=flatten,
+            feature_names=dataset.feature_names,
+        )
+        X_train = spec.apply(dataset.X[train_idx])
+        X_test = spec.apply(dataset.X[test_idx])
+        rng = np.random.default_rng(request.seed)
+        calib = X_train[rng.permutation(len(X_train))[:CALIBRATION_SAMPLES]]
+        return StepResult(
+            {
+                "train_samples": len(train_idx),
+                "test_samples": len(test_idx),
+                "input_shape": list(X_train.shape[1:]),
+                "preprocessing": spec.model_dump(mode="json"),
+            },
+            {
+                "X_train": X_train,
+                "y_train": dataset.y[train_idx],
+                "X_test": X_test,
+                "y_test": dataset.y[test_idx],
+                "calibration": calib,
+                "spec": spec,
+                "labels": dataset.labels,
+            },
+        )
+
+    def _formats(self, framework: str, request: TrainRequest) -> list[str]:
+        supported = ["onnx", "tflite"] if framework == "keras" else ["onnx"]
+        if request.formats is None:
+            return supported
+        unsupported = [f for f in request.formats if f not in supported]
+        if unsupported:
+            raise InvalidInput(
+                f"a {request.model_type} model cannot be converted to {', '.join(unsupported)} "
+                f"(supported: {', '.join(supported)})"
+            )
+        return list(request.formats)
+
+    def _convert(self, state: dict[str, Any], request: TrainRequest) -> StepResult:
+        from converters import keras_to_onnx, keras_to_tflite, sklearn_to_onnx
+
+        trained = state["trained"]
+        out: list[ExportedArtifact] = []
+        for fmt in self._formats(trained.framework, request):
+            if trained.framework == "sklearn":
+                data = sklearn_to_onnx(trained.estimator, int(state["X_train"].shape[1]))
+                out.append(ExportedArtifact("onnx", "fp32", data, "skl2onnx"))
+            elif fmt == "onnx":
+                out.append(
+                    ExportedArtifact("onnx", "fp32", keras_to_onnx(trained.estimator), "tf2onnx")
+                )
+            else:
+                data = keras_to_tflite(trained.estimator)
+                out.append(ExportedArtifact("tflite", "fp32", data, "tflite-converter"))
+        return StepResult(
+            {"artifacts": [{"format": a.format, "precision": a.precision, "size": len(a.data),
+                            "method": a.method} for a in out]},
+            {"fp32_artifacts": out},
+        )
+
+    def _quantize(self, state: dict[str, Any], request: TrainRequest) -> StepResult:
+        from converters import QuantizationUnsupported, keras_to_tflite, quantize_onnx
+
+        if not request.quantize:
+            return StepResult({"skipped": ["quantization not requested"]}, {"int8_artifacts": []})
+        trained = state["trained"]
+        calib = state["calibration"]
+        out: list[ExportedArtifact] = []
+        skipped: list[str] = []
+        for art in state["fp32_artifacts"]:
+            if art.format == "onnx":
+                try:
+                    q = quantize_onnx(art.data, calib)
+                except QuantizationUnsupported as exc:
+                    skipped.append(f"onnx int8 skipped: {exc}")
+                    continue
+                out.append(ExportedArtifact("onnx", "int8", q.data, f"onnxruntime-{q.method}"))
+            else:
+                data = keras_to_tflite(trained.estimator, representative=calib)
+                out.append(ExportedArtifact("tflite", "int8", data, "tflite-full-int8"))
+        return StepResult(
+            {
+                "artifacts": [
+                    {"format": a.format, "precision": a.precision, "size": len(a.data),
+                     "method": a.method}
+                    for a in out
+                ],
+                "calibration_samples": len(calib),
+                "skipped": skipped,
+            },
+            {"int8_artifacts": out, "quantize_skipped": skipped},
+        )
+
+    def _validate(self, state: dict[str, Any], request: TrainRequest) -> StepResult:
+        from converters import build_report, evaluate_artifact, inspect_model_file
+
+        artifacts: list[ExportedArtifact] = state["fp32_artifacts"] + state["int8_artifacts"]
+        reports = []
+        signatures = []
+        for art in artifacts:
+            reports.append(
+                evaluate_artifact(
+                    art.data,
+                    art.format,  # type: ignore[arg-type]
+                    precision=art.precision,
+                    X=state["X_test"],
+                    y=state["y_test"],
+                    reference_scores=state["reference_scores"],
+                    threshold=request.threshold,
+                    threads=self.threads,
+                )
+            )
+            signatures.append(signature_of(inspect_model_file(art.data)))
+        report = build_report(
+            reports, reference_accuracy=state["accuracy"], threshold=request.threshold
+        ).model_dump(mode="json")
+        report["skipped"] = state.get("quantize_skipped", [])
+        failed = [f"{r.format}/{r.precision}: {r.reason}" for r in reports if not r.passed]
+        reason = "; ".join(failed) if failed else None
+        return StepResult(
+            report, {"report": report, "report_reason": reason, "signatures": signatures}
+        )
+
+    def _register(self, state: dict[str, Any], request: TrainRequest) -> StepResult:
+        model = self.registry.ensure_model(request.project, request.resolved_model_name)
+        artifacts: list[ExportedArtifact] = state["fp32_artifacts"] + state["int8_artifacts"]
+        report = state["report"]
+        parent = model.latest_version
+        parent_id = (
+            self.registry.get_version(request.project, model.name, parent).id if parent else None
+        )
+        new = []
+        for art, rep, sig in zip(artifacts, report["artifacts"], state["signatures"], strict=True):
+            metrics = {k: v for k, v in rep.items() if k not in ("format", "precision", "sha256")}
+            new.append(
+                NewArtifact(
+                    format=art.format,
+                    precision=art.precision,
+                    data=art.data,
+                    status="ready" if rep["passed"] else "failed",
+                    method=art.method,
+                    signature=sig,
+                    metrics=metrics,
+                )
+            )
+        spec: PreprocessingSpec = state["spec"]
+        version = self.registry.add_version(
+            model.id,
+            artifacts=new,
+            source="trained",
+            status="ready" if report["passed"] else "failed",
+            status_reason=state.get("report_reason"),
+            parent_id=parent_id,
+            run_id=state["run_id"],
+            kind=request.model_type,
+            metrics={"accuracy": state["accuracy"]},
+            report=report,
+            preprocessing=spec.model_dump(mode="json"),
+            labels=state["labels"],
+        )
+        return StepResult(
+            {"version": version.ref, "version_id": version.id, "status": version.status},
+            {"version_id": version.id},
+        )

@@ -1,0 +1,66 @@
+"""The preprocessing spec saved on a version: what turns raw input into the model's tensor.
+
+The same spec is applied at training time here, and later by the agent and the serving engine,
+so a model always sees inputs prepared the way it was trained.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+
+class PreprocessingSpec(BaseModel):
+    input_kind: Literal["tabular", "image"]
+    layout: Literal["NF", "NHWC"]
+    # image inputs: resize to (H, W), colour, and scale pixel values into [0, 1]
+    size: tuple[int, int] | None = None
+    color: Literal["gray", "rgb"] | None = None
+    scale: float = 1.0
+    flatten: bool = False  # image data fed to a tabular model (e.g. an MLP on digits)
+    # standardisation learnt on the training split: (x - mean) / std
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    feature_names: list[str] = []
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        out = X.astype(np.float32) * np.float32(self.scale)
+        if self.flatten:
+            out = out.reshape(out.shape[0], -1)
+        if self.mean is not None and self.std is not None:
+            out = (out - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return out.astype(np.float32)
+
+
+def fit_spec(
+    *,
+    kind: Literal["tabular", "image"],
+    X_train: np.ndarray,
+    value_max: float,
+    color: Literal["gray", "rgb"],
+    flatten: bool,
+    feature_names: list[str],
+) -> PreprocessingSpec:
+    """Describe how to prepare inputs; statistics come from the training split only."""
+    if kind == "image":
+        spec = PreprocessingSpec(
+            input_kind="image",
+            layout="NF" if flatten else "NHWC",
+            size=(int(X_train.shape[1]), int(X_train.shape[2])),
+            color=color,
+            scale=1.0 / value_max,
+            flatten=flatten,
+        )
+        return spec
+    mean = X_train.mean(axis=0)
+    std = X_train.std(axis=0)
+    std[std < 1e-8] = 1.0
+    return PreprocessingSpec(
+        input_kind="tabular",
+        layout="NF",
+        mean=[float(v) for v in mean],
+        std=[float(v) for v in std],
+        feature_names=feature_names,
+    )
