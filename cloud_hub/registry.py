@@ -221,6 +221,15 @@ class Registry:
                 )
         return self.get_version_by_id(int(version_id))  # type: ignore[arg-type]
 
+    def register_version(self, project: str, model: str, **kwargs: Any) -> Version:
+        """Add a version to PROJECT/MODEL, creating both if needed, all in one transaction:
+        if anything fails, neither the project, the model nor the version is left behind."""
+        for art in kwargs.get("artifacts", []):
+            self.store.put(art.data)
+        with self.db.transaction():
+            mod = self.ensure_model(project, model)
+            return self.add_version(mod.id, **kwargs)
+
     _VERSION_SQL = """
         SELECT v.*, m.name AS model, p.name AS project
         FROM versions v JOIN models m ON m.id = v.model_id JOIN projects p ON p.id = m.project_id"""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from converters import ModelFileInfo
+if TYPE_CHECKING:
+    from converters import ModelFileInfo
 
 
 def signature_of(info: ModelFileInfo) -> dict[str, Any]:

@@ -32,10 +32,10 @@ def register_upload(
     precision = "int8" if any(t.dtype in ("int8", "uint8") for t in info.inputs) else "fp32"
     if info.format == "onnx" and _has_qdq(data):
         precision = "int8"
-    mod = registry.ensure_model(project, model)
     signature = signature_of(info)
-    return registry.add_version(
-        mod.id,
+    return registry.register_version(
+        project,
+        model,
         artifacts=[
             NewArtifact(
                 format=info.format,

@@ -89,7 +89,11 @@ def _load_proto(model: bytes) -> Any:
 
 
 def _op_types(proto: Any) -> set[str]:
-    return {node.op_type for node in proto.graph.node if node.domain in ("", "ai.onnx")}
+    """Operator types; those outside the default ONNX domain are prefixed with their domain."""
+    return {
+        node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        for node in proto.graph.node
+    }
 
 
 def _check_calibration(proto: Any, calibration: np.ndarray) -> tuple[str, np.ndarray]:
@@ -119,8 +123,8 @@ def _check_calibration(proto: Any, calibration: np.ndarray) -> tuple[str, np.nda
 def _choose_method(ops: set[str], method: QuantizeMethod) -> Literal["static", "dynamic"]:
     if not ops & QUANTIZABLE_OPS:
         raise QuantizationUnsupported(
-            "the graph has no Conv, MatMul or Gemm to quantize (only "
-            f"{', '.join(sorted(ops)) or 'ai.onnx.ml operators'})"
+            "the graph has no Conv, MatMul or Gemm to quantize (its operators: "
+            f"{', '.join(sorted(ops))})"
         )
     if method == "dynamic" and not ops & {"MatMul", "Gemm"}:
         raise QuantizationUnsupported(

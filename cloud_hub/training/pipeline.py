@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cloud_hub.artifact_store import ArtifactStore
-from cloud_hub.errors import InvalidInput
+from cloud_hub.errors import InvalidInput, NotFound
 from cloud_hub.registry import NewArtifact, Registry, utcnow
 from cloud_hub.schemas import Run
 from cloud_hub.signature import signature_of
@@ -81,6 +81,14 @@ def _train_step(state: dict[str, Any], request: TrainRequest) -> StepResult:
     )
 
 
+def check_compatible(request: TrainRequest, dataset: Dataset) -> None:
+    if request.model_type == "cnn" and dataset.kind != "image":
+        raise DatasetError(
+            f"model 'cnn' needs image data; dataset {dataset.name!r} is tabular "
+            f"with {dataset.X.shape[1]} features"
+        )
+
+
 class TrainingPipeline:
     def __init__(
         self,
@@ -122,9 +130,11 @@ class TrainingPipeline:
         preloaded: dict[str, Any] | None = None
         if preflight:
             try:
-                preloaded = {"dataset": self._load(request)}
+                dataset = self._load(request)
+                check_compatible(request, dataset)
             except DatasetError as exc:
                 raise InvalidInput(str(exc)) from exc
+            preloaded = {"dataset": dataset}
         run = self.registry.create_run(
             project=request.project,
             experiment=request.resolved_experiment,
@@ -319,12 +329,8 @@ class TrainingPipeline:
             )
         except ValueError as exc:
             raise DatasetError(f"cannot split dataset {dataset.name!r}: {exc}") from exc
+        check_compatible(request, dataset)
         flatten = dataset.kind == "image" and request.model_type != "cnn"
-        if request.model_type == "cnn" and dataset.kind != "image":
-            raise DatasetError(
-                f"model 'cnn' needs image data; dataset {dataset.name!r} is tabular "
-                f"with {dataset.X.shape[1]} features"
-            )
         spec = fit_spec(
             kind=dataset.kind,
             X_train=dataset.X[train_idx],
@@ -453,13 +459,14 @@ class TrainingPipeline:
         )
 
     def _register(self, state: dict[str, Any], request: TrainRequest) -> StepResult:
-        model = self.registry.ensure_model(request.project, request.resolved_model_name)
         artifacts: list[ExportedArtifact] = state["fp32_artifacts"] + state["int8_artifacts"]
         report = state["report"]
-        parent = model.latest_version
-        parent_id = (
-            self.registry.get_version(request.project, model.name, parent).id if parent else None
-        )
+        try:
+            parent_id: int | None = self.registry.get_version(
+                request.project, request.resolved_model_name, "latest"
+            ).id
+        except NotFound:
+            parent_id = None
         new = []
         for art, rep, sig in zip(artifacts, report["artifacts"], state["signatures"], strict=True):
             metrics = {k: v for k, v in rep.items() if k not in ("format", "precision", "sha256")}
@@ -475,8 +482,9 @@ class TrainingPipeline:
                 )
             )
         spec: PreprocessingSpec = state["spec"]
-        version = self.registry.add_version(
-            model.id,
+        version = self.registry.register_version(
+            request.project,
+            request.resolved_model_name,
             artifacts=new,
             source="trained",
             status="ready" if report["passed"] else "failed",

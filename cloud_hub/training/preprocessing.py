@@ -20,7 +20,7 @@ class PreprocessingSpec(BaseModel):
     color: Literal["gray", "rgb"] | None = None
     scale: float = 1.0
     flatten: bool = False  # image data fed to a tabular model (e.g. an MLP on digits)
-    # standardisation learnt on the training split: (x - mean) / std
+    # optional standardisation (x - mean) / std, e.g. for an uploaded model that needs it
     mean: list[float] | None = None
     std: list[float] | None = None
     feature_names: list[str] = []
@@ -43,7 +43,7 @@ def fit_spec(
     flatten: bool,
     feature_names: list[str],
 ) -> PreprocessingSpec:
-    """Describe how to prepare inputs; statistics come from the training split only."""
+    """Describe how to prepare raw inputs for the model."""
     if kind == "image":
         spec = PreprocessingSpec(
             input_kind="image",
@@ -54,13 +54,5 @@ def fit_spec(
             flatten=flatten,
         )
         return spec
-    mean = X_train.mean(axis=0)
-    std = X_train.std(axis=0)
-    std[std < 1e-8] = 1.0
-    return PreprocessingSpec(
-        input_kind="tabular",
-        layout="NF",
-        mean=[float(v) for v in mean],
-        std=[float(v) for v in std],
-        feature_names=feature_names,
-    )
+    # tabular models carry their own scaler (fitted on the training split) inside the model file
+    return PreprocessingSpec(input_kind="tabular", layout="NF", feature_names=feature_names)

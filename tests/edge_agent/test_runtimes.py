@@ -30,7 +30,7 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def mlp(digits: tuple[np.ndarray, np.ndarray]) -> tuple[Any, bytes]:
     X, y = digits
-    estimator = MLPClassifier((32,), max_iter=200, random_state=0).fit(X, y)
+    estimator = MLPClassifier((32,), max_iter=400, random_state=0).fit(X, y)
     return estimator, sklearn_to_onnx(estimator, n_features=64)
 
 
