@@ -443,6 +443,8 @@ def hub_serve(
 
 
 def main() -> None:
+    # TensorFlow's C++ logging is on by default and floods the terminal during conversion.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         app()
     except KeyboardInterrupt:
