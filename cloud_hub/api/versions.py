@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
+from pydantic import BaseModel, Field
 
 from cloud_hub.api.deps import HubDep, RegistryDep
 from cloud_hub.errors import InvalidInput
@@ -77,6 +78,34 @@ async def upload_version(
         filename=file.filename,
         labels=label_list,
         preprocessing=spec,
+    )
+
+
+class QuantizeBody(BaseModel):
+    dataset: str = Field(description="digits, iris, csv or images: calibration and check data")
+    path: str | None = None
+    label_column: str | None = None
+    method: str = Field(default="auto", pattern="^(auto|static|dynamic)$")
+    threshold: float = Field(default=0.99, ge=0, le=1)
+
+
+@router.post("/versions/{version_id}/quantize", status_code=status.HTTP_201_CREATED)
+def quantize(version_id: int, body: QuantizeBody, registry: RegistryDep) -> Version:
+    """int8 ONNX from this version's ONNX fp32 artifact, calibrated and checked on the dataset
+    (prepared with the version's preprocessing spec), registered as a new child version."""
+    from pathlib import Path
+
+    from cloud_hub.conversion import eval_data_from_dataset, quantize_version
+    from cloud_hub.training.preprocessing import PreprocessingSpec
+
+    version = registry.get_version_by_id(version_id)
+    spec = PreprocessingSpec(**version.preprocessing) if version.preprocessing else None
+    data = eval_data_from_dataset(
+        body.dataset, path=Path(body.path) if body.path else None,
+        label_column=body.label_column, spec=spec,
+    )
+    return quantize_version(
+        registry, version, data, method=body.method, threshold=body.threshold  # type: ignore[arg-type]
     )
 
 

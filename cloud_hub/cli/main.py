@@ -377,6 +377,152 @@ def runs_rerun(
     _finish_run(state, result, json_out)
 
 
+# -- conversion and quantization -------------------------------------------------------------
+def _eval_data(
+    spec: dict[str, Any] | None,
+    dataset: str | None,
+    path: Path | None,
+    label: str | None,
+    calibration: Path | None,
+    labels_npy: Path | None,
+    scale: float,
+) -> Any:
+    from cloud_hub.conversion import eval_data_from_arrays, eval_data_from_dataset
+    from cloud_hub.training.preprocessing import PreprocessingSpec
+
+    if calibration is not None:
+        if labels_npy is None:
+            raise InvalidInput("--calibration needs --labels-npy too: the report measures accuracy")
+        return eval_data_from_arrays(calibration, labels_npy)
+    if dataset is None:
+        raise InvalidInput(
+            "give data to calibrate and check with: --dataset (digits, iris, csv, images) "
+            "or --calibration X.npy --labels-npy y.npy"
+        )
+    return eval_data_from_dataset(
+        dataset, path=path, label_column=label,
+        spec=PreprocessingSpec(**spec) if spec else None, scale=scale,
+    )
+
+
+DatasetOpt = Annotated[str | None, typer.Option(help="Data to calibrate and check with.")]
+PathOpt = Annotated[Path | None, typer.Option(help="CSV file or image folder of the dataset.")]
+LabelOpt = Annotated[str | None, typer.Option(help="Label column of a CSV dataset.")]
+CalibOpt = Annotated[Path | None, typer.Option(help="Model-ready inputs (.npy) instead.")]
+LabelsNpyOpt = Annotated[Path | None, typer.Option(help="Labels (.npy) for --calibration.")]
+ScaleOpt = Annotated[float, typer.Option(help="Multiply raw data by this (no preprocessing spec).")]
+
+
+@app.command()
+def quantize(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="PROJECT/MODEL[:N], a version id, or an .onnx file.")],
+    project: Annotated[str | None, typer.Option(help="Project for an .onnx file.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name for an .onnx file.")] = None,
+    dataset: DatasetOpt = None,
+    path: PathOpt = None,
+    label: LabelOpt = None,
+    calibration: CalibOpt = None,
+    labels_npy: LabelsNpyOpt = None,
+    scale: ScaleOpt = 1.0,
+    method: Annotated[str, typer.Option(help="auto, static (QDQ) or dynamic.")] = "auto",
+    threshold: Annotated[float, typer.Option(help="Minimum top-1 agreement with fp32.")] = 0.99,
+    json_out: JsonOpt = False,
+) -> None:
+    """int8-quantize an ONNX model (static QDQ with calibration, or dynamic) into a new version."""
+    from cloud_hub.conversion import quantize_version
+    from cloud_hub.uploads import register_upload
+
+    registry = _state(ctx).hub.registry
+    with user_errors():
+        if method not in ("auto", "static", "dynamic"):
+            raise InvalidInput(f"--method {method!r}: choose auto, static or dynamic")
+        file = Path(source)
+        if file.suffix.lower() == ".onnx":
+            if not file.is_file():
+                raise InvalidInput(f"file {source!r} does not exist")
+            if not project or not model:
+                raise InvalidInput("quantizing an .onnx file needs --project and --model")
+            data = _eval_data(None, dataset, path, label, calibration, labels_npy, scale)
+            version = register_upload(
+                registry, project=project, model=model, data=file.read_bytes(), filename=file.name
+            )
+        else:
+            version = registry.resolve_version(source)
+            data = _eval_data(
+                version.preprocessing, dataset, path, label, calibration, labels_npy, scale
+            )
+        result = quantize_version(registry, version, data, method=method, threshold=threshold)  # type: ignore[arg-type]
+    _show_result(result, json_out)
+
+
+@app.command()
+def convert(
+    ctx: typer.Context,
+    source: Annotated[
+        str, typer.Argument(help="A trained version (PROJECT/MODEL[:N]), or a .keras / .pt2 file.")
+    ],
+    to: Annotated[str | None, typer.Option(help="Comma-separated formats: onnx,tflite.")] = None,
+    quantize_: Annotated[bool, typer.Option("--quantize/--no-quantize", help="Add int8.")] = True,
+    threshold: Annotated[float, typer.Option(help="Minimum top-1 agreement.")] = 0.99,
+    project: Annotated[str | None, typer.Option(help="Project for a model file.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name for a model file.")] = None,
+    dataset: DatasetOpt = None,
+    path: PathOpt = None,
+    label: LabelOpt = None,
+    calibration: CalibOpt = None,
+    labels_npy: LabelsNpyOpt = None,
+    scale: ScaleOpt = 1.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Convert a model to ONNX / TFLite (and int8), checked against the original, as a new
+    version. A trained version is converted again from its run's cached model."""
+    from cloud_hub.conversion import convert_model_file
+
+    state = _state(ctx)
+    registry = state.hub.registry
+    formats = [f.strip() for f in to.split(",")] if to else None
+    with user_errors():
+        for fmt in formats or []:
+            if fmt not in ("onnx", "tflite"):
+                raise InvalidInput(f"--to {fmt!r}: formats are onnx and tflite")
+        file = Path(source)
+        if file.suffix.lower() in (".keras", ".pt2", ".onnx", ".tflite", ".pt", ".h5"):
+            if not file.is_file():
+                raise InvalidInput(f"file {source!r} does not exist")
+            if not project or not model:
+                raise InvalidInput("converting a model file needs --project and --model")
+            data = _eval_data(None, dataset, path, label, calibration, labels_npy, scale)
+            result = convert_model_file(
+                registry, file, project=project, model=model, data=data, formats=formats,
+                quantize=quantize_, threshold=threshold,
+            )
+        else:
+            version = registry.resolve_version(source)
+            if version.run_id is None or version.source != "trained":
+                raise InvalidInput(
+                    f"version {version.ref} was {version.source}, not trained here: there is no "
+                    "source model to convert from (quantize its ONNX artifact instead)"
+                )
+            run = state.hub.pipeline().rerun(
+                version.run_id, "convert",
+                {"formats": formats, "quantize": quantize_, "threshold": threshold},
+            )
+            if run.version_id is None:
+                raise InvalidInput(f"conversion run {run.name} failed at {run.failed_step}: {run.error}")
+            result = registry.get_version_by_id(run.version_id)
+    _show_result(result, json_out)
+
+
+def _show_result(version: Any, json_out: bool) -> None:
+    if json_out:
+        render.print_json(version)
+    else:
+        render.show_version(version)
+    if version.status != "ready":
+        raise fail(f"{version.ref} failed its conversion check: {version.status_reason}", code=1)
+
+
 # -- projects and schedules -----------------------------------------------------------------
 @projects_app.command("list")
 def projects_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:

@@ -35,7 +35,7 @@ def _ms(value: Any) -> str:
 
 
 def _size(n: int) -> str:
-    return f"{n / 1024:.1f} KB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MB"
+    return f"{n / 1024:.0f}K" if n < 1024 * 1024 else f"{n / 1024 / 1024:.1f}M"
 
 
 def models_table(models: Sequence[Model]) -> Table:
@@ -65,17 +65,14 @@ def versions_table(versions: Sequence[Version]) -> Table:
 
 def artifacts_table(version: Version) -> Table:
     table = Table(title=f"{version.ref} ({version.status})")
-    for col in ("format", "precision", "status", "size", "sha256", "accuracy", "agreement",
-                "max |Δ|", "ms b1", "ms b64", "method"):
-        table.add_column(col)
+    for col in ("artifact", "status", "size", "accuracy", "agree", "ms@1", "ms@64", "sha256"):
+        table.add_column(col, no_wrap=True)
     for a in version.artifacts:
         m = a.metrics
         table.add_row(
-            a.format, a.precision, a.status, _size(a.size), a.sha256[:12],
-            _pct(m.get("accuracy")), _pct(m.get("top1_agreement")),
-            "-" if m.get("max_abs_diff") is None else f"{m['max_abs_diff']:.2g}",
-            _ms(m.get("latency_ms_p50_batch1")), _ms(m.get("latency_ms_p50_batch64")),
-            a.method or "-",
+            f"{a.format}/{a.precision}", a.status, _size(a.size), _pct(m.get("accuracy")),
+            _pct(m.get("top1_agreement")), _ms(m.get("latency_ms_p50_batch1")),
+            _ms(m.get("latency_ms_p50_batch64")), a.sha256[:8],
         )
     return table
 
@@ -103,16 +100,26 @@ def runs_table(runs: Sequence[Run]) -> Table:
     return table
 
 
+def _brief(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return " ".join(f"{v.get('format')}/{v.get('precision')}" for v in value)
+    return str(value)
+
+
 def steps_table(run: Run) -> Table:
     table = Table(title=f"Run {run.name} ({run.status})")
     for col in ("step", "status", "seconds", "outputs / error"):
         table.add_column(col)
     for s in run.steps:
         detail = s.error or ", ".join(
-            f"{k}={v}" for k, v in s.outputs.items() if not isinstance(v, (list, dict))
+            f"{k}={_brief(v)}"
+            for k, v in s.outputs.items()
+            if k not in ("labels", "preprocessing", "reference", "skipped", "traceback")
         )
         table.add_row(
-            s.step, s.status, "-" if s.duration_s is None else f"{s.duration_s:.2f}", detail[:90]
+            s.step, s.status, "-" if s.duration_s is None else f"{s.duration_s:.2f}", detail
         )
     return table
 

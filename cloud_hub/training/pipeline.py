@@ -160,8 +160,11 @@ class TrainingPipeline:
         self.registry.update_run(run.id, status="queued", failed_step=None, error=None)
         return self._execute(run.id, TrainRequest(**run.request), start, state, None)
 
-    def rerun(self, run_ref: str | int, from_step: str) -> Run:
-        """A new run that reuses `run_ref`'s cached outputs up to `from_step`, then runs the rest."""
+    def rerun(
+        self, run_ref: str | int, from_step: str, overrides: dict[str, Any] | None = None
+    ) -> Run:
+        """A new run that reuses `run_ref`'s cached outputs up to `from_step`, then runs the rest.
+        `overrides` change the request for the steps that run again (e.g. formats, threshold)."""
         if from_step not in STEPS:
             raise InvalidInput(f"unknown step {from_step!r}: steps are {', '.join(STEPS)}")
         source = self.registry.get_run(run_ref)
@@ -174,11 +177,13 @@ class TrainingPipeline:
                 f"re-run from an earlier step"
             )
         state = self._restore(source.id, STEPS[:start])
-        request = TrainRequest(**source.request)
+        request = TrainRequest(**{**source.request, **(overrides or {})})
+        if "trained" in state:  # refuse impossible formats before recording a run
+            self._formats(state["trained"].framework, request)
         run = self.registry.create_run(
             project=request.project,
             experiment=request.resolved_experiment,
-            request=source.request,
+            request=request.model_dump(mode="json"),
             params=source.params,
             steps=list(STEPS),
             parent_run_id=source.id,

@@ -76,7 +76,8 @@ class TrainedModel:
         """Class probabilities, shape (N, len(classes)), float32."""
         X = self.prepare(X)
         if self.framework == "sklearn":
-            scores = self.estimator.predict_proba(X)
+            with _single_thread_blas():
+                scores = self.estimator.predict_proba(X)
         else:
             scores = self.estimator.predict(X, batch_size=256, verbose=0)
         return np.asarray(scores, dtype=np.float32)
@@ -115,6 +116,14 @@ class ExportResult:
 
     artifacts: list[ExportedArtifact]
     skipped: list[SkippedArtifact] = field(default_factory=list)
+
+
+def _single_thread_blas() -> Any:
+    """Limit BLAS to one thread: the built-in models are small, and a spinning multi-threaded
+    OpenBLAS is slower for them (and up to 50x slower on a busy or shared CPU)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _describe(X: np.ndarray) -> str:
@@ -196,7 +205,8 @@ def _train_sklearn(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            estimator.fit(X, y)
+            with _single_thread_blas():
+                estimator.fit(X, y)
     except (TypeError, ValueError) as exc:
         raise InvalidParams(f"cannot train '{kind}' with {params}: {exc}") from exc
     classes = [int(c) for c in estimator.classes_]
