@@ -88,7 +88,7 @@ def _reshape_to(X: np.ndarray, want: list[int | None]) -> np.ndarray:
     """Reshape flat or image data to the model's per-sample input shape when the sizes agree."""
     if None in want or list(X.shape[1:]) == want:
         return X
-    if int(np.prod(X.shape[1:])) == int(np.prod(want)):
+    if int(np.prod(X.shape[1:])) == int(np.prod([d or 0 for d in want])):
         return X.reshape(len(X), *want)
     raise InvalidInput(
         f"the data has samples of shape {list(X.shape[1:])} but the model expects {want}"
@@ -107,8 +107,12 @@ def _report_and_artifacts(
 
     reports = [
         evaluate_artifact(
-            blob, fmt,  # type: ignore[arg-type]
-            precision=precision, X=data.X, y=data.y, reference_scores=reference_scores,
+            blob,
+            fmt,  # type: ignore[arg-type]
+            precision=precision,
+            X=data.X,
+            y=data.y,
+            reference_scores=reference_scores,
             threshold=threshold,
         )
         for fmt, precision, blob, _ in candidates
@@ -123,9 +127,13 @@ def _report_and_artifacts(
             metrics.pop(key)
         artifacts.append(
             NewArtifact(
-                format=fmt, precision=precision, data=blob,
-                status="ready" if rep.passed else "failed", method=method,
-                signature=signature_of(inspect_model_file(blob)), metrics=metrics,
+                format=fmt,
+                precision=precision,
+                data=blob,
+                status="ready" if rep.passed else "failed",
+                method=method,
+                signature=signature_of(inspect_model_file(blob)),
+                metrics=metrics,
             )
         )
     failed = [f"{r.format}/{r.precision}: {r.reason}" for r in reports if not r.passed]
@@ -157,16 +165,28 @@ def quantize_version(
         raise InvalidInput(f"cannot quantize {version.ref}: {exc}") from None
     reference = load_runtime(fp32, "onnx").predict(data.X)
     report, artifacts, reason = _report_and_artifacts(
-        [("onnx", "fp32", fp32, source[0].method or "fp32"),
-         ("onnx", "int8", quantized.data, f"onnxruntime-{quantized.method}")],
-        data=data, reference_scores=reference,
-        reference_accuracy=float((reference.argmax(1) == data.y).mean()), threshold=threshold,
+        [
+            ("onnx", "fp32", fp32, source[0].method or "fp32"),
+            ("onnx", "int8", quantized.data, f"onnxruntime-{quantized.method}"),
+        ],
+        data=data,
+        reference_scores=reference,
+        reference_accuracy=float((reference.argmax(1) == data.y).mean()),
+        threshold=threshold,
     )
     return registry.register_version(
-        version.project, version.model, artifacts=artifacts, source="converted",
-        status="failed" if reason else "ready", status_reason=reason, parent_id=version.id,
-        kind=version.kind, metrics={"accuracy": report["reference"]["accuracy"]}, report=report,
-        preprocessing=version.preprocessing, labels=version.labels,
+        version.project,
+        version.model,
+        artifacts=artifacts,
+        source="converted",
+        status="failed" if reason else "ready",
+        status_reason=reason,
+        parent_id=version.id,
+        kind=version.kind,
+        metrics={"accuracy": report["reference"]["accuracy"]},
+        report=report,
+        preprocessing=version.preprocessing,
+        labels=version.labels,
     )
 
 
@@ -200,14 +220,24 @@ def convert_model_file(
     except ConversionError as exc:
         raise InvalidInput(f"cannot convert {path.name}: {exc}") from None
     report, artifacts, reason = _report_and_artifacts(
-        candidates, data=data, reference_scores=reference,
-        reference_accuracy=float((reference.argmax(1) == data.y).mean()), threshold=threshold,
+        candidates,
+        data=data,
+        reference_scores=reference,
+        reference_accuracy=float((reference.argmax(1) == data.y).mean()),
+        threshold=threshold,
     )
     return registry.register_version(
-        project, model, artifacts=artifacts, source="converted",
-        status="failed" if reason else "ready", status_reason=reason,
-        kind=suffix.lstrip("."), metrics={"accuracy": report["reference"]["accuracy"]},
-        report=report, preprocessing=preprocessing, labels=labels,
+        project,
+        model,
+        artifacts=artifacts,
+        source="converted",
+        status="failed" if reason else "ready",
+        status_reason=reason,
+        kind=suffix.lstrip("."),
+        metrics={"accuracy": report["reference"]["accuracy"]},
+        report=report,
+        preprocessing=preprocessing,
+        labels=labels,
     )
 
 
@@ -239,8 +269,9 @@ def _from_keras(
     if "tflite" in wanted:
         out.append(("tflite", "fp32", keras_to_tflite(model), "tflite-converter"))
         if quantize:
-            out.append(("tflite", "int8", keras_to_tflite(model, data.calibration),
-                        "tflite-full-int8"))
+            out.append(
+                ("tflite", "int8", keras_to_tflite(model, data.calibration), "tflite-full-int8")
+            )
     return out, reference
 
 

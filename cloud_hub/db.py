@@ -7,6 +7,7 @@ thread gets its own connection. WAL lets readers run beside one writer; writers 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -97,9 +98,7 @@ class Database:
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
-                try:
+                with contextlib.suppress(sqlite3.ProgrammingError):  # closed elsewhere
                     conn.close()
-                except sqlite3.ProgrammingError:  # closed from another thread already
-                    pass
             self._all.clear()
         self._local = threading.local()

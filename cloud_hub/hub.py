@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 
 from cloud_hub.artifact_store import ArtifactStore
 from cloud_hub.db import Database
@@ -17,6 +20,7 @@ class Hub:
     db: Database
     registry: Registry
     step_cache: ArtifactStore
+    _background: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, settings: HubSettings) -> Hub:
@@ -28,5 +32,14 @@ class Hub:
     def pipeline(self, on_event: EventHandler | None = None) -> TrainingPipeline:
         return TrainingPipeline(self.registry, self.step_cache, on_event=on_event)
 
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run training work in the background: one job at a time, to spare small hosts."""
+        if self._background is None:
+            self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
+        return self._background.submit(fn, *args)
+
     def close(self) -> None:
+        if self._background is not None:
+            self._background.shutdown(wait=True, cancel_futures=True)
+            self._background = None
         self.db.close()

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlite_utils
+
 from cloud_hub.artifact_store import ArtifactStore
 from cloud_hub.db import Database
 from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound
@@ -38,6 +40,13 @@ def _json(value: Any) -> str:
 
 def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+def _insert(db: sqlite_utils.Database, table: str, row: dict[str, Any]) -> int:
+    """Insert one row and return its primary key."""
+    pk = db.table(table).insert(row).last_pk
+    assert isinstance(pk, int)
+    return pk
 
 
 def check_name(kind: str, name: str) -> None:
@@ -73,10 +82,10 @@ class Registry:
         check_name("project", name)
         with self.db.transaction() as db:
             try:
-                pk = db["projects"].insert({"name": name, "description": description}).last_pk
+                pk = _insert(db, "projects", {"name": name, "description": description})
             except sqlite3.IntegrityError:
                 raise AlreadyExists("project", name) from None
-        return self.get_project(int(pk))  # type: ignore[arg-type]
+        return self.get_project(int(pk))
 
     def ensure_project(self, name: str) -> Project:
         try:
@@ -112,21 +121,19 @@ class Registry:
         proj = self.get_project(project)
         with self.db.transaction() as db:
             try:
-                pk = (
-                    db["models"]
-                    .insert(
-                        {
-                            "project_id": proj.id,
-                            "name": name,
-                            "task": task,
-                            "description": description,
-                        }
-                    )
-                    .last_pk
+                pk = _insert(
+                    db,
+                    "models",
+                    {
+                        "project_id": proj.id,
+                        "name": name,
+                        "task": task,
+                        "description": description,
+                    },
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists("model", f"{proj.name}/{name}") from None
-        return self.get_model_by_id(int(pk))  # type: ignore[arg-type]
+        return self.get_model_by_id(int(pk))
 
     def ensure_model(self, project: str, name: str) -> Model:
         self.ensure_project(project)
@@ -189,7 +196,9 @@ class Registry:
             (latest,) = db.execute(
                 "SELECT COALESCE(MAX(number), 0) FROM versions WHERE model_id = ?", [model_id]
             ).fetchone()
-            version_id = db["versions"].insert(
+            version_id = _insert(
+                db,
+                "versions",
                 {
                     "model_id": model_id,
                     "number": latest + 1,
@@ -203,10 +212,12 @@ class Registry:
                     "report": None if report is None else _json(report),
                     "preprocessing": None if preprocessing is None else _json(preprocessing),
                     "labels": _json(labels or []),
-                }
-            ).last_pk
+                },
+            )
             for art, digest in zip(artifacts, digests, strict=True):
-                db["artifacts"].insert(
+                _insert(
+                    db,
+                    "artifacts",
                     {
                         "version_id": version_id,
                         "format": art.format,
@@ -217,9 +228,9 @@ class Registry:
                         "method": art.method,
                         "signature": _json(art.signature),
                         "metrics": _json(art.metrics),
-                    }
+                    },
                 )
-        return self.get_version_by_id(int(version_id))  # type: ignore[arg-type]
+        return self.get_version_by_id(int(version_id))
 
     def register_version(self, project: str, model: str, **kwargs: Any) -> Version:
         """Add a version to PROJECT/MODEL, creating both if needed, all in one transaction:
@@ -299,7 +310,9 @@ class Registry:
         path, _, number = ref.partition(":")
         project, sep, model = path.partition("/")
         if not sep or not project or not model:
-            raise InvalidInput(f"version reference {ref!r}: expected PROJECT/MODEL[:VERSION] or an id")
+            raise InvalidInput(
+                f"version reference {ref!r}: expected PROJECT/MODEL[:VERSION] or an id"
+            )
         if number and not (number.isdigit() or number == "latest"):
             raise InvalidInput(f"version reference {ref!r}: version must be a number or 'latest'")
         return self.get_version(project, model, number or "latest")
@@ -331,7 +344,7 @@ class Registry:
             ).fetchone()
             if row is not None:
                 return int(row[0])
-            return int(db["experiments"].insert({"project_id": project_id, "name": name}).last_pk)  # type: ignore[arg-type]
+            return _insert(db, "experiments", {"project_id": project_id, "name": name})
 
     def create_run(
         self,
@@ -352,7 +365,9 @@ class Registry:
                 "SELECT COUNT(*) FROM runs WHERE experiment_id = ?", [exp_id]
             ).fetchone()
             name = f"{proj.name}.{experiment}.{count + 1}"
-            run_id = db["runs"].insert(
+            run_id = _insert(
+                db,
+                "runs",
                 {
                     "experiment_id": exp_id,
                     "name": name,
@@ -362,20 +377,22 @@ class Registry:
                     "parent_run_id": parent_run_id,
                     "schedule_id": schedule_id,
                     "attempt": attempt,
-                }
-            ).last_pk
+                },
+            )
             for position, step in enumerate(steps):
-                db["run_steps"].insert(
-                    {"run_id": run_id, "position": position, "step": step, "status": "pending"}
+                _insert(
+                    db,
+                    "run_steps",
+                    {"run_id": run_id, "position": position, "step": step, "status": "pending"},
                 )
-        return self.get_run(int(run_id))  # type: ignore[arg-type]
+        return self.get_run(int(run_id))
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         for key in ("params", "metrics", "request"):
             if key in fields:
                 fields[key] = _json(fields[key])
         with self.db.transaction() as db:
-            db["runs"].update(run_id, fields)
+            db.table("runs").update(run_id, fields)
 
     def update_step(self, run_id: int, step: str, **fields: Any) -> None:
         if "outputs" in fields:
@@ -452,7 +469,8 @@ class Registry:
         schedule_id: int | None = None,
         limit: int = 100,
     ) -> list[Run]:
-        where, args = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        args: list[Any] = []
         if project is not None:
             where.append("p.id = ?")
             args.append(self.get_project(project).id)
@@ -482,23 +500,21 @@ class Registry:
         check_name("schedule", name)
         with self.db.transaction() as db:
             try:
-                pk = (
-                    db["schedules"]
-                    .insert(
-                        {
-                            "name": name,
-                            "cron": cron,
-                            "request": _json(request),
-                            "next_run_at": next_run_at,
-                            "max_retries": max_retries,
-                            "backoff_s": backoff_s,
-                        }
-                    )
-                    .last_pk
+                pk = _insert(
+                    db,
+                    "schedules",
+                    {
+                        "name": name,
+                        "cron": cron,
+                        "request": _json(request),
+                        "next_run_at": next_run_at,
+                        "max_retries": max_retries,
+                        "backoff_s": backoff_s,
+                    },
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists("schedule", name) from None
-        return self.get_schedule(int(pk))  # type: ignore[arg-type]
+        return self.get_schedule(int(pk))
 
     def _schedule(self, row: sqlite3.Row) -> Schedule:
         d = dict(row)

@@ -16,8 +16,11 @@ import typer
 
 from edge_agent.runtimes import ModelLoadError, RuntimeUnavailable, detect_format, load_runtime
 
-app = typer.Typer(help="EdgePilot agent: run models on the device.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="EdgePilot agent: run models on the device.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 
 
 def _load(model: Path, threads: int):  # type: ignore[no-untyped-def]

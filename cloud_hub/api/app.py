@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import cast
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
@@ -17,15 +15,6 @@ from cloud_hub.hub import Hub
 from cloud_hub.training.scheduler import TrainingScheduler
 
 API_PREFIX = "/api/v1"
-
-
-def training_executor(hub: Hub) -> ThreadPoolExecutor:
-    """Background training runs: one at a time beside the scheduler's, to spare small hosts."""
-    executor = getattr(hub, "_training_executor", None)
-    if executor is None:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
-        hub._training_executor = executor  # type: ignore[attr-defined]
-    return cast(ThreadPoolExecutor, executor)
 
 
 def _error(code: int, exc: Exception) -> JSONResponse:
@@ -49,7 +38,6 @@ def create_app(hub: Hub, *, scheduler: bool | None = None) -> FastAPI:
         finally:
             if sched is not None:
                 sched.stop()
-            training_executor(hub).shutdown(wait=True, cancel_futures=True)
 
     app = FastAPI(
         title="EdgePilot hub",

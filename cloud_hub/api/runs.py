@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, status
 from pydantic import BaseModel
 
 from cloud_hub.api.deps import HubDep, RegistryDep
+from cloud_hub.errors import InvalidInput
 from cloud_hub.schemas import Run
 from cloud_hub.training.request import TrainRequest
 
@@ -19,14 +20,12 @@ class RerunBody(BaseModel):
 
 
 @router.post("/runs", status_code=status.HTTP_202_ACCEPTED)
-def start_run(body: TrainRequest, request_hub: HubDep) -> Run:
+def start_run(body: TrainRequest, hub: HubDep) -> Run:
     """Start a training pipeline. Bad data is refused here (422); the run then goes on in the
     background: poll `GET /runs/{id}` for its steps and status."""
-    from cloud_hub.api.app import training_executor
-
-    pipeline = request_hub.pipeline()
+    pipeline = hub.pipeline()
     run, preloaded = pipeline.prepare(body)
-    training_executor(request_hub).submit(pipeline.execute, run.id, preloaded)
+    hub.submit(pipeline.execute, run.id, preloaded)
     return run
 
 
@@ -49,14 +48,10 @@ def get_run(run: str, registry: RegistryDep) -> Run:
 @router.post("/runs/{run}/resume", status_code=status.HTTP_202_ACCEPTED)
 def resume_run(run: str, hub: HubDep) -> Run:
     """Continue a failed run from the step that failed, reusing the cached earlier steps."""
-    from cloud_hub.api.app import training_executor
-
     found = hub.registry.get_run(run)
     if found.status != "failed":
-        from cloud_hub.errors import InvalidInput
-
         raise InvalidInput(f"run {found.name} is {found.status}; only a failed run can be resumed")
-    training_executor(hub).submit(hub.pipeline().resume, found.id)
+    hub.submit(hub.pipeline().resume, found.id)
     return hub.registry.get_run(found.id)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
 from pydantic import BaseModel, Field
@@ -85,7 +85,7 @@ class QuantizeBody(BaseModel):
     dataset: str = Field(description="digits, iris, csv or images: calibration and check data")
     path: str | None = None
     label_column: str | None = None
-    method: str = Field(default="auto", pattern="^(auto|static|dynamic)$")
+    method: Literal["auto", "static", "dynamic"] = "auto"
     threshold: float = Field(default=0.99, ge=0, le=1)
 
 
@@ -101,11 +101,17 @@ def quantize(version_id: int, body: QuantizeBody, registry: RegistryDep) -> Vers
     version = registry.get_version_by_id(version_id)
     spec = PreprocessingSpec(**version.preprocessing) if version.preprocessing else None
     data = eval_data_from_dataset(
-        body.dataset, path=Path(body.path) if body.path else None,
-        label_column=body.label_column, spec=spec,
+        body.dataset,
+        path=Path(body.path) if body.path else None,
+        label_column=body.label_column,
+        spec=spec,
     )
     return quantize_version(
-        registry, version, data, method=body.method, threshold=body.threshold  # type: ignore[arg-type]
+        registry,
+        version,
+        data,
+        method=body.method,
+        threshold=body.threshold,
     )
 
 

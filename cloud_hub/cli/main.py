@@ -18,8 +18,11 @@ from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryErro
 from cloud_hub.hub import Hub
 from cloud_hub.settings import HubSettings, resolve_data_dir
 
-app = typer.Typer(help="EdgePilot: train, convert and ship models to edge devices.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="EdgePilot: train, convert and ship models to edge devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 models_app = typer.Typer(help="Models and versions in the registry.", no_args_is_help=True)
 runs_app = typer.Typer(help="Training runs.", no_args_is_help=True)
 projects_app = typer.Typer(help="Projects.", no_args_is_help=True)
@@ -63,7 +66,8 @@ def user_errors() -> Iterator[None]:
         raise fail(str(exc)) from None
     except ValidationError as exc:
         msgs = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg'].removeprefix('Value error, ')}"
+            f"{'.'.join(str(p) for p in e['loc']) or 'input'}: "
+            + e["msg"].removeprefix("Value error, ")
             for e in exc.errors()
         )
         raise fail(msgs) from None
@@ -74,8 +78,11 @@ def main_callback(
     ctx: typer.Context,
     data_dir: Annotated[
         Path | None,
-        typer.Option("--data-dir", help="Where the hub keeps its database and artifacts "
-                     "[env: EDGEPILOT_DATA_DIR; default: the user's data directory]"),
+        typer.Option(
+            "--data-dir",
+            help="Where the hub keeps its database and artifacts "
+            "[env: EDGEPILOT_DATA_DIR; default: the user's data directory]",
+        ),
     ] = None,
 ) -> None:
     ctx.obj = State(data_dir)
@@ -125,10 +132,14 @@ def train(
     param: Annotated[list[str] | None, typer.Option(help="Trainer parameter KEY=VALUE.")] = None,
     test_size: Annotated[float, typer.Option(help="Held-out fraction.")] = 0.2,
     seed: int = 0,
-    threshold: Annotated[float, typer.Option(help="Minimum top-1 agreement of conversions.")] = 0.99,
+    threshold: Annotated[
+        float, typer.Option(help="Minimum top-1 agreement of conversions.")
+    ] = 0.99,
     formats: Annotated[str | None, typer.Option(help="Comma-separated: onnx,tflite.")] = None,
     quantize: Annotated[bool, typer.Option(help="Also produce int8 artifacts.")] = True,
-    schedule: Annotated[str | None, typer.Option(help="Cron: retrain on this schedule in the hub.")] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="Cron: retrain on this schedule in the hub.")
+    ] = None,
     schedule_name: Annotated[str | None, typer.Option(help="Name of the schedule.")] = None,
     retries: Annotated[int, typer.Option(help="Retries of a failed scheduled run.")] = 3,
     backoff: Annotated[float, typer.Option(help="First retry delay in seconds (doubles).")] = 30.0,
@@ -180,9 +191,13 @@ def _run_with_progress(state: State, request: Any, quiet: bool) -> Any:
     from cloud_hub.training.pipeline import STEPS
 
     progress = Progress(
-        SpinnerColumn(), TextColumn("{task.description:<12}"), BarColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-        console=render.err_console, disable=quiet,
+        SpinnerColumn(),
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=render.err_console,
+        disable=quiet,
     )
     tasks = {s: progress.add_task(s, total=1, info="", start=False) for s in STEPS}
 
@@ -218,8 +233,13 @@ def _finish_run(state: State, run: Any, json_out: bool) -> None:
     version = state.hub.registry.get_version_by_id(run.version_id) if run.version_id else None
     if json_out:
         out: dict[str, Any] = {
-            "run": {"id": run.id, "name": run.name, "status": run.status,
-                    "failed_step": run.failed_step, "error": run.error},
+            "run": {
+                "id": run.id,
+                "name": run.name,
+                "status": run.status,
+                "failed_step": run.failed_step,
+                "error": run.error,
+            },
             "version": None if version is None else version.model_dump(mode="json"),
         }
         render.print_json(out)
@@ -276,8 +296,9 @@ def models_show(
 @models_app.command("upload")
 def models_upload(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="An .onnx or .tflite file.", exists=True,
-                                         dir_okay=False)],
+    file: Annotated[
+        Path, typer.Argument(help="An .onnx or .tflite file.", exists=True, dir_okay=False)
+    ],
     project: Annotated[str, typer.Option()],
     model: Annotated[str, typer.Option()],
     labels: Annotated[str | None, typer.Option(help="Comma-separated class labels.")] = None,
@@ -288,8 +309,12 @@ def models_upload(
 
     with user_errors():
         version = register_upload(
-            _state(ctx).hub.registry, project=project, model=model, data=file.read_bytes(),
-            filename=file.name, labels=labels.split(",") if labels else None,
+            _state(ctx).hub.registry,
+            project=project,
+            model=model,
+            data=file.read_bytes(),
+            filename=file.name,
+            labels=labels.split(",") if labels else None,
         )
     if json_out:
         render.print_json(version)
@@ -400,8 +425,11 @@ def _eval_data(
             "or --calibration X.npy --labels-npy y.npy"
         )
     return eval_data_from_dataset(
-        dataset, path=path, label_column=label,
-        spec=PreprocessingSpec(**spec) if spec else None, scale=scale,
+        dataset,
+        path=path,
+        label_column=label,
+        spec=PreprocessingSpec(**spec) if spec else None,
+        scale=scale,
     )
 
 
@@ -416,7 +444,9 @@ ScaleOpt = Annotated[float, typer.Option(help="Multiply raw data by this (no pre
 @app.command()
 def quantize(
     ctx: typer.Context,
-    source: Annotated[str, typer.Argument(help="PROJECT/MODEL[:N], a version id, or an .onnx file.")],
+    source: Annotated[
+        str, typer.Argument(help="PROJECT/MODEL[:N], a version id, or an .onnx file.")
+    ],
     project: Annotated[str | None, typer.Option(help="Project for an .onnx file.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name for an .onnx file.")] = None,
     dataset: DatasetOpt = None,
@@ -494,8 +524,14 @@ def convert(
                 raise InvalidInput("converting a model file needs --project and --model")
             data = _eval_data(None, dataset, path, label, calibration, labels_npy, scale)
             result = convert_model_file(
-                registry, file, project=project, model=model, data=data, formats=formats,
-                quantize=quantize_, threshold=threshold,
+                registry,
+                file,
+                project=project,
+                model=model,
+                data=data,
+                formats=formats,
+                quantize=quantize_,
+                threshold=threshold,
             )
         else:
             version = registry.resolve_version(source)
@@ -505,11 +541,14 @@ def convert(
                     "source model to convert from (quantize its ONNX artifact instead)"
                 )
             run = state.hub.pipeline().rerun(
-                version.run_id, "convert",
+                version.run_id,
+                "convert",
                 {"formats": formats, "quantize": quantize_, "threshold": threshold},
             )
             if run.version_id is None:
-                raise InvalidInput(f"conversion run {run.name} failed at {run.failed_step}: {run.error}")
+                raise InvalidInput(
+                    f"conversion run {run.name} failed at {run.failed_step}: {run.error}"
+                )
             result = registry.get_version_by_id(run.version_id)
     _show_result(result, json_out)
 
@@ -585,7 +624,10 @@ def hub_serve(
     render.err_console.print(
         f"EdgePilot hub on http://{host}:{port}  (data: {settings.data_dir}, docs: /docs)"
     )
-    uvicorn.run(create_app(hub), host=host, port=port, log_level="info")
+    try:
+        uvicorn.run(create_app(hub), host=host, port=port, log_level="info")
+    finally:
+        hub.close()
 
 
 def main() -> None:

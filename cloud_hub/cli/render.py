@@ -44,8 +44,13 @@ def models_table(models: Sequence[Model]) -> Table:
         table.add_column(col)
     for m in models:
         table.add_row(
-            str(m.id), m.project, m.name, m.task, str(m.version_count),
-            "-" if m.latest_version is None else str(m.latest_version), m.created_at[:19],
+            str(m.id),
+            m.project,
+            m.name,
+            m.task,
+            str(m.version_count),
+            "-" if m.latest_version is None else str(m.latest_version),
+            m.created_at[:19],
         )
     return table
 
@@ -57,8 +62,14 @@ def versions_table(versions: Sequence[Version]) -> Table:
     for v in versions:
         arts = ", ".join(f"{a.format}/{a.precision}" for a in v.artifacts)
         table.add_row(
-            str(v.id), v.ref, v.status, v.source, v.kind or "-",
-            _pct(v.metrics.get("accuracy")), arts, v.created_at[:19],
+            str(v.id),
+            v.ref,
+            v.status,
+            v.source,
+            v.kind or "-",
+            _pct(v.metrics.get("accuracy")),
+            arts,
+            v.created_at[:19],
         )
     return table
 
@@ -70,9 +81,14 @@ def artifacts_table(version: Version) -> Table:
     for a in version.artifacts:
         m = a.metrics
         table.add_row(
-            f"{a.format}/{a.precision}", a.status, _size(a.size), _pct(m.get("accuracy")),
-            _pct(m.get("top1_agreement")), _ms(m.get("latency_ms_p50_batch1")),
-            _ms(m.get("latency_ms_p50_batch64")), a.sha256[:8],
+            f"{a.format}/{a.precision}",
+            a.status,
+            _size(a.size),
+            _pct(m.get("accuracy")),
+            _pct(m.get("top1_agreement")),
+            _ms(m.get("latency_ms_p50_batch1")),
+            _ms(m.get("latency_ms_p50_batch64")),
+            a.sha256[:8],
         )
     return table
 
@@ -93,8 +109,13 @@ def runs_table(runs: Sequence[Run]) -> Table:
         table.add_column(col)
     for r in runs:
         table.add_row(
-            str(r.id), r.name, r.status, r.failed_step or "-", _pct(r.metrics.get("accuracy")),
-            "-" if r.version_id is None else str(r.version_id), str(r.attempt),
+            str(r.id),
+            r.name,
+            r.status,
+            r.failed_step or "-",
+            _pct(r.metrics.get("accuracy")),
+            "-" if r.version_id is None else str(r.version_id),
+            str(r.attempt),
             (r.started_at or "-")[:19],
         )
     return table
@@ -130,7 +151,12 @@ def schedules_table(schedules: Sequence[Schedule]) -> Table:
         table.add_column(col)
     for s in schedules:
         table.add_row(
-            str(s.id), s.name, s.cron, str(s.request.get("project")), s.next_run_at[:19],
-            "yes" if s.running else "no", s.last_status or "-",
+            str(s.id),
+            s.name,
+            s.cron,
+            str(s.request.get("project")),
+            s.next_run_at[:19],
+            "yes" if s.running else "no",
+            s.last_status or "-",
         )
     return table

@@ -74,7 +74,9 @@ def _train_step(state: dict[str, Any], request: TrainRequest) -> StepResult:
     trained = train_model(
         request.model_type, state["X_train"], state["y_train"], request.params, seed=request.seed
     )
-    train_acc = float((trained.predict_scores(state["X_train"]).argmax(1) == state["y_train"]).mean())
+    train_acc = float(
+        (trained.predict_scores(state["X_train"]).argmax(1) == state["y_train"]).mean()
+    )
     return StepResult(
         {"framework": trained.framework, "model_type": trained.kind, "train_accuracy": train_acc},
         {"trained": trained},
@@ -395,8 +397,17 @@ class TrainingPipeline:
                 data = keras_to_tflite(trained.estimator)
                 out.append(ExportedArtifact("tflite", "fp32", data, "tflite-converter"))
         return StepResult(
-            {"artifacts": [{"format": a.format, "precision": a.precision, "size": len(a.data),
-                            "method": a.method} for a in out]},
+            {
+                "artifacts": [
+                    {
+                        "format": a.format,
+                        "precision": a.precision,
+                        "size": len(a.data),
+                        "method": a.method,
+                    }
+                    for a in out
+                ]
+            },
             {"fp32_artifacts": out},
         )
 
@@ -423,8 +434,12 @@ class TrainingPipeline:
         return StepResult(
             {
                 "artifacts": [
-                    {"format": a.format, "precision": a.precision, "size": len(a.data),
-                     "method": a.method}
+                    {
+                        "format": a.format,
+                        "precision": a.precision,
+                        "size": len(a.data),
+                        "method": a.method,
+                    }
                     for a in out
                 ],
                 "calibration_samples": len(calib),

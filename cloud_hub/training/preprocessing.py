@@ -26,11 +26,12 @@ class PreprocessingSpec(BaseModel):
     feature_names: list[str] = []
 
     def apply(self, X: np.ndarray) -> np.ndarray:
-        out = X.astype(np.float32) * np.float32(self.scale)
+        out: np.ndarray = X.astype(np.float32) * np.float32(self.scale)
         if self.flatten:
             out = out.reshape(out.shape[0], -1)
         if self.mean is not None and self.std is not None:
-            out = (out - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+            mean = np.asarray(self.mean, np.float32)
+            out = (out - mean) / np.asarray(self.std, np.float32)
         return out.astype(np.float32)
 
 

@@ -32,7 +32,9 @@ class TrainRequest(BaseModel):
     @model_validator(mode="after")
     def _known_choices(self) -> TrainRequest:
         if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+            raise ValueError(
+                f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}"
+            )
         if self.model_type not in MODEL_TYPES:
             raise ValueError(
                 f"unknown model type {self.model_type!r}: choose one of {', '.join(MODEL_TYPES)}"

@@ -107,7 +107,9 @@ class TrainingScheduler:
                         request, schedule_id=schedule.id, attempt=attempt, preflight=False
                     )
                 except Exception as exc:  # registry trouble: logged, retried like a failed run
-                    log.exception("schedule %s attempt %d could not run: %s", schedule.name, attempt, exc)
+                    log.exception(
+                        "schedule %s attempt %d could not run: %s", schedule.name, attempt, exc
+                    )
                     run = None
                 if run is not None:
                     run_id = run.id
@@ -116,7 +118,12 @@ class TrainingScheduler:
                         break
                 if attempt <= schedule.max_retries:
                     delay = schedule.backoff_s * 2 ** (attempt - 1)
-                    log.info("schedule %s: attempt %d failed, retry in %.1fs", schedule.name, attempt, delay)
+                    log.info(
+                        "schedule %s: attempt %d failed, retry in %.1fs",
+                        schedule.name,
+                        attempt,
+                        delay,
+                    )
                     if self._stop.wait(delay):
                         break
         finally:

@@ -106,7 +106,9 @@ def test_garbage_uploads_are_refused_and_nothing_is_written(
 def test_truncated_model_is_refused(client: TestClient, onnx_model: bytes) -> None:
     resp = client.post(
         "/api/v1/projects/ext/models/cut/versions",
-        files={"file": ("cut.onnx", onnx_model[: len(onnx_model) // 2], "application/octet-stream")},
+        files={
+            "file": ("cut.onnx", onnx_model[: len(onnx_model) // 2], "application/octet-stream")
+        },
     )
     assert resp.status_code == 422
     assert "not an ONNX or TFLite model" in resp.json()["detail"]
@@ -142,7 +144,8 @@ def test_training_through_the_api(client: TestClient) -> None:
     assert by_name["id"] == run["id"]
     version = client.get(f"/api/v1/versions/{run['version_id']}").json()
     assert {(a["format"], a["precision"]) for a in version["artifacts"]} == {
-        ("onnx", "fp32"), ("onnx", "int8")
+        ("onnx", "fp32"),
+        ("onnx", "int8"),
     }
     assert version["report"]["passed"] is True
     listed = client.get("/api/v1/runs", params={"project": "flowers"}).json()
@@ -153,18 +156,27 @@ def test_training_through_the_api(client: TestClient) -> None:
 
 
 def test_bad_training_requests(client: TestClient, tmp_path: Path) -> None:
-    unknown = client.post("/api/v1/runs", json={"project": "p", "dataset": "mnist",
-                                                "model_type": "mlp"})
+    unknown = client.post(
+        "/api/v1/runs", json={"project": "p", "dataset": "mnist", "model_type": "mlp"}
+    )
     assert unknown.status_code == 422
     assert "unknown dataset 'mnist'" in unknown.text
-    kind = client.post("/api/v1/runs", json={"project": "p", "dataset": "iris",
-                                             "model_type": "svm"})
+    kind = client.post(
+        "/api/v1/runs", json={"project": "p", "dataset": "iris", "model_type": "svm"}
+    )
     assert kind.status_code == 422 and "unknown model type 'svm'" in kind.text
     csv = tmp_path / "x.csv"
     csv.write_text("a,b\n1,2\n")
-    missing = client.post("/api/v1/runs", json={"project": "p", "dataset": "csv",
-                                                "model_type": "mlp", "path": str(csv),
-                                                "label_column": "label"})
+    missing = client.post(
+        "/api/v1/runs",
+        json={
+            "project": "p",
+            "dataset": "csv",
+            "model_type": "mlp",
+            "path": str(csv),
+            "label_column": "label",
+        },
+    )
     assert missing.status_code == 422
     assert missing.json()["detail"].endswith("has no label column 'label' (columns: a, b)")
     assert client.get("/api/v1/runs").json() == []
@@ -172,8 +184,11 @@ def test_bad_training_requests(client: TestClient, tmp_path: Path) -> None:
 
 
 def test_schedules_api(client: TestClient) -> None:
-    body = {"name": "nightly", "cron": "0 3 * * *",
-            "request": {"project": "p", "dataset": "iris", "model_type": "logreg"}}
+    body = {
+        "name": "nightly",
+        "cron": "0 3 * * *",
+        "request": {"project": "p", "dataset": "iris", "model_type": "logreg"},
+    }
     created = client.post("/api/v1/schedules", json=body)
     assert created.status_code == 201, created.text
     assert created.json()["next_run_at"].endswith("03:00:00.000000Z")

@@ -10,8 +10,9 @@ from tests.conftest import run_cli
 
 
 def test_train_list_show_as_json_and_tables(cli_env: dict[str, str]) -> None:
-    trained = run_cli(["train", "--project", "flowers", "--dataset", "iris", "--model", "mlp",
-                       "--json"], cli_env)
+    trained = run_cli(
+        ["train", "--project", "flowers", "--dataset", "iris", "--model", "mlp", "--json"], cli_env
+    )
     assert trained.returncode == 0, trained.stderr
     version = json.loads(trained.stdout)["version"]
     assert version["project"] == "flowers" and version["model"] == "iris-mlp"
@@ -43,7 +44,9 @@ def test_data_dir_flag_and_env_agree(cli_env: dict[str, str], tmp_path: Path) ->
     assert json.loads(default_env.stdout) == []
 
 
-def test_bad_input_gets_a_message_and_a_nonzero_exit(cli_env: dict[str, str], tmp_path: Path) -> None:
+def test_bad_input_gets_a_message_and_a_nonzero_exit(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
     unknown = run_cli(["train", "--project", "p", "--dataset", "mnist", "--model", "mlp"], cli_env)
     assert unknown.returncode == 2
     assert "unknown dataset 'mnist'" in unknown.stderr
@@ -51,8 +54,22 @@ def test_bad_input_gets_a_message_and_a_nonzero_exit(cli_env: dict[str, str], tm
     assert kind.returncode == 2 and "unknown model type 'svm'" in kind.stderr
     csv = tmp_path / "d.csv"
     csv.write_text("a,b\n1,2\n")
-    no_label = run_cli(["train", "--project", "p", "--dataset", "csv", "--path", str(csv),
-                        "--label", "y", "--model", "mlp"], cli_env)
+    no_label = run_cli(
+        [
+            "train",
+            "--project",
+            "p",
+            "--dataset",
+            "csv",
+            "--path",
+            str(csv),
+            "--label",
+            "y",
+            "--model",
+            "mlp",
+        ],
+        cli_env,
+    )
     assert no_label.returncode == 2 and "no label column 'y'" in no_label.stderr
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model at all")
@@ -70,13 +87,38 @@ def test_bad_input_gets_a_message_and_a_nonzero_exit(cli_env: dict[str, str], tm
 
 
 def test_schedule_from_the_cli(cli_env: dict[str, str]) -> None:
-    made = run_cli(["train", "--project", "p", "--dataset", "iris", "--model", "logreg",
-                    "--schedule", "0 3 * * *", "--json"], cli_env)
+    made = run_cli(
+        [
+            "train",
+            "--project",
+            "p",
+            "--dataset",
+            "iris",
+            "--model",
+            "logreg",
+            "--schedule",
+            "0 3 * * *",
+            "--json",
+        ],
+        cli_env,
+    )
     assert made.returncode == 0, made.stderr
     sched = json.loads(made.stdout)
     assert sched["cron"] == "0 3 * * *" and sched["name"] == "p.iris-logreg"
-    bad = run_cli(["train", "--project", "p", "--dataset", "iris", "--model", "logreg",
-                   "--schedule", "sometimes"], cli_env)
+    bad = run_cli(
+        [
+            "train",
+            "--project",
+            "p",
+            "--dataset",
+            "iris",
+            "--model",
+            "logreg",
+            "--schedule",
+            "sometimes",
+        ],
+        cli_env,
+    )
     assert bad.returncode == 2 and "invalid cron expression" in bad.stderr
     listed = run_cli(["schedules", "list"], cli_env)
     assert "p.iris-logreg" in listed.stdout

@@ -38,9 +38,24 @@ def mlp_onnx(tmp_path: Path, hub: Hub) -> Path:
 
 
 def test_quantize_an_onnx_file(cli_env: dict[str, str], mlp_onnx: Path) -> None:
-    done = run_cli(["quantize", str(mlp_onnx), "--project", "ext", "--model", "mlp",
-                    "--dataset", "digits", "--scale", "0.0625", "--method", "static", "--json"],
-                   cli_env)
+    done = run_cli(
+        [
+            "quantize",
+            str(mlp_onnx),
+            "--project",
+            "ext",
+            "--model",
+            "mlp",
+            "--dataset",
+            "digits",
+            "--scale",
+            "0.0625",
+            "--method",
+            "static",
+            "--json",
+        ],
+        cli_env,
+    )
     assert done.returncode == 0, done.stderr
     version = json.loads(done.stdout)
     assert version["number"] == 2 and version["source"] == "converted"
@@ -72,14 +87,33 @@ def test_convert_a_keras_file_to_onnx_and_tflite(cli_env: dict[str, str], tmp_pa
 
     X, y = digits_flat()
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(X, y, epochs=10, verbose=0)
     path = tmp_path / "digits.keras"
     model.save(path)
-    done = run_cli(["convert", str(path), "--project", "ext", "--model", "keras-mlp",
-                    "--dataset", "digits", "--scale", "0.0625", "--json"], cli_env)
+    done = run_cli(
+        [
+            "convert",
+            str(path),
+            "--project",
+            "ext",
+            "--model",
+            "keras-mlp",
+            "--dataset",
+            "digits",
+            "--scale",
+            "0.0625",
+            "--json",
+        ],
+        cli_env,
+    )
     assert done.returncode == 0, done.stderr
     version = json.loads(done.stdout)
     kinds = {(a["format"], a["precision"]) for a in version["artifacts"]}
@@ -88,8 +122,10 @@ def test_convert_a_keras_file_to_onnx_and_tflite(cli_env: dict[str, str], tmp_pa
     assert version["report"]["reference"]["accuracy"] > 0.9
     garbage = tmp_path / "broken.keras"
     garbage.write_bytes(b"nope")
-    bad = run_cli(["convert", str(garbage), "--project", "ext", "--model", "x",
-                   "--dataset", "digits"], cli_env)
+    bad = run_cli(
+        ["convert", str(garbage), "--project", "ext", "--model", "x", "--dataset", "digits"],
+        cli_env,
+    )
     assert bad.returncode == 2 and "not a loadable Keras model" in bad.stderr
 
 
@@ -98,8 +134,9 @@ def test_convert_a_torch_export_program(cli_env: dict[str, str], tmp_path: Path)
 
     X, y = digits_flat()
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10),
-                              torch.nn.Softmax(dim=1))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10), torch.nn.Softmax(dim=1)
+    )
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     for _ in range(150):
@@ -109,15 +146,42 @@ def test_convert_a_torch_export_program(cli_env: dict[str, str], tmp_path: Path)
         opt.step()
     fixed = tmp_path / "fixed-batch.pt2"
     torch.export.save(torch.export.export(net.eval(), (xt[:4],)), str(fixed))
-    refused = run_cli(["convert", str(fixed), "--project", "ext", "--model", "torch-mlp",
-                       "--dataset", "digits", "--scale", "0.0625"], cli_env)
+    refused = run_cli(
+        [
+            "convert",
+            str(fixed),
+            "--project",
+            "ext",
+            "--model",
+            "torch-mlp",
+            "--dataset",
+            "digits",
+            "--scale",
+            "0.0625",
+        ],
+        cli_env,
+    )
     assert refused.returncode == 2 and "export it with a dynamic batch" in refused.stderr
     batch = torch.export.Dim("batch")
     program = torch.export.export(net.eval(), (xt[:4],), dynamic_shapes=({0: batch},))
     path = tmp_path / "digits.pt2"
     torch.export.save(program, str(path))
-    done = run_cli(["convert", str(path), "--project", "ext", "--model", "torch-mlp",
-                    "--dataset", "digits", "--scale", "0.0625", "--json"], cli_env)
+    done = run_cli(
+        [
+            "convert",
+            str(path),
+            "--project",
+            "ext",
+            "--model",
+            "torch-mlp",
+            "--dataset",
+            "digits",
+            "--scale",
+            "0.0625",
+            "--json",
+        ],
+        cli_env,
+    )
     assert done.returncode == 0, done.stderr
     version = json.loads(done.stdout)
     arts = {(a["format"], a["precision"]): a for a in version["artifacts"]}
@@ -132,13 +196,14 @@ def test_quantize_through_the_api(hub: Hub) -> None:
         TrainRequest(project="digits", dataset="digits", model_type="mlp", quantize=False)
     )
     with TestClient(create_app(hub, scheduler=False)) as client:
-        resp = client.post(f"/api/v1/versions/{run.version_id}/quantize",
-                           json={"dataset": "digits", "method": "dynamic"})
+        resp = client.post(
+            f"/api/v1/versions/{run.version_id}/quantize",
+            json={"dataset": "digits", "method": "dynamic"},
+        )
         assert resp.status_code == 201, resp.text
         version = resp.json()
         assert version["parent_id"] == run.version_id
         int8 = [a for a in version["artifacts"] if a["precision"] == "int8"][0]
         assert int8["method"] == "onnxruntime-dynamic"
-        bad = client.post(f"/api/v1/versions/{run.version_id}/quantize",
-                          json={"dataset": "nope"})
+        bad = client.post(f"/api/v1/versions/{run.version_id}/quantize", json={"dataset": "nope"})
         assert bad.status_code == 422 and "unknown dataset 'nope'" in bad.json()["detail"]

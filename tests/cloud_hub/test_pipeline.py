@@ -66,14 +66,25 @@ def test_digits_mlp_gets_an_int8_onnx_within_a_point(hub: Hub) -> None:
     assert int8.metrics["top1_agreement"] >= 0.99
     assert abs(int8.metrics["accuracy"] - fp32.metrics["accuracy"]) <= 0.01
     assert (version.preprocessing or {})["flatten"] is True
-    assert {"top1_agreement", "max_abs_diff", "latency_ms_p50_batch1", "latency_ms_p50_batch64",
-            "size_bytes", "passed"} <= set(int8.metrics)
+    assert {
+        "top1_agreement",
+        "max_abs_diff",
+        "latency_ms_p50_batch1",
+        "latency_ms_p50_batch64",
+        "size_bytes",
+        "passed",
+    } <= set(int8.metrics)
 
 
 def test_a_conversion_below_threshold_is_registered_as_failed(hub: Hub) -> None:
     run = hub.pipeline().start(
-        TrainRequest(project="digits", dataset="digits", model_type="mlp", threshold=1.0,
-                     params={"max_iter": 30})
+        TrainRequest(
+            project="digits",
+            dataset="digits",
+            model_type="mlp",
+            threshold=1.0,
+            params={"max_iter": 30},
+        )
     )
     version = hub.registry.get_version_by_id(run.version_id or 0)
     failed = [a for a in version.artifacts if a.status == "failed"]
@@ -142,14 +153,16 @@ def test_bad_requests_are_refused_before_anything_is_stored(hub: Hub, tmp_path: 
     csv.write_text("a,b,y\n1,2,0\n3,4,1\n")
     with pytest.raises(InvalidInput, match="no label column 'label'"):
         hub.pipeline().start(
-            TrainRequest(project="p", dataset="csv", model_type="mlp", path=str(csv),
-                         label_column="label")
+            TrainRequest(
+                project="p", dataset="csv", model_type="mlp", path=str(csv), label_column="label"
+            )
         )
     csv.write_text("a,b,y\n1,oops,0\n3,4,1\n")
     with pytest.raises(InvalidInput, match="not numeric"):
         hub.pipeline().start(
-            TrainRequest(project="p", dataset="csv", model_type="mlp", path=str(csv),
-                         label_column="y")
+            TrainRequest(
+                project="p", dataset="csv", model_type="mlp", path=str(csv), label_column="y"
+            )
         )
     with pytest.raises(InvalidInput, match="model 'cnn' needs image data"):
         hub.pipeline().start(TrainRequest(project="p", dataset="iris", model_type="cnn"))
@@ -166,8 +179,14 @@ def test_csv_training(hub: Hub, tmp_path: Path) -> None:
     csv = tmp_path / "train.csv"
     csv.write_text("\n".join(rows) + "\n")
     run = hub.pipeline().start(
-        TrainRequest(project="tab", dataset="csv", model_type="random_forest", path=str(csv),
-                     label_column="label", model_name="yes-no")
+        TrainRequest(
+            project="tab",
+            dataset="csv",
+            model_type="random_forest",
+            path=str(csv),
+            label_column="label",
+            model_name="yes-no",
+        )
     )
     assert run.status == "succeeded", run.error
     version = hub.registry.get_version_by_id(run.version_id or 0)
@@ -175,3 +194,45 @@ def test_csv_training(hub: Hub, tmp_path: Path) -> None:
     assert version.metrics["accuracy"] > 0.9
     assert version.preprocessing is not None
     assert version.preprocessing["feature_names"] == ["x1", "x2", "x3"]
+
+
+def test_cnn_on_an_image_folder(hub: Hub, tmp_path: Path) -> None:
+    """Images read with OpenCV, resized, a CNN trained and shipped as ONNX and TFLite."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for cls in ("horizontal", "vertical"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(30):
+            img = rng.integers(0, 60, (20, 20), dtype=np.uint8)
+            pos = rng.integers(3, 17)
+            if cls == "horizontal":
+                img[pos - 1 : pos + 2, :] = 255
+            else:
+                img[:, pos - 1 : pos + 2] = 255
+            cv2.imwrite(str(tmp_path / "imgs" / cls / f"{i}.png"), img)
+    run = hub.pipeline().start(
+        TrainRequest(
+            project="lines",
+            dataset="images",
+            path=str(tmp_path / "imgs"),
+            model_type="cnn",
+            image_size=(12, 12),
+            params={"epochs": 15},
+        )
+    )
+    assert run.status == "succeeded", run.error
+    version = hub.registry.get_version_by_id(run.version_id or 0)
+    assert version.labels == ["horizontal", "vertical"]
+    assert version.preprocessing is not None
+    assert version.preprocessing["size"] == [12, 12]
+    assert version.preprocessing["scale"] == pytest.approx(1 / 255)
+    assert version.metrics["accuracy"] >= 0.9
+    assert {(a.format, a.precision) for a in version.artifacts} == {
+        ("onnx", "fp32"),
+        ("onnx", "int8"),
+        ("tflite", "fp32"),
+        ("tflite", "int8"),
+    }
+    tflite = next(a for a in version.artifacts if a.format == "tflite" and a.precision == "int8")
+    assert tflite.signature["inputs"][0]["shape"][1:] == [12, 12, 1]

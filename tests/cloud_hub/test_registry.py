@@ -48,7 +48,9 @@ def test_versions_number_up_and_keep_their_artifacts(hub: Hub) -> None:
         labels=["a", "b"],
     )
     v2 = reg.add_version(
-        model.id, artifacts=[NewArtifact("tflite", "fp32", b"three")], source="uploaded",
+        model.id,
+        artifacts=[NewArtifact("tflite", "fp32", b"three")],
+        source="uploaded",
         parent_id=v1.id,
     )
     assert (v1.number, v2.number) == (1, 2)
@@ -109,7 +111,8 @@ def test_concurrent_threads_get_distinct_version_numbers(hub: Hub) -> None:
         try:
             for j in range(5):
                 hub.registry.add_version(
-                    model.id, artifacts=[NewArtifact("onnx", "fp32", f"{i}-{j}".encode())],
+                    model.id,
+                    artifacts=[NewArtifact("onnx", "fp32", f"{i}-{j}".encode())],
                     source="uploaded",
                 )
         except BaseException as exc:  # pragma: no cover - reported below
@@ -130,7 +133,8 @@ def _process_writer(data_dir: str, tag: int) -> None:
     model = hub.registry.ensure_model("shared", "m")
     for j in range(5):
         hub.registry.add_version(
-            model.id, artifacts=[NewArtifact("onnx", "fp32", f"{tag}/{j}".encode())],
+            model.id,
+            artifacts=[NewArtifact("onnx", "fp32", f"{tag}/{j}".encode())],
             source="uploaded",
         )
     hub.close()

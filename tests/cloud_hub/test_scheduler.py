@@ -52,16 +52,25 @@ def test_a_due_schedule_trains_and_records_the_run(hub: Hub) -> None:
 
 def test_failed_runs_are_retried_with_backoff_and_all_recorded(hub: Hub, tmp_path: Path) -> None:
     csv = tmp_path / "late.csv"  # does not exist yet: every attempt fails at load_data
-    request = TrainRequest(project="p", dataset="csv", model_type="logreg", path=str(csv),
-                           label_column="y")
-    sched = create_schedule(hub.registry, name="retrying", cron=EVERY_SECOND, request=request,
-                            max_retries=2, backoff_s=0.2)
+    request = TrainRequest(
+        project="p", dataset="csv", model_type="logreg", path=str(csv), label_column="y"
+    )
+    sched = create_schedule(
+        hub.registry,
+        name="retrying",
+        cron=EVERY_SECOND,
+        request=request,
+        max_retries=2,
+        backoff_s=0.2,
+    )
     scheduler = TrainingScheduler(hub.registry, hub.pipeline())
     wait_until(lambda: bool(scheduler.tick()), timeout=5)
     wait_until(lambda: hub.registry.get_schedule(sched.id).last_status is not None)
     runs = sorted(hub.registry.list_runs(schedule_id=sched.id), key=lambda r: r.id)
     assert [(r.attempt, r.status, r.failed_step) for r in runs] == [
-        (1, "failed", "load_data"), (2, "failed", "load_data"), (3, "failed", "load_data")
+        (1, "failed", "load_data"),
+        (2, "failed", "load_data"),
+        (3, "failed", "load_data"),
     ]
     assert "does not exist" in (runs[0].error or "")
     gaps = [
@@ -80,8 +89,14 @@ def test_failed_runs_are_retried_with_backoff_and_all_recorded(hub: Hub, tmp_pat
 def test_the_same_job_never_runs_twice_at_once(hub: Hub) -> None:
     """Two schedulers (as in two hub processes) keep ticking on one registry while a slow job
     (a CNN, several seconds) runs: neither starts it again, although the cron fires every second."""
-    request = TrainRequest(project="digits", dataset="digits", model_type="cnn",
-                           params={"epochs": 20}, formats=["onnx"], quantize=False)
+    request = TrainRequest(
+        project="digits",
+        dataset="digits",
+        model_type="cnn",
+        params={"epochs": 20},
+        formats=["onnx"],
+        quantize=False,
+    )
     sched = create_schedule(hub.registry, name="busy", cron=EVERY_SECOND, request=request)
     first = TrainingScheduler(hub.registry, hub.pipeline())
     second = TrainingScheduler(hub.registry, hub.pipeline())

@@ -17,8 +17,18 @@ def test_cli_trains_the_cnn_and_hub_serve_answers_the_same_version(
 ) -> None:
     data_dir = tmp_path / "D"
     done = run_cli(
-        ["--data-dir", str(data_dir), "train", "--project", "digits", "--dataset", "digits",
-         "--model", "cnn", "--json"],
+        [
+            "--data-dir",
+            str(data_dir),
+            "train",
+            "--project",
+            "digits",
+            "--dataset",
+            "digits",
+            "--model",
+            "cnn",
+            "--json",
+        ],
         cli_env,
     )
     assert done.returncode == 0, done.stderr
@@ -43,7 +53,9 @@ def test_cli_trains_the_cnn_and_hub_serve_answers_the_same_version(
     port = free_port()
     hub = subprocess.Popen(
         [str(BIN / "edgepilot"), "--data-dir", str(data_dir), "hub", "serve", "--port", str(port)],
-        env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         wait_for_port(port, proc=hub)

@@ -15,8 +15,9 @@ from tests.conftest import BIN
 
 
 def agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "edgepilot-agent"), *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [str(BIN / "edgepilot-agent"), *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_predict_and_info(tmp_path: Path) -> None:
