@@ -101,7 +101,7 @@ def time_calls(runtime: Runtime, batch: np.ndarray, calls: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved measurement rounds")
     parser.add_argument("--calls-b1", type=int, default=400, help="batch-1 calls per round")
     parser.add_argument("--calls-b64", type=int, default=60, help="batch-64 calls per round")
@@ -160,15 +160,17 @@ def main() -> None:
     info["loadavg_end"] = " ".join(os.getloadavg().__repr__().strip("()").split(", "))
 
     print(f"machine: {json.dumps(info)}")
-    print(f"training both models: {train_s:.1f} s; rounds: {args.rounds}, calls per round: "
-          f"{args.calls_b1} (batch 1), {args.calls_b64} (batch 64)\n")
+    print(
+        f"training both models: {train_s:.1f} s; rounds: {args.rounds}, calls per round: "
+        f"{args.calls_b1} (batch 1), {args.calls_b64} (batch 64)\n"
+    )
     print(markdown_table(rows))
     if args.json:
         payload = {
             "machine": info,
             "rows": [
                 {
-                    **{k: v for k, v in asdict(r).items() if not k.endswith(("samples_us"))},
+                    **{k: v for k, v in asdict(r).items() if not k.endswith("samples_us")},
                     "b1_p50_us": r.b1_us,
                     "b64_p50_us": r.b64_us,
                 }

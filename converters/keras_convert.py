@@ -29,7 +29,10 @@ def _input_shape(model: Any) -> tuple[int, ...]:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the converters' prints ("Saved artifact at ...") and warnings."""
+    """Silence the converters' prints ("Saved artifact at ...") and warnings.
+
+    sys.stdout is process-wide: prints from other threads are swallowed too while this runs.
+    """
     with (
         contextlib.redirect_stdout(io.StringIO()),
         contextlib.redirect_stderr(io.StringIO()),

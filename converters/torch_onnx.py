@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -14,11 +15,26 @@ from converters.keras_convert import SCORES_NAME, _quiet
 TORCH_ONNX_OPSET = 18
 
 
+def _set_mode(module: Any, *, training: bool) -> None:
+    """module.train(training), where the module supports it.
+
+    ExportedProgram has no train/eval, and the module that ExportedProgram.module() returns
+    raises NotImplementedError: both are traced in eval mode already.
+    """
+    train = getattr(module, "train", None)
+    if train is None:
+        return
+    with contextlib.suppress(NotImplementedError):
+        train(training)
+
+
 def torch_to_onnx(module: Any, example_input: np.ndarray) -> bytes:
     """Export a torch.nn.Module to a self-contained ONNX graph with a dynamic batch dimension.
 
-    `example_input` is a batch shaped like the module's input (for example NCHW images). The graph
-    has one input named "input" and the module's (single) output named "probabilities".
+    `module` may also be a torch.export.ExportedProgram (or its .module()); a program keeps the
+    dynamic shapes it was exported with. `example_input` is a batch shaped like the module's
+    input (for example NCHW images). The graph has one input named "input" and the module's
+    (single) output named "probabilities".
     """
     import torch
 
@@ -30,8 +46,9 @@ def torch_to_onnx(module: Any, example_input: np.ndarray) -> bytes:
     if example.shape[0] < 2:  # torch.export specialises a batch of 1, which is not dynamic
         example = np.concatenate([example[:1], example[:1]], axis=0)
     tensor = torch.from_numpy(np.ascontiguousarray(example))
-    was_training = module.training
-    module.eval()
+    exported = isinstance(module, torch.export.ExportedProgram)
+    was_training = bool(getattr(module, "training", False))
+    _set_mode(module, training=False)
     torch_logger = logging.getLogger("torch")
     level = torch_logger.level
     torch_logger.setLevel(logging.ERROR)
@@ -44,14 +61,15 @@ def torch_to_onnx(module: Any, example_input: np.ndarray) -> bytes:
                 external_data=False,
                 input_names=["input"],
                 output_names=[SCORES_NAME],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                # an ExportedProgram carries its own (dynamic) shapes
+                dynamic_shapes=None if exported else ({0: torch.export.Dim("batch")},),
                 opset_version=TORCH_ONNX_OPSET,
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many types (UserError, RuntimeError...)
         raise ConversionError(f"torch.onnx.export failed: {exc}") from exc
     finally:
-        module.train(was_training)
+        _set_mode(module, training=was_training)
         torch_logger.setLevel(level)
     if program is None:
         raise ConversionError("torch.onnx.export returned no program")

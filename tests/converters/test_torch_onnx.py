@@ -75,3 +75,23 @@ def test_torch_to_onnx_refuses_bad_example(trained: tuple[Any, np.ndarray, np.nd
         torch_to_onnx(model, np.zeros(64, np.float32))
     with pytest.raises(ConversionError, match="torch.onnx.export failed"):
         torch_to_onnx(model, np.zeros((2, 64), np.float32))  # wrong shape for a Conv2d
+
+
+def test_torch_export_programs_convert(trained: tuple[Any, np.ndarray, np.ndarray]) -> None:
+    import torch
+
+    model, X_test, _ = trained
+    program = torch.export.export(
+        model.eval(),
+        (torch.from_numpy(X_test[:4]),),
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
+    with torch.no_grad():
+        expected = model(torch.from_numpy(X_test)).numpy()
+    # the program itself, and the module it unflattens to (which refuses .eval())
+    for exported in (program, program.module()):
+        runtime = load_runtime(torch_to_onnx(exported, X_test[:2]), "onnx")
+        assert runtime.inputs[0].shape[0] is None
+        scores = runtime.predict(X_test)
+        assert np.mean(scores.argmax(1) == expected.argmax(1)) >= 0.99
+        assert np.abs(scores - expected).max() < 1e-4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,7 +80,9 @@ def tflite_int8_io(keras_model: Any, digits: tuple[np.ndarray, np.ndarray]) -> b
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    data: bytes = converter.convert()
+    with warnings.catch_warnings():  # "Statistics for quantized inputs were expected"
+        warnings.simplefilter("ignore", UserWarning)
+        data: bytes = converter.convert()
     return data
 
 
