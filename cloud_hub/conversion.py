@@ -27,6 +27,9 @@ from cloud_hub.training.preprocessing import PreprocessingSpec
 CALIBRATION_SAMPLES = 200
 
 
+Candidates = list[tuple[str, str, bytes, str | None]]  # format, precision, bytes, int8 method
+
+
 @dataclass
 class EvalData:
     """Inputs ready for the model: a calibration sample and a labelled evaluation split."""
@@ -96,7 +99,7 @@ def _reshape_to(X: np.ndarray, want: list[int | None]) -> np.ndarray:
 
 
 def _report_and_artifacts(
-    candidates: list[tuple[str, str, bytes, str]],
+    candidates: Candidates,
     *,
     data: EvalData,
     reference_scores: np.ndarray,
@@ -166,8 +169,8 @@ def quantize_version(
     reference = load_runtime(fp32, "onnx").predict(data.X)
     report, artifacts, reason = _report_and_artifacts(
         [
-            ("onnx", "fp32", fp32, source[0].method or "fp32"),
-            ("onnx", "int8", quantized.data, f"onnxruntime-{quantized.method}"),
+            ("onnx", "fp32", fp32, None),
+            ("onnx", "int8", quantized.data, quantized.method),
         ],
         data=data,
         reference_scores=reference,
@@ -241,9 +244,6 @@ def convert_model_file(
     )
 
 
-Candidates = list[tuple[str, str, bytes, str]]
-
-
 def _from_keras(
     path: Path, data: EvalData, formats: list[str] | None, quantize: bool
 ) -> tuple[Candidates, np.ndarray]:
@@ -262,16 +262,14 @@ def _from_keras(
     wanted = formats or ["onnx", "tflite"]
     if "onnx" in wanted:
         onnx_fp32 = keras_to_onnx(model)
-        out.append(("onnx", "fp32", onnx_fp32, "tf2onnx"))
+        out.append(("onnx", "fp32", onnx_fp32, None))
         if quantize:
             q = quantize_onnx(onnx_fp32, data.calibration)
-            out.append(("onnx", "int8", q.data, f"onnxruntime-{q.method}"))
+            out.append(("onnx", "int8", q.data, q.method))
     if "tflite" in wanted:
-        out.append(("tflite", "fp32", keras_to_tflite(model), "tflite-converter"))
+        out.append(("tflite", "fp32", keras_to_tflite(model), None))
         if quantize:
-            out.append(
-                ("tflite", "int8", keras_to_tflite(model, data.calibration), "tflite-full-int8")
-            )
+            out.append(("tflite", "int8", keras_to_tflite(model, data.calibration), "full-int8"))
     return out, reference
 
 
@@ -302,8 +300,8 @@ def _from_torch(
             "(export it with a dynamic batch: dynamic_shapes=({0: torch.export.Dim('batch')},))"
         ) from None
     onnx_fp32 = torch_to_onnx(module, data.X[:2])
-    out: Candidates = [("onnx", "fp32", onnx_fp32, "torch.onnx")]
+    out: Candidates = [("onnx", "fp32", onnx_fp32, None)]
     if quantize:
         q = quantize_onnx(onnx_fp32, data.calibration)
-        out.append(("onnx", "int8", q.data, f"onnxruntime-{q.method}"))
+        out.append(("onnx", "int8", q.data, q.method))
     return out, np.asarray(reference, dtype=np.float32)

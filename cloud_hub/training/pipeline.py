@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from cloud_hub.signature import signature_of
 from cloud_hub.training.datasets import Dataset, DatasetError, load_dataset
 from cloud_hub.training.preprocessing import PreprocessingSpec, fit_spec
 from cloud_hub.training.request import TrainRequest
+
+if TYPE_CHECKING:
+    from cloud_hub.training.trainers import ExportedArtifact
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +63,6 @@ class StepResult:
     values: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class ExportedArtifact:
-    format: str
-    precision: str
-    data: bytes
-    method: str
-
-
 def _train_step(state: dict[str, Any], request: TrainRequest) -> StepResult:
     from cloud_hub.training.trainers import train_model
 
@@ -89,6 +84,13 @@ def check_compatible(request: TrainRequest, dataset: Dataset) -> None:
             f"model 'cnn' needs image data; dataset {dataset.name!r} is tabular "
             f"with {dataset.X.shape[1]} features"
         )
+
+
+def _listing(artifacts: list[ExportedArtifact]) -> list[dict[str, Any]]:
+    return [
+        {"format": a.format, "precision": a.precision, "size": len(a.data), "method": a.method}
+        for a in artifacts
+    ]
 
 
 class TrainingPipeline:
@@ -180,8 +182,16 @@ class TrainingPipeline:
             )
         state = self._restore(source.id, STEPS[:start])
         request = TrainRequest(**{**source.request, **(overrides or {})})
-        if "trained" in state:  # refuse impossible formats before recording a run
-            self._formats(state["trained"].framework, request)
+        if "trained" in state and request.formats:  # refuse impossible formats before a run
+            from cloud_hub.training.trainers import supported_formats
+
+            supported = supported_formats(state["trained"])
+            unsupported = [f for f in request.formats if f not in supported]
+            if unsupported:
+                raise InvalidInput(
+                    f"a {request.model_type} model cannot be converted to "
+                    f"{', '.join(unsupported)} (supported: {', '.join(supported)})"
+                )
         run = self.registry.create_run(
             project=request.project,
             experiment=request.resolved_experiment,
@@ -368,84 +378,29 @@ class TrainingPipeline:
             },
         )
 
-    def _formats(self, framework: str, request: TrainRequest) -> list[str]:
-        supported = ["onnx", "tflite"] if framework == "keras" else ["onnx"]
-        if request.formats is None:
-            return supported
-        unsupported = [f for f in request.formats if f not in supported]
-        if unsupported:
-            raise InvalidInput(
-                f"a {request.model_type} model cannot be converted to {', '.join(unsupported)} "
-                f"(supported: {', '.join(supported)})"
-            )
-        return list(request.formats)
-
     def _convert(self, state: dict[str, Any], request: TrainRequest) -> StepResult:
-        from converters import keras_to_onnx, keras_to_tflite, sklearn_to_onnx
+        from cloud_hub.training.trainers import IncompatibleData, export_fp32
 
-        trained = state["trained"]
-        out: list[ExportedArtifact] = []
-        for fmt in self._formats(trained.framework, request):
-            if trained.framework == "sklearn":
-                data = sklearn_to_onnx(trained.estimator, int(state["X_train"].shape[1]))
-                out.append(ExportedArtifact("onnx", "fp32", data, "skl2onnx"))
-            elif fmt == "onnx":
-                out.append(
-                    ExportedArtifact("onnx", "fp32", keras_to_onnx(trained.estimator), "tf2onnx")
-                )
-            else:
-                data = keras_to_tflite(trained.estimator)
-                out.append(ExportedArtifact("tflite", "fp32", data, "tflite-converter"))
-        return StepResult(
-            {
-                "artifacts": [
-                    {
-                        "format": a.format,
-                        "precision": a.precision,
-                        "size": len(a.data),
-                        "method": a.method,
-                    }
-                    for a in out
-                ]
-            },
-            {"fp32_artifacts": out},
-        )
+        try:
+            out = export_fp32(state["trained"], request.formats)
+        except IncompatibleData as exc:
+            raise InvalidInput(str(exc)) from None
+        return StepResult({"artifacts": _listing(out)}, {"fp32_artifacts": out})
 
     def _quantize(self, state: dict[str, Any], request: TrainRequest) -> StepResult:
-        from converters import QuantizationUnsupported, keras_to_tflite, quantize_onnx
+        from cloud_hub.training.trainers import export_int8
 
         if not request.quantize:
             return StepResult({"skipped": ["quantization not requested"]}, {"int8_artifacts": []})
-        trained = state["trained"]
-        calib = state["calibration"]
-        out: list[ExportedArtifact] = []
-        skipped: list[str] = []
-        for art in state["fp32_artifacts"]:
-            if art.format == "onnx":
-                try:
-                    q = quantize_onnx(art.data, calib)
-                except QuantizationUnsupported as exc:
-                    skipped.append(f"onnx int8 skipped: {exc}")
-                    continue
-                out.append(ExportedArtifact("onnx", "int8", q.data, f"onnxruntime-{q.method}"))
-            else:
-                data = keras_to_tflite(trained.estimator, representative=calib)
-                out.append(ExportedArtifact("tflite", "int8", data, "tflite-full-int8"))
+        result = export_int8(state["trained"], state["fp32_artifacts"], state["calibration"])
+        skipped = [str(s) for s in result.skipped]
         return StepResult(
             {
-                "artifacts": [
-                    {
-                        "format": a.format,
-                        "precision": a.precision,
-                        "size": len(a.data),
-                        "method": a.method,
-                    }
-                    for a in out
-                ],
-                "calibration_samples": len(calib),
+                "artifacts": _listing(result.artifacts),
+                "calibration_samples": len(state["calibration"]),
                 "skipped": skipped,
             },
-            {"int8_artifacts": out, "quantize_skipped": skipped},
+            {"int8_artifacts": result.artifacts, "quantize_skipped": skipped},
         )
 
     def _validate(self, state: dict[str, Any], request: TrainRequest) -> StepResult:
@@ -458,7 +413,7 @@ class TrainingPipeline:
             reports.append(
                 evaluate_artifact(
                     art.data,
-                    art.format,  # type: ignore[arg-type]
+                    art.format,
                     precision=art.precision,
                     X=state["X_test"],
                     y=state["y_test"],

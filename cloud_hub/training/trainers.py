@@ -6,6 +6,7 @@ scikit-learn models flatten images; the CNN refuses tabular data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -288,33 +289,70 @@ def train_model(
     return _train_cnn(X, y, merged, seed)
 
 
-def export_artifacts(trained: TrainedModel, calibration: np.ndarray) -> ExportResult:
-    """Convert a trained model to its deployable artifacts.
+def supported_formats(trained: TrainedModel) -> list[ModelFormat]:
+    """Formats a trained model converts to: ONNX always, TFLite for Keras models."""
+    return ["onnx", "tflite"] if trained.framework == "keras" else ["onnx"]
 
-    scikit-learn: ONNX fp32, plus ONNX int8 unless the graph has nothing to quantize (logistic
-    regression, random forest: recorded in `skipped`). CNN: ONNX fp32, ONNX int8 (static QDQ),
-    TFLite fp32 and TFLite full int8. `calibration` is a few hundred training samples.
+
+def export_fp32(
+    trained: TrainedModel, formats: Sequence[ModelFormat] | None = None
+) -> list[ExportedArtifact]:
+    """Convert a trained model to fp32 artifacts in `formats` (default: all it supports)."""
+    supported = supported_formats(trained)
+    wanted = list(formats) if formats is not None else supported
+    unsupported = [f for f in wanted if f not in supported]
+    if unsupported:
+        raise IncompatibleData(
+            f"a {trained.kind} model cannot be converted to {', '.join(unsupported)} "
+            f"(supported: {', '.join(supported)})"
+        )
+    artifacts: list[ExportedArtifact] = []
+    for fmt in wanted:
+        if fmt == "tflite":
+            artifacts.append(ExportedArtifact("tflite", "fp32", keras_to_tflite(trained.estimator)))
+        elif trained.framework == "sklearn":
+            data = sklearn_to_onnx(trained.estimator, n_features=trained.input_shape[0])
+            artifacts.append(ExportedArtifact("onnx", "fp32", data))
+        else:
+            artifacts.append(ExportedArtifact("onnx", "fp32", keras_to_onnx(trained.estimator)))
+    return artifacts
+
+
+def export_int8(
+    trained: TrainedModel, fp32: Sequence[ExportedArtifact], calibration: np.ndarray
+) -> ExportResult:
+    """int8 twins of `fp32` artifacts, calibrated on a few hundred training samples.
+
+    ONNX: static QDQ for the CNN, "auto" for scikit-learn graphs; graphs with nothing to quantize
+    (logistic regression, random forest) are recorded in `skipped`. TFLite: full int8.
     """
     samples = trained.prepare(calibration)[:MAX_CALIBRATION]
     if len(samples) == 0:
         raise IncompatibleData("calibration data is empty")
+    method: Literal["auto", "static"] = "auto" if trained.framework == "sklearn" else "static"
     artifacts: list[ExportedArtifact] = []
     skipped: list[SkippedArtifact] = []
-    if trained.framework == "sklearn":
-        onnx_fp32 = sklearn_to_onnx(trained.estimator, n_features=trained.input_shape[0])
-        method: Literal["auto", "static"] = "auto"
-    else:
-        onnx_fp32 = keras_to_onnx(trained.estimator)
-        method = "static"
-    artifacts.append(ExportedArtifact("onnx", "fp32", onnx_fp32))
-    try:
-        quantized = quantize_onnx(onnx_fp32, samples, method=method)
-    except QuantizationUnsupported as exc:
-        skipped.append(SkippedArtifact("onnx", "int8", str(exc)))
-    else:
-        artifacts.append(ExportedArtifact("onnx", "int8", quantized.data, quantized.method))
-    if trained.framework == "keras":
-        artifacts.append(ExportedArtifact("tflite", "fp32", keras_to_tflite(trained.estimator)))
-        int8 = keras_to_tflite(trained.estimator, representative=samples)
-        artifacts.append(ExportedArtifact("tflite", "int8", int8, "full-int8"))
+    for art in fp32:
+        if art.format == "onnx":
+            try:
+                quantized = quantize_onnx(art.data, samples, method=method)
+            except QuantizationUnsupported as exc:
+                skipped.append(SkippedArtifact("onnx", "int8", str(exc)))
+                continue
+            artifacts.append(ExportedArtifact("onnx", "int8", quantized.data, quantized.method))
+        else:
+            int8 = keras_to_tflite(trained.estimator, representative=samples)
+            artifacts.append(ExportedArtifact("tflite", "int8", int8, "full-int8"))
     return ExportResult(artifacts=artifacts, skipped=skipped)
+
+
+def export_artifacts(trained: TrainedModel, calibration: np.ndarray) -> ExportResult:
+    """Every artifact a trained model gets: fp32 in each supported format, and their int8 twins.
+
+    scikit-learn: ONNX fp32, plus ONNX int8 unless the graph has nothing to quantize. CNN: ONNX
+    fp32, ONNX int8 (static QDQ), TFLite fp32 and TFLite full int8.
+    """
+    fp32 = export_fp32(trained)
+    int8 = export_int8(trained, fp32, calibration)
+    ordered = [a for f in fp32 for a in [f, *(i for i in int8.artifacts if i.format == f.format)]]
+    return ExportResult(artifacts=ordered, skipped=int8.skipped)

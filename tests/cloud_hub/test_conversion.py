@@ -60,7 +60,7 @@ def test_quantize_an_onnx_file(cli_env: dict[str, str], mlp_onnx: Path) -> None:
     version = json.loads(done.stdout)
     assert version["number"] == 2 and version["source"] == "converted"
     arts = {a["precision"]: a for a in version["artifacts"]}
-    assert arts["int8"]["method"] == "onnxruntime-static"
+    assert arts["int8"]["method"] == "static"
     assert arts["int8"]["size"] < arts["fp32"]["size"]
     assert arts["int8"]["metrics"]["top1_agreement"] >= 0.99
     assert arts["fp32"]["metrics"]["accuracy"] > 0.9
@@ -204,6 +204,6 @@ def test_quantize_through_the_api(hub: Hub) -> None:
         version = resp.json()
         assert version["parent_id"] == run.version_id
         int8 = [a for a in version["artifacts"] if a["precision"] == "int8"][0]
-        assert int8["method"] == "onnxruntime-dynamic"
+        assert int8["method"] == "dynamic"
         bad = client.post(f"/api/v1/versions/{run.version_id}/quantize", json={"dataset": "nope"})
         assert bad.status_code == 422 and "unknown dataset 'nope'" in bad.json()["detail"]
