@@ -143,6 +143,61 @@ def _report_and_artifacts(
     return report, artifacts, "; ".join(failed) or None
 
 
+@dataclass
+class Quantized:
+    report: dict[str, Any]
+    artifacts: list[NewArtifact]
+    reason: str | None  # why it failed the agreement check, or None
+
+
+def _quantize_checked(
+    fp32: bytes,
+    signature: dict[str, Any],
+    data: EvalData,
+    *,
+    name: str,
+    method: Literal["auto", "static", "dynamic"],
+    threshold: float,
+) -> Quantized:
+    """Quantize ONNX fp32 bytes and check fp32 and int8 on the data; nothing is stored."""
+    from converters import QuantizationUnsupported, quantize_onnx
+    from edge_agent.runtimes import load_runtime
+
+    data = EvalData(
+        _fit_inputs(data.calibration, signature), _fit_inputs(data.X, signature), data.y
+    )
+    try:
+        quantized = quantize_onnx(fp32, data.calibration, method)
+    except QuantizationUnsupported as exc:
+        raise InvalidInput(f"cannot quantize {name}: {exc}") from None
+    reference = load_runtime(fp32, "onnx").predict(data.X)
+    report, artifacts, reason = _report_and_artifacts(
+        [("onnx", "fp32", fp32, None), ("onnx", "int8", quantized.data, quantized.method)],
+        data=data,
+        reference_scores=reference,
+        reference_accuracy=float((reference.argmax(1) == data.y).mean()),
+        threshold=threshold,
+    )
+    return Quantized(report, artifacts, reason)
+
+
+def _register_quantized(registry: Registry, parent: Version, result: Quantized) -> Version:
+    return registry.register_version(
+        parent.project,
+        parent.model,
+        artifacts=result.artifacts,
+        source="converted",
+        status="failed" if result.reason else "ready",
+        status_reason=result.reason,
+        parent_id=parent.id,
+        kind=parent.kind,
+        metrics={"accuracy": result.report["reference"]["accuracy"]},
+        report=result.report,
+        preprocessing=parent.preprocessing,
+        labels=parent.labels,
+    )
+
+
 def quantize_version(
     registry: Registry,
     version: Version,
@@ -152,45 +207,45 @@ def quantize_version(
     threshold: float = 0.99,
 ) -> Version:
     """int8 ONNX from a version's ONNX fp32 artifact, checked against it, as a new version."""
-    from converters import QuantizationUnsupported, quantize_onnx
-    from edge_agent.runtimes import load_runtime
-
     source = [a for a in version.artifacts if a.format == "onnx" and a.precision == "fp32"]
     if not source:
         have = ", ".join(f"{a.format}/{a.precision}" for a in version.artifacts)
         raise InvalidInput(f"version {version.ref} has no onnx/fp32 artifact to quantize ({have})")
     fp32 = registry.artifact_blob(source[0].sha256)
-    X = _fit_inputs(data.X, source[0].signature)
-    data = EvalData(_fit_inputs(data.calibration, source[0].signature), X, data.y)
+    result = _quantize_checked(
+        fp32, source[0].signature, data, name=version.ref, method=method, threshold=threshold
+    )
+    return _register_quantized(registry, version, result)
+
+
+def quantize_file(
+    registry: Registry,
+    path: Path,
+    *,
+    project: str,
+    model: str,
+    data: EvalData,
+    method: Literal["auto", "static", "dynamic"] = "auto",
+    threshold: float = 0.99,
+) -> Version:
+    """Register an .onnx file and its int8 twin (as its child version), or nothing if either
+    step fails: the quantization is done and checked before anything is stored."""
+    from cloud_hub.uploads import register_upload
+    from converters import InvalidModelFile, inspect_model_file
+
+    blob = path.read_bytes()
     try:
-        quantized = quantize_onnx(fp32, data.calibration, method)
-    except QuantizationUnsupported as exc:
-        raise InvalidInput(f"cannot quantize {version.ref}: {exc}") from None
-    reference = load_runtime(fp32, "onnx").predict(data.X)
-    report, artifacts, reason = _report_and_artifacts(
-        [
-            ("onnx", "fp32", fp32, None),
-            ("onnx", "int8", quantized.data, quantized.method),
-        ],
-        data=data,
-        reference_scores=reference,
-        reference_accuracy=float((reference.argmax(1) == data.y).mean()),
-        threshold=threshold,
+        signature = signature_of(inspect_model_file(blob, path.name))
+    except InvalidModelFile as exc:
+        raise InvalidInput(str(exc)) from None
+    result = _quantize_checked(
+        blob, signature, data, name=path.name, method=method, threshold=threshold
     )
-    return registry.register_version(
-        version.project,
-        version.model,
-        artifacts=artifacts,
-        source="converted",
-        status="failed" if reason else "ready",
-        status_reason=reason,
-        parent_id=version.id,
-        kind=version.kind,
-        metrics={"accuracy": report["reference"]["accuracy"]},
-        report=report,
-        preprocessing=version.preprocessing,
-        labels=version.labels,
-    )
+    with registry.db.transaction():
+        uploaded = register_upload(
+            registry, project=project, model=model, data=blob, filename=path.name
+        )
+        return _register_quantized(registry, uploaded, result)
 
 
 def convert_model_file(

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
 import typer
 from pydantic import ValidationError
@@ -433,6 +433,20 @@ def _eval_data(
     )
 
 
+def _model_file(
+    source: str, suffixes: tuple[str, ...], project: str | None, model: str | None
+) -> Path | None:
+    """`source` as a model file (by its suffix), checked; None when it names a version."""
+    file = Path(source)
+    if file.suffix.lower() not in suffixes:
+        return None
+    if not file.is_file():
+        raise InvalidInput(f"file {source!r} does not exist")
+    if not project or not model:
+        raise InvalidInput(f"a model file ({file.name}) needs --project and --model")
+    return file
+
+
 DatasetOpt = Annotated[str | None, typer.Option(help="Data to calibrate and check with.")]
 PathOpt = Annotated[Path | None, typer.Option(help="CSV file or image folder of the dataset.")]
 LabelOpt = Annotated[str | None, typer.Option(help="Label column of a CSV dataset.")]
@@ -460,29 +474,38 @@ def quantize(
     json_out: JsonOpt = False,
 ) -> None:
     """int8-quantize an ONNX model (static QDQ with calibration, or dynamic) into a new version."""
-    from cloud_hub.conversion import quantize_version
-    from cloud_hub.uploads import register_upload
+    from cloud_hub.conversion import quantize_file, quantize_version
 
     registry = _state(ctx).hub.registry
     with user_errors():
         if method not in ("auto", "static", "dynamic"):
             raise InvalidInput(f"--method {method!r}: choose auto, static or dynamic")
-        file = Path(source)
-        if file.suffix.lower() == ".onnx":
-            if not file.is_file():
-                raise InvalidInput(f"file {source!r} does not exist")
-            if not project or not model:
-                raise InvalidInput("quantizing an .onnx file needs --project and --model")
+        qmethod = cast(Literal["auto", "static", "dynamic"], method)
+        file = _model_file(source, (".onnx",), project, model)
+        if file is not None:
+            assert project and model
             data = _eval_data(None, dataset, path, label, calibration, labels_npy, scale)
-            version = register_upload(
-                registry, project=project, model=model, data=file.read_bytes(), filename=file.name
+            result = quantize_file(
+                registry,
+                file,
+                project=project,
+                model=model,
+                data=data,
+                method=qmethod,
+                threshold=threshold,
             )
         else:
             version = registry.resolve_version(source)
             data = _eval_data(
                 version.preprocessing, dataset, path, label, calibration, labels_npy, scale
             )
-        result = quantize_version(registry, version, data, method=method, threshold=threshold)  # type: ignore[arg-type]
+            result = quantize_version(
+                registry,
+                version,
+                data,
+                method=qmethod,
+                threshold=threshold,
+            )
     _show_result(result, json_out)
 
 
@@ -516,12 +539,11 @@ def convert(
         for fmt in formats or []:
             if fmt not in ("onnx", "tflite"):
                 raise InvalidInput(f"--to {fmt!r}: formats are onnx and tflite")
-        file = Path(source)
-        if file.suffix.lower() in (".keras", ".pt2", ".onnx", ".tflite", ".pt", ".h5"):
-            if not file.is_file():
-                raise InvalidInput(f"file {source!r} does not exist")
-            if not project or not model:
-                raise InvalidInput("converting a model file needs --project and --model")
+        file = _model_file(
+            source, (".keras", ".pt2", ".onnx", ".tflite", ".pt", ".h5"), project, model
+        )
+        if file is not None:
+            assert project and model
             data = _eval_data(None, dataset, path, label, calibration, labels_npy, scale)
             result = convert_model_file(
                 registry,

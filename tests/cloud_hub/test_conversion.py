@@ -207,3 +207,23 @@ def test_quantize_through_the_api(hub: Hub) -> None:
         assert int8["method"] == "dynamic"
         bad = client.post(f"/api/v1/versions/{run.version_id}/quantize", json={"dataset": "nope"})
         assert bad.status_code == 422 and "unknown dataset 'nope'" in bad.json()["detail"]
+
+
+def test_quantizing_an_unquantizable_file_stores_nothing(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+
+    from converters import sklearn_to_onnx
+
+    iris = load_iris()
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(iris.data, iris.target)
+    path = tmp_path / "forest.onnx"
+    path.write_bytes(sklearn_to_onnx(forest, 4))
+    refused = run_cli(
+        ["quantize", str(path), "--project", "ext", "--model", "forest", "--dataset", "iris"],
+        cli_env,
+    )
+    assert refused.returncode == 2 and "cannot quantize forest.onnx" in refused.stderr
+    assert json.loads(run_cli(["models", "list", "--json"], cli_env).stdout) == []
