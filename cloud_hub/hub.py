@@ -27,6 +27,7 @@ class Hub:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.db_path)
         registry = Registry(db, ArtifactStore(settings.artifacts_dir))
+        registry.fail_orphaned_runs()  # a killed process's runs become resumable failures
         return cls(settings, db, registry, ArtifactStore(settings.cache_dir))
 
     def pipeline(self, on_event: EventHandler | None = None) -> TrainingPipeline:

@@ -116,4 +116,9 @@ MIGRATIONS: tuple[Migration, ...] = (
                 created_at TEXT NOT NULL DEFAULT {NOW})""",
         ),
     ),
+    Migration(
+        2,
+        "runs: the process that runs them, so a run orphaned by a killed process is found",
+        ("ALTER TABLE runs ADD COLUMN owner TEXT",),
+    ),
 )

@@ -8,6 +8,8 @@ leaves at worst an unreferenced blob, never a row pointing at a missing file.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +30,21 @@ from cloud_hub.schemas import (
     Schedule,
     Version,
 )
+
+
+def process_id() -> str:
+    """Who runs a run: host and pid (computed per call: a forked child has its own pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def utcnow() -> str:
@@ -377,6 +394,7 @@ class Registry:
                     "parent_run_id": parent_run_id,
                     "schedule_id": schedule_id,
                     "attempt": attempt,
+                    "owner": process_id(),
                 },
             )
             for position, step in enumerate(steps):
@@ -386,6 +404,44 @@ class Registry:
                     {"run_id": run_id, "position": position, "step": step, "status": "pending"},
                 )
         return self.get_run(int(run_id))
+
+    def claim_run(self, run_id: int) -> None:
+        """Mark this process as the one running `run_id`."""
+        self.update_run(run_id, owner=process_id())
+
+    def fail_orphaned_runs(self) -> list[int]:
+        """Runs left queued or running by a process of this host that has ended are marked
+        failed at the step they were in, so they can be resumed. Returns their ids."""
+        host = socket.gethostname()
+        rows = self.db.conn.execute(
+            "SELECT id, owner FROM runs WHERE status IN ('queued', 'running') AND owner LIKE ?",
+            [f"{host}:%"],
+        ).fetchall()
+        failed = []
+        for row in rows:
+            pid = int(row["owner"].rsplit(":", 1)[1])
+            if _pid_alive(pid):
+                continue
+            with self.db.transaction() as db:
+                step = db.execute(
+                    "SELECT step FROM run_steps WHERE run_id = ? AND status IN ('running', "
+                    "'pending') ORDER BY position LIMIT 1",
+                    [row["id"]],
+                ).fetchone()
+                step_name = step["step"] if step else None
+                message = f"interrupted: process {pid} ended while the run was at {step_name}"
+                db.execute(
+                    "UPDATE runs SET status = 'failed', failed_step = ?, error = ?, "
+                    "finished_at = ? WHERE id = ? AND status IN ('queued', 'running')",
+                    [step_name, message, utcnow(), row["id"]],
+                )
+                db.execute(
+                    "UPDATE run_steps SET status = 'failed', error = ? "
+                    "WHERE run_id = ? AND status = 'running'",
+                    [message, row["id"]],
+                )
+            failed.append(int(row["id"]))
+        return failed
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         for key in ("params", "metrics", "request"):

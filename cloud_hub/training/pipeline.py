@@ -237,6 +237,7 @@ class TrainingPipeline:
         state: dict[str, Any],
         preloaded: dict[str, Any] | None,
     ) -> Run:
+        self.registry.claim_run(run_id)
         self.registry.update_run(run_id, status="running", started_at=utcnow(), finished_at=None)
         state["run_id"] = run_id
         for step in STEPS[start:]:

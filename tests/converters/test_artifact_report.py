@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.model_selection import train_test_split
-from sklearn.neural_network import MLPClassifier
-from threadpoolctl import threadpool_limits
 
 from converters import (
     ArtifactReport,
@@ -27,32 +22,8 @@ from converters import (
 Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread() -> Iterator[None]:
-    """Small scikit-learn fits are faster (and not erratic on a busy CPU) with one BLAS thread."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
-@pytest.fixture(scope="module")
-def digits() -> Data:
-    data = load_digits()
-    X = (data.data / 16.0).astype(np.float32)
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, data.target, test_size=0.25, random_state=0, stratify=data.target
-    )
-    return X_train, X_test, y_train, y_test
-
-
-@pytest.fixture(scope="module")
-def mlp(digits: Data) -> tuple[Any, bytes]:
-    X_train, _, y_train, _ = digits
-    estimator = MLPClassifier((64,), max_iter=600, random_state=0).fit(X_train, y_train)
-    return estimator, sklearn_to_onnx(estimator, n_features=64)
-
-
-def test_good_artifact_passes(mlp: tuple[Any, bytes], digits: Data) -> None:
-    estimator, data = mlp
+def test_good_artifact_passes(plain_mlp: tuple[Any, bytes], digits: Data) -> None:
+    estimator, data = plain_mlp
     _, X_test, _, y_test = digits
     report = evaluate_artifact(
         data,
@@ -75,8 +46,8 @@ def test_good_artifact_passes(mlp: tuple[Any, bytes], digits: Data) -> None:
     assert ArtifactReport.model_validate_json(report.model_dump_json()) == report
 
 
-def test_int8_artifact_is_measured(mlp: tuple[Any, bytes], digits: Data) -> None:
-    estimator, data = mlp
+def test_int8_artifact_is_measured(plain_mlp: tuple[Any, bytes], digits: Data) -> None:
+    estimator, data = plain_mlp
     X_train, X_test, _, y_test = digits
     int8 = quantize_onnx(data, X_train[:200], method="dynamic").data
     report = evaluate_artifact(
@@ -93,8 +64,8 @@ def test_int8_artifact_is_measured(mlp: tuple[Any, bytes], digits: Data) -> None
     assert report.size_bytes < len(data)
 
 
-def test_wrong_model_fails_with_reason(mlp: tuple[Any, bytes], digits: Data) -> None:
-    estimator, _ = mlp
+def test_wrong_model_fails_with_reason(plain_mlp: tuple[Any, bytes], digits: Data) -> None:
+    estimator, _ = plain_mlp
     X_train, X_test, y_train, y_test = digits
     # a deliberately weak stand-in: one shallow tree
     stump = RandomForestClassifier(n_estimators=1, max_depth=2, random_state=0)
@@ -112,8 +83,8 @@ def test_wrong_model_fails_with_reason(mlp: tuple[Any, bytes], digits: Data) -> 
     assert report.reason == f"top-1 agreement {report.top1_agreement:.3f} below threshold 0.990"
 
 
-def test_mismatched_reference_fails(mlp: tuple[Any, bytes], digits: Data) -> None:
-    estimator, data = mlp
+def test_mismatched_reference_fails(plain_mlp: tuple[Any, bytes], digits: Data) -> None:
+    estimator, data = plain_mlp
     _, X_test, _, y_test = digits
     shifted = np.roll(estimator.predict_proba(X_test), 1, axis=1)  # another model's opinion
     report = evaluate_artifact(
@@ -124,8 +95,8 @@ def test_mismatched_reference_fails(mlp: tuple[Any, bytes], digits: Data) -> Non
     assert report.reason is not None and "below threshold" in report.reason
 
 
-def test_class_labels_map_score_columns(mlp: tuple[Any, bytes], digits: Data) -> None:
-    estimator, data = mlp
+def test_class_labels_map_score_columns(plain_mlp: tuple[Any, bytes], digits: Data) -> None:
+    estimator, data = plain_mlp
     _, X_test, _, y_test = digits
     report = evaluate_artifact(
         data,
@@ -141,8 +112,8 @@ def test_class_labels_map_score_columns(mlp: tuple[Any, bytes], digits: Data) ->
     assert report.accuracy == pytest.approx(estimator.score(X_test, y_test))
 
 
-def test_conversion_report(mlp: tuple[Any, bytes], digits: Data) -> None:
-    estimator, data = mlp
+def test_conversion_report(plain_mlp: tuple[Any, bytes], digits: Data) -> None:
+    estimator, data = plain_mlp
     _, X_test, _, y_test = digits
     reference = estimator.predict_proba(X_test)
     good = evaluate_artifact(
@@ -161,8 +132,8 @@ def test_conversion_report(mlp: tuple[Any, bytes], digits: Data) -> None:
     assert ConversionReport.model_validate_json(failing.model_dump_json()) == failing
 
 
-def test_inconsistent_inputs_are_refused(mlp: tuple[Any, bytes], digits: Data) -> None:
-    estimator, data = mlp
+def test_inconsistent_inputs_are_refused(plain_mlp: tuple[Any, bytes], digits: Data) -> None:
+    estimator, data = plain_mlp
     _, X_test, _, y_test = digits
     with pytest.raises(ConversionError, match="disagree in length"):
         evaluate_artifact(

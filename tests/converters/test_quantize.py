@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import pytest
-from sklearn.datasets import load_digits, load_iris
+from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from converters import (
     ConversionError,
@@ -27,59 +23,14 @@ from converters import (
     quantize_onnx,
     sklearn_to_onnx,
 )
-from converters._tf import import_tensorflow
 from edge_agent.runtimes import load_runtime
 
 Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread() -> Iterator[None]:
-    """Small scikit-learn fits are faster (and not erratic on a busy CPU) with one BLAS thread."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 @pytest.fixture(scope="module")
-def digits() -> Data:
-    data = load_digits()
-    X = (data.data / 16.0).astype(np.float32)
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, data.target, test_size=0.25, random_state=0, stratify=data.target
-    )
-    return X_train, X_test, y_train, y_test
-
-
-@pytest.fixture(scope="module")
-def mlp(digits: Data) -> tuple[Any, bytes]:
-    X_train, _, y_train, _ = digits
-    estimator = make_pipeline(
-        StandardScaler(), MLPClassifier((64,), max_iter=300, random_state=0)
-    ).fit(X_train, y_train)
-    return estimator, sklearn_to_onnx(estimator, n_features=64)
-
-
-@pytest.fixture(scope="module")
-def cnn(digits: Data) -> tuple[Any, bytes]:
-    import_tensorflow()
-    import keras
-
-    X_train, _, y_train, _ = digits
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1), name="input"),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.fit(X_train.reshape(-1, 8, 8, 1), y_train, epochs=10, batch_size=32, verbose=0)
-    return model, keras_to_onnx(model)
+def cnn_onnx(digits_cnn: Any) -> bytes:
+    return keras_to_onnx(digits_cnn)
 
 
 def _ops(model: bytes) -> set[str]:
@@ -97,8 +48,8 @@ def _check_int8(
     assert np.mean(scores.argmax(1) == reference.argmax(1)) >= min_agreement
 
 
-def test_static_qdq_on_cnn(cnn: tuple[Any, bytes], digits: Data) -> None:
-    _, fp32 = cnn
+def test_static_qdq_on_cnn(cnn_onnx: bytes, digits: Data) -> None:
+    fp32 = cnn_onnx
     X_train, X_test, _, y_test = digits
     images = X_train.reshape(-1, 8, 8, 1)
     quantized = quantize_onnx(fp32, images[:300], method="static")
@@ -111,8 +62,8 @@ def test_static_qdq_on_cnn(cnn: tuple[Any, bytes], digits: Data) -> None:
     assert quantize_onnx(fp32, images[:100]).method == "static"
 
 
-def test_static_qdq_on_mlp(mlp: tuple[Any, bytes], digits: Data) -> None:
-    _, fp32 = mlp
+def test_static_qdq_on_mlp(scaled_mlp: tuple[Any, bytes], digits: Data) -> None:
+    _, fp32 = scaled_mlp
     X_train, X_test, _, y_test = digits
     quantized = quantize_onnx(fp32, X_train[:300], method="static")
     assert quantized.method == "static"
@@ -121,8 +72,8 @@ def test_static_qdq_on_mlp(mlp: tuple[Any, bytes], digits: Data) -> None:
     _check_int8(fp32, quantized.data, X_test, y_test, 0.98)
 
 
-def test_dynamic_on_mlp(mlp: tuple[Any, bytes], digits: Data) -> None:
-    _, fp32 = mlp
+def test_dynamic_on_mlp(scaled_mlp: tuple[Any, bytes], digits: Data) -> None:
+    _, fp32 = scaled_mlp
     X_train, X_test, _, y_test = digits
     quantized = quantize_onnx(fp32, X_train[:300], method="dynamic")
     assert quantized.method == "dynamic"
@@ -131,9 +82,9 @@ def test_dynamic_on_mlp(mlp: tuple[Any, bytes], digits: Data) -> None:
     _check_int8(fp32, quantized.data, X_test, y_test, 0.98)
 
 
-def test_auto_on_mlp_follows_cpu(mlp: tuple[Any, bytes], digits: Data) -> None:
+def test_auto_on_mlp_follows_cpu(scaled_mlp: tuple[Any, bytes], digits: Data) -> None:
     expected = "static" if cpu_has_fast_int8() else "dynamic"
-    assert quantize_onnx(mlp[1], digits[0][:100], method="auto").method == expected
+    assert quantize_onnx(scaled_mlp[1], digits[0][:100], method="auto").method == expected
 
 
 def test_cpu_flags() -> None:
@@ -161,8 +112,8 @@ def test_nothing_to_quantize(estimator: Any, operator: str, method: Any) -> None
     assert operator in str(info.value)
 
 
-def test_bad_inputs(mlp: tuple[Any, bytes]) -> None:
-    _, fp32 = mlp
+def test_bad_inputs(scaled_mlp: tuple[Any, bytes]) -> None:
+    _, fp32 = scaled_mlp
     with pytest.raises(ConversionError, match=r"does not fit the model input"):
         quantize_onnx(fp32, np.zeros((10, 8, 8, 1), np.float32))
     with pytest.raises(ConversionError, match="calibration data is empty"):
@@ -174,10 +125,10 @@ def test_bad_inputs(mlp: tuple[Any, bytes]) -> None:
 
 
 def test_temporary_files_are_removed(
-    mlp: tuple[Any, bytes], digits: Data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    scaled_mlp: tuple[Any, bytes], digits: Data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    quantize_onnx(mlp[1], digits[0][:64], method="static")
-    quantize_onnx(mlp[1], digits[0][:64], method="dynamic")
+    quantize_onnx(scaled_mlp[1], digits[0][:64], method="static")
+    quantize_onnx(scaled_mlp[1], digits[0][:64], method="dynamic")
     assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,17 +13,9 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from converters import ConversionError, sklearn_to_onnx
 from edge_agent.runtimes import load_runtime
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread() -> Iterator[None]:
-    """Small scikit-learn fits are faster (and not erratic on a busy CPU) with one BLAS thread."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def _split(X: np.ndarray, y: np.ndarray) -> list[Any]:

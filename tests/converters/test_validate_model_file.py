@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
 
 from converters import InvalidModelFile, inspect_model_file, keras_to_tflite, sklearn_to_onnx
 from converters._tf import import_tensorflow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread() -> Iterator[None]:
-    """Small scikit-learn fits are faster (and not erratic on a busy CPU) with one BLAS thread."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -69,3 +69,51 @@ def test_cli_trains_the_cnn_and_hub_serve_answers_the_same_version(
     finally:
         hub.terminate()
         hub.wait(20)
+
+
+def test_a_run_killed_mid_training_is_marked_failed_at_its_step(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """kill -9 during `train`: the next command sees the run failed at that step (resumable)."""
+    import signal
+    import time
+
+    data_dir = str(tmp_path / "D")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "edgepilot"),
+            "--data-dir",
+            data_dir,
+            "train",
+            "--project",
+            "digits",
+            "--dataset",
+            "digits",
+            "--model",
+            "cnn",
+            "--param",
+            "epochs=200",
+            "--json",
+        ],
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while True:  # wait until the process is inside the train step
+        assert time.monotonic() < deadline, "training never started"
+        listed = run_cli(["--data-dir", data_dir, "runs", "list", "--json"], cli_env)
+        runs = json.loads(listed.stdout) if listed.returncode == 0 else []
+        steps = {s["step"]: s["status"] for s in runs[0]["steps"]} if runs else {}
+        if steps.get("train") == "running":
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    shown = json.loads(
+        run_cli(["--data-dir", data_dir, "runs", "show", "1", "--json"], cli_env).stdout
+    )
+    assert shown["status"] == "failed"
+    assert shown["failed_step"] == "train"
+    assert f"process {proc.pid} ended" in shown["error"]
+    assert {s["step"]: s["status"] for s in shown["steps"]}["preprocess"] == "succeeded"

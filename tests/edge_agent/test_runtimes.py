@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.neural_network import MLPClassifier
-from threadpoolctl import threadpool_limits
 
 from converters import keras_to_tflite, sklearn_to_onnx
 from converters._tf import import_tensorflow
@@ -22,13 +20,6 @@ from edge_agent.runtimes import (
     detect_format,
     load_runtime,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread() -> Iterator[None]:
-    """Small scikit-learn fits are faster (and not erratic on a busy CPU) with one BLAS thread."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 @pytest.fixture(scope="module")
