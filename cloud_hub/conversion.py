@@ -22,10 +22,8 @@ from cloud_hub.registry import NewArtifact, Registry
 from cloud_hub.schemas import Version
 from cloud_hub.signature import signature_of
 from cloud_hub.training.datasets import DatasetError, load_dataset
+from cloud_hub.training.pipeline import CALIBRATION_SAMPLES
 from cloud_hub.training.preprocessing import PreprocessingSpec
-
-CALIBRATION_SAMPLES = 200
-
 
 Candidates = list[tuple[str, str, bytes, str | None]]  # format, precision, bytes, int8 method
 

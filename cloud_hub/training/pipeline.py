@@ -50,13 +50,6 @@ CALIBRATION_SAMPLES = 200
 EventHandler = Callable[[str, str, dict[str, Any]], None]
 
 
-class StepFailed(Exception):
-    def __init__(self, step: str, error: BaseException) -> None:
-        super().__init__(f"step {step!r} failed: {error}")
-        self.step = step
-        self.error = error
-
-
 @dataclass
 class StepResult:
     summary: dict[str, Any]
@@ -133,10 +126,13 @@ class TrainingPipeline:
         """Check the data and record a queued run; `execute` then runs it (maybe elsewhere)."""
         preloaded: dict[str, Any] | None = None
         if preflight:
+            from cloud_hub.training.trainers import InvalidParams, validate_params
+
             try:
+                validate_params(request.model_type, request.params)
                 dataset = self._load(request)
                 check_compatible(request, dataset)
-            except DatasetError as exc:
+            except (DatasetError, InvalidParams) as exc:
                 raise InvalidInput(str(exc)) from exc
             preloaded = {"dataset": dataset}
         run = self.registry.create_run(

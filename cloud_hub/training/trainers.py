@@ -168,7 +168,8 @@ def _check_data(kind: str, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np
     return X, y
 
 
-def _params(kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
+def validate_params(kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """`params` merged over the defaults of `kind`; InvalidParams names an unknown one."""
     defaults = DEFAULT_PARAMS[kind]
     given = dict(params or {})
     unknown = sorted(set(given) - set(defaults))
@@ -282,7 +283,7 @@ def train_model(
     """
     if kind not in MODEL_KINDS:
         raise UnknownModelType(f"unknown model type {kind!r}; known: {', '.join(MODEL_KINDS)}")
-    merged = _params(kind, params)
+    merged = validate_params(kind, params)
     X, y = _check_data(kind, np.asarray(X), np.asarray(y))
     if kind in SKLEARN_KINDS:
         return _train_sklearn(kind, X, y, merged, seed)

@@ -164,6 +164,10 @@ def test_bad_requests_are_refused_before_anything_is_stored(hub: Hub, tmp_path: 
                 project="p", dataset="csv", model_type="mlp", path=str(csv), label_column="y"
             )
         )
+    with pytest.raises(InvalidInput, match="unknown parameter\\(s\\) epochz for model 'cnn'"):
+        hub.pipeline().start(
+            TrainRequest(project="p", dataset="digits", model_type="cnn", params={"epochz": 3})
+        )
     with pytest.raises(InvalidInput, match="model 'cnn' needs image data"):
         hub.pipeline().start(TrainRequest(project="p", dataset="iris", model_type="cnn"))
     assert _registry_is_empty(hub)
