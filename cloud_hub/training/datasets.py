@@ -29,7 +29,7 @@ class Dataset:
     y: np.ndarray  # (N,) int64 class indices
     labels: list[str]
     feature_names: list[str] = field(default_factory=list)
-    value_max: float = 1.0  # image pixel scale: 16 for digits, 255 for 8-bit files
+    value_max: float = 1.0  # image pixel scale: 255 for 8-bit images (digits included)
     color: Literal["gray", "rgb"] = "gray"
 
     def summary(self) -> dict[str, object]:
@@ -65,14 +65,16 @@ def load_digits() -> Dataset:
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
-    X = bunch.images.astype(np.float32)[..., None]
+    # scikit-learn's digits are 0..16; stretch them to 0..255 like any 8-bit image, so a model
+    # trained here reads the same digits saved as PNG files or seen by a camera.
+    X = (bunch.images.astype(np.float32) * np.float32(255.0 / 16.0))[..., None]
     return Dataset(
         name="digits",
         kind="image",
         X=X,
         y=bunch.target.astype(np.int64),
         labels=[str(t) for t in bunch.target_names],
-        value_max=16.0,
+        value_max=255.0,
     )
 
 

@@ -27,7 +27,7 @@ def digits_flat() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture
 def mlp_onnx(tmp_path: Path, hub: Hub) -> Path:
-    """A digits MLP as a plain .onnx file, as a user would bring one (inputs scaled by 1/16)."""
+    """A digits MLP as a plain .onnx file, as a user would bring one (inputs in [0, 1])."""
     run = hub.pipeline().start(
         TrainRequest(project="scratch", dataset="digits", model_type="mlp", quantize=False)
     )
@@ -49,7 +49,7 @@ def test_quantize_an_onnx_file(cli_env: dict[str, str], mlp_onnx: Path) -> None:
             "--dataset",
             "digits",
             "--scale",
-            "0.0625",
+            "0.00392156862745098",
             "--method",
             "static",
             "--json",
@@ -109,7 +109,7 @@ def test_convert_a_keras_file_to_onnx_and_tflite(cli_env: dict[str, str], tmp_pa
             "--dataset",
             "digits",
             "--scale",
-            "0.0625",
+            "0.00392156862745098",
             "--json",
         ],
         cli_env,
@@ -157,7 +157,7 @@ def test_convert_a_torch_export_program(cli_env: dict[str, str], tmp_path: Path)
             "--dataset",
             "digits",
             "--scale",
-            "0.0625",
+            "0.00392156862745098",
         ],
         cli_env,
     )
@@ -177,7 +177,7 @@ def test_convert_a_torch_export_program(cli_env: dict[str, str], tmp_path: Path)
             "--dataset",
             "digits",
             "--scale",
-            "0.0625",
+            "0.00392156862745098",
             "--json",
         ],
         cli_env,

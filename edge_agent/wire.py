@@ -1,0 +1,254 @@
+"""The wire contract between hub and agents: MQTT topics and message schemas, written once.
+
+Both sides import this module. Every payload is a versioned pydantic document (JSON), except model
+chunks, which are binary: a small JSON header and the bytes. Topic root is configurable
+(default `ep`); a device only ever touches `{root}/dev/{its id}/#`.
+
+    {root}/dev/{id}/status     agent → hub, retained; last will says offline
+    {root}/dev/{id}/desired    hub → agent, retained: the deployment the device should run
+    {root}/dev/{id}/fetch      agent → hub: "send me bytes [offset, offset+length) of model X"
+    {root}/dev/{id}/chunk      hub → agent: binary chunks answering fetches
+    {root}/dev/{id}/report     agent → hub: deployment progress (downloading ... rolled_back)
+    {root}/dev/{id}/logs       agent → hub: inference logs from the outbox, with sequence numbers
+    {root}/dev/{id}/telemetry  agent → hub: telemetry samples from the outbox, same sequence
+    {root}/dev/{id}/ack        hub → agent: highest contiguous sequence stored at the hub
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+WIRE_VERSION = 1
+DEFAULT_ROOT = "ep"
+CHUNK_MAGIC = b"EPC1"
+DEFAULT_CHUNK_SIZE = 256 * 1024
+
+TopicKind = Literal["status", "desired", "fetch", "chunk", "report", "logs", "telemetry", "ack"]
+TOPIC_KINDS: tuple[TopicKind, ...] = (
+    "status",
+    "desired",
+    "fetch",
+    "chunk",
+    "report",
+    "logs",
+    "telemetry",
+    "ack",
+)
+DeploymentState = Literal["pending", "transferring", "verified", "active", "failed", "rolled_back"]
+
+
+class WireError(ValueError):
+    """A message that does not follow the contract."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    root: str = DEFAULT_ROOT
+
+    def device(self, device_id: str, kind: TopicKind) -> str:
+        return f"{self.root}/dev/{device_id}/{kind}"
+
+    def all_devices(self, kind: TopicKind) -> str:
+        """Subscription filter for one kind from every device (the hub's side)."""
+        return f"{self.root}/dev/+/{kind}"
+
+    def parse(self, topic: str) -> tuple[str, TopicKind]:
+        """(device id, kind) of a device topic; WireError for anything else."""
+        parts = topic.split("/")
+        if len(parts) != 4 or parts[0] != self.root or parts[1] != "dev" or not parts[2]:
+            raise WireError(f"not a device topic: {topic!r}")
+        kind = parts[3]
+        if kind not in TOPIC_KINDS:
+            raise WireError(f"unknown topic kind {kind!r} in {topic!r}")
+        return parts[2], kind  # type: ignore[return-value]
+
+
+def now() -> float:
+    return time.time()
+
+
+class Message(BaseModel):
+    v: Literal[1] = WIRE_VERSION
+
+    def dumps(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def loads(cls, payload: bytes) -> Any:
+        try:
+            return cls.model_validate_json(payload)
+        except ValueError as exc:
+            raise WireError(f"invalid {cls.__name__}: {exc}") from None
+
+
+class DeviceStatus(Message):
+    device_id: str
+    state: Literal["online", "offline"]
+    agent_version: str = ""
+    runtimes: list[str] = Field(default_factory=list)
+    hardware: str = ""
+    active_version: int | None = None
+    ts: float = Field(default_factory=now)
+
+
+class ModelRef(Message):
+    """One artifact of a version, as the device will install it."""
+
+    version_id: int
+    ref: str = Field(description="PROJECT/MODEL:N, for people")
+    format: Literal["onnx", "tflite"]
+    precision: Literal["fp32", "int8"]
+    sha256: str
+    size: int = Field(ge=1)
+    signature: str = Field(description="base64 ed25519 signature of signing_message()")
+    preprocessing: dict[str, Any] | None = None
+    labels: list[str] = Field(default_factory=list)
+
+
+def signing_message(version_id: int, sha256: str, size: int, fmt: str) -> bytes:
+    """What the hub signs and the agent verifies for a model: binds bytes to the version."""
+    return f"edgepilot-model:v1:{version_id}:{sha256}:{size}:{fmt}".encode()
+
+
+class ProbationPolicy(BaseModel):
+    """When a freshly activated model is rolled back automatically."""
+
+    window_s: float = Field(default=60.0, ge=0)
+    min_requests: int = Field(default=20, ge=1)
+    max_error_rate: float = Field(default=0.2, ge=0, le=1)
+    max_latency_ms: float | None = Field(default=None, gt=0)
+
+
+class DesiredState(Message):
+    device_id: str
+    deployment_id: int | None = None
+    model: ModelRef | None = None
+    threads: int = Field(default=1, ge=1)
+    probation: ProbationPolicy = Field(default_factory=ProbationPolicy)
+    params: dict[str, Any] = Field(default_factory=dict)
+    issued_at: float = Field(default_factory=now)
+
+
+class FetchRequest(Message):
+    deployment_id: int
+    sha256: str
+    offset: int = Field(ge=0)
+    length: int = Field(ge=1)
+
+
+class Report(Message):
+    device_id: str
+    deployment_id: int | None
+    version_id: int | None
+    state: DeploymentState
+    reason: str | None = None
+    received_bytes: int | None = None
+    ts: float = Field(default_factory=now)
+
+
+class LogRecord(BaseModel):
+    seq: int = Field(ge=1)
+    request_id: str
+    model_version: int | None
+    input_digest: str
+    output: list[float] | dict[str, Any]
+    latency_ms: float
+    ts: float
+    source: str = "api"
+
+
+class TelemetryRecord(BaseModel):
+    seq: int = Field(ge=1)
+    ts: float
+    cpu_percent: float | None = None
+    memory_rss_mb: float | None = None
+    memory_percent: float | None = None
+    temperature_c: float | None = None
+    inferences: dict[str, int] = Field(default_factory=dict, description="per model version")
+    latency_ms: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="per model version: p50, p95, p99"
+    )
+    outbox_pending: int | None = None
+    outbox_dropped: int | None = None
+
+
+class LogBatch(Message):
+    device_id: str
+    floor: int = Field(ge=1, description="lowest sequence the agent still holds")
+    records: list[LogRecord]
+
+
+class TelemetryBatch(Message):
+    device_id: str
+    floor: int = Field(ge=1, description="lowest sequence the agent still holds")
+    records: list[TelemetryRecord]
+
+
+class Ack(Message):
+    upto: int = Field(ge=0, description="every sequence ≤ upto is stored at the hub")
+
+
+# -- binary model chunks ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Chunk:
+    deployment_id: int
+    sha256: str
+    offset: int
+    total: int
+    data: bytes
+
+    def encode(self) -> bytes:
+        header = json.dumps(
+            {
+                "v": WIRE_VERSION,
+                "deployment_id": self.deployment_id,
+                "sha256": self.sha256,
+                "offset": self.offset,
+                "total": self.total,
+                "crc32": zlib.crc32(self.data),
+            },
+            separators=(",", ":"),
+        ).encode()
+        return CHUNK_MAGIC + struct.pack(">I", len(header)) + header + self.data
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Chunk:
+        """Parse and check a chunk; a damaged one raises WireError (its CRC does not match)."""
+        if len(payload) < 8 or payload[:4] != CHUNK_MAGIC:
+            raise WireError("not a model chunk (bad magic)")
+        (size,) = struct.unpack(">I", payload[4:8])
+        try:
+            header = json.loads(payload[8 : 8 + size])
+            data = payload[8 + size :]
+            chunk = cls(
+                deployment_id=int(header["deployment_id"]),
+                sha256=str(header["sha256"]),
+                offset=int(header["offset"]),
+                total=int(header["total"]),
+                data=data,
+            )
+            crc = int(header["crc32"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise WireError(f"bad chunk header: {exc}") from None
+        if zlib.crc32(data) != crc:
+            raise WireError(f"corrupted chunk at offset {chunk.offset}: CRC mismatch")
+        return chunk
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise WireError(f"not base64: {exc}") from None
