@@ -1,0 +1,501 @@
+"""The agent's local outbox: every inference log and telemetry sample, durable, in sequence order.
+
+Records wait in one SQLite file (WAL mode) until the hub has acknowledged them. Each record gets
+a per-device sequence number from one sequence shared by logs and telemetry; the next number is
+kept in a meta table and committed in the same transaction as the record, so a number is never
+issued twice: not after deletes, not after a restart, not after kill -9 or a power cut.
+
+The outbox is bounded by record count and by payload bytes. Its overflow policy is "drop oldest":
+an append that would exceed a bound first deletes the oldest records, counts them in a persisted
+``dropped_total`` and logs a warning. ``floor()`` tells the hub the lowest sequence still held, so
+it can tell a gap that will never be filled from one that is still on its way.
+
+Every state change is one transaction that begins with ``BEGIN IMMEDIATE`` and reads the counters
+from the meta table, so two processes (the agent and, say, a CLI) may open the same file safely.
+
+``BatchWriter`` is the hot path: one thread commits what many callers submit, so concurrent
+requests share one fsync (group commit).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, get_args
+
+__all__ = [
+    "BatchWriter",
+    "InvalidRecordError",
+    "Outbox",
+    "OutboxClosedError",
+    "OutboxError",
+    "OutboxRecord",
+    "OutboxStats",
+    "RecordKind",
+    "RecordTooLargeError",
+]
+
+log = logging.getLogger(__name__)
+
+RecordKind = Literal["log", "telemetry"]
+RECORD_KINDS: tuple[RecordKind, ...] = get_args(RecordKind)
+
+SCHEMA_VERSION = 1
+# Drops are logged at once the first time, then at most this often (a full outbox drops on
+# every append, and the log would otherwise repeat itself on the hot path).
+DROP_WARNING_INTERVAL_S = 10.0
+
+_META_KEYS = ("schema_version", "next_seq", "dropped_total", "acked_upto", "pending", "bytes")
+
+
+class OutboxError(Exception):
+    """The outbox cannot do what was asked (unreadable file, newer schema, database failure)."""
+
+
+class OutboxClosedError(OutboxError):
+    """The outbox (or batch writer) was used after close()."""
+
+
+class InvalidRecordError(OutboxError, ValueError):
+    """A record that cannot be stored: unknown kind, or a payload that is not JSON-serialisable."""
+
+
+class RecordTooLargeError(OutboxError, ValueError):
+    """One record's payload alone is larger than the outbox's byte bound."""
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    seq: int
+    kind: RecordKind
+    payload: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    pending: int
+    pending_bytes: int
+    dropped_total: int
+    next_seq: int
+    oldest_seq: int | None
+    acked_upto: int
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """A record checked and serialised outside the lock, ready to insert."""
+
+    kind: RecordKind
+    text: str
+    size: int
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('log', 'telemetry')),
+    payload TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+class Outbox:
+    """A durable, bounded, sequence-numbered queue of records in one SQLite file. Thread-safe."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_records: int = 100_000,
+        max_bytes: int = 64 * 2**20,
+        durable: bool = True,
+    ) -> None:
+        if max_records < 1:
+            raise ValueError(f"max_records must be at least 1, not {max_records}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, not {max_bytes}")
+        self.path = Path(path)
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.durable = durable
+        self._lock = threading.Lock()
+        self._closed = False
+        self._drops_unreported = 0
+        self._last_drop_warning = float("-inf")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+        try:
+            self._setup()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+        except OutboxError:
+            self._db.close()
+            raise
+
+    def _setup(self) -> None:
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("outbox %s: WAL mode unavailable (journal_mode=%s)", self.path, mode)
+        self._db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            initial = {"schema_version": SCHEMA_VERSION, "next_seq": 1}
+            self._db.executemany(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                [(key, initial.get(key, 0)) for key in _META_KEYS],
+            )
+            version = self._meta()["schema_version"]
+        if version > SCHEMA_VERSION:
+            raise OutboxError(
+                f"outbox {self.path} has schema {version}; this agent understands up to "
+                f"{SCHEMA_VERSION}"
+            )
+
+    # -- writing -----------------------------------------------------------------------------
+    def append(self, kind: RecordKind, payload: dict[str, Any]) -> int:
+        """Store one record in its own durable commit and return its sequence number."""
+        return self._append_encoded([self._encode(kind, payload)])[0]
+
+    def append_many(self, items: Sequence[tuple[RecordKind, dict[str, Any]]]) -> list[int]:
+        """Store several records in one transaction; their sequence numbers, in order.
+
+        Every item is checked before anything is written: one bad item appends nothing. A batch
+        larger than ``max_records`` keeps only its newest records (drop oldest, as always).
+        """
+        return self._append_encoded([self._encode(kind, payload) for kind, payload in items])
+
+    def _encode(self, kind: RecordKind, payload: dict[str, Any]) -> _Encoded:
+        if kind not in RECORD_KINDS:
+            raise InvalidRecordError(
+                f"unknown record kind {kind!r}; expected one of {RECORD_KINDS}"
+            )
+        if not isinstance(payload, dict):
+            raise InvalidRecordError(f"payload must be a dict, not {type(payload).__name__}")
+        try:
+            text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRecordError(f"payload is not JSON-serialisable: {exc}") from exc
+        size = len(text.encode())
+        if size > self.max_bytes:
+            raise RecordTooLargeError(
+                f"{kind} record of {size} bytes exceeds the outbox bound of {self.max_bytes} bytes"
+            )
+        return _Encoded(kind, text, size)
+
+    def _append_encoded(self, records: Sequence[_Encoded]) -> list[int]:
+        if not records:
+            return []
+        created_at = time.time()
+        with self._locked(), self._transaction():
+            meta = self._meta()
+            first = meta["next_seq"]
+            seqs = list(range(first, first + len(records)))
+            self._db.executemany(
+                "INSERT INTO records (seq, kind, payload, size, created_at) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (s, r.kind, r.text, r.size, created_at)
+                    for s, r in zip(seqs, records, strict=True)
+                ],
+            )
+            pending = meta["pending"] + len(records)
+            pending_bytes = meta["bytes"] + sum(r.size for r in records)
+            dropped, dropped_bytes = self._drop_oldest(pending, pending_bytes)
+            self._set_meta(
+                next_seq=first + len(records),
+                pending=pending - dropped,
+                bytes=pending_bytes - dropped_bytes,
+                dropped_total=meta["dropped_total"] + dropped,
+            )
+        if dropped:
+            self._warn_dropped(dropped, meta["dropped_total"] + dropped)
+        return seqs
+
+    def _drop_oldest(self, pending: int, pending_bytes: int) -> tuple[int, int]:
+        """Delete the oldest records until both bounds hold; (records, bytes) deleted."""
+        excess_records = pending - self.max_records
+        excess_bytes = pending_bytes - self.max_bytes
+        if excess_records <= 0 and excess_bytes <= 0:
+            return 0, 0
+        dropped = dropped_bytes = 0
+        cutoff = 0
+        oldest_first = self._db.execute("SELECT seq, size FROM records ORDER BY seq")
+        try:
+            for seq, size in oldest_first:
+                if dropped >= excess_records and dropped_bytes >= excess_bytes:
+                    break
+                dropped += 1
+                dropped_bytes += size
+                cutoff = seq
+        finally:
+            oldest_first.close()
+        self._db.execute("DELETE FROM records WHERE seq <= ?", (cutoff,))
+        return dropped, dropped_bytes
+
+    def _warn_dropped(self, dropped: int, dropped_total: int) -> None:
+        self._drops_unreported += dropped
+        now = time.monotonic()
+        if now - self._last_drop_warning < DROP_WARNING_INTERVAL_S:
+            return
+        log.warning(
+            "outbox %s is full (max %d records, %d bytes): dropped the %d oldest record(s) "
+            "(%d dropped in total)",
+            self.path,
+            self.max_records,
+            self.max_bytes,
+            self._drops_unreported,
+            dropped_total,
+        )
+        self._drops_unreported = 0
+        self._last_drop_warning = now
+
+    def ack(self, upto: int) -> int:
+        """Delete every record with seq <= upto; how many were deleted. Idempotent."""
+        if upto < 0:
+            raise ValueError(f"ack upto must be >= 0, not {upto}")
+        with self._locked(), self._transaction():
+            meta = self._meta()
+            count, size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE seq <= ?", (upto,)
+            ).fetchone()
+            issued = meta["next_seq"] - 1
+            if upto > issued:
+                log.warning("outbox %s: ack up to %d, but only %d issued", self.path, upto, issued)
+            acked_upto = max(meta["acked_upto"], min(upto, issued))
+            if count:
+                self._db.execute("DELETE FROM records WHERE seq <= ?", (upto,))
+            self._set_meta(
+                pending=meta["pending"] - count, bytes=meta["bytes"] - size, acked_upto=acked_upto
+            )
+        return int(count)
+
+    # -- reading -----------------------------------------------------------------------------
+    def pending(self, limit: int, after_seq: int = 0) -> list[OutboxRecord]:
+        """Up to ``limit`` records with seq > after_seq, oldest first."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, not {limit}")
+        with self._locked():
+            rows = self._db.execute(
+                "SELECT seq, kind, payload, created_at FROM records WHERE seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [
+            OutboxRecord(seq, kind, json.loads(text), created) for seq, kind, text, created in rows
+        ]
+
+    def floor(self) -> int:
+        """The lowest seq still held (next_seq when empty); all below it is acked or dropped."""
+        with self._locked(), self._snapshot():
+            oldest = self._db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
+            return int(oldest) if oldest is not None else self._meta()["next_seq"]
+
+    def stats(self) -> OutboxStats:
+        with self._locked(), self._snapshot():
+            meta = self._meta()
+            oldest = self._db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
+        return OutboxStats(
+            pending=meta["pending"],
+            pending_bytes=meta["bytes"],
+            dropped_total=meta["dropped_total"],
+            next_seq=meta["next_seq"],
+            oldest_seq=oldest,
+            acked_upto=meta["acked_upto"],
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the database; later calls raise OutboxClosedError. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- helpers -----------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            if self._closed:
+                raise OutboxClosedError(f"outbox {self.path} is closed")
+            try:
+                yield
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A write transaction: the whole block commits (and fsyncs), or none of it does."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """A read transaction: meta and records seen at one instant, even with another writer."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
+
+    def _meta(self) -> dict[str, int]:
+        return {key: int(value) for key, value in self._db.execute("SELECT key, value FROM meta")}
+
+    def _set_meta(self, **values: int) -> None:
+        self._db.executemany(
+            "UPDATE meta SET value = ? WHERE key = ?", [(v, k) for k, v in values.items()]
+        )
+
+
+class _Stop:
+    """Queued by close(): everything before it is committed, then the writer thread ends."""
+
+
+_STOP = _Stop()
+
+
+class BatchWriter:
+    """Group commit for the hot path: one thread commits what many callers submit.
+
+    ``submit`` checks and serialises the record in the caller's thread (a bad record raises
+    there), queues it, and returns a future that resolves with the record's seq once the
+    transaction holding it has committed. The writer thread takes whatever has queued up, waiting
+    at most ``max_delay_s`` for more, up to ``max_batch`` records, and commits them with one
+    transaction: under load, many requests share one fsync.
+    """
+
+    def __init__(self, outbox: Outbox, *, max_batch: int = 256, max_delay_s: float = 0.002) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        if max_delay_s < 0:
+            raise ValueError(f"max_delay_s must be >= 0, not {max_delay_s}")
+        self.outbox = outbox
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self._queue: queue.SimpleQueue[tuple[_Encoded, Future[int]] | _Stop] = queue.SimpleQueue()
+        self._state_lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="outbox-batch-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, kind: RecordKind, payload: dict[str, Any]) -> Future[int]:
+        """Queue one record; the future resolves with its seq once committed."""
+        encoded = self.outbox._encode(kind, payload)
+        future: Future[int] = Future()
+        with self._state_lock:
+            if self._closed:
+                raise OutboxClosedError("batch writer is closed")
+            self._queue.put((encoded, future))
+        return future
+
+    def append(self, kind: RecordKind, payload: dict[str, Any]) -> int:
+        """Submit one record and wait until it is committed; its seq."""
+        return self.submit(kind, payload).result()
+
+    def close(self) -> None:
+        """Commit everything already submitted, then stop the thread. Safe to call twice."""
+        with self._state_lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(_STOP)
+        self._thread.join()
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        target = 1  # how many records the previous batch held
+        stopping = False
+        while not stopping:
+            batch: list[tuple[_Encoded, Future[int]]] = []
+            item = self._queue.get()
+            deadline = time.monotonic() + self.max_delay_s
+            while True:
+                if isinstance(item, _Stop):
+                    stopping = True
+                    break
+                batch.append(item)
+                if len(batch) >= self.max_batch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                    continue
+                except queue.Empty:
+                    pass
+                # Queue drained. Linger for more only until the batch is as large as the last
+                # one: callers released by the last commit come straight back, and waiting for
+                # them is worth it; waiting the whole delay for nobody is not.
+                remaining = deadline - time.monotonic()
+                if len(batch) >= target or remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if batch:
+                target = len(batch)
+                self._commit(batch)
+
+    def _commit(self, batch: list[tuple[_Encoded, Future[int]]]) -> None:
+        # A future its caller cancelled is not written at all.
+        live = [(rec, fut) for rec, fut in batch if fut.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            seqs = self.outbox._append_encoded([rec for rec, _ in live])
+        except Exception as exc:  # every waiter hears about it; the thread carries on
+            for _, fut in live:
+                fut.set_exception(exc)
+            return
+        for (_, fut), seq in zip(live, seqs, strict=True):
+            fut.set_result(seq)
