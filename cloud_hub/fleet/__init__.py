@@ -1,0 +1,1 @@
+"""The fleet: devices, deployments, and the hub's MQTT side."""

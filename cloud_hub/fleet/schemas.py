@@ -1,0 +1,111 @@
+"""Fleet documents returned by the REST API and the CLI."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from cloud_hub.schemas import NAME_PATTERN
+
+Strategy = Literal["all_at_once", "canary"]
+TargetKind = Literal["device", "tag", "group"]
+DeviceState = Literal[
+    "waiting", "pending", "transferring", "verified", "active", "failed", "rolled_back",
+    "superseded",
+]
+RUNTIMES = ("onnxruntime", "litert")
+
+
+class Device(BaseModel):
+    id: str
+    name: str
+    hardware: str
+    runtimes: list[str]
+    tags: list[str]
+    group: str | None
+    status: Literal["unknown", "online", "offline"]
+    agent_version: str | None
+    last_seen: str | None
+    active_version_id: int | None
+    desired_version_id: int | None
+    logs_stored: int = 0
+    created_at: str
+
+
+class DeviceCreate(BaseModel):
+    id: str = Field(pattern=NAME_PATTERN)
+    name: str | None = None
+    hardware: str = ""
+    runtimes: list[Literal["onnxruntime", "litert"]] = Field(
+        default_factory=lambda: ["onnxruntime"],
+        description="what the device can run, in order of preference",
+    )
+    tags: list[str] = Field(default_factory=list)
+    group: str | None = None
+
+
+class BrokerInfo(BaseModel):
+    host: str
+    port: int
+    topic_root: str
+
+
+class DeviceRegistration(BaseModel):
+    """What a new device needs: its broker credentials and the hub's public signing key."""
+
+    device: Device
+    username: str
+    password: str
+    broker: BrokerInfo
+    hub_public_key: str
+
+
+class DeploymentCreate(BaseModel):
+    version: str = Field(description="PROJECT/MODEL[:N] or a version id")
+    artifact: str = Field(default="best", description="'best' or FORMAT/PRECISION, e.g. onnx/int8")
+    device: str | None = None
+    tag: str | None = None
+    group: str | None = None
+    strategy: Strategy = "all_at_once"
+    canary_count: int | None = Field(default=None, ge=1)
+    canary_percent: float | None = Field(default=None, gt=0, le=100)
+    failure_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="halt when this fraction of devices failed"
+    )
+    promote_after_s: float = Field(default=0.0, ge=0)
+    threads: int = Field(default=1, ge=1, le=64)
+    probation: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeploymentDevice(BaseModel):
+    device_id: str
+    phase: Literal["canary", "rest"]
+    state: DeviceState
+    artifact: str | None
+    reason: str | None
+    received_bytes: int
+    updated_at: str
+
+
+class Deployment(BaseModel):
+    id: int
+    version_id: int
+    version: str
+    artifact: str
+    target_kind: TargetKind
+    target: str
+    strategy: Strategy
+    canary_count: int | None
+    canary_percent: float | None
+    failure_threshold: float
+    promote_after_s: float
+    status: Literal["canary", "rolling_out", "completed", "halted", "superseded"]
+    reason: str | None
+    devices: list[DeploymentDevice]
+    created_at: str
+    updated_at: str
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "halted", "superseded")
