@@ -12,6 +12,8 @@ chunks, which are binary: a small JSON header and the bytes. Topic root is confi
     {root}/dev/{id}/logs       agent → hub: inference logs from the outbox, with sequence numbers
     {root}/dev/{id}/telemetry  agent → hub: telemetry samples from the outbox, same sequence
     {root}/dev/{id}/ack        hub → agent: highest contiguous sequence stored at the hub
+    {root}/dev/{id}/infer      any client → agent: an inference request (InferRequest)
+    {root}/dev/{id}/result     agent → requester: its answer (InferResult), same request_id
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ DEFAULT_ROOT = "ep"
 CHUNK_MAGIC = b"EPC1"
 DEFAULT_CHUNK_SIZE = 256 * 1024
 
-TopicKind = Literal["status", "desired", "fetch", "chunk", "report", "logs", "telemetry", "ack"]
+TopicKind = Literal[
+    "status", "desired", "fetch", "chunk", "report", "logs", "telemetry", "ack", "infer", "result"
+]
 TOPIC_KINDS: tuple[TopicKind, ...] = (
     "status",
     "desired",
@@ -41,6 +45,8 @@ TOPIC_KINDS: tuple[TopicKind, ...] = (
     "logs",
     "telemetry",
     "ack",
+    "infer",
+    "result",
 )
 DeploymentState = Literal["pending", "transferring", "verified", "active", "failed", "rolled_back"]
 
@@ -194,6 +200,22 @@ class TelemetryBatch(Message):
 
 class Ack(Message):
     upto: int = Field(ge=0, description="every sequence ≤ upto is stored at the hub")
+
+
+class InferRequest(Message):
+    """An inference asked over MQTT: model-ready tensors (a batch), answered on `result`."""
+
+    request_id: str = Field(min_length=1, max_length=128)
+    inputs: list[Any] = Field(description="a batch of samples, nested lists of numbers")
+
+
+class InferResult(Message):
+    request_id: str
+    ok: bool
+    model_version: int | None = None
+    predictions: list[dict[str, Any]] = Field(default_factory=list)
+    latency_ms: float | None = None
+    error: str | None = None
 
 
 # -- binary model chunks ----------------------------------------------------------------------

@@ -79,27 +79,70 @@ def _mosquitto() -> str:
     return found
 
 
+class Mosquitto:
+    """A real Mosquitto on a loopback port, with the queue limits raised (see DEPENDENCIES.md).
+
+    `stop()` / `start()` restart it on the same port, for tests of what survives a broker restart.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_queued_messages 100000\n"
+            "max_inflight_messages 1000\n"
+            "message_size_limit 0\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [_mosquitto(), "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    """A real Mosquitto on a loopback port, with the queue limits raised (see DEPENDENCIES.md)."""
-    port = free_port()
-    conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence false\n"
-        "max_queued_messages 100000\n"
-        "max_inflight_messages 1000\n"
-    )
-    proc = subprocess.Popen(
-        [_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    """One shared broker for the session: (host, port). Use unique device ids per test."""
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
     try:
-        wait_for_port(port, proc=proc)
-        yield "127.0.0.1", port
+        yield broker.address
     finally:
-        proc.terminate()
-        proc.wait(10)
+        broker.stop()
+
+
+@pytest.fixture
+def own_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker of this test's own, which the test may stop and start again."""
+    broker = Mosquitto(_mkdir(tmp_path / "broker"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(autouse=True, scope="session")
