@@ -157,14 +157,16 @@ def test_stats_count_compact_json_bytes(outbox: Outbox) -> None:
 def test_count_bound_drops_oldest_and_counts_them(
     path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="edge_agent.outbox"):
-        with Outbox(path, max_records=100, durable=False) as outbox:
-            for i in range(150):
-                outbox.append("log", log_payload(i))
-            stats = outbox.stats()
-            assert (stats.pending, stats.dropped_total, stats.next_seq) == (100, 50, 151)
-            assert seqs_held(outbox) == list(range(51, 151))
-            assert outbox.floor() == 51
+    with (
+        caplog.at_level(logging.WARNING, logger="edge_agent.outbox"),
+        Outbox(path, max_records=100, durable=False) as outbox,
+    ):
+        for i in range(150):
+            outbox.append("log", log_payload(i))
+        stats = outbox.stats()
+        assert (stats.pending, stats.dropped_total, stats.next_seq) == (100, 50, 151)
+        assert seqs_held(outbox) == list(range(51, 151))
+        assert outbox.floor() == 51
     assert "dropped" in caplog.text and "full" in caplog.text
     with Outbox(path, max_records=100, durable=False) as reopened:
         assert reopened.stats().dropped_total == 50  # persisted
