@@ -9,6 +9,7 @@ from typing import Any
 
 from cloud_hub.artifact_store import ArtifactStore
 from cloud_hub.db import Database
+from cloud_hub.fleet.fleet import Fleet
 from cloud_hub.registry import Registry
 from cloud_hub.settings import HubSettings
 from cloud_hub.training.pipeline import EventHandler, TrainingPipeline
@@ -21,6 +22,7 @@ class Hub:
     registry: Registry
     step_cache: ArtifactStore
     _background: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _fleet: Fleet | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, settings: HubSettings) -> Hub:
@@ -29,6 +31,13 @@ class Hub:
         registry = Registry(db, ArtifactStore(settings.artifacts_dir))
         registry.fail_orphaned_runs()  # a killed process's runs become resumable failures
         return cls(settings, db, registry, ArtifactStore(settings.cache_dir))
+
+    @property
+    def fleet(self) -> Fleet:
+        """Devices and deployments (opens the signing key on first use)."""
+        if self._fleet is None:
+            self._fleet = Fleet.open(self.settings, self.db, self.registry)
+        return self._fleet
 
     def pipeline(self, on_event: EventHandler | None = None) -> TrainingPipeline:
         return TrainingPipeline(self.registry, self.step_cache, on_event=on_event)

@@ -136,10 +136,15 @@ MIGRATIONS: tuple[Migration, ...] = (
                 status TEXT NOT NULL DEFAULT 'unknown'
                     CHECK (status IN ('unknown', 'online', 'offline')),
                 agent_version TEXT,
+                reported_runtimes TEXT NOT NULL DEFAULT '[]',
                 last_seen TEXT,
-                active_version_id INTEGER REFERENCES versions(id),
+                active_version_id INTEGER,
                 desired_version_id INTEGER REFERENCES versions(id),
+                desired_deployment_id INTEGER REFERENCES deployments(id),
+                desired_artifact_id INTEGER REFERENCES artifacts(id),
                 acked_upto INTEGER NOT NULL DEFAULT 0,
+                rejected INTEGER NOT NULL DEFAULT 0,
+                last_reason TEXT,
                 created_at TEXT NOT NULL DEFAULT {NOW})""",
             f"""CREATE TABLE deployments (
                 id INTEGER PRIMARY KEY,
@@ -154,6 +159,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 promote_after_s REAL NOT NULL DEFAULT 0,
                 threads INTEGER NOT NULL DEFAULT 1,
                 probation TEXT NOT NULL DEFAULT '{{}}',
+                params TEXT NOT NULL DEFAULT '{{}}',
                 status TEXT NOT NULL CHECK (status IN
                     ('canary', 'rolling_out', 'completed', 'halted', 'superseded')),
                 reason TEXT,
@@ -172,6 +178,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 active_since TEXT,
                 updated_at TEXT NOT NULL DEFAULT {NOW},
                 PRIMARY KEY (deployment_id, device_id))""",
+            "CREATE INDEX deployment_devices_device ON deployment_devices (device_id)",
+            "CREATE INDEX deployment_devices_pending ON deployment_devices (state, published_at)",
             """CREATE TABLE inference_logs (
                 device_id TEXT NOT NULL,
                 seq INTEGER NOT NULL,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import BaseModel, Field
+
+from edge_agent.wire import DEFAULT_CHUNK_SIZE
 
 DATA_DIR_ENV = "EDGEPILOT_DATA_DIR"
 
@@ -32,6 +35,32 @@ class HubSettings(BaseModel):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     scheduler_poll_s: float = Field(default=1.0, gt=0)
     run_scheduler: bool = True
+    # -- fleet (MQTT) --------------------------------------------------------------------------
+    mqtt_host: str | None = Field(
+        default=None, description="broker the hub connects to; None: no fleet service"
+    )
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_protocol: Literal["3.1.1", "5"] = Field(
+        default="3.1.1",
+        description="3.1.1 works with every broker (the demo's embedded one included); 5 adds "
+        "a session expiry",
+    )
+    mqtt_username: str | None = Field(
+        default=None, description="default: the hub user of `edgepilot hub broker-config`"
+    )
+    mqtt_password: str | None = None
+    mqtt_client_id: str = "edgepilot-hub"
+    mqtt_keepalive_s: int = Field(default=30, ge=5)
+    mqtt_session_expiry_s: int = Field(
+        default=24 * 3600, ge=0, description="MQTT 5: the broker keeps the hub's queue this long"
+    )
+    device_broker_host: str | None = Field(
+        default=None, description="broker address given to devices [default: mqtt_host]"
+    )
+    device_broker_port: int | None = Field(default=None, ge=1, le=65535)
+    topic_root: str = Field(default="ep", pattern=r"^[A-Za-z0-9._-]+$")
+    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1024, le=64 * 1024 * 1024)
+    fleet_poll_s: float = Field(default=0.5, gt=0)
 
     @property
     def db_path(self) -> Path:
@@ -45,3 +74,7 @@ class HubSettings(BaseModel):
     def cache_dir(self) -> Path:
         """Cached pipeline step outputs (content-addressed, like artifacts)."""
         return self.data_dir / "step-cache"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.data_dir / "signing-key.pem"

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from cloud_hub import __version__
-from cloud_hub.api import projects, runs, schedules, versions
+from cloud_hub.api import deployments, devices, projects, runs, schedules, versions
 from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
 from cloud_hub.hub import Hub
 from cloud_hub.training.scheduler import TrainingScheduler
@@ -21,8 +21,11 @@ def _error(code: int, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=code, content={"detail": str(exc), "error": type(exc).__name__})
 
 
-def create_app(hub: Hub, *, scheduler: bool | None = None) -> FastAPI:
+def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = None) -> FastAPI:
+    """The app; its lifespan runs the training scheduler and, when the settings name a broker
+    (`mqtt_host`), the fleet's MQTT service."""
     run_scheduler = hub.settings.run_scheduler if scheduler is None else scheduler
+    run_fleet = hub.settings.mqtt_host is not None if fleet is None else fleet
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -33,9 +36,18 @@ def create_app(hub: Hub, *, scheduler: bool | None = None) -> FastAPI:
             )
             sched.start()
         app.state.scheduler = sched
+        service = None
+        if run_fleet:
+            from cloud_hub.fleet.mqtt_service import FleetService
+
+            service = FleetService.from_hub(hub)
+            service.start()
+        app.state.fleet_service = service
         try:
             yield
         finally:
+            if service is not None:
+                service.stop()
             if sched is not None:
                 sched.stop()
 
@@ -67,6 +79,6 @@ def create_app(hub: Hub, *, scheduler: bool | None = None) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    for module in (projects, versions, runs, schedules):
+    for module in (projects, versions, runs, schedules, devices, deployments):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

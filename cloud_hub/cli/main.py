@@ -634,14 +634,25 @@ def hub_serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     scheduler: Annotated[bool, typer.Option(help="Run scheduled training.")] = True,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT of the MQTT broker: run the fleet service (devices)."),
+    ] = None,
 ) -> None:
-    """Serve the REST API (docs at /docs) and run scheduled training."""
+    """Serve the REST API (docs at /docs), run scheduled training and, with --mqtt, the
+    fleet's MQTT service (desired state, model transfer, logs and telemetry)."""
     import uvicorn
 
     from cloud_hub.api.app import create_app
 
     state = _state(ctx)
-    settings = state.settings(host=host, port=port, run_scheduler=scheduler)
+    broker: dict[str, Any] = {}
+    if mqtt is not None:
+        from cloud_hub.cli.fleet import parse_address
+
+        with user_errors():
+            broker["mqtt_host"], broker["mqtt_port"] = parse_address(mqtt, "--mqtt")
+    settings = state.settings(host=host, port=port, run_scheduler=scheduler, **broker)
     hub = Hub.open(settings)
     render.err_console.print(
         f"EdgePilot hub on http://{host}:{port}  (data: {settings.data_dir}, docs: /docs)"
@@ -650,6 +661,18 @@ def hub_serve(
         uvicorn.run(create_app(hub), host=host, port=port, log_level="info")
     finally:
         hub.close()
+
+
+def _register_fleet() -> None:
+    from cloud_hub.cli import fleet
+
+    app.add_typer(fleet.devices_app, name="devices")
+    app.add_typer(fleet.deployments_app, name="deployments")
+    app.command("deploy")(fleet.deploy)
+    hub_app.command("broker-config")(fleet.broker_config)
+
+
+_register_fleet()
 
 
 def main() -> None:

@@ -11,10 +11,17 @@ from cloud_hub.schemas import NAME_PATTERN
 Strategy = Literal["all_at_once", "canary"]
 TargetKind = Literal["device", "tag", "group"]
 DeviceState = Literal[
-    "waiting", "pending", "transferring", "verified", "active", "failed", "rolled_back",
+    "waiting",
+    "pending",
+    "transferring",
+    "verified",
+    "active",
+    "failed",
+    "rolled_back",
     "superseded",
 ]
-RUNTIMES = ("onnxruntime", "litert")
+Runtime = Literal["onnxruntime", "litert"]
+RUNTIMES: tuple[Runtime, ...] = ("onnxruntime", "litert")
 
 
 class Device(BaseModel):
@@ -26,10 +33,18 @@ class Device(BaseModel):
     group: str | None
     status: Literal["unknown", "online", "offline"]
     agent_version: str | None
+    reported_runtimes: list[str] = Field(
+        default_factory=list, description="runtimes the agent says it has"
+    )
     last_seen: str | None
     active_version_id: int | None
     desired_version_id: int | None
+    desired_deployment_id: int | None = None
+    acked_upto: int = Field(default=0, description="every log/telemetry seq ≤ this is stored")
     logs_stored: int = 0
+    telemetry_stored: int = 0
+    rejected: int = Field(default=0, description="messages from the device the hub refused")
+    last_reason: str | None = Field(default=None, description="why the last one was refused")
     created_at: str
 
 
@@ -37,8 +52,8 @@ class DeviceCreate(BaseModel):
     id: str = Field(pattern=NAME_PATTERN)
     name: str | None = None
     hardware: str = ""
-    runtimes: list[Literal["onnxruntime", "litert"]] = Field(
-        default_factory=lambda: ["onnxruntime"],
+    runtimes: list[Runtime] = Field(
+        default_factory=lambda: list[Runtime](["onnxruntime"]),
         description="what the device can run, in order of preference",
     )
     tags: list[str] = Field(default_factory=list)
@@ -75,7 +90,10 @@ class DeploymentCreate(BaseModel):
     )
     promote_after_s: float = Field(default=0.0, ge=0)
     threads: int = Field(default=1, ge=1, le=64)
-    probation: dict[str, Any] = Field(default_factory=dict)
+    probation: dict[str, Any] = Field(
+        default_factory=dict, description="edge_agent.wire.ProbationPolicy fields"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="serving parameters")
 
 
 class DeploymentDevice(BaseModel):
@@ -100,6 +118,9 @@ class Deployment(BaseModel):
     canary_percent: float | None
     failure_threshold: float
     promote_after_s: float
+    threads: int = 1
+    probation: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
     status: Literal["canary", "rolling_out", "completed", "halted", "superseded"]
     reason: str | None
     devices: list[DeploymentDevice]
@@ -109,3 +130,17 @@ class Deployment(BaseModel):
     @property
     def finished(self) -> bool:
         return self.status in ("completed", "halted", "superseded")
+
+
+class InferenceLog(BaseModel):
+    """One inference log record as the hub stored it."""
+
+    device_id: str
+    seq: int
+    request_id: str
+    model_version: int | None
+    input_digest: str
+    output: Any
+    latency_ms: float
+    ts: float
+    source: str

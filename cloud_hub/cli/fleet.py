@@ -1,0 +1,420 @@
+"""`edgepilot devices|deploy|deployments` and `edgepilot hub broker-config`.
+
+Like the other commands these open the registry directly. A deployment made here is a set of
+rows; the running hub's MQTT service (`edgepilot hub serve --mqtt HOST:PORT`) notices rows it
+has not published within its poll interval and sends each device its desired state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from cloud_hub.cli import render
+from cloud_hub.errors import InvalidInput
+from cloud_hub.fleet.schemas import (
+    BrokerInfo,
+    Deployment,
+    DeploymentCreate,
+    Device,
+    DeviceCreate,
+    DeviceRegistration,
+)
+
+if TYPE_CHECKING:
+    from cloud_hub.cli.main import State
+
+devices_app = typer.Typer(help="Edge devices.", no_args_is_help=True)
+deployments_app = typer.Typer(help="Deployments of versions to devices.", no_args_is_help=True)
+
+STATE_STYLE = {
+    "active": "green",
+    "failed": "red",
+    "rolled_back": "red",
+    "halted": "red",
+    "completed": "green",
+    "waiting": "dim",
+    "superseded": "dim",
+}
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+# cloud_hub.cli.main registers these commands, so it is imported when they run, not before.
+def _state(ctx: typer.Context) -> State:
+    from cloud_hub.cli.main import State
+
+    state = ctx.obj
+    assert isinstance(state, State)
+    return state
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    from cloud_hub.cli.main import user_errors as errors
+
+    with errors():
+        yield
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    from cloud_hub.cli.main import fail as main_fail
+
+    return main_fail(message, code)
+
+
+def parse_address(text: str, option: str) -> tuple[str, int]:
+    """HOST:PORT (the port 1..65535)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"{option} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
+    return host, int(port)
+
+
+def _styled(value: str) -> str:
+    style = STATE_STYLE.get(value)
+    return f"[{style}]{value}[/{style}]" if style else value
+
+
+# -- tables ---------------------------------------------------------------------------------------
+def devices_table(devices: list[Device]) -> Table:
+    table = Table(title="Devices")
+    for col in ("id", "hardware", "runtimes", "tags", "group", "status", "active", "logs", "seen"):
+        table.add_column(col)
+    for d in devices:
+        table.add_row(
+            d.id,
+            d.hardware or "-",
+            ", ".join(d.runtimes),
+            ", ".join(d.tags) or "-",
+            d.group or "-",
+            _styled(d.status),
+            "-" if d.active_version_id is None else str(d.active_version_id),
+            str(d.logs_stored),
+            (d.last_seen or "-")[:19],
+        )
+    return table
+
+
+def deployments_table(deployments: list[Deployment]) -> Table:
+    table = Table(title="Deployments")
+    for col in ("id", "version", "target", "strategy", "status", "devices", "reason", "created"):
+        table.add_column(col)
+    for dep in deployments:
+        active = sum(d.state == "active" for d in dep.devices)
+        table.add_row(
+            str(dep.id),
+            dep.version,
+            f"{dep.target_kind} {dep.target}",
+            dep.strategy,
+            _styled(dep.status),
+            f"{active}/{len(dep.devices)} active",
+            dep.reason or "-",
+            dep.created_at[:19],
+        )
+    return table
+
+
+def deployment_table(dep: Deployment) -> Table:
+    table = Table(
+        title=f"Deployment {dep.id}: {dep.version} to {dep.target_kind} {dep.target} "
+        f"({dep.strategy}) — {dep.status}" + (f": {dep.reason}" if dep.reason else ""),
+        title_justify="left",
+    )
+    for col in ("device", "phase", "artifact", "state", "bytes", "reason", "updated"):
+        table.add_column(col)
+    for d in dep.devices:
+        table.add_row(
+            d.device_id,
+            d.phase,
+            d.artifact or "-",
+            _styled(d.state),
+            str(d.received_bytes),
+            d.reason or "-",
+            d.updated_at[:19],
+        )
+    return table
+
+
+# -- agent config -----------------------------------------------------------------------------
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def agent_config(reg: DeviceRegistration, *, data_dir: str = "./agent-data") -> str:
+    """The agent's config file for a registration (keys agreed with the agent)."""
+    lines = [
+        f"device_id = {_toml_str(reg.device.id)}",
+        f"data_dir = {_toml_str(data_dir)}  # where the agent keeps models and its outbox",
+        f"hub_public_key = {_toml_str(reg.hub_public_key)}",
+        "",
+        "[mqtt]",
+        f"host = {_toml_str(reg.broker.host)}",
+        f"port = {reg.broker.port}",
+        f"username = {_toml_str(reg.username)}",
+        f"password = {_toml_str(reg.password)}",
+        f"topic_root = {_toml_str(reg.broker.topic_root)}",
+        "",
+        "[http]",
+        'host = "127.0.0.1"',
+        "port = 8081",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+# -- devices ----------------------------------------------------------------------------------
+@devices_app.command("register")
+def devices_register(
+    ctx: typer.Context,
+    device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id.")],
+    name: Annotated[str | None, typer.Option(help="A name for people [default: the id].")] = None,
+    hardware: Annotated[str, typer.Option(help="e.g. rpi5, jetson-orin-nano.")] = "",
+    runtime: Annotated[
+        list[str] | None,
+        typer.Option(help="onnxruntime or litert; repeat, in order of preference."),
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="A tag; repeatable.")] = None,
+    group: Annotated[str | None, typer.Option(help="The device's group.")] = None,
+    broker: Annotated[
+        str | None, typer.Option(help="HOST:PORT of the broker, as the device reaches it.")
+    ] = None,
+    topic_root: Annotated[str | None, typer.Option(help="MQTT topic root [default: ep].")] = None,
+    write_config: Annotated[
+        Path | None, typer.Option(help="Write the agent's config file (TOML) here.")
+    ] = None,
+    agent_data_dir: Annotated[
+        str, typer.Option(help="data_dir written into the agent config.")
+    ] = "./agent-data",
+    json_out: JsonOpt = False,
+) -> None:
+    """Register a device: prints its broker password (shown once) and the hub's public key."""
+    state = _state(ctx)
+    with user_errors():
+        body = DeviceCreate(
+            id=device_id,
+            name=name,
+            hardware=hardware,
+            runtimes=runtime or ["onnxruntime"],  # type: ignore[arg-type]
+            tags=tag or [],
+            group=group,
+        )
+        fleet = state.hub.fleet
+        info = fleet.devices.broker
+        if broker is not None or topic_root is not None:
+            host, port = parse_address(broker, "--broker") if broker else (info.host, info.port)
+            info = BrokerInfo(host=host, port=port, topic_root=topic_root or info.topic_root)
+        reg = fleet.devices.register(body, broker=info)
+    if write_config is not None:
+        _write_secret(write_config, agent_config(reg, data_dir=agent_data_dir))
+    if json_out:
+        render.print_json(reg)
+        return
+    render.console.print(devices_table([reg.device]))
+    render.console.print(
+        f"broker: {reg.broker.host}:{reg.broker.port} (topic root {reg.broker.topic_root})"
+    )
+    render.console.print(f"username: {reg.username}\npassword: {reg.password}  (shown only once)")
+    render.console.print(f"hub public key: {reg.hub_public_key}")
+    if write_config is not None:
+        render.console.print(f"wrote agent config {write_config}")
+    render.console.print(
+        "Reload the broker to pick up its password and ACL files "
+        "(see `edgepilot hub broker-config`)."
+    )
+
+
+@devices_app.command("list")
+def devices_list(
+    ctx: typer.Context,
+    tag: Annotated[str | None, typer.Option(help="Only devices with this tag.")] = None,
+    group: Annotated[str | None, typer.Option(help="Only devices in this group.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List devices."""
+    with user_errors():
+        devices = _state(ctx).hub.fleet.devices.all(tag=tag, group=group)
+    if json_out:
+        render.print_json(devices)
+    else:
+        render.console.print(devices_table(devices))
+
+
+@devices_app.command("show")
+def devices_show(
+    ctx: typer.Context,
+    device_id: Annotated[str, typer.Argument(metavar="ID")],
+    logs: Annotated[int, typer.Option(help="Also show this many newest stored logs.")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a device (and its newest stored inference logs)."""
+    with user_errors():
+        store = _state(ctx).hub.fleet.devices
+        device = store.get(device_id)
+        records = store.logs(device_id, limit=logs) if logs > 0 else []
+    if json_out:
+        out: dict[str, Any] = device.model_dump(mode="json")
+        if logs > 0:
+            out["logs"] = [r.model_dump(mode="json") for r in records]
+        render.print_json(out)
+        return
+    render.console.print(devices_table([device]))
+    if device.last_reason:
+        render.console.print(f"[yellow]last refused message:[/yellow] {device.last_reason}")
+    if records:
+        table = Table(title=f"Newest logs of {device_id}")
+        for col in ("seq", "request", "version", "output", "ms", "source"):
+            table.add_column(col)
+        for r in records:
+            table.add_row(
+                str(r.seq),
+                r.request_id,
+                str(r.model_version),
+                json.dumps(r.output)[:60],
+                f"{r.latency_ms:.2f}",
+                r.source,
+            )
+        render.console.print(table)
+
+
+# -- deploy -------------------------------------------------------------------------------------
+def deploy(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="PROJECT/MODEL[:N] or a version id.")],
+    device: Annotated[str | None, typer.Option(help="Target one device.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Target every device with this tag.")] = None,
+    group: Annotated[str | None, typer.Option(help="Target every device of this group.")] = None,
+    artifact: Annotated[
+        str, typer.Option(help="'best' (per device runtime) or FORMAT/PRECISION, e.g. onnx/int8.")
+    ] = "best",
+    strategy: Annotated[str, typer.Option(help="all_at_once or canary.")] = "all_at_once",
+    canary_count: Annotated[int | None, typer.Option(help="Canary devices.")] = None,
+    canary_percent: Annotated[float | None, typer.Option(help="Canary share (0-100].")] = None,
+    failure_threshold: Annotated[
+        float, typer.Option(help="Halt when this fraction of devices failed.")
+    ] = 0.5,
+    promote_after: Annotated[
+        float, typer.Option(help="Seconds the canaries stay active before the rest follow.")
+    ] = 0.0,
+    threads: Annotated[int, typer.Option(help="Inference threads on the device.")] = 1,
+    watch: Annotated[bool, typer.Option(help="Follow the rollout until it finishes.")] = False,
+    timeout: Annotated[float, typer.Option(help="Stop watching after this many seconds.")] = 600,
+    json_out: JsonOpt = False,
+) -> None:
+    """Deploy a version to a device, a tag or a group (published by the running hub)."""
+    state = _state(ctx)
+    with user_errors():
+        if strategy not in ("all_at_once", "canary"):
+            raise InvalidInput(f"--strategy {strategy!r}: choose all_at_once or canary")
+        body = DeploymentCreate(
+            version=version,
+            artifact=artifact,
+            device=device,
+            tag=tag,
+            group=group,
+            strategy=strategy,  # type: ignore[arg-type]
+            canary_count=canary_count,
+            canary_percent=canary_percent,
+            failure_threshold=failure_threshold,
+            promote_after_s=promote_after,
+            threads=threads,
+        )
+        dep = state.hub.fleet.deployments.create(body)
+    if watch:
+        dep = _watch(state, dep.id, timeout, quiet=json_out)
+    if json_out:
+        render.print_json(dep)
+    elif not watch:
+        render.console.print(deployment_table(dep))
+        render.console.print("The running hub (`edgepilot hub serve --mqtt ...`) sends it.")
+    if watch and dep.status == "halted":
+        raise fail(f"deployment {dep.id} halted: {dep.reason}", code=1)
+    if watch and not dep.finished:
+        raise fail(f"deployment {dep.id} still {dep.status} after {timeout:.0f} s", code=1)
+
+
+def _watch(state: State, deployment_id: int, timeout: float, *, quiet: bool) -> Deployment:
+    store = state.hub.fleet.deployments
+    deadline = time.monotonic() + timeout
+    dep = store.get(deployment_id)
+    if quiet:
+        while not dep.finished and time.monotonic() < deadline:
+            time.sleep(0.5)
+            dep = store.get(deployment_id)
+        return dep
+    with Live(deployment_table(dep), console=render.console) as live:
+        while not dep.finished and time.monotonic() < deadline:
+            time.sleep(0.5)
+            dep = store.get(deployment_id)
+            live.update(deployment_table(dep))
+    return dep
+
+
+@deployments_app.command("list")
+def deployments_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="Newest N.")] = 50,
+    json_out: JsonOpt = False,
+) -> None:
+    """List deployments, newest first."""
+    with user_errors():
+        deps = _state(ctx).hub.fleet.deployments.list(limit=limit)
+    if json_out:
+        render.print_json(deps)
+    else:
+        render.console.print(deployments_table(deps))
+
+
+@deployments_app.command("show")
+def deployments_show(
+    ctx: typer.Context,
+    deployment_id: Annotated[int, typer.Argument(metavar="ID")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a deployment with each device's state."""
+    with user_errors():
+        dep = _state(ctx).hub.fleet.deployments.get(deployment_id)
+    if json_out:
+        render.print_json(dep)
+    else:
+        render.console.print(deployment_table(dep))
+
+
+# -- broker config ------------------------------------------------------------------------------
+def broker_config(
+    ctx: typer.Context,
+    listen: Annotated[str, typer.Option(help="HOST:PORT the broker listens on.")] = "0.0.0.0:1883",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write mosquitto.conf here.")
+    ] = None,
+    persistence: Annotated[bool, typer.Option(help="Keep retained state across restarts.")] = True,
+) -> None:
+    """A mosquitto.conf using the fleet's password and ACL files (written into the data dir;
+    each device may touch only its own topics). Run: mosquitto -c FILE."""
+    from cloud_hub.fleet.broker_auth import mosquitto_conf
+
+    with user_errors():
+        host, port = parse_address(listen, "--listen")
+        files = _state(ctx).hub.fleet.devices.write_broker_files()
+        text = mosquitto_conf(files, host=host, port=port, persistence=persistence)
+    if output is None:
+        print(text, end="")
+    else:
+        output.write_text(text)
+        render.err_console.print(f"wrote {output} (auth files in {files.directory})")

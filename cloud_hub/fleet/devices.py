@@ -1,0 +1,156 @@
+"""Devices: registration (broker credentials, Mosquitto auth files), listing, stored logs."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.db import Database
+from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound
+from cloud_hub.fleet.broker_auth import BrokerFiles, hash_password, new_password, write_auth_files
+from cloud_hub.fleet.schemas import (
+    RUNTIMES,
+    BrokerInfo,
+    Device,
+    DeviceCreate,
+    DeviceRegistration,
+    InferenceLog,
+)
+from cloud_hub.registry import check_name
+
+_DEVICE_SQL = """
+    SELECT d.*,
+        (SELECT COUNT(*) FROM inference_logs l WHERE l.device_id = d.id) AS logs_stored,
+        (SELECT COUNT(*) FROM telemetry t WHERE t.device_id = d.id) AS telemetry_stored
+    FROM devices d"""
+
+
+def device_from_row(row: sqlite3.Row) -> Device:
+    d = dict(row)
+    return Device(
+        id=d["id"],
+        name=d["name"],
+        hardware=d["hardware"],
+        runtimes=json.loads(d["runtimes"]),
+        tags=json.loads(d["tags"]),
+        group=d["group_name"],
+        status=d["status"],
+        agent_version=d["agent_version"],
+        reported_runtimes=json.loads(d["reported_runtimes"]),
+        last_seen=d["last_seen"],
+        active_version_id=d["active_version_id"],
+        desired_version_id=d["desired_version_id"],
+        desired_deployment_id=d["desired_deployment_id"],
+        acked_upto=d["acked_upto"],
+        logs_stored=d.get("logs_stored", 0),
+        telemetry_stored=d.get("telemetry_stored", 0),
+        rejected=d["rejected"],
+        last_reason=d["last_reason"],
+        created_at=d["created_at"],
+    )
+
+
+class DeviceStore:
+    """Devices in the hub's database. `broker` is what registration hands to new devices."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        data_dir: Path,
+        broker: BrokerInfo,
+        hub_public_key: str,
+    ) -> None:
+        self.db = db
+        self.files = BrokerFiles.in_data_dir(data_dir)
+        self.broker = broker
+        self.hub_public_key = hub_public_key
+
+    def register(
+        self, body: DeviceCreate, *, broker: BrokerInfo | None = None
+    ) -> DeviceRegistration:
+        """Store a new device with a fresh broker password (only its hash is kept) and rewrite
+        the broker's password and ACL files. A duplicate id raises AlreadyExists."""
+        check_name("device", body.id)
+        if not body.runtimes:
+            raise InvalidInput("a device needs at least one runtime: onnxruntime or litert")
+        unknown = [r for r in body.runtimes if r not in RUNTIMES]
+        if unknown:
+            raise InvalidInput(f"unknown runtime(s) {unknown}: choose from {list(RUNTIMES)}")
+        if len(set(body.runtimes)) != len(body.runtimes):
+            raise InvalidInput(f"runtimes {body.runtimes} name one twice")
+        for tag in body.tags:
+            check_name("tag", tag)
+        if body.group is not None:
+            check_name("group", body.group)
+        password = new_password()
+        with self.db.transaction() as db:
+            try:
+                db.execute(
+                    "INSERT INTO devices (id, name, hardware, runtimes, tags, group_name, "
+                    "password_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        body.id,
+                        body.name or body.id,
+                        body.hardware,
+                        json.dumps(list(body.runtimes)),
+                        json.dumps(sorted(set(body.tags))),
+                        body.group,
+                        hash_password(password),
+                    ],
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists("device", body.id) from None
+            self.write_broker_files()  # inside the transaction: a failure stores nothing
+        return DeviceRegistration(
+            device=self.get(body.id),
+            username=body.id,
+            password=password,
+            broker=broker or self.broker,
+            hub_public_key=self.hub_public_key,
+        )
+
+    def write_broker_files(self) -> BrokerFiles:
+        rows = self.db.conn.execute("SELECT id, password_hash FROM devices").fetchall()
+        write_auth_files(
+            self.files,
+            [(r["id"], r["password_hash"]) for r in rows],
+            topic_root=self.broker.topic_root,
+        )
+        return self.files
+
+    def get(self, device_id: str) -> Device:
+        row = self.db.conn.execute(f"{_DEVICE_SQL} WHERE d.id = ?", [device_id]).fetchone()
+        if row is None:
+            raise NotFound("device", device_id)
+        return device_from_row(row)
+
+    def exists(self, device_id: str) -> bool:
+        row = self.db.conn.execute("SELECT 1 FROM devices WHERE id = ?", [device_id]).fetchone()
+        return row is not None
+
+    def all(self, *, tag: str | None = None, group: str | None = None) -> list[Device]:
+        rows = self.db.conn.execute(f"{_DEVICE_SQL} ORDER BY d.id").fetchall()
+        devices = [device_from_row(r) for r in rows]
+        if tag is not None:
+            devices = [d for d in devices if tag in d.tags]
+        if group is not None:
+            devices = [d for d in devices if d.group == group]
+        return devices
+
+    def logs(self, device_id: str, *, limit: int = 100) -> list[InferenceLog]:
+        """The device's newest stored inference logs, newest first."""
+        self.get(device_id)
+        rows = self.db.conn.execute(
+            "SELECT * FROM inference_logs WHERE device_id = ? ORDER BY seq DESC LIMIT ?",
+            [device_id, limit],
+        ).fetchall()
+        return [_log(r) for r in rows]
+
+
+def _log(row: sqlite3.Row) -> InferenceLog:
+    data: dict[str, Any] = dict(row)
+    data["output"] = json.loads(data["output"])
+    return InferenceLog(**data)

@@ -1,0 +1,40 @@
+"""The fleet's stores, built from the hub's settings, database and registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cloud_hub.db import Database
+from cloud_hub.fleet.deployments import DeploymentStore
+from cloud_hub.fleet.devices import DeviceStore
+from cloud_hub.fleet.schemas import BrokerInfo
+from cloud_hub.registry import Registry
+from cloud_hub.settings import HubSettings
+from cloud_hub.signing import HubSigner
+
+
+def device_broker(settings: HubSettings) -> BrokerInfo:
+    """The broker address handed to devices at registration."""
+    return BrokerInfo(
+        host=settings.device_broker_host or settings.mqtt_host or "127.0.0.1",
+        port=settings.device_broker_port or settings.mqtt_port,
+        topic_root=settings.topic_root,
+    )
+
+
+@dataclass
+class Fleet:
+    signer: HubSigner
+    devices: DeviceStore
+    deployments: DeploymentStore
+
+    @classmethod
+    def open(cls, settings: HubSettings, db: Database, registry: Registry) -> Fleet:
+        signer = HubSigner.load_or_create(settings.signing_key_path)
+        devices = DeviceStore(
+            db,
+            data_dir=settings.data_dir,
+            broker=device_broker(settings),
+            hub_public_key=signer.public_key_b64,
+        )
+        return cls(signer, devices, DeploymentStore(db, registry, devices))

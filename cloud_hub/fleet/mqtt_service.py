@@ -1,0 +1,350 @@
+"""The hub's MQTT side: one paho client that publishes desired state, serves model chunks and
+ingests status, reports, logs and telemetry.
+
+- MQTT 3.1.1 by default (every broker speaks it, the demo's embedded amqtt included; MQTT 5
+  with `mqtt_protocol="5"`), with a persistent session (clean session off; in MQTT 5 clean_start
+  off and a session expiry): QoS 1 messages devices send while the hub is down wait at the
+  broker and reach the hub when it comes back. A client passed in must speak the same version.
+- Desired state is published from a poll loop (every `fleet_poll_s`): it publishes the
+  deployment rows nobody has published yet, whoever wrote them (the REST API, or the CLI in
+  another process), and re-evaluates live deployments (canary promotion after `promote_after_s`).
+  After a connect without a session (first start, broker restarted without persistence) every
+  device's current desired state is published again, so retained state is never lost for good.
+- Everything a device sends is handled on paho's network thread: parsed with the wire contract,
+  stored (one transaction per message), then acknowledged. A malformed message, one from an
+  unknown device, or one the hub refuses is logged and counted (`stats()`), recorded as the
+  device's last rejection reason where the device is known, and never stops the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import ValidationError
+
+from cloud_hub.artifact_store import ArtifactStore
+from cloud_hub.db import Database
+from cloud_hub.fleet.broker_auth import HUB_USER, BrokerFiles, hub_password
+from cloud_hub.fleet.desired import DesiredStates
+from cloud_hub.fleet.errors import Rejected
+from cloud_hub.fleet.ingest import Ingest
+from cloud_hub.fleet.presence import Presence
+from cloud_hub.fleet.rollout import Assignment, Rollout
+from cloud_hub.registry import Registry
+from cloud_hub.settings import HubSettings
+from cloud_hub.signing import HubSigner
+from edge_agent.wire import (
+    Ack,
+    Chunk,
+    DeviceStatus,
+    FetchRequest,
+    LogBatch,
+    Report,
+    TelemetryBatch,
+    TopicKind,
+    Topics,
+    WireError,
+)
+
+if TYPE_CHECKING:
+    from cloud_hub.hub import Hub
+
+__all__ = ["FleetService", "build_client"]
+
+SUBSCRIBED: tuple[TopicKind, ...] = ("status", "report", "logs", "telemetry", "fetch")
+PUBLISH_TIMEOUT_S = 10.0
+
+
+def build_client(settings: HubSettings) -> mqtt.Client:
+    """The hub's paho client (`mqtt_protocol`), with credentials: the settings' own, else the
+    hub user of the broker files that `edgepilot hub broker-config` writes."""
+    if settings.mqtt_protocol == "5":
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id, protocol=mqtt.MQTTv5
+        )
+    else:  # a persistent session: the broker queues QoS 1 messages while the hub is away
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.mqtt_client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=False,
+        )
+    username = settings.mqtt_username
+    password = settings.mqtt_password
+    if username is None:
+        username = HUB_USER
+        password = password or hub_password(BrokerFiles.in_data_dir(settings.data_dir))
+    client.username_pw_set(username, password)
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    return client
+
+
+class FleetService:
+    """Construct with the hub's parts (or `from_hub`), then `start()` ... `stop()`."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        registry: Registry,
+        signer: HubSigner,
+        settings: HubSettings,
+        client: mqtt.Client | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_root)
+        self.log = logger or logging.getLogger("cloud_hub.fleet")
+        self.store: ArtifactStore = registry.store
+        self.rollout = Rollout(db)
+        self.ingest = Ingest(db)
+        self.presence = Presence(db)
+        self.desired = DesiredStates(db, registry, signer)
+        self.db = db
+        self.client = client or build_client(settings)
+        self.chunk_size = settings.chunk_size
+        self._stats: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()
+        self._connected = threading.Event()
+        self._republish = threading.Event()
+        self._stopping = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    @classmethod
+    def from_hub(cls, hub: Hub, *, client: mqtt.Client | None = None) -> FleetService:
+        return cls(
+            db=hub.db,
+            registry=hub.registry,
+            signer=hub.fleet.signer,
+            settings=hub.settings,
+            client=client,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.settings.mqtt_host is None:
+            raise ValueError("no broker configured: set mqtt_host in the hub's settings")
+        c = self.client
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.max_inflight_messages_set(1000)  # before connect (paho)
+        c.max_queued_messages_set(0)  # unbounded: chunks for a window are queued at once
+        host, port = self.settings.mqtt_host, self.settings.mqtt_port
+        keepalive = self.settings.mqtt_keepalive_s
+        if self.settings.mqtt_protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.settings.mqtt_session_expiry_s
+            c.connect_async(host, port, keepalive, clean_start=False, properties=props)
+        else:
+            c.connect_async(host, port, keepalive)
+        c.loop_start()
+        self._stopping.clear()
+        self._poller = threading.Thread(target=self._poll_loop, name="fleet-poll", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._poller is not None:
+            self._poller.join(timeout=30)
+            self._poller = None
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._connected.clear()
+
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: messages, stored records, acks, chunks, and what was refused and why."""
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self._stats[key] += n
+
+    # -- connection -----------------------------------------------------------------------------
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            self.log.error("broker refused the hub's connection: %s", reason_code)
+            return
+        client.subscribe([(self.topics.all_devices(k), 1) for k in SUBSCRIBED])
+        if not flags.session_present:
+            self._republish.set()
+        self._connected.set()
+        self.log.info(
+            "connected to %s:%s (session present: %s)",
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            flags.session_present,
+        )
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._connected.clear()
+        if not self._stopping.is_set():
+            self.log.warning("lost the broker (%s); reconnecting", reason_code)
+
+    # -- desired state ----------------------------------------------------------------------------
+    def _poll_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.poll_once()
+            except Exception:  # keep polling: the next round may succeed
+                self.log.exception("fleet poll failed")
+                self._count("errors")
+            self._stopping.wait(self.settings.fleet_poll_s)
+
+    def poll_once(self) -> None:
+        """Promote/halt/complete live deployments, then publish what is not published yet."""
+        for deployment_id in self.rollout.live_deployments():
+            self.rollout.evaluate(deployment_id)
+        if not self._connected.is_set():
+            return
+        if self._republish.is_set():
+            self._republish.clear()
+            for a in self.rollout.current_desired():
+                if not self._publish_desired(a):
+                    self._republish.set()
+                    return
+        for a in self.rollout.unpublished():
+            if self._stopping.is_set() or not self.rollout.claim_desired(a):
+                continue
+            if not self._publish_desired(a):
+                return  # not connected: try again on the next round
+            self.rollout.mark_published(a)
+
+    def _publish_desired(self, a: Assignment) -> bool:
+        state = self.desired.build(a.deployment_id, a.device_id)
+        info = self.client.publish(
+            self.topics.device(a.device_id, "desired"), state.dumps(), qos=1, retain=True
+        )
+        try:
+            info.wait_for_publish(timeout=PUBLISH_TIMEOUT_S)
+        except (RuntimeError, ValueError):
+            return False
+        if info.is_published():
+            self._count("desired_published")
+            return True
+        return False
+
+    # -- what devices send ----------------------------------------------------------------------
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._count("messages")
+        device_id: str | None = None
+        try:
+            device_id, kind = self.topics.parse(msg.topic)
+            if not self._known(device_id):
+                self._count("unknown_device")
+                self.log.warning("message on %s from unknown device %r", msg.topic, device_id)
+                return
+            if not msg.payload:  # a retained message being cleared
+                return
+            self._handle(device_id, kind, bytes(msg.payload))
+        except (WireError, ValidationError) as exc:
+            self._refuse("malformed", device_id, msg.topic, str(exc))
+        except Rejected as exc:
+            self._refuse("rejected", device_id, msg.topic, str(exc))
+        except Exception as exc:  # never let one message kill the network thread
+            self.log.exception("failed to handle a message on %s", msg.topic)
+            self._refuse("errors", device_id, msg.topic, f"hub error: {exc}")
+
+    def _known(self, device_id: str) -> bool:
+        row = self.db.conn.execute("SELECT 1 FROM devices WHERE id = ?", [device_id]).fetchone()
+        return row is not None
+
+    def _refuse(self, counter: str, device_id: str | None, topic: str, reason: str) -> None:
+        self._count(counter)
+        self.log.warning("refused a message on %s: %s", topic, reason)
+        if device_id is not None:
+            try:
+                if self._known(device_id):
+                    self.presence.record_rejection(device_id, f"{topic}: {reason}")
+            except Exception:
+                self.log.exception("could not record the rejection")
+
+    def _handle(self, device_id: str, kind: str, payload: bytes) -> None:
+        if kind == "status":
+            status = DeviceStatus.loads(payload)
+            self._same_device(device_id, status.device_id)
+            self.presence.record_status(device_id, status)
+        elif kind == "report":
+            report = Report.loads(payload)
+            self._same_device(device_id, report.device_id)
+            deployment_id = self.rollout.apply_report(device_id, report)
+            if deployment_id is not None:
+                self.rollout.evaluate(deployment_id)
+        elif kind == "logs":
+            logs = LogBatch.loads(payload)
+            self._same_device(device_id, logs.device_id)
+            self._ack(device_id, self.ingest.store_logs(device_id, logs), len(logs.records))
+        elif kind == "telemetry":
+            tele = TelemetryBatch.loads(payload)
+            self._same_device(device_id, tele.device_id)
+            self._ack(device_id, self.ingest.store_telemetry(device_id, tele), len(tele.records))
+        elif kind == "fetch":
+            self._serve(device_id, FetchRequest.loads(payload))
+
+    @staticmethod
+    def _same_device(topic_id: str, payload_id: str) -> None:
+        if topic_id != payload_id:
+            raise Rejected(f"message names device {payload_id!r} on device {topic_id!r}'s topic")
+
+    def _ack(self, device_id: str, upto: int, records: int) -> None:
+        """Acknowledge after the batch is committed (the store call has returned)."""
+        self._count("records", records)
+        self.client.publish(self.topics.device(device_id, "ack"), Ack(upto=upto).dumps(), qos=1)
+        self._count("acks")
+
+    # -- model transfer ---------------------------------------------------------------------------
+    def _serve(self, device_id: str, req: FetchRequest) -> None:
+        """Answer one window [offset, offset+length) in chunks of at most `chunk_size` bytes.
+        Stateless: a device resumes by asking again from its last good offset."""
+        desired = self.rollout.desired_sha256(device_id)
+        if req.sha256 != desired:
+            raise Rejected(
+                f"fetch of {req.sha256[:12]}, which is not this device's desired artifact "
+                f"({desired[:12] if desired else 'none'})"
+            )
+        path = self.store.path_for(req.sha256)
+        total = path.stat().st_size
+        if req.offset >= total:
+            raise Rejected(f"fetch from offset {req.offset} beyond the artifact's {total} bytes")
+        end = min(total, req.offset + req.length)
+        topic = self.topics.device(device_id, "chunk")
+        with Path(path).open("rb") as fh:
+            fh.seek(req.offset)
+            offset = req.offset
+            while offset < end:
+                data = fh.read(min(self.chunk_size, end - offset))
+                chunk = Chunk(req.deployment_id, req.sha256, offset, total, data)
+                self.client.publish(topic, chunk.encode(), qos=1)
+                self._count("chunks")
+                offset += len(data)

@@ -1,0 +1,242 @@
+"""Rollout state: per-device progress from reports, and each deployment's canary/halt/complete
+decisions. Pure database work (no MQTT), driven by the MQTT service.
+
+Decisions, made by `evaluate` (after every report and on the service's poll):
+- the *failed fraction* is failed-or-rolled-back devices over devices that were sent the version
+  (not `waiting`, not superseded). When it reaches `failure_threshold` (and at least one failed)
+  the deployment is `halted`: rows not yet published go back to `waiting` and are never sent.
+- a canary deployment is promoted when every canary device has finished (active or failed, the
+  failures below the threshold), at least one is active, and every active one has been active for
+  `promote_after_s`; the `waiting` rest become `pending` and are published.
+- a deployment whose devices have all finished is `completed`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+
+from cloud_hub.db import Database
+from cloud_hub.fleet.errors import Rejected
+from cloud_hub.registry import utcnow
+from edge_agent.wire import Report
+
+FAILED = ("failed", "rolled_back")
+FINISHED = ("active", *FAILED)
+
+
+def _age_s(stamp: str | None, now: datetime) -> float:
+    if stamp is None:
+        return 0.0
+    return (now - datetime.fromisoformat(stamp)).total_seconds()
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One device's row of one deployment."""
+
+    deployment_id: int
+    device_id: str
+
+
+class Rollout:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- reports ------------------------------------------------------------------------------
+    def apply_report(self, device_id: str, report: Report) -> int | None:
+        """Record a device's progress; returns the deployment to re-evaluate (None if the
+        report names none). Rejected when it names a deployment the device is not part of."""
+        now = utcnow()
+        with self.db.transaction() as db:
+            conn = db.conn
+            if report.deployment_id is None:
+                if report.state in FAILED:
+                    conn.execute(
+                        "UPDATE devices SET last_reason = ? WHERE id = ?",
+                        [f"{report.state}: {report.reason}", device_id],
+                    )
+                return None
+            row = conn.execute(
+                "SELECT dd.state, d.version_id FROM deployment_devices dd "
+                "JOIN deployments d ON d.id = dd.deployment_id "
+                "WHERE dd.deployment_id = ? AND dd.device_id = ?",
+                [report.deployment_id, device_id],
+            ).fetchone()
+            if row is None:
+                raise Rejected(
+                    f"report for deployment {report.deployment_id}, which does not include "
+                    f"device {device_id}"
+                )
+            if row["state"] in ("superseded", "waiting"):
+                return None  # a late report of an older deployment, or one never sent
+            conn.execute(
+                "UPDATE deployment_devices SET state = ?, reason = ?, "
+                "received_bytes = COALESCE(?, received_bytes), updated_at = ?, "
+                "active_since = CASE WHEN ? = 'active' THEN COALESCE(active_since, ?) END "
+                "WHERE deployment_id = ? AND device_id = ?",
+                [
+                    report.state,
+                    report.reason,
+                    report.received_bytes,
+                    now,
+                    report.state,
+                    now,
+                    report.deployment_id,
+                    device_id,
+                ],
+            )
+            if report.state == "active":
+                conn.execute(
+                    "UPDATE devices SET active_version_id = ? WHERE id = ?",
+                    [row["version_id"], device_id],
+                )
+        return report.deployment_id
+
+    # -- decisions ------------------------------------------------------------------------------
+    def live_deployments(self) -> list[int]:
+        rows = self.db.conn.execute(
+            "SELECT id FROM deployments WHERE status IN ('canary', 'rolling_out') ORDER BY id"
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def evaluate(self, deployment_id: int) -> str:
+        """Apply the rollout rules to one deployment; returns its status afterwards."""
+        now_text = utcnow()
+        now = datetime.fromisoformat(now_text)
+        with self.db.transaction() as db:
+            conn = db.conn
+            dep = conn.execute("SELECT * FROM deployments WHERE id = ?", [deployment_id]).fetchone()
+            if dep is None or dep["status"] not in ("canary", "rolling_out"):
+                return "gone" if dep is None else str(dep["status"])
+            rows = conn.execute(
+                "SELECT * FROM deployment_devices WHERE deployment_id = ? "
+                "AND state != 'superseded' ORDER BY device_id",
+                [deployment_id],
+            ).fetchall()
+            if not rows:
+                return self._set(conn, deployment_id, "superseded", "every device superseded")
+            sent = [r for r in rows if r["state"] != "waiting"]
+            failed = [r for r in sent if r["state"] in FAILED]
+            if failed and len(failed) / len(sent) >= dep["failure_threshold"]:
+                return self._halt(conn, deployment_id, dep, sent, failed, now_text)
+            status = str(dep["status"])
+            if status == "canary":
+                canaries = [r for r in rows if r["phase"] == "canary"]
+                active = [r for r in canaries if r["state"] == "active"]
+                settled = all(r["state"] in FINISHED for r in canaries) and all(
+                    _age_s(r["active_since"], now) >= dep["promote_after_s"] for r in active
+                )
+                if not (settled and active):
+                    return status
+                conn.execute(
+                    "UPDATE deployment_devices SET state = 'pending', updated_at = ? "
+                    "WHERE deployment_id = ? AND state = 'waiting'",
+                    [now_text, deployment_id],
+                )
+                status = self._set(
+                    conn, deployment_id, "rolling_out", f"canary healthy: {len(active)} active"
+                )
+                rows = conn.execute(
+                    "SELECT * FROM deployment_devices WHERE deployment_id = ? "
+                    "AND state != 'superseded'",
+                    [deployment_id],
+                ).fetchall()
+            if all(r["state"] in FINISHED for r in rows):
+                n_failed = sum(r["state"] in FAILED for r in rows)
+                reason = f"{len(rows) - n_failed} active, {n_failed} failed"
+                return self._set(conn, deployment_id, "completed", reason)
+            return status
+
+    def _halt(
+        self,
+        conn: sqlite3.Connection,
+        deployment_id: int,
+        dep: sqlite3.Row,
+        sent: list[sqlite3.Row],
+        failed: list[sqlite3.Row],
+        now: str,
+    ) -> str:
+        first = failed[0]
+        reason = (
+            f"{len(failed)} of {len(sent)} devices failed (threshold "
+            f"{100 * dep['failure_threshold']:.0f}%): {first['device_id']}: "
+            f"{first['reason'] or first['state']}"
+        )
+        conn.execute(  # rows promoted but not yet published are not sent after all
+            "UPDATE deployment_devices SET state = 'waiting', updated_at = ? "
+            "WHERE deployment_id = ? AND state = 'pending' AND published_at IS NULL",
+            [now, deployment_id],
+        )
+        return self._set(conn, deployment_id, "halted", reason)
+
+    @staticmethod
+    def _set(conn: sqlite3.Connection, deployment_id: int, status: str, reason: str) -> str:
+        conn.execute(
+            "UPDATE deployments SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
+            [status, reason, utcnow(), deployment_id],
+        )
+        return status
+
+    # -- publishing bookkeeping ------------------------------------------------------------------
+    def unpublished(self) -> list[Assignment]:
+        """Rows to send: pending, never published, of a live deployment; oldest first."""
+        rows = self.db.conn.execute(
+            "SELECT dd.deployment_id, dd.device_id FROM deployment_devices dd "
+            "JOIN deployments d ON d.id = dd.deployment_id "
+            "WHERE dd.state = 'pending' AND dd.published_at IS NULL "
+            "AND d.status IN ('canary', 'rolling_out') ORDER BY dd.deployment_id, dd.device_id"
+        ).fetchall()
+        return [Assignment(int(r[0]), str(r[1])) for r in rows]
+
+    def current_desired(self) -> list[Assignment]:
+        """Every device's current desired deployment (to publish again after a broker loss)."""
+        rows = self.db.conn.execute(
+            "SELECT desired_deployment_id, id FROM devices WHERE desired_deployment_id IS NOT NULL"
+        ).fetchall()
+        return [Assignment(int(r[0]), str(r[1])) for r in rows]
+
+    def claim_desired(self, a: Assignment) -> bool:
+        """Make `a` the device's desired deployment before it is published, so a fetch that
+        follows the publication at once is already allowed. False if a newer one holds it."""
+        with self.db.transaction() as db:
+            conn = db.conn
+            row = conn.execute(
+                "SELECT d.version_id, dd.artifact_id, dd.state FROM deployment_devices dd "
+                "JOIN deployments d ON d.id = dd.deployment_id "
+                "WHERE dd.deployment_id = ? AND dd.device_id = ?",
+                [a.deployment_id, a.device_id],
+            ).fetchone()
+            if row is None or row["state"] == "superseded":
+                return False
+            cur = conn.execute(
+                "UPDATE devices SET desired_deployment_id = ?, desired_version_id = ?, "
+                "desired_artifact_id = ? WHERE id = ? AND (desired_deployment_id IS NULL "
+                "OR desired_deployment_id <= ?)",
+                [
+                    a.deployment_id,
+                    row["version_id"],
+                    row["artifact_id"],
+                    a.device_id,
+                    a.deployment_id,
+                ],
+            )
+            return cur.rowcount == 1
+
+    def mark_published(self, a: Assignment) -> None:
+        now = utcnow()
+        with self.db.transaction() as db:
+            db.execute(
+                "UPDATE deployment_devices SET published_at = ?, updated_at = ? "
+                "WHERE deployment_id = ? AND device_id = ? AND published_at IS NULL",
+                [now, now, a.deployment_id, a.device_id],
+            )
+
+    def desired_sha256(self, device_id: str) -> str | None:
+        row = self.db.conn.execute(
+            "SELECT a.sha256 FROM devices d JOIN artifacts a ON a.id = d.desired_artifact_id "
+            "WHERE d.id = ?",
+            [device_id],
+        ).fetchone()
+        return None if row is None else str(row[0])

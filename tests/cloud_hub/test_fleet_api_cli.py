@@ -1,0 +1,220 @@
+"""Devices and deployments through the REST API and through `edgepilot` as a real process,
+including a deployment made by the CLI reaching a device through a running `hub serve`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from cloud_hub.api.app import create_app
+from cloud_hub.hub import Hub
+from cloud_hub.settings import HubSettings
+from edge_agent.signing import verify_model
+from tests.cloud_hub.conftest import Device, register_model, unique, wait_until
+from tests.conftest import BIN, REPO, free_port, run_cli, wait_for_port
+
+
+@pytest.fixture
+def client(hub: Hub) -> Iterator[TestClient]:
+    with TestClient(create_app(hub, scheduler=False)) as c:
+        yield c
+
+
+def test_rest_devices(client: TestClient, hub: Hub) -> None:
+    made = client.post(
+        "/api/v1/devices",
+        json={"id": "pi-01", "hardware": "rpi5", "runtimes": ["litert"], "tags": ["lab"]},
+    )
+    assert made.status_code == 201, made.text
+    reg = made.json()
+    assert reg["username"] == "pi-01" and reg["password"]
+    assert reg["broker"] == {"host": "127.0.0.1", "port": 1883, "topic_root": "ep"}
+    assert reg["hub_public_key"] == hub.fleet.signer.public_key_b64
+    dup = client.post("/api/v1/devices", json={"id": "pi-01"})
+    assert dup.status_code == 409 and dup.json()["detail"] == "device 'pi-01' already exists"
+    for bad in ({"id": "has space"}, {"id": "pi-02", "runtimes": ["tensorrt"]}, {}):
+        assert client.post("/api/v1/devices", json=bad).status_code == 422
+    assert client.post("/api/v1/devices", json={"id": "pi-03", "runtimes": []}).status_code == 422
+    listed = client.get("/api/v1/devices").json()
+    assert [d["id"] for d in listed] == ["pi-01"] and "password" not in json.dumps(listed)
+    one = client.get("/api/v1/devices/pi-01").json()
+    assert one["logs_stored"] == 0 and one["status"] == "unknown" and one["tags"] == ["lab"]
+    assert client.get("/api/v1/devices/nope").status_code == 404
+    assert client.get("/api/v1/devices/pi-01/logs?limit=5").json() == []
+    assert client.get("/api/v1/devices/pi-01/logs?limit=0").status_code == 422
+
+
+def test_rest_deployments(client: TestClient, hub: Hub, onnx_bytes: bytes) -> None:
+    version = register_model(hub, onnx_bytes)
+    client.post("/api/v1/devices", json={"id": "a", "runtimes": ["onnxruntime"], "group": "g"})
+    client.post("/api/v1/devices", json={"id": "b", "runtimes": ["litert"], "group": "g"})
+    made = client.post(
+        "/api/v1/deployments",
+        json={"version": version.ref, "group": "g", "strategy": "canary", "canary_count": 1},
+    )
+    assert made.status_code == 201, made.text
+    dep = made.json()
+    assert dep["status"] == "canary" and dep["version"] == version.ref
+    assert [(d["device_id"], d["state"]) for d in dep["devices"]] == [
+        ("a", "pending"),
+        ("b", "waiting"),
+    ]
+    assert client.get(f"/api/v1/deployments/{dep['id']}").json()["id"] == dep["id"]
+    assert [d["id"] for d in client.get("/api/v1/deployments").json()] == [dep["id"]]
+    assert client.get("/api/v1/deployments/99").status_code == 404
+    cases = [
+        ({"version": version.ref}, 422, "needs one target"),
+        ({"version": version.ref, "device": "a", "group": "g"}, 422, "device and group"),
+        ({"version": "fleet/other", "device": "a"}, 404, "not found"),
+        ({"version": version.ref, "device": "zz"}, 404, "device 'zz' not found"),
+        ({"version": version.ref, "tag": "none"}, 404, "tag 'none' not found"),
+        ({"version": version.ref, "device": "b", "artifact": "onnx/fp32"}, 422, "b (runs litert)"),
+        ({"version": version.ref, "device": "a", "failure_threshold": 2}, 422, "less than"),
+    ]
+    for body, code, message in cases:
+        resp = client.post("/api/v1/deployments", json=body)
+        assert resp.status_code == code, (body, resp.text)
+        assert message in json.dumps(resp.json()), (body, resp.text)
+    assert len(client.get("/api/v1/deployments").json()) == 1  # nothing stored on error
+
+
+def test_cli_register_list_deploy(
+    cli_env: dict[str, str], tmp_path: Path, onnx_bytes: bytes
+) -> None:
+    data_dir = Path(cli_env["EDGEPILOT_DATA_DIR"])
+    hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False))
+    version = register_model(hub, onnx_bytes)
+    hub.close()
+    config = tmp_path / "agent.toml"
+    made = run_cli(
+        [
+            "devices", "register", "pi-01", "--hardware", "rpi5", "--runtime", "litert",
+            "--runtime", "onnxruntime", "--tag", "lab", "--broker", "10.0.0.5:1884",
+            "--write-config", str(config), "--json",
+        ],
+        cli_env,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    reg = json.loads(made.stdout)
+    agent = tomllib.loads(config.read_text())
+    assert agent["device_id"] == "pi-01" and agent["data_dir"] == "./agent-data"
+    assert agent["hub_public_key"] == reg["hub_public_key"]
+    assert agent["mqtt"] == {
+        "host": "10.0.0.5",
+        "port": 1884,
+        "username": "pi-01",
+        "password": reg["password"],
+        "topic_root": "ep",
+    }
+    assert agent["http"] == {"host": "127.0.0.1", "port": 8081}
+    assert config.stat().st_mode & 0o077 == 0  # it holds a password
+
+    dup = run_cli(["devices", "register", "pi-01"], cli_env)
+    assert dup.returncode == 2 and "device 'pi-01' already exists" in dup.stderr
+    bad = run_cli(["devices", "register", "pi-02", "--runtime", "tensorrt"], cli_env)
+    assert bad.returncode == 2 and "runtimes" in bad.stderr
+    table = run_cli(["devices", "list"], cli_env)
+    assert table.returncode == 0 and "pi-01" in table.stdout and "┃" in table.stdout
+    shown = json.loads(run_cli(["devices", "show", "pi-01", "--json"], cli_env).stdout)
+    assert shown["runtimes"] == ["litert", "onnxruntime"]
+
+    for args, message in [
+        (["deploy", version.ref], "needs one target"),
+        (["deploy", version.ref, "--device", "pi-01", "--tag", "lab"], "device and tag"),
+        (["deploy", "fleet/nope", "--device", "pi-01"], "not found"),
+        (["deploy", version.ref, "--device", "ghost"], "device 'ghost' not found"),
+        (["deploy", version.ref, "--tag", "lab", "--strategy", "yolo"], "--strategy 'yolo'"),
+        (["deploy", version.ref, "--tag", "lab", "--artifact", "onnx/int8"], "onnx/int8"),
+    ]:
+        out = run_cli(args, cli_env)
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
+    ok = run_cli(["deploy", version.ref, "--tag", "lab", "--json"], cli_env)
+    assert ok.returncode == 0, ok.stderr
+    dep = json.loads(ok.stdout)
+    assert dep["devices"][0]["artifact"] == "tflite/int8" and dep["status"] == "rolling_out"
+    listed = run_cli(["deployments", "list"], cli_env)
+    assert listed.returncode == 0 and version.ref in listed.stdout
+    shown_dep = run_cli(["deployments", "show", str(dep["id"])], cli_env)
+    assert "pi-01" in shown_dep.stdout and "pending" in shown_dep.stdout
+
+    conf = run_cli(["hub", "broker-config", "--listen", "127.0.0.1:1999"], cli_env)
+    assert conf.returncode == 0, conf.stderr
+    assert "listener 1999 127.0.0.1" in conf.stdout and "max_queued_messages" in conf.stdout
+    acl = (data_dir / "mosquitto" / "acl").read_text()
+    assert "topic readwrite ep/dev/pi-01/#" in acl
+
+
+def test_cli_deployment_reaches_a_device_through_hub_serve(
+    cli_env: dict[str, str], mosquitto: tuple[str, int], onnx_bytes: bytes
+) -> None:
+    """The CLI writes the deployment; the running hub's MQTT service publishes it (--watch
+    follows the device's reports until the rollout completes)."""
+    data_dir = Path(cli_env["EDGEPILOT_DATA_DIR"])
+    hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False))
+    version = register_model(hub, onnx_bytes)
+    public_key = hub.fleet.signer.public_key_b64
+    hub.close()
+    host, port = mosquitto
+    api_port = free_port()
+    log = (data_dir / "hub.log").open("wb")
+    proc = subprocess.Popen(
+        [str(BIN / "edgepilot"), "hub", "serve", "--port", str(api_port), "--no-scheduler",
+         "--mqtt", f"{host}:{port}"],
+        env=cli_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    dev: Device | None = None
+    watcher: subprocess.Popen[str] | None = None
+    try:
+        wait_for_port(api_port, proc=proc)
+        dev_id = unique("pi")
+        reg = httpx.post(
+            f"http://127.0.0.1:{api_port}/api/v1/devices",
+            json={"id": dev_id, "runtimes": ["onnxruntime"]},
+        )
+        assert reg.status_code == 201, reg.text
+        dev = Device(mosquitto, "ep", dev_id)
+        watcher = subprocess.Popen(
+            [str(BIN / "edgepilot"), "deploy", version.ref, "--device", dev_id, "--watch",
+             "--timeout", "60", "--json"],
+            env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        desired = dev.desired(timeout=30)
+        assert desired.model is not None
+        verify_model(desired.model, dev.fetch(desired, window=4096), public_key)
+        from edge_agent.wire import Report
+
+        dev.send(
+            "report",
+            Report(
+                device_id=dev_id,
+                deployment_id=desired.deployment_id,
+                version_id=desired.model.version_id,
+                state="active",
+            ),
+        )
+        out, err = watcher.communicate(timeout=60)
+        assert watcher.returncode == 0, err
+        assert json.loads(out)["status"] == "completed"
+        wait_until(
+            lambda: (
+                httpx.get(f"http://127.0.0.1:{api_port}/api/v1/devices/{dev_id}").json()[
+                    "active_version_id"
+                ]
+                == version.id
+            )
+        )
+    finally:
+        if watcher is not None and watcher.poll() is None:
+            watcher.kill()
+        if dev is not None:
+            dev.close()
+        proc.terminate()
+        proc.wait(20)
+        log.close()

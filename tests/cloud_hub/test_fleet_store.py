@@ -1,0 +1,252 @@
+"""The fleet registry without a broker in the loop: registration and broker auth files,
+artifact choice, deployment validation and superseding, idempotent ingest and its ack mark."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound
+from cloud_hub.fleet.broker_auth import hash_password, mosquitto_conf, verify_password
+from cloud_hub.fleet.ingest import Ingest
+from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
+from cloud_hub.hub import Hub
+from edge_agent.wire import LogBatch, LogRecord, TelemetryBatch, TelemetryRecord
+from tests.cloud_hub.conftest import register_model, wait_until
+from tests.conftest import _mosquitto, free_port, wait_for_port
+
+
+def _count(hub: Hub, table: str) -> int:
+    return int(hub.db.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def test_register_stores_only_a_hash_and_refuses_duplicates(hub: Hub) -> None:
+    reg = hub.fleet.devices.register(
+        DeviceCreate(id="pi-01", hardware="rpi5", runtimes=["litert", "onnxruntime"], tags=["lab"])
+    )
+    assert reg.username == "pi-01" and len(reg.password) >= 24
+    assert reg.hub_public_key == hub.fleet.signer.public_key_b64
+    assert reg.device.runtimes == ["litert", "onnxruntime"] and reg.device.tags == ["lab"]
+    (stored,) = hub.db.conn.execute("SELECT password_hash FROM devices").fetchone()
+    assert reg.password not in stored and verify_password(reg.password, stored)
+    assert not verify_password("wrong", stored)
+    with pytest.raises(AlreadyExists, match="device 'pi-01' already exists"):
+        hub.fleet.devices.register(DeviceCreate(id="pi-01"))
+    with pytest.raises(InvalidInput, match="at least one runtime"):
+        hub.fleet.devices.register(DeviceCreate(id="pi-02", runtimes=[]))
+    with pytest.raises(InvalidInput, match="tag name"):
+        hub.fleet.devices.register(DeviceCreate(id="pi-03", tags=["no spaces"]))
+    assert [d.id for d in hub.fleet.devices.all()] == ["pi-01"]
+
+
+def test_password_hash_matches_mosquitto_passwd(tmp_path: Path) -> None:
+    """Our `$7$` hashes verify the same way as the ones mosquitto_passwd writes."""
+    pwfile = tmp_path / "pw"
+    pwfile.touch()
+    tool = Path(_mosquitto()).parent.parent / "bin" / "mosquitto_passwd"
+    if not tool.exists():
+        pytest.skip("mosquitto_passwd is not installed")
+    subprocess.run([str(tool), "-b", str(pwfile), "alice", "s3cret"], check=True)
+    theirs = pwfile.read_text().strip().split(":", 1)[1]
+    assert theirs.startswith("$7$101$")
+    assert verify_password("s3cret", theirs) and not verify_password("nope", theirs)
+    assert hash_password("x").startswith("$7$101$")
+
+
+def _connect(port: int, user: str, password: str) -> tuple[mqtt.Client, mqtt.ReasonCode | None]:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"c-{user}-{password[:4]}")
+    client.username_pw_set(user, password)
+    result: list[mqtt.ReasonCode] = []
+    client.on_connect = lambda c, u, f, rc, p: result.append(rc)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    wait_until(lambda: result, 10, "CONNACK")
+    return client, result[0]
+
+
+def test_broker_config_authenticates_devices_and_confines_them(hub: Hub, tmp_path: Path) -> None:
+    a = hub.fleet.devices.register(DeviceCreate(id="dev-a"))
+    b = hub.fleet.devices.register(DeviceCreate(id="dev-b"))
+    files = hub.fleet.devices.write_broker_files()
+    acl = files.acl_file.read_text()
+    assert "user dev-a\ntopic readwrite ep/dev/dev-a/#" in acl
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(mosquitto_conf(files, host="127.0.0.1", port=port, persistence=False))
+    assert "max_queued_messages 100000" in conf.read_text()
+    proc = subprocess.Popen([_mosquitto(), "-c", str(conf)], stderr=subprocess.DEVNULL)
+    clients: list[mqtt.Client] = []
+    try:
+        wait_for_port(port, proc=proc)
+        bad, rc = _connect(port, "dev-a", "not-the-password")
+        clients.append(bad)
+        assert rc is not None and rc.is_failure
+        spy, rc = _connect(port, "dev-a", a.password)
+        clients.append(spy)
+        assert rc is not None and not rc.is_failure
+        got: list[str] = []
+        spy.on_message = lambda c, u, m: got.append(m.topic)
+        spy.subscribe([("ep/dev/dev-b/#", 1), ("ep/dev/dev-a/#", 1)])
+        owner, rc = _connect(port, "dev-b", b.password)
+        clients.append(owner)
+        assert rc is not None and not rc.is_failure
+        hub_client, rc = _connect(port, "edgepilot-hub", files.hub_secret.read_text().strip())
+        clients.append(hub_client)
+        assert rc is not None and not rc.is_failure
+        time.sleep(0.2)  # let the subscription settle before publishing
+        owner.publish("ep/dev/dev-b/report", b"b's own", qos=1).wait_for_publish(5)
+        hub_client.publish("ep/dev/dev-a/desired", b"for a", qos=1).wait_for_publish(5)
+        wait_until(lambda: "ep/dev/dev-a/desired" in got, 10, "a's own topic")
+        assert "ep/dev/dev-b/report" not in got  # the ACL hides b's topics from a
+    finally:
+        for c in clients:
+            c.disconnect()
+            c.loop_stop()
+        proc.terminate()
+        proc.wait(10)
+
+
+def _devices(hub: Hub) -> None:
+    store = hub.fleet.devices
+    store.register(DeviceCreate(id="onnx-1", runtimes=["onnxruntime"], tags=["cams"], group="g1"))
+    store.register(DeviceCreate(id="lite-1", runtimes=["litert"], tags=["cams"]))
+    store.register(DeviceCreate(id="both-1", runtimes=["litert", "onnxruntime"], group="g1"))
+
+
+def test_best_artifact_follows_each_devices_runtimes(hub: Hub, onnx_bytes: bytes) -> None:
+    _devices(hub)
+    version = register_model(hub, onnx_bytes)
+    dep = hub.fleet.deployments.create(DeploymentCreate(version=version.ref, tag="cams"))
+    assert {d.device_id: d.artifact for d in dep.devices} == {
+        "lite-1": "tflite/int8",
+        "onnx-1": "onnx/fp32",
+    }
+    assert dep.status == "rolling_out" and {d.state for d in dep.devices} == {"pending"}
+    grp = hub.fleet.deployments.create(
+        DeploymentCreate(version=str(version.id), group="g1", artifact="onnx/fp32")
+    )
+    assert {d.device_id: d.artifact for d in grp.devices} == {
+        "both-1": "onnx/fp32",
+        "onnx-1": "onnx/fp32",
+    }
+    # onnx-1 moved to the newer deployment: its row in the first one is superseded
+    first = hub.fleet.deployments.get(dep.id)
+    assert {d.device_id: d.state for d in first.devices}["onnx-1"] == "superseded"
+    assert first.status == "rolling_out"  # lite-1 still belongs to it
+    last = hub.fleet.deployments.create(DeploymentCreate(version=version.ref, device="lite-1"))
+    assert hub.fleet.deployments.get(dep.id).status == "superseded"
+    assert last.devices[0].artifact == "tflite/int8"
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "message"),
+    [
+        ({"version": "fleet/iris"}, InvalidInput, "needs one target"),
+        (
+            {"version": "fleet/iris", "device": "onnx-1", "tag": "cams"},
+            InvalidInput,
+            "device and tag",
+        ),
+        ({"version": "fleet/nope", "device": "onnx-1"}, NotFound, "model 'fleet/nope' not found"),
+        ({"version": "fleet/iris:9", "device": "onnx-1"}, NotFound, "fleet/iris:9"),
+        ({"version": "fleet/iris", "device": "ghost"}, NotFound, "device 'ghost' not found"),
+        ({"version": "fleet/iris", "tag": "nobody"}, NotFound, "tag 'nobody' not found"),
+        ({"version": "fleet/iris", "group": "g9"}, NotFound, "group 'g9' not found"),
+        (
+            {"version": "fleet/iris", "device": "lite-1", "artifact": "onnx/int8"},
+            InvalidInput,
+            "no 'onnx/int8' artifact that lite-1 \\(runs litert\\) can run",
+        ),
+        ({"version": "fleet/iris", "device": "onnx-1", "artifact": "keras"}, InvalidInput, "keras"),
+        (
+            {"version": "fleet/iris", "device": "onnx-1", "canary_count": 1},
+            InvalidInput,
+            "need strategy 'canary'",
+        ),
+        (
+            {
+                "version": "fleet/iris",
+                "tag": "cams",
+                "strategy": "canary",
+                "canary_count": 1,
+                "canary_percent": 50,
+            },
+            InvalidInput,
+            "not both",
+        ),
+        (
+            {"version": "fleet/iris", "device": "onnx-1", "probation": {"window_s": -1}},
+            InvalidInput,
+            "probation",
+        ),
+    ],
+)
+def test_invalid_deployments_store_nothing(
+    hub: Hub, onnx_bytes: bytes, body: dict[str, object], error: type[Exception], message: str
+) -> None:
+    _devices(hub)
+    register_model(hub, onnx_bytes, tflite=False)
+    with pytest.raises(error, match=message):
+        hub.fleet.deployments.create(DeploymentCreate.model_validate(body))
+    assert _count(hub, "deployments") == 0 and _count(hub, "deployment_devices") == 0
+
+
+def test_canary_splits_targets(hub: Hub, onnx_bytes: bytes) -> None:
+    store = hub.fleet.devices
+    for i in range(5):
+        store.register(DeviceCreate(id=f"n{i}", tags=["all"]))
+    version = register_model(hub, onnx_bytes)
+    dep = hub.fleet.deployments.create(
+        DeploymentCreate(version=version.ref, tag="all", strategy="canary", canary_percent=40)
+    )
+    assert dep.status == "canary"
+    phases = {d.device_id: (d.phase, d.state) for d in dep.devices}
+    assert phases == {
+        "n0": ("canary", "pending"),
+        "n1": ("canary", "pending"),
+        "n2": ("rest", "waiting"),
+        "n3": ("rest", "waiting"),
+        "n4": ("rest", "waiting"),
+    }
+
+
+def _logs(device: str, seqs: list[int], floor: int = 1) -> LogBatch:
+    records = [
+        LogRecord(
+            seq=s,
+            request_id=f"r{s}",
+            model_version=1,
+            input_digest="d",
+            output=[0.1, 0.9],
+            latency_ms=1.0,
+            ts=1.0,
+        )
+        for s in seqs
+    ]
+    return LogBatch(device_id=device, floor=floor, records=records)
+
+
+def test_ingest_is_idempotent_and_acks_contiguously(hub: Hub) -> None:
+    hub.fleet.devices.register(DeviceCreate(id="d1"))
+    ingest = Ingest(hub.db)
+    assert ingest.store_logs("d1", _logs("d1", [1, 2, 4])) == 2  # 3 is missing
+    assert ingest.store_logs("d1", _logs("d1", [4, 1, 2])) == 2  # the same batch again
+    tele = TelemetryBatch(device_id="d1", floor=1, records=[TelemetryRecord(seq=3, ts=2.0)])
+    assert ingest.store_telemetry("d1", tele) == 4  # one sequence for logs and telemetry
+    # the agent dropped 5 and 6 (its floor is 7); 7 and 8 are still to come
+    assert ingest.store_logs("d1", _logs("d1", [9, 10], floor=7)) == 6
+    assert ingest.store_logs("d1", _logs("d1", [9, 10], floor=9)) == 10  # ... then dropped too
+    assert ingest.store_logs("d1", _logs("d1", [8], floor=7)) == 10  # a stale batch: no harm
+    assert _count(hub, "inference_logs") == 6 and _count(hub, "telemetry") == 1
+    device = hub.fleet.devices.get("d1")
+    assert device.acked_upto == 10 and device.logs_stored == 6 and device.telemetry_stored == 1
+    with pytest.raises(sqlite3.IntegrityError):  # the primary key holds even outside ingest
+        hub.db.conn.execute(
+            "INSERT INTO telemetry (device_id, seq, ts, data) VALUES ('d1', 3, 0, '{}')"
+        )
