@@ -663,6 +663,15 @@ def hub_serve(
         hub.close()
 
 
+def _register_demo() -> None:
+    from cloud_hub.cli.demo import demo
+
+    app.command("demo")(demo)
+
+
+_register_demo()
+
+
 def _register_fleet() -> None:
     from cloud_hub.cli import fleet
 
