@@ -1,13 +1,18 @@
 """`edgepilot-agent`: the device-side command line.
 
-For now it inspects a model file and runs local inference with the runtime a device would use;
-`edgepilot-agent run` (MQTT delivery, outbox) arrives with the agent itself.
+`run` starts the agent process (MQTT delivery, outbox, local HTTP API); `status` asks a running
+agent for its state; `info` and `predict` inspect a model file and run it locally.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import sys
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Annotated
 
@@ -71,6 +76,75 @@ def predict(
     for row in scores:
         top = int(row.argmax())
         typer.echo(json.dumps({"class": top, "score": float(row[top])}))
+
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The agent's TOML config file.")]
+
+
+def _settings(config: Path):  # type: ignore[no-untyped-def]
+    from edge_agent.config import ConfigError, load_settings
+
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        typer.echo(f"error: invalid configuration:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    config: ConfigOpt,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run the agent until SIGTERM or SIGINT."""
+    settings = _settings(config)
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s [{settings.device_id}] %(name)s: %(message)s",
+    )
+    from edge_agent.agent import Agent
+    from edge_agent.outbox import OutboxError
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: object) -> None:
+        logging.getLogger("edge_agent").info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        agent = Agent(settings)
+        agent.start()
+    except (OSError, OutboxError) as exc:
+        typer.echo(f"error: cannot start the agent: {exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        agent.stop()
+
+
+@app.command()
+def status(config: ConfigOpt) -> None:
+    """Print a running agent's /v1/status."""
+    settings = _settings(config)
+    port = settings.http.port
+    if port == 0:
+        try:
+            port = int((settings.data_dir / "http.port").read_text())
+        except (OSError, ValueError):
+            typer.echo("error: the agent is not running (no http.port file)", err=True)
+            raise typer.Exit(1) from None
+    host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "") else settings.http.host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/v1/status", timeout=5) as response:
+            typer.echo(json.dumps(json.loads(response.read()), indent=2))
+    except (urllib.error.URLError, OSError) as exc:
+        typer.echo(f"error: cannot reach the agent on port {port}: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ and writes one log record to the outbox before it returns, so a logged request i
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -68,6 +69,7 @@ class InferenceService:
         self.writer = writer
         self.tracker = tracker
         self._labels = labels or (lambda: [])
+        self._count_lock = threading.Lock()
         self.count = 0
 
     def infer(
@@ -106,7 +108,8 @@ class InferenceService:
             for i in range(len(x))
         ]
         seqs = [f.result() for f in futures]  # durable before we answer
-        self.count += len(x)
+        with self._count_lock:  # requests arrive on many threads (HTTP, MQTT, a source)
+            self.count += len(x)
         labels = self._labels()
         top = pred.scores.argmax(axis=1)
         top_labels = [labels[c] if c < len(labels) else str(c) for c in top] if labels else None

@@ -1,0 +1,178 @@
+"""The agent's settings: a TOML file (the hub writes it for a registered device), env overrides.
+
+Every key may be overridden by an environment variable: `EDGEPILOT_AGENT_<SECTION>_<KEY>` for a
+key in a section (`EDGEPILOT_AGENT_MQTT_PORT=1884`), `EDGEPILOT_AGENT_<KEY>` for a top-level key
+(`EDGEPILOT_AGENT_DEVICE_ID=pi-02`). A relative `data_dir` is taken relative to the config file.
+`load_settings` raises ConfigError with one line per problem, each naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edge_agent.signing import InvalidPublicKey, load_public_key
+
+__all__ = ["AgentSettings", "ConfigError", "load_settings", "ENV_PREFIX"]
+
+ENV_PREFIX = "EDGEPILOT_AGENT_"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message lists every problem, one per line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    topic_root: str = Field(default="ep", min_length=1, pattern=r"^[^/#+]+$")
+    keepalive: int = Field(default=30, ge=5)
+    max_inflight: int = Field(default=64, ge=1)
+    reconnect_min_s: int = Field(default=1, ge=1)
+    reconnect_max_s: int = Field(default=10, ge=1)
+
+
+class HttpSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535, description="0 = pick a free port")
+    max_body_bytes: int = Field(default=8 * 2**20, ge=1024)
+
+
+class RuntimeSettings(_Section):
+    threads: int = Field(default=1, ge=1, le=64)
+
+
+class OutboxSettings(_Section):
+    max_records: int = Field(default=100_000, ge=1)
+    max_bytes: int = Field(default=64 * 2**20, ge=1024)
+
+
+class TelemetrySettings(_Section):
+    interval_s: float = Field(default=30.0, gt=0)
+    hardware: str = ""
+
+
+class SourceSettings(_Section):
+    uri: str | None = Field(
+        default=None, description="camera index, video file, RTSP URL or a folder of images"
+    )
+    fps: float = Field(default=1.0, gt=0, le=120)
+    name: str | None = None
+
+
+class ModelsSettings(_Section):
+    keep: int = Field(default=3, ge=1)
+
+
+class ForwarderSettings(_Section):
+    batch_size: int = Field(default=250, ge=1, le=10_000)
+    max_in_flight: int = Field(default=8, ge=1)
+    resend_after_s: float = Field(default=10.0, gt=0)
+
+
+class TransferSettings(_Section):
+    chunk_size: int = Field(default=64 * 1024, ge=16, le=16 * 2**20)
+    window: int = Field(default=4, ge=1, le=64)
+    timeout_s: float = Field(default=5.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+
+
+class AgentSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    data_dir: Path
+    hub_public_key: str
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    forwarder: ForwarderSettings = Field(default_factory=ForwarderSettings)
+    transfer: TransferSettings = Field(default_factory=TransferSettings)
+
+    @field_validator("hub_public_key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        try:
+            load_public_key(value)
+        except InvalidPublicKey as exc:
+            raise ValueError(str(exc)) from None
+        return value.strip()
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    name: field.annotation
+    for name, field in AgentSettings.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
+}
+_TOP_LEVEL = [name for name in AgentSettings.model_fields if name not in _SECTIONS]
+
+
+def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Apply EDGEPILOT_AGENT_* variables to `raw`; which keys came from where (for messages)."""
+    origin: dict[str, str] = {}
+    for key in _TOP_LEVEL:
+        var = ENV_PREFIX + key.upper()
+        if var in env:
+            raw[key] = env[var]
+            origin[key] = var
+    for section, model in _SECTIONS.items():
+        for key in model.model_fields:
+            var = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+            if var in env:
+                target = raw.setdefault(section, {})
+                if not isinstance(target, dict):
+                    continue  # reported by validation: the section is not a table
+                target[key] = env[var]
+                origin[f"{section}.{key}"] = var
+    return origin
+
+
+def load_settings(path: Path, env: Mapping[str, str] | None = None) -> AgentSettings:
+    """Read and validate the agent's configuration; ConfigError says what is wrong."""
+    path = Path(path)
+    env = os.environ if env is None else env
+    try:
+        raw: dict[str, Any] = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    origin = _env_overrides(raw, env)
+    try:
+        settings = AgentSettings.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(file)"
+            source = f" (from {origin[where]})" if where in origin else ""
+            if error["type"] == "missing":
+                lines.append(f"{path}: {where}{source}: required key is missing")
+            elif error["type"] == "extra_forbidden":
+                lines.append(f"{path}: {where}: unknown key")
+            else:
+                shown = repr(error.get("input"))
+                if where == "mqtt.password" or len(shown) > 60:
+                    shown = shown[:57] + "..." if where != "mqtt.password" else "***"
+                lines.append(f"{path}: {where}{source}: {error['msg']} (got {shown})")
+        raise ConfigError("\n".join(lines)) from None
+    if not settings.data_dir.is_absolute():
+        settings.data_dir = (path.parent / settings.data_dir).resolve()
+    return settings

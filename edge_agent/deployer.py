@@ -1,0 +1,338 @@
+"""From a desired state to a served model: transfer, verify, install, activate, report.
+
+One thread does it all, fed by a queue (desired states, chunks, reconnects), so paho's network
+thread never waits on a disk or a model load. Every step is reported on the `report` topic with
+the deployment and version ids. The old model serves throughout; a failure anywhere leaves it
+serving. The last outcome per deployment is kept in `deploy.json`, so a retained desired state
+that is delivered again (each reconnect, each restart) is answered, not redone: an active model is
+acknowledged, a failed or rolled-back deployment is reported again and not retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import AgentSettings
+from edge_agent.model_manager import ActivationError, ModelEvent, ModelManager
+from edge_agent.model_store import ModelStore
+from edge_agent.signing import VerificationError, verify_model
+from edge_agent.transfer import Transfer, TransferFailed
+from edge_agent.wire import DeploymentState, DesiredState, FetchRequest, Report, WireError
+
+__all__ = ["Deployer"]
+
+log = logging.getLogger(__name__)
+
+_TICK_S = 0.2
+
+
+class Deployer:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        manager: ModelManager,
+        store: ModelStore,
+        *,
+        publish_report: Callable[[Report], None],
+        send_fetch: Callable[[FetchRequest], bool],
+        on_active_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.device_id = settings.device_id
+        self.settings = settings
+        self.manager = manager
+        self.store = store
+        self._publish_report = publish_report
+        self._send_fetch = send_fetch
+        self._on_active_change = on_active_change
+        self._state_path = settings.data_dir / "deploy.json"
+        self._transfers_dir = settings.data_dir / "transfers"
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.state: dict[str, Any] = self._load_state()
+        self.params: dict[str, Any] = dict(self.state.get("params") or {})
+        if isinstance(self.state.get("threads"), int) and self.state["threads"] >= 1:
+            manager.threads = self.state["threads"]  # the last desired threads, for restore()
+        self.transfer: Transfer | None = None
+        self._desired: DesiredState | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="deployer", daemon=True)
+
+    # -- inputs (any thread) --------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(("stop", None))
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def on_desired(self, payload: bytes) -> None:
+        self._queue.put(("desired", payload))
+
+    def on_chunk(self, payload: bytes) -> None:
+        self._queue.put(("chunk", payload))
+
+    def on_connected(self) -> None:
+        self._queue.put(("connected", None))
+
+    def on_model_event(self, event: ModelEvent) -> None:
+        """ModelManager events: an automatic rollback is reported against its deployment."""
+        if event.kind != "rolled_back":
+            return
+        with self._lock:
+            same = self.state.get("version_id") == event.version_id
+            deployment_id = self.state.get("deployment_id") if same else None
+        self._record(deployment_id, event.version_id, "rolled_back", event.reason, sha256=None)
+        self._on_active_change()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The last deployment outcome and transfer progress (for /v1/status)."""
+        with self._lock:
+            state = {k: v for k, v in self.state.items() if k not in ("params", "threads")}
+        transfer = self.transfer
+        if transfer is not None:
+            state["transfer"] = {
+                "received_bytes": transfer.received_bytes,
+                "size": transfer.size,
+                "good_offset": transfer.good_offset,
+                "resumed_from": transfer.resumed_bytes,
+            }
+        return state
+
+    # -- the thread -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                kind, item = self._queue.get(timeout=_TICK_S)
+            except queue.Empty:
+                kind, item = "tick", None
+            try:
+                if kind == "desired":
+                    self._handle_desired(item)
+                elif kind == "chunk":
+                    self._handle_chunk(item)
+                elif kind == "connected" and self.transfer is not None:
+                    self.transfer.reconnected()
+                if self.transfer is not None and kind in ("tick", "connected"):
+                    self.transfer.tick()
+            except Exception:
+                log.exception("deployer failed handling %s", kind)
+
+    def _handle_desired(self, payload: bytes) -> None:
+        if not payload:
+            return  # the hub cleared the retained desired state: keep serving what we have
+        try:
+            desired: DesiredState = DesiredState.loads(payload)
+        except WireError as exc:
+            log.warning("ignoring a desired state: %s", exc)
+            return
+        if desired.device_id != self.device_id:
+            log.warning("ignoring a desired state for device %r", desired.device_id)
+            return
+        self._desired = desired
+        if desired.params != self.params:
+            self.params = dict(desired.params)
+            with self._lock:
+                self.state["params"] = self.params
+            self._save_state()
+            log.info("serving params now %s", self.params)
+        if desired.threads != self.manager.threads:
+            self.manager.threads = desired.threads
+            with self._lock:
+                self.state["threads"] = desired.threads
+            self._save_state()
+        ref = desired.model
+        if ref is None:
+            self._abandon_transfer()  # nothing new to run: keep serving what is active
+            return
+        deployment_id = desired.deployment_id
+        sha = ref.sha256.lower()
+        active = self.manager.active
+        if (
+            active is not None
+            and active.ref.version_id == ref.version_id
+            and active.ref.sha256.lower() == sha
+        ):
+            self._abandon_transfer()
+            self._report(desired, "active", None)
+            return
+        with self._lock:
+            last = dict(self.state)
+        if (
+            last.get("deployment_id") == deployment_id
+            and last.get("sha256") == sha
+            and last.get("version_id") == ref.version_id
+            and last.get("state") in ("failed", "rolled_back")
+        ):
+            self._report(desired, last["state"], last.get("reason"))  # not retried
+            return
+        transfer = self.transfer
+        if transfer is not None and transfer.sha256 == sha:
+            if transfer.deployment_id == (deployment_id or 0):
+                return  # already on it
+            self.transfer = None  # the same bytes for a new deployment: keep what is held
+        self._abandon_transfer()
+        installed = self.store.get(ref.version_id)
+        if installed is not None and installed.ref.sha256.lower() == sha:
+            self._activate(desired)  # verified when it was installed
+            return
+        self._remove_stale_partials(keep=sha)
+        self.transfer = Transfer(
+            ref, deployment_id or 0, self._transfers_dir, self.settings.transfer, self._send_fetch
+        )
+        self._report(desired, "transferring", None, received=self.transfer.resumed_bytes)
+        self.transfer.pump()
+
+    def _abandon_transfer(self) -> None:
+        if self.transfer is not None:
+            log.info("abandoning the transfer of %s…", self.transfer.sha256[:12])
+            self.transfer.discard()
+            self.transfer = None
+
+    def _remove_stale_partials(self, keep: str) -> None:
+        """Partial downloads of models no longer desired (a superseded deployment)."""
+        if not self._transfers_dir.is_dir():
+            return
+        for path in self._transfers_dir.iterdir():
+            if not path.name.startswith(keep):
+                log.info("removing a stale partial download %s", path.name)
+                path.unlink(missing_ok=True)
+
+    def _handle_chunk(self, payload: bytes) -> None:
+        transfer, desired = self.transfer, self._desired
+        if transfer is None or desired is None:
+            return
+        try:
+            transfer.on_chunk(payload)
+        except TransferFailed as exc:
+            self.transfer = None
+            transfer.discard()
+            self._report(desired, "failed", f"transfer failed: {exc}", transfer.received_bytes)
+            return
+        if not transfer.complete:
+            return
+        self.transfer = None
+        data = transfer.read()
+        transfer.discard()
+        assert desired.model is not None
+        try:
+            verify_model(desired.model, data, self.settings.hub_public_key)
+        except VerificationError as exc:
+            self._report(desired, "failed", f"verification failed: {exc}", len(data))
+            return
+        self._report(desired, "verified", None, len(data))
+        try:
+            self.store.install(desired.model, data)
+        except (OSError, ValueError) as exc:
+            self._report(desired, "failed", f"cannot install the model: {exc}")
+            return
+        self._activate(desired)
+
+    def _activate(self, desired: DesiredState) -> None:
+        assert desired.model is not None
+        installed = self.store.get(desired.model.version_id)
+        if installed is None:
+            self._report(desired, "failed", "the installed model disappeared")
+            return
+        try:
+            self.manager.activate(installed, probation=desired.probation)
+        except ActivationError as exc:
+            self._report(desired, "failed", exc.reason)
+            return
+        self._report(desired, "active", None)
+        self._on_active_change()
+        try:
+            self.store.prune()
+        except OSError as exc:
+            log.warning("cannot prune old models: %s", exc)
+
+    # -- reports and state ----------------------------------------------------------------------
+    def _report(
+        self,
+        desired: DesiredState,
+        state: DeploymentState,
+        reason: str | None,
+        received: int | None = None,
+    ) -> None:
+        ref = desired.model
+        self._record(
+            desired.deployment_id,
+            ref.version_id if ref is not None else None,
+            state,
+            reason,
+            sha256=ref.sha256.lower() if ref is not None else None,
+            received=received,
+        )
+
+    def _record(
+        self,
+        deployment_id: int | None,
+        version_id: int | None,
+        state: DeploymentState,
+        reason: str | None,
+        *,
+        sha256: str | None,
+        received: int | None = None,
+    ) -> None:
+        if state == "failed" or state == "rolled_back":
+            log.warning("deployment %s version %s %s: %s", deployment_id, version_id, state, reason)
+        else:
+            log.info("deployment %s version %s %s", deployment_id, version_id, state)
+        with self._lock:
+            if sha256 is None and self.state.get("version_id") == version_id:
+                sha256 = self.state.get("sha256")
+            self.state.update(
+                deployment_id=deployment_id,
+                version_id=version_id,
+                sha256=sha256,
+                state=state,
+                reason=reason,
+            )
+        self._save_state()
+        report = Report(
+            device_id=self.device_id,
+            deployment_id=deployment_id,
+            version_id=version_id,
+            state=state,
+            reason=reason,
+            received_bytes=received,
+        )
+        try:
+            self._publish_report(report)
+        except Exception:
+            log.exception("cannot publish a report")
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self._state_path.read_text())
+            return state if isinstance(state, dict) else {}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s: %s", self._state_path, exc)
+            return {}
+
+    def _save_state(self) -> None:
+        with self._lock:
+            text = json.dumps(self.state)
+        path: Path = self._state_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".deploy.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

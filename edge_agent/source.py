@@ -1,0 +1,133 @@
+"""A frame source read with OpenCV at a fixed rate: camera, video file, RTSP stream, image folder.
+
+`uri` is a camera index ("0"), a video file, an RTSP/HTTP URL, or a folder of images (read in
+name order, looping). A video file loops at its end; a camera or stream that fails is reopened
+with a backoff. Each frame is prepared with the active model's preprocessing spec and handed to
+`infer(x, source=name)`; errors are logged (at most every few seconds), never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.preprocess import ImageError, prepare_frame, require_image_spec
+
+__all__ = ["FrameSource", "IMAGE_SUFFIXES"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff")
+_ERROR_LOG_INTERVAL_S = 5.0
+
+
+class FrameSource:
+    def __init__(
+        self,
+        uri: str,
+        fps: float,
+        infer: Callable[[np.ndarray, str], object],
+        preprocessing: Callable[[], dict[str, Any] | None],
+        *,
+        name: str | None = None,
+    ) -> None:
+        self.uri = uri
+        self.interval = 1.0 / fps
+        self.name = name or f"source:{uri}"
+        self._infer = infer
+        self._preprocessing = preprocessing
+        self._stop = threading.Event()
+        self._last_error = float("-inf")
+        self.frames = 0
+        self._thread = threading.Thread(target=self._run, name="frame-source", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        for frame in self._frames():
+            if self._stop.is_set():
+                return
+            self._handle(frame)
+            next_at += self.interval
+            delay = next_at - time.monotonic()
+            if delay < 0:
+                next_at = time.monotonic()  # running late: do not try to catch up
+            elif self._stop.wait(delay):
+                return
+
+    def _handle(self, frame: np.ndarray) -> None:
+        try:
+            spec = require_image_spec(self._preprocessing())
+            self._infer(prepare_frame(frame, spec), self.name)
+            self.frames += 1
+        except (ImageError, ValueError, RuntimeError) as exc:
+            self._warn(f"{self.name}: frame not inferred: {exc}")
+        except Exception as exc:  # NoActiveModel and engine errors: keep the source running
+            self._warn(f"{self.name}: frame not inferred: {type(exc).__name__}: {exc}")
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_error >= _ERROR_LOG_INTERVAL_S:
+            self._last_error = now
+            log.warning(message)
+
+    def _frames(self) -> Iterator[np.ndarray]:
+        path = Path(self.uri)
+        if path.is_dir():
+            yield from self._folder(path)
+        else:
+            yield from self._capture()
+
+    def _folder(self, folder: Path) -> Iterator[np.ndarray]:
+        import cv2
+
+        while not self._stop.is_set():
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                self._warn(f"{self.name}: no images in {folder}")
+                if self._stop.wait(1.0):
+                    return
+            for file in files:
+                image = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+                if image is None:
+                    self._warn(f"{self.name}: cannot read {file}")
+                    continue
+                yield image
+                if self._stop.is_set():
+                    return
+
+    def _capture(self) -> Iterator[np.ndarray]:
+        import cv2
+
+        target: int | str = int(self.uri) if self.uri.isdigit() else self.uri
+        backoff = 0.5
+        while not self._stop.is_set():
+            capture = cv2.VideoCapture(target)
+            if not capture.isOpened():
+                self._warn(f"{self.name}: cannot open {self.uri}; retrying")
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.5
+            try:
+                while not self._stop.is_set():
+                    ok, frame = capture.read()
+                    if not ok:
+                        break  # end of a file (loop) or a dropped stream (reopen)
+                    yield frame
+            finally:
+                capture.release()
