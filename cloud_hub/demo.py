@@ -341,7 +341,7 @@ class DemoRunner:
             if url is not None:
                 try:
                     status = httpx.get(url + "/v1/status", timeout=5).json()
-                    fig.logs_made = int(status["logs_made"])
+                    fig.logs_made = int(status["inference_count"])
                 except (httpx.HTTPError, KeyError, ValueError):
                     pass
         self.figures.all_logs_at_hub = all(
