@@ -303,7 +303,6 @@ class DemoRunner:
                     f'device_id = "{device.device_id}"',
                     f'data_dir = "{agent_dir / "data"}"',
                     f'hub_public_key = "{reg["hub_public_key"]}"',
-                    f'hardware = "{device.hardware}"',
                     "[mqtt]",
                     f'host = "{broker.host}"',
                     f"port = {broker.port}",
@@ -315,6 +314,7 @@ class DemoRunner:
                     "port = 0",
                     "[telemetry]",
                     "interval_s = 2",
+                    f'hardware = "{device.hardware}"',
                     "",
                 ]
             )
@@ -367,7 +367,8 @@ class DemoRunner:
             self.figures.deployed_version_id = version.id
 
             self.figures.phase = "starting hub and agents"
-            api = stack.enter_context(self._start_hub(broker, hub_dir))
+            api = self._start_hub(broker, hub_dir)
+            stack.callback(api.close)
             self.say(f"hub: {self.figures.hub_url}/docs")
             for device in settings.devices:
                 self._register_and_start_agent(api, broker, device)
