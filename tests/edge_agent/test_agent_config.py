@@ -11,7 +11,7 @@ import pytest
 
 from cloud_hub.signing import HubSigner
 from edge_agent.config import ConfigError, load_settings
-from tests.edge_agent.conftest import AGENT, wait_until
+from tests.agent_processes import AGENT, wait_until
 
 
 def _hub_file(tmp_path: Path, key: str, **replace: str) -> Path:

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from edge_agent.wire import InferRequest, InferResult
-from tests.edge_agent.conftest import AgentProc, IrisModels, WireHub, wait_until
+from tests.agent_processes import AgentProc, wait_until
+from tests.edge_agent.conftest import IrisModels, WireHub
 
 
 def _predict_many(agent: AgentProc, X: np.ndarray, requests: int, batch: int) -> list[str]:

@@ -15,7 +15,8 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from converters import sklearn_to_onnx
-from tests.edge_agent.conftest import AgentProc, IrisModels, wait_until
+from tests.agent_processes import AgentProc, wait_until
+from tests.edge_agent.conftest import IrisModels
 
 JSON = {"Content-Type": "application/json"}
 DIGITS_SPEC = {
