@@ -310,8 +310,12 @@ def deploy(
         float, typer.Option(help="Halt when this fraction of devices failed.")
     ] = 0.5,
     promote_after: Annotated[
-        float, typer.Option(help="Seconds the canaries stay active before the rest follow.")
-    ] = 0.0,
+        float | None,
+        typer.Option(
+            help="Seconds the canaries stay active before the rest follow "
+            "(default: the probation window, 60 s)."
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option(help="Inference threads on the device.")] = 1,
     watch: Annotated[bool, typer.Option(help="Follow the rollout until it finishes.")] = False,
     timeout: Annotated[float, typer.Option(help="Stop watching after this many seconds.")] = 600,

@@ -107,6 +107,11 @@ class DeploymentStore:
                 f"{'; '.join(missing)} can run (it has: {have or 'none usable'})"
             )
         ordered = sorted(targets, key=lambda d: d.id)
+        promote_after_s = body.promote_after_s
+        if promote_after_s is None:
+            promote_after_s = (
+                ProbationPolicy(**body.probation).window_s if body.strategy == "canary" else 0.0
+            )
         canaries = canary_size(body, len(ordered)) if body.strategy == "canary" else len(ordered)
         with self.db.transaction() as db:
             deployment_id = int(
@@ -123,7 +128,7 @@ class DeploymentStore:
                         body.canary_count,
                         body.canary_percent,
                         body.failure_threshold,
-                        body.promote_after_s,
+                        promote_after_s,
                         body.threads,
                         json.dumps(body.probation),
                         json.dumps(body.params),

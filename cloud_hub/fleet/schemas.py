@@ -88,7 +88,12 @@ class DeploymentCreate(BaseModel):
     failure_threshold: float = Field(
         default=0.5, ge=0, le=1, description="halt when this fraction of devices failed"
     )
-    promote_after_s: float = Field(default=0.0, ge=0)
+    promote_after_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="seconds the canaries stay active before the rest follow; default for a "
+        "canary: the probation window (a canary is promoted once it has passed probation)",
+    )
     threads: int = Field(default=1, ge=1, le=64)
     probation: dict[str, Any] = Field(
         default_factory=dict, description="edge_agent.wire.ProbationPolicy fields"

@@ -214,6 +214,20 @@ def test_canary_splits_targets(hub: Hub, onnx_bytes: bytes) -> None:
         "n3": ("rest", "waiting"),
         "n4": ("rest", "waiting"),
     }
+    # A canary soaks through the agent's probation window before the rest follow, unless the
+    # user says otherwise; all-at-once has nothing to wait for.
+    assert dep.promote_after_s == 60
+    soak = hub.fleet.deployments.create(
+        DeploymentCreate(
+            version=version.ref,
+            tag="all",
+            strategy="canary",
+            probation={"window_s": 15},
+        )
+    )
+    assert soak.promote_after_s == 15
+    now = hub.fleet.deployments.create(DeploymentCreate(version=version.ref, tag="all"))
+    assert now.promote_after_s == 0
 
 
 def _logs(device: str, seqs: list[int], floor: int = 1) -> LogBatch:
