@@ -79,10 +79,14 @@ def demo(
     settings = DemoSettings(
         workdir=workdir.resolve(), duration_s=duration, rate_per_device=rate, epochs=epochs
     )
+    # The live table starts with the first update after training, so it never fights the
+    # training progress bars for the terminal.
     live = None if json_out else Live(console=render.console, refresh_per_second=4)
 
     def on_update(fig: DemoFigures) -> None:
         if live is not None:
+            if not live.is_started:
+                live.start()
             live.update(_table(fig))
 
     def say(text: str) -> None:
@@ -95,14 +99,13 @@ def demo(
         say=say,
     )
     try:
-        if live is not None:
-            with live:
-                figures = runner.run()
-        else:
-            figures = runner.run()
+        figures = runner.run()
     except DemoError as exc:
         render.err_console.print(f"[bold red]demo failed:[/bold red] {exc}", highlight=False)
         raise typer.Exit(1) from None
+    finally:
+        if live is not None and live.is_started:
+            live.stop()
     if json_out:
         sys.stdout.write(figures_json(figures) + "\n")
     else:

@@ -200,6 +200,12 @@ def _run_with_progress(state: State, request: Any, quiet: bool) -> Any:
         disable=quiet,
     )
     tasks = {s: progress.add_task(s, total=1, info="", start=False) for s in STEPS}
+    if request.model_type == "cnn":
+        # TensorFlow's C++ side prints at import, which would tear the live progress bars apart:
+        # import it (it is needed anyway) before they are drawn.
+        from converters._tf import import_tensorflow
+
+        import_tensorflow()
 
     def on_event(step: str, status: str, payload: dict[str, Any]) -> None:
         task = tasks[step]
