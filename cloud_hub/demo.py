@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from cloud_hub.local_broker import LocalBroker, free_port
+from cloud_hub.local_broker import BrokerChoice, LocalBroker, free_port
 
 __all__ = ["DEMO_DEVICES", "DemoDevice", "DemoError", "DemoFigures", "DemoRunner", "DemoSettings"]
 
@@ -62,6 +62,7 @@ class DemoSettings:
     rate_per_device: float = 20.0  # images per second fed to each agent
     epochs: int | None = None  # CNN epochs (None: the trainer's default)
     devices: tuple[DemoDevice, ...] = DEMO_DEVICES
+    broker: BrokerChoice = "auto"
 
 
 @dataclass
@@ -356,7 +357,9 @@ class DemoRunner:
         started = time.monotonic()
         with ExitStack() as stack:
             stack.callback(self._stop_all)
-            broker = stack.enter_context(LocalBroker(settings.workdir / "broker"))
+            broker = stack.enter_context(
+                LocalBroker(settings.workdir / "broker", prefer=settings.broker)
+            )
             self.figures.broker = broker.kind
             self.say(f"broker: {broker.kind} on {broker.host}:{broker.port}")
 

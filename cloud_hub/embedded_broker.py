@@ -18,8 +18,11 @@ async def serve(host: str, port: int) -> None:
     broker = Broker(
         {
             "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
-            "auth": {"allow-anonymous": True},
-            "topic-check": {"enabled": False},
+            # Only the anonymous plugin: any client, with or without a username, may connect (the
+            # demo's broker listens on loopback only).
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
         }
     )
     await broker.start()

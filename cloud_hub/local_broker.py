@@ -14,8 +14,18 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
-__all__ = ["BrokerError", "LocalBroker", "find_mosquitto", "free_port", "mosquitto_conf"]
+__all__ = [
+    "BrokerChoice",
+    "BrokerError",
+    "LocalBroker",
+    "find_mosquitto",
+    "free_port",
+    "mosquitto_conf",
+]
+
+BrokerChoice = Literal["auto", "mosquitto", "embedded"]
 
 _SBIN = "/usr/sbin:/usr/local/sbin"
 
@@ -61,10 +71,21 @@ def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout:
 
 
 class LocalBroker:
-    """Start with `with LocalBroker(workdir) as broker:`; `broker.kind` says which one it is."""
+    """Start with `with LocalBroker(workdir) as broker:`; `broker.kind` says which one it is.
 
-    def __init__(self, workdir: Path, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+    `prefer="auto"` takes Mosquitto when it is installed, else the embedded broker.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        prefer: BrokerChoice = "auto",
+    ) -> None:
         self.workdir = Path(workdir)
+        self.prefer = prefer
         self.host = host
         self.port = port or free_port(host)
         self.kind = ""
@@ -72,7 +93,9 @@ class LocalBroker:
 
     def start(self) -> LocalBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        binary = find_mosquitto()
+        binary = None if self.prefer == "embedded" else find_mosquitto()
+        if binary is None and self.prefer == "mosquitto":
+            raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
         if binary is not None:
             conf = self.workdir / "mosquitto.conf"
             conf.write_text(mosquitto_conf(self.port, self.host))
