@@ -281,7 +281,6 @@ class FleetService:
         return row is not None
 
     def _refuse(self, counter: str, device_id: str | None, topic: str, reason: str) -> None:
-        self._count(counter)
         self.log.warning("refused a message on %s: %s", topic, reason)
         if device_id is not None:
             try:
@@ -289,6 +288,8 @@ class FleetService:
                     self.presence.record_rejection(device_id, f"{topic}: {reason}")
             except Exception:
                 self.log.exception("could not record the rejection")
+        # Counted once recorded: whoever sees the count also finds the reason on the device.
+        self._count(counter)
 
     def _handle(self, device_id: str, kind: str, payload: bytes) -> None:
         if kind == "status":
