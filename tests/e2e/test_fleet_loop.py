@@ -20,6 +20,7 @@ import pytest
 from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
 from cloud_hub.hub import Hub
+from cloud_hub.local_broker import LocalBroker
 from cloud_hub.registry import NewArtifact
 from cloud_hub.schemas import Version
 from cloud_hub.settings import HubSettings
@@ -80,6 +81,7 @@ class Fleet:
         self.hub = Hub.open(self.settings)
         self.service: FleetService | None = None
         self.agents: dict[str, AgentProc] = {}
+        self.closed = False
 
     def start_service(self) -> None:
         self.service = FleetService.from_hub(self.hub)
@@ -129,6 +131,9 @@ class Fleet:
         return self.hub.fleet.devices.logs(device_id, limit=10_000)
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         for agent in self.agents.values():
             agent.kill()
         self.stop_service()
@@ -300,6 +305,57 @@ def test_a_transfer_interrupted_by_a_broker_restart_resumes_and_completes(
     assert fleet.service is not None
     chunks = -(-len(data) // 4096)
     assert fleet.service.stats()["chunks"] < chunks + (got_before // 4096) // 2
+
+
+def test_a_model_damaged_on_the_hub_is_refused_and_the_old_one_keeps_serving(
+    make_fleet: Callable[[tuple[str, int]], Fleet],
+    mosquitto: tuple[str, int],
+    iris_onnx: list[bytes],
+) -> None:
+    fleet = make_fleet(mosquitto)
+    fleet.start_service()
+    agent = fleet.add_agent("gate-1")
+    v1, v2 = register(fleet.hub, iris_onnx[0]), register(fleet.hub, iris_onnx[1])
+    fleet.hub.fleet.deployments.create(DeploymentCreate(version=str(v1.id), device="gate-1"))
+    fleet.wait_active(v1, "gate-1")
+
+    # v2's file rots on the hub's disk after it was registered: same size, other bytes.
+    blob = fleet.hub.registry.store.path_for(v2.artifacts[0].sha256)
+    blob.chmod(0o644)
+    damaged = bytearray(blob.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    blob.write_bytes(bytes(damaged))
+
+    dep = fleet.hub.fleet.deployments.create(DeploymentCreate(version=str(v2.id), device="gate-1"))
+
+    def row() -> Any:
+        return fleet.hub.fleet.deployments.get(dep.id).devices[0]
+
+    wait_until(lambda: row().state == "failed", 30, "the device to refuse v2")
+    assert "sha256" in (row().reason or ""), row().reason
+    assert fleet.device("gate-1").active_version_id == v1.id
+    assert agent.status()["active_version"] == v1.id
+    assert _predict_ok(agent)
+
+
+def test_the_loop_runs_over_the_embedded_broker(
+    make_fleet: Callable[[tuple[str, int]], Fleet],
+    tmp_path: Path,
+    iris_onnx: list[bytes],
+) -> None:
+    """Where Mosquitto is not installed the demo brings its own broker: the loop must hold."""
+    with LocalBroker(tmp_path / "amqtt", prefer="embedded") as broker:
+        assert broker.kind == "embedded"
+        fleet = make_fleet((broker.host, broker.port))
+        fleet.start_service()
+        agent = fleet.add_agent("tiny-1")
+        v1 = register(fleet.hub, iris_onnx[0])
+        fleet.hub.fleet.deployments.create(DeploymentCreate(version=str(v1.id), device="tiny-1"))
+        fleet.wait_active(v1, "tiny-1")
+        made = {_predict_ok(agent) for _ in range(25)}
+        wait_until(lambda: len(fleet.logs_at_hub("tiny-1")) == 25, 30, "25 logs at the hub")
+        assert {log.request_id for log in fleet.logs_at_hub("tiny-1")} == made
+        fleet.close()
 
 
 def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
