@@ -133,10 +133,10 @@ class Deployer:
         try:
             desired: DesiredState = DesiredState.loads(payload)
         except WireError as exc:
-            log.warning("ignoring a desired state: %s", exc)
+            self._reject(f"rejected a desired state: {exc}")
             return
         if desired.device_id != self.device_id:
-            log.warning("ignoring a desired state for device %r", desired.device_id)
+            self._reject(f"rejected a desired state for device {desired.device_id!r}")
             return
         self._desired = desired
         if desired.params != self.params:
@@ -272,6 +272,23 @@ class Deployer:
             sha256=ref.sha256.lower() if ref is not None else None,
             received=received,
         )
+
+    def _reject(self, reason: str) -> None:
+        """A message that breaks the contract: logged, and reported to the hub (which keeps the
+        reason on the device), without touching the deployment state."""
+        log.warning("%s", reason)
+        try:
+            self._publish_report(
+                Report(
+                    device_id=self.device_id,
+                    deployment_id=None,
+                    version_id=None,
+                    state="failed",
+                    reason=reason[:1000],
+                )
+            )
+        except Exception:
+            log.exception("cannot publish a report")
 
     def _record(
         self,

@@ -230,3 +230,19 @@ def test_transfer_resumes_after_the_agent_is_killed(
     assert min(offsets) >= held - 1024 and min(offsets) > 0, (held, offsets[:5])
     resumed = [r for r in hub.reports if r.deployment_id == 31 and r.state == "transferring"]
     assert resumed[-1].received_bytes and resumed[-1].received_bytes > 0
+
+
+def test_a_malformed_desired_state_is_reported_and_changes_nothing(
+    make_hub: Any, make_agent: Any, mosquitto: Any, device_id: str, iris_models: IrisModels
+) -> None:
+    hub, agent = _deliver(make_hub, make_agent, mosquitto, device_id, iris_models)
+    hub.client.publish(hub.t("desired"), b'{"v": 1, "device_id": 7}', qos=1).wait_for_publish(5)
+
+    def rejection() -> Any:
+        return next((r for r in hub.reports if r.deployment_id is None), None)
+
+    report = wait_until(rejection, 10, "the agent to report the rejected message")
+    assert report.state == "failed" and "rejected a desired state" in (report.reason or "")
+    code, doc = agent.predict(iris_models.X[:1].tolist())
+    assert code == 200 and doc["model_version"] == 1
+    assert agent.status()["deployment"]["state"] == "active"
