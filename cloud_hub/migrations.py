@@ -199,4 +199,15 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (device_id, seq)) WITHOUT ROWID""",
         ),
     ),
+    Migration(
+        4,
+        "serving: endpoint specs, loaded when the hub starts",
+        (
+            f"""CREATE TABLE endpoints (
+                name TEXT PRIMARY KEY,
+                spec TEXT NOT NULL,
+                created_at TEXT NOT NULL DEFAULT {NOW},
+                updated_at TEXT NOT NULL DEFAULT {NOW})""",
+        ),
+    ),
 )

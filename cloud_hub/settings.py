@@ -35,6 +35,16 @@ class HubSettings(BaseModel):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     scheduler_poll_s: float = Field(default=1.0, gt=0)
     run_scheduler: bool = True
+    # -- serving endpoints ---------------------------------------------------------------------
+    serving_max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, gt=0, description="predict request body limit (413 above)"
+    )
+    serving_threads: int = Field(
+        default=64, ge=1, le=1024, description="threads running endpoint requests"
+    )
+    serving_poll_s: float = Field(
+        default=1.0, gt=0, description="how often the hub picks up endpoints changed by the CLI"
+    )
     # -- fleet (MQTT) --------------------------------------------------------------------------
     mqtt_host: str | None = Field(
         default=None, description="broker the hub connects to; None: no fleet service"

@@ -9,9 +9,10 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from cloud_hub import __version__
-from cloud_hub.api import deployments, devices, projects, runs, schedules, versions
+from cloud_hub.api import deployments, devices, endpoints, projects, runs, schedules, versions
 from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
 from cloud_hub.hub import Hub
+from cloud_hub.serving import ServingEngine
 from cloud_hub.training.scheduler import TrainingScheduler
 
 API_PREFIX = "/api/v1"
@@ -22,8 +23,8 @@ def _error(code: int, exc: Exception) -> JSONResponse:
 
 
 def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = None) -> FastAPI:
-    """The app; its lifespan runs the training scheduler and, when the settings name a broker
-    (`mqtt_host`), the fleet's MQTT service."""
+    """The app; its lifespan runs the serving engine (endpoints), the training scheduler and,
+    when the settings name a broker (`mqtt_host`), the fleet's MQTT service."""
     run_scheduler = hub.settings.run_scheduler if scheduler is None else scheduler
     run_fleet = hub.settings.mqtt_host is not None if fleet is None else fleet
 
@@ -43,9 +44,11 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
             service = FleetService.from_hub(hub)
             service.start()
         app.state.fleet_service = service
+        app.state.engine = _start_engine(hub)
         try:
             yield
         finally:
+            app.state.engine.close()
             if service is not None:
                 service.stop()
             if sched is not None:
@@ -79,6 +82,13 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    for module in (projects, versions, runs, schedules, devices, deployments):
+    endpoints.add_error_handlers(app)
+    for module in (projects, versions, runs, schedules, devices, deployments, endpoints):
         app.include_router(module.router, prefix=API_PREFIX)
     return app
+
+
+def _start_engine(hub: Hub) -> ServingEngine:
+    engine = ServingEngine(hub.registry, hub.db, threads=hub.settings.serving_threads)
+    engine.start(poll_s=hub.settings.serving_poll_s)
+    return engine

@@ -690,6 +690,15 @@ def _register_fleet() -> None:
 _register_fleet()
 
 
+def _register_endpoints() -> None:
+    from cloud_hub.cli.endpoints import endpoints_app
+
+    app.add_typer(endpoints_app, name="endpoints")
+
+
+_register_endpoints()
+
+
 def main() -> None:
     # TensorFlow's C++ logging is on by default and floods the terminal during conversion.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -1,0 +1,162 @@
+"""Serving endpoints: create, change and delete them, and predict through them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from cloud_hub.api.deps import HubDep
+from cloud_hub.serving import (
+    BadInput,
+    EndpointInfo,
+    EndpointSpec,
+    EndpointUnavailable,
+    PayloadTooLarge,
+    PredictRequest,
+    PredictResponse,
+    ServingEngine,
+    SpecError,
+    StepFailed,
+)
+
+router = APIRouter(tags=["endpoints"])
+
+
+def get_engine(request: Request) -> ServingEngine:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the serving engine is not running"
+        )
+    return cast(ServingEngine, engine)
+
+
+EngineDep = Annotated[ServingEngine, Depends(get_engine)]
+
+
+@router.post("/endpoints", status_code=status.HTTP_201_CREATED)
+def create_endpoint(spec: EndpointSpec, engine: EngineDep) -> EndpointInfo:
+    """Build the endpoint (models loaded, graph checked: 422 naming the step if it cannot be),
+    store it, and start serving it."""
+    return engine.create(spec)
+
+
+@router.get("/endpoints")
+def list_endpoints(engine: EngineDep) -> list[EndpointInfo]:
+    return engine.list()
+
+
+@router.get("/endpoints/{name}")
+def get_endpoint(name: str, engine: EngineDep) -> EndpointInfo:
+    return engine.get(name)
+
+
+@router.put("/endpoints/{name}")
+def update_endpoint(name: str, spec: EndpointSpec, engine: EngineDep) -> EndpointInfo:
+    """Build the new version fully, then swap it in: requests in flight finish on the old one."""
+    return engine.update(name, spec)
+
+
+@router.delete("/endpoints/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_endpoint(name: str, engine: EngineDep) -> Response:
+    engine.delete(name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/endpoints/{name}/stats")
+def endpoint_stats(name: str, engine: EngineDep) -> dict[str, Any]:
+    """Requests, errors, rows, latency, step runs, cache hits/misses and batch sizes."""
+    return engine.stats(name)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    too_large = PayloadTooLarge(f"request body is larger than {limit} bytes")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise too_large  # refused before a byte of it is read
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def _parse(body: bytes, content_type: str) -> PredictRequest:
+    if content_type.startswith("image/"):
+        return PredictRequest(image_b64=base64.b64encode(body).decode())
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput(f"the body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadInput('the body must be a JSON object: {"inputs": [...]}, {"image_b64": ...}')
+    try:
+        return PredictRequest.model_validate(data)
+    except ValidationError as exc:
+        msgs = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: "
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        raise BadInput(msgs) from None
+
+
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": PredictRequest.model_json_schema()},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post("/endpoints/{name}/predict", openapi_extra=_PREDICT_BODY)
+async def predict(name: str, request: Request, engine: EngineDep, hub: HubDep) -> PredictResponse:
+    """Body: `{"inputs": [[...], ...]}` (rows), `{"image_b64": "..."}` / `{"images_b64": [...]}`,
+    `{"id": "..."}` / `{"ids": [...]}` (an endpoint with a data cache), or an image itself
+    (`Content-Type: image/png`). Answers labels and scores per row, the steps that ran and the
+    cache hits and misses."""
+    limit = engine.max_body_bytes(name, hub.settings.serving_max_body_bytes)
+    body = await _read_body(request, limit)
+    parsed = _parse(body, request.headers.get("content-type", ""))
+    return await engine.apredict(name, parsed)
+
+
+def _with_step(code: int, exc: Exception, step: str | None) -> JSONResponse:
+    content: dict[str, Any] = {"detail": str(exc), "error": type(exc).__name__}
+    if step is not None:
+        content["step"] = step
+    return JSONResponse(status_code=code, content=content)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Serving errors as JSON that names the step at fault."""
+
+    @app.exception_handler(SpecError)
+    async def spec_error(_: Request, exc: SpecError) -> JSONResponse:
+        return _with_step(status.HTTP_422_UNPROCESSABLE_CONTENT, exc, exc.step)
+
+    @app.exception_handler(BadInput)
+    async def bad_input(_: Request, exc: BadInput) -> JSONResponse:
+        return _with_step(status.HTTP_422_UNPROCESSABLE_CONTENT, exc, exc.step)
+
+    @app.exception_handler(PayloadTooLarge)
+    async def too_large(_: Request, exc: PayloadTooLarge) -> JSONResponse:
+        return _with_step(status.HTTP_413_CONTENT_TOO_LARGE, exc, None)
+
+    @app.exception_handler(EndpointUnavailable)
+    async def unavailable(_: Request, exc: EndpointUnavailable) -> JSONResponse:
+        return _with_step(status.HTTP_503_SERVICE_UNAVAILABLE, exc, None)
+
+    @app.exception_handler(StepFailed)
+    async def failed(_: Request, exc: StepFailed) -> JSONResponse:
+        return _with_step(status.HTTP_500_INTERNAL_SERVER_ERROR, exc, exc.step)

@@ -1,0 +1,44 @@
+"""The serving engine: endpoints as declarative graphs of steps over registered models.
+
+See `spec.py` for the endpoint document, `step.py` for the step interface every kind implements,
+`steps/` for the built-in kinds and `engine.py` for how endpoints are built, swapped and served.
+"""
+
+from cloud_hub.serving.endpoint import Prediction, PredictResponse
+from cloud_hub.serving.engine import EndpointInfo, EndpointUnavailable, ServingEngine
+from cloud_hub.serving.errors import BadInput, PayloadTooLarge, SpecError
+from cloud_hub.serving.graph import StepFailed
+from cloud_hub.serving.spec import BatchingSpec, EndpointSpec, ModelRef, StepSpec
+from cloud_hub.serving.step import (
+    STEP_KINDS,
+    RunContext,
+    Signature,
+    Step,
+    StepParams,
+    register_step,
+)
+from cloud_hub.serving.values import PredictRequest, Value
+
+__all__ = [
+    "STEP_KINDS",
+    "BadInput",
+    "BatchingSpec",
+    "EndpointInfo",
+    "EndpointSpec",
+    "EndpointUnavailable",
+    "ModelRef",
+    "PayloadTooLarge",
+    "PredictRequest",
+    "PredictResponse",
+    "Prediction",
+    "RunContext",
+    "ServingEngine",
+    "Signature",
+    "SpecError",
+    "Step",
+    "StepFailed",
+    "StepParams",
+    "StepSpec",
+    "Value",
+    "register_step",
+]

@@ -1,0 +1,268 @@
+"""The serving engine: every endpoint of the hub, compiled from the specs in its database.
+
+An endpoint is built whole (models loaded from the registry, graph checked) before it is stored
+or swapped in, so a bad spec changes nothing. `update` swaps the reference to the compiled
+endpoint under a lock: requests already running finish on the old one, which is closed when the
+last of them is done. Requests run on the engine's thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from cloud_hub.db import Database
+from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
+from cloud_hub.registry import Registry
+from cloud_hub.serving.endpoint import CompiledEndpoint, PredictResponse
+from cloud_hub.serving.spec import EndpointSpec
+from cloud_hub.serving.stats import EndpointStats
+from cloud_hub.serving.store import EndpointStore, StoredEndpoint
+from cloud_hub.serving.values import PredictRequest
+
+log = logging.getLogger(__name__)
+
+
+class EndpointUnavailable(RegistryError):
+    """A stored endpoint that could not be built (its model is gone, say): 503."""
+
+
+class EndpointInfo(BaseModel):
+    name: str
+    status: Literal["ready", "broken"]
+    error: str | None = None
+    spec: EndpointSpec
+    created_at: str
+    updated_at: str
+    output: str | None = None
+    models: list[dict[str, Any]] = []
+    signatures: dict[str, str] = {}
+
+
+class ServingEngine:
+    def __init__(
+        self,
+        registry: Registry,
+        db: Database,
+        *,
+        threads: int = 64,
+        base_dir: Path | None = None,
+    ) -> None:
+        self.registry = registry
+        self.store = EndpointStore(db)
+        self.base_dir = base_dir  # None: relative data paths start at the working directory
+        self._requests = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="serve")
+        self._fanout = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fanout")
+        self._lock = threading.Lock()
+        self._live: dict[str, CompiledEndpoint] = {}
+        self._broken: dict[str, str] = {}
+        self._stats: dict[str, EndpointStats] = {}
+        self._seen: dict[str, str] = {}  # name → updated_at of the spec in force
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def start(self, *, poll_s: float | None = None) -> None:
+        """Build every stored endpoint; one that fails is kept as broken, with its reason. With
+        `poll_s`, also follow changes other processes (the CLI) make to the stored specs."""
+        self.sync()
+        if poll_s is not None:
+            self._poller = threading.Thread(
+                target=self._poll, args=(poll_s,), name="endpoints-sync", daemon=True
+            )
+            self._poller.start()
+
+    def _poll(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.sync()
+            except Exception:  # a bad moment of the database must not end the poller
+                log.exception("endpoint sync failed")
+
+    def sync(self) -> None:
+        """Build what is stored and new or changed since it was built; drop what is gone."""
+        with self._lock:
+            seen = dict(self._seen)  # before reading the store: a change meanwhile is seen next
+        stored = {s.name: s for s in self.store.list()}
+        for name, item in stored.items():
+            if seen.get(name) != item.updated_at:
+                self.load(item)
+        for name in set(seen) - set(stored):
+            with self._lock:
+                old = self._live.pop(name, None)
+                self._broken.pop(name, None)
+                self._seen.pop(name, None)
+            if old is not None:
+                old.retire()
+
+    def load(self, stored: StoredEndpoint | str) -> None:
+        """Build one stored endpoint (by name, or as read) and serve it."""
+        item = self.store.get(stored) if isinstance(stored, str) else stored
+        try:
+            self._install(self._compile(item.spec), item.updated_at)
+        except RegistryError as exc:
+            log.warning("endpoint %s could not be built: %s", item.name, exc)
+            with self._lock:
+                self._broken[item.name] = str(exc)
+                self._seen[item.name] = item.updated_at
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+        with self._lock:
+            live, self._live = list(self._live.values()), {}
+        for endpoint in live:
+            endpoint.retire()
+        self._requests.shutdown(wait=True, cancel_futures=True)
+        self._fanout.shutdown(wait=False, cancel_futures=True)
+
+    # -- specs ------------------------------------------------------------------------------
+    def _compile(self, spec: EndpointSpec) -> CompiledEndpoint:
+        with self._lock:
+            stats = self._stats.setdefault(spec.name, EndpointStats())
+        return CompiledEndpoint(
+            spec, self.registry, fanout=self._fanout, stats=stats, base_dir=self.base_dir
+        )
+
+    def _install(self, endpoint: CompiledEndpoint, updated_at: str) -> None:
+        """Swap `endpoint` in, unless this spec or a newer one is already in force."""
+        with self._lock:
+            if self._seen.get(endpoint.name, "") >= updated_at and endpoint.name in self._live:
+                old: CompiledEndpoint | None = endpoint  # already in force, or stale: drop it
+            else:
+                old = self._live.get(endpoint.name)
+                self._live[endpoint.name] = endpoint
+                self._broken.pop(endpoint.name, None)
+                self._seen[endpoint.name] = updated_at
+        if old is not None:
+            old.retire()
+
+    def create(self, spec: EndpointSpec) -> EndpointInfo:
+        if self.store.exists(spec.name):
+            raise AlreadyExists("endpoint", spec.name)
+        endpoint = self._compile(spec)
+        try:
+            stored = self.store.create(spec)
+        except BaseException:
+            endpoint.retire()
+            raise
+        self._install(endpoint, stored.updated_at)
+        return self.get(spec.name)
+
+    def update(self, name: str, spec: EndpointSpec) -> EndpointInfo:
+        if spec.name != name:
+            raise InvalidInput(f"the spec is named {spec.name!r}, not {name!r}")
+        self.store.get(name)  # NotFound before anything is loaded
+        endpoint = self._compile(spec)
+        try:
+            stored = self.store.update(spec)
+        except BaseException:
+            endpoint.retire()
+            raise
+        self._install(endpoint, stored.updated_at)  # the atomic swap
+        return self.get(name)
+
+    def apply(self, spec: EndpointSpec) -> tuple[EndpointInfo, bool]:
+        """Create or update; True when it was created."""
+        if self.store.exists(spec.name):
+            return self.update(spec.name, spec), False
+        return self.create(spec), True
+
+    def delete(self, name: str) -> None:
+        self.store.delete(name)
+        with self._lock:
+            old = self._live.pop(name, None)
+            self._broken.pop(name, None)
+            self._stats.pop(name, None)
+            self._seen.pop(name, None)
+        if old is not None:
+            old.retire()
+
+    def _info(self, stored: StoredEndpoint) -> EndpointInfo:
+        with self._lock:
+            live = self._live.get(stored.name)
+            error = self._broken.get(stored.name)
+        info = EndpointInfo(
+            name=stored.name,
+            status="ready" if live is not None else "broken",
+            error=error if live is None else None,
+            spec=stored.spec,
+            created_at=stored.created_at,
+            updated_at=stored.updated_at,
+        )
+        if live is not None:
+            described = live.describe()
+            info.output = described["output"]
+            info.models = described["models"]
+            info.signatures = described["signatures"]
+        elif error is None:
+            info.error = "not loaded in this process"
+        return info
+
+    def get(self, name: str) -> EndpointInfo:
+        return self._info(self.store.get(name))
+
+    def list(self) -> list[EndpointInfo]:
+        return [self._info(s) for s in self.store.list()]
+
+    # -- serving ----------------------------------------------------------------------------
+    def _acquire(self, name: str) -> CompiledEndpoint:
+        while True:
+            with self._lock:
+                endpoint = self._live.get(name)
+                broken = self._broken.get(name)
+            if endpoint is None:
+                if broken is not None:
+                    raise EndpointUnavailable(f"endpoint {name!r} is broken: {broken}")
+                raise NotFound("endpoint", name)
+            if endpoint.acquire():
+                return endpoint
+            # retired between the lookup and acquire: the new one is installed; look again
+
+    def max_body_bytes(self, name: str, default: int) -> int:
+        with self._lock:
+            endpoint = self._live.get(name)
+        if endpoint is None or endpoint.spec.max_body_bytes is None:
+            return default
+        return endpoint.spec.max_body_bytes
+
+    def predict(self, name: str, request: PredictRequest) -> PredictResponse:
+        """Run one request (blocking: call it from a thread, or use `apredict`)."""
+        endpoint = self._acquire(name)
+        try:
+            return endpoint.run(request)
+        except InvalidInput:
+            endpoint.stats.error("bad_input")
+            raise
+        except Exception:
+            endpoint.stats.error("failed")
+            raise
+        finally:
+            endpoint.release()
+
+    async def apredict(self, name: str, request: PredictRequest) -> PredictResponse:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._requests, self.predict, name, request)
+
+    def stats(self, name: str) -> dict[str, Any]:
+        self.store.get(name)
+        with self._lock:
+            endpoint = self._live.get(name)
+            stats = self._stats.setdefault(name, EndpointStats())
+        out: dict[str, Any] = {"endpoint": name, **stats.snapshot()}
+        if endpoint is not None:
+            out["in_flight"] = endpoint.pending()
+            out["steps"] = endpoint.step_stats()
+            out["batching"] = {
+                alias: m.batcher.stats.snapshot()
+                for alias, m in endpoint.models.items()
+                if m.batcher is not None
+            }
+        return out

@@ -1,0 +1,108 @@
+"""Model load: a version's artifact fetched from the registry and loaded with the agent's
+runtime interface (onnxruntime or LiteRT) when the endpoint is built."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cloud_hub.errors import NotFound, RegistryError
+from cloud_hub.registry import Registry
+from cloud_hub.schemas import Artifact, Version
+from cloud_hub.serving.batching import MicroBatcher
+from cloud_hub.serving.errors import SpecError
+from cloud_hub.serving.spec import BatchingSpec, ModelRef
+from edge_agent.runtimes import ModelLoadError, Runtime, RuntimeUnavailable, load_runtime
+
+
+def choose_artifact(version: Version, ref: ModelRef) -> Artifact:
+    ready = [a for a in version.artifacts if a.status == "ready"]
+    if ref.format is not None:
+        ready = [a for a in ready if a.format == ref.format]
+    if ref.precision is not None:
+        ready = [a for a in ready if a.precision == ref.precision]
+    if not ready:
+        have = ", ".join(f"{a.format}/{a.precision} ({a.status})" for a in version.artifacts)
+        want = f"{ref.format or 'any'}/{ref.precision or 'any'}"
+        raise LookupError(f"version {version.ref} has no ready {want} artifact (it has: {have})")
+    order = {("onnx", "fp32"): 0, ("onnx", "int8"): 1, ("tflite", "fp32"): 2}
+    return min(ready, key=lambda a: order.get((a.format, a.precision), 9))
+
+
+@dataclass
+class LoadedModel:
+    alias: str
+    version: Version
+    artifact: Artifact
+    runtime: Runtime
+    labels: tuple[str, ...]
+    classes: int | None
+    batcher: MicroBatcher | None = field(default=None, repr=False)
+
+    @property
+    def preprocessing(self) -> dict[str, Any] | None:
+        return self.version.preprocessing
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.batcher is None:
+            return self.runtime.predict(x)
+        return self.batcher.submit(x)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "alias": self.alias,
+            "version": self.version.ref,
+            "version_id": self.version.id,
+            "format": self.artifact.format,
+            "precision": self.artifact.precision,
+            "sha256": self.artifact.sha256,
+            "input": {"shape": self.runtime.input.shape, "dtype": self.runtime.input.dtype},
+        }
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+def _score_classes(runtime: Runtime) -> int | None:
+    for out in runtime.outputs:
+        if len(out.shape) == 2 and out.dtype.startswith(("float", "int8", "uint8")):
+            return out.shape[1]
+    return None
+
+
+def load_model(
+    registry: Registry,
+    alias: str,
+    ref: ModelRef,
+    *,
+    batching: BatchingSpec,
+    pending: Callable[[], int],
+    step: str | None = None,
+) -> LoadedModel:
+    """Resolve, fetch and load one version; SpecError (naming `step`) when any of it fails."""
+    where = f"model {alias!r} ({ref.ref})"
+    try:
+        version = registry.resolve_version(ref.ref)
+    except NotFound as exc:
+        raise SpecError(f"{where}: unknown model version: {exc}", step=step) from None
+    except RegistryError as exc:
+        raise SpecError(f"{where}: {exc}", step=step) from None
+    if version.status != "ready":
+        raise SpecError(f"{where}: version {version.ref} is {version.status}", step=step)
+    try:
+        artifact = choose_artifact(version, ref)
+        runtime = load_runtime(
+            registry.artifact_blob(artifact.sha256), artifact.format, threads=ref.threads
+        )
+    except (LookupError, RegistryError, ModelLoadError, RuntimeUnavailable) as exc:
+        raise SpecError(f"{where}: {exc}", step=step) from None
+    classes = _score_classes(runtime)
+    labels = tuple(version.labels) or tuple(str(i) for i in range(classes or 0))
+    loaded = LoadedModel(alias, version, artifact, runtime, labels, classes)
+    if batching.enabled:
+        loaded.batcher = MicroBatcher(runtime.predict, batching, pending=pending, name=alias)
+    return loaded

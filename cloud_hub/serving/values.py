@@ -1,0 +1,160 @@
+"""What flows between steps: a `Value` of N rows, and the request it starts from.
+
+Every step maps the N rows it is given to N rows, in order, so rows stay aligned through the whole
+graph: a router can send some rows one way and the rest another, and merge them back by index.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cloud_hub.serving.errors import BadInput
+
+ValueKind = Literal["request", "tensor", "scores"]
+
+
+@dataclass(frozen=True, eq=False)
+class Value:
+    """N rows of one of three kinds.
+
+    - `request`: what the caller sent: numeric rows in `x`, or one item per row in `raw` (image
+      bytes, or data ids when `ids` is set).
+    - `tensor`: model-ready inputs in `x`.
+    - `scores`: class scores (N, C) in `x`, with the class names in `labels`; `top` may override
+      the per-row winning class (a vote, say), else it is the argmax.
+    """
+
+    kind: ValueKind
+    rows: int
+    x: np.ndarray | None = None
+    raw: tuple[Any, ...] | None = None
+    ids: tuple[str, ...] | None = None
+    labels: tuple[str, ...] | None = None
+    top: np.ndarray | None = None
+
+    def take(self, index: Sequence[int] | np.ndarray) -> Value:
+        idx = np.asarray(index, dtype=np.int64)
+        return replace(
+            self,
+            rows=len(idx),
+            x=None if self.x is None else self.x[idx],
+            raw=None if self.raw is None else tuple(self.raw[i] for i in idx),
+            ids=None if self.ids is None else tuple(self.ids[i] for i in idx),
+            top=None if self.top is None else self.top[idx],
+        )
+
+    def winners(self) -> np.ndarray:
+        """Index of the winning class per row (scores only)."""
+        assert self.x is not None
+        if self.top is not None:
+            return self.top
+        return np.asarray(self.x.argmax(axis=1), dtype=np.int64)
+
+    def row_digests(self) -> list[str]:
+        """A content digest per row: the same input gives the same digest."""
+        if self.x is not None:
+            x = np.ascontiguousarray(self.x)
+            head = f"{x.dtype.str}{x.shape[1:]}".encode()
+            return [hashlib.sha256(head + row.tobytes()).hexdigest() for row in x]
+        if self.raw is not None:
+            return [hashlib.sha256(_bytes_of(item)).hexdigest() for item in self.raw]
+        if self.ids is not None:
+            return [hashlib.sha256(f"id:{i}".encode()).hexdigest() for i in self.ids]
+        raise BadInput("the request carries nothing to digest")
+
+
+def _bytes_of(item: Any) -> bytes:
+    return item if isinstance(item, bytes) else repr(item).encode()
+
+
+def merge_scores(parts: list[tuple[np.ndarray, Value]], rows: int) -> Value:
+    """Rows from several score values (each with the row indices it answers) as one value."""
+    first = parts[0][1]
+    assert first.x is not None
+    out = np.zeros((rows, first.x.shape[1]), dtype=np.float32)
+    top = np.zeros(rows, dtype=np.int64)
+    for index, value in parts:
+        assert value.x is not None
+        out[index] = value.x
+        top[index] = value.winners()
+    return Value(kind="scores", rows=rows, x=out, labels=first.labels, top=top)
+
+
+class PredictRequest(BaseModel):
+    """One predict call: exactly one of `inputs`, `image_b64` / `images_b64`, `id` / `ids`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[Any] | None = Field(default=None, description="rows of numbers (a batch)")
+    image_b64: str | None = Field(default=None, description="one image (PNG, JPEG, ...)")
+    images_b64: list[str] | None = None
+    id: str | None = Field(default=None, description="an item of the endpoint's data source")
+    ids: list[str] | None = None
+    key: str | None = Field(default=None, description="a caller key (sticky routing)")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PredictRequest:
+        given = [
+            n
+            for n in ("inputs", "image_b64", "images_b64", "id", "ids")
+            if getattr(self, n) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of inputs, image_b64, images_b64, id, ids"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+    def to_value(self) -> Value:
+        if self.inputs is not None:
+            return Value(kind="request", rows=len(self.inputs), x=parse_rows(self.inputs))
+        if self.image_b64 is not None or self.images_b64 is not None:
+            images = [self.image_b64] if self.image_b64 is not None else self.images_b64 or []
+            if not images:
+                raise BadInput("images_b64 is empty")
+            raw = tuple(_b64(text, i) for i, text in enumerate(images))
+            return Value(kind="request", rows=len(raw), raw=raw)
+        ids = [self.id] if self.id is not None else self.ids or []
+        if not ids:
+            raise BadInput("ids is empty")
+        return Value(kind="request", rows=len(ids), ids=tuple(str(i) for i in ids))
+
+
+def _b64(text: str, index: int) -> bytes:
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput(f"image {index} is not valid base64") from None
+    if not data:
+        raise BadInput(f"image {index} is empty")
+    return data
+
+
+def parse_rows(rows: list[Any]) -> np.ndarray:
+    """A batch of numeric rows as float32: refuses an empty batch, ragged rows, non-numbers,
+    NaN and infinity, each with a message saying which."""
+    if not rows:
+        raise BadInput("inputs is empty: send at least one row")
+    try:
+        x = np.asarray(rows, dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        text = str(exc)
+        if "inhomogeneous" in text or "sequence" in text:
+            raise BadInput("inputs rows have different lengths (ragged)") from None
+        raise BadInput(f"inputs must be numbers: {text.splitlines()[0][:120]}") from None
+    if x.ndim < 2:
+        raise BadInput(f"inputs must be a list of rows (a batch), got shape {tuple(x.shape)}")
+    finite = np.isfinite(x)
+    if not finite.all():
+        row = int(np.argwhere(~finite)[0][0])
+        raise BadInput(f"inputs row {row} contains NaN or infinity")
+    return x.astype(np.float32)
