@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edge_agent.signing import InvalidPublicKey, load_public_key
+from edge_agent.signing import InvalidPublicKey, check_public_key
 
 __all__ = ["AgentSettings", "ConfigError", "load_settings", "ENV_PREFIX"]
 
@@ -109,7 +109,7 @@ class AgentSettings(BaseModel):
     @classmethod
     def _key(cls, value: str) -> str:
         try:
-            load_public_key(value)
+            check_public_key(value)
         except InvalidPublicKey as exc:
             raise ValueError(str(exc)) from None
         return value.strip()

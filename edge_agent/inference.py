@@ -3,15 +3,25 @@
 The HTTP API, the OpenCV source and the MQTT request topic all call `InferenceService.infer`.
 Each call runs the model through the ModelManager (hot-swap safe), records latency for telemetry,
 and writes one log record to the outbox before it returns, so a logged request is never lost.
+
+A frame source has nobody waiting for an answer, and waiting for each frame's commit (an fsync)
+would cap it at one frame per fsync. It calls `infer(..., wait=False)`: the log is submitted to
+the group commit as deferred (committed within the writer's `deferred_delay_s`, 10 ms, together
+with whatever else came meanwhile) and the call returns at once; at most `max_unflushed` logs are
+ever left uncommitted (past that the call waits for the oldest), and `flush()` waits for all of
+them. So durability lags a source by about 10 ms; every log still lands in the outbox.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +33,8 @@ from edge_agent.telemetry import LatencyTracker
 
 __all__ = ["InferenceResult", "InferenceService", "NoActiveModel"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class InferenceResult:
@@ -31,7 +43,7 @@ class InferenceResult:
     scores: np.ndarray  # (N, C)
     labels: list[str] | None  # top label per sample, when the model has labels
     latency_ms: float
-    seqs: list[int]  # outbox sequence numbers of the logs (one per sample)
+    seqs: list[int]  # outbox sequence numbers of the logs (one per sample); [] if not waited for
 
     def to_json(self) -> dict[str, Any]:
         top = self.scores.argmax(axis=1)
@@ -64,19 +76,34 @@ class InferenceService:
         tracker: LatencyTracker,
         *,
         labels: Callable[[], list[str]] | None = None,
+        max_unflushed: int = 256,
     ) -> None:
+        if max_unflushed < 1:
+            raise ValueError(f"max_unflushed must be at least 1, not {max_unflushed}")
         self.manager = manager
         self.writer = writer
         self.tracker = tracker
+        self.max_unflushed = max_unflushed
         self._labels = labels or (lambda: [])
         self._count_lock = threading.Lock()
         self.count = 0
+        self._unflushed: deque[Future[int]] = deque()  # logs submitted with wait=False
+        self._unflushed_lock = threading.Lock()
 
     def infer(
-        self, x: np.ndarray, *, source: str = "api", request_id: str | None = None
+        self,
+        x: np.ndarray,
+        *,
+        source: str = "api",
+        request_id: str | None = None,
+        wait: bool = True,
     ) -> InferenceResult:
         """Run a batch (N, ...) of model-ready inputs. Raises NoActiveModel, or ValueError for an
-        input the model cannot take (wrong shape or dtype); neither is logged as a model error."""
+        input the model cannot take (wrong shape or dtype); neither is logged as a model error.
+
+        With `wait` (every request someone answers) the logs are committed before this returns.
+        Without it (a frame source) they are submitted and committed shortly after: see the
+        module's docstring; the result's `seqs` is then empty."""
         request_id = request_id or uuid.uuid4().hex
         if x.dtype.kind not in "fiu":
             raise ValueError(f"input dtype {x.dtype} is not numeric")
@@ -104,10 +131,15 @@ class InferenceService:
                     "ts": now,
                     "source": source,
                 },
+                deferred=not wait,
             )
             for i in range(len(x))
         ]
-        seqs = [f.result() for f in futures]  # durable before we answer
+        if wait:
+            seqs = [f.result() for f in futures]  # durable before we answer
+        else:
+            seqs = []
+            self._defer(futures)
         with self._count_lock:  # requests arrive on many threads (HTTP, MQTT, a source)
             self.count += len(x)
         labels = self._labels()
@@ -116,3 +148,25 @@ class InferenceService:
         return InferenceResult(
             request_id, pred.version_id, pred.scores, top_labels, pred.latency_ms, seqs
         )
+
+    def _defer(self, futures: list[Future[int]]) -> None:
+        """Keep track of logs nobody waits for; wait for the oldest beyond `max_unflushed`."""
+        overdue: list[Future[int]] = []
+        with self._unflushed_lock:
+            pending = self._unflushed
+            pending.extend(futures)
+            while pending and (pending[0].done() or len(pending) > self.max_unflushed):
+                overdue.append(pending.popleft())
+        for future in overdue:
+            future.result()  # a failed commit raises here, in the source's thread
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every log submitted with wait=False is committed (or failed)."""
+        with self._unflushed_lock:
+            pending = list(self._unflushed)
+            self._unflushed.clear()
+        for future in pending:
+            try:
+                future.result(timeout)
+            except Exception as exc:  # reported where it happened; nothing to answer here
+                log.warning("a log submitted by a frame source was not stored: %s", exc)

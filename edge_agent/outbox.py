@@ -404,30 +404,53 @@ class BatchWriter:
     transaction holding it has committed. The writer thread takes whatever has queued up, waiting
     at most ``max_delay_s`` for more, up to ``max_batch`` records, and commits them with one
     transaction: under load, many requests share one fsync.
+
+    A record submitted with ``deferred=True`` has nobody waiting for its commit (a frame source's
+    log): a batch holding only such records waits up to ``deferred_delay_s`` for company, so a
+    steady source pays one commit per that interval instead of one per frame. A waited-for record
+    joining the batch brings the deadline back to ``max_delay_s``.
     """
 
-    def __init__(self, outbox: Outbox, *, max_batch: int = 256, max_delay_s: float = 0.002) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        max_batch: int = 256,
+        max_delay_s: float = 0.002,
+        deferred_delay_s: float = 0.01,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         if max_delay_s < 0:
             raise ValueError(f"max_delay_s must be >= 0, not {max_delay_s}")
+        if deferred_delay_s < 0:
+            raise ValueError(f"deferred_delay_s must be >= 0, not {deferred_delay_s}")
         self.outbox = outbox
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
-        self._queue: queue.SimpleQueue[tuple[_Encoded, Future[int]] | _Stop] = queue.SimpleQueue()
+        self.deferred_delay_s = deferred_delay_s
+        self._queue: queue.SimpleQueue[tuple[_Encoded, Future[int], bool] | _Stop] = (
+            queue.SimpleQueue()
+        )
         self._state_lock = threading.Lock()
+        self._wake = threading.Event()  # a waited-for record (or close) ends a deferred linger
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="outbox-batch-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, kind: RecordKind, payload: dict[str, Any]) -> Future[int]:
-        """Queue one record; the future resolves with its seq once committed."""
+    def submit(
+        self, kind: RecordKind, payload: dict[str, Any], *, deferred: bool = False
+    ) -> Future[int]:
+        """Queue one record; the future resolves with its seq once committed. ``deferred``: no
+        caller waits for this commit, so it may wait longer for others to share it."""
         encoded = self.outbox._encode(kind, payload)
         future: Future[int] = Future()
         with self._state_lock:
             if self._closed:
                 raise OutboxClosedError("batch writer is closed")
-            self._queue.put((encoded, future))
+            self._queue.put((encoded, future, deferred))
+        if not deferred:
+            self._wake.set()
         return future
 
     def append(self, kind: RecordKind, payload: dict[str, Any]) -> int:
@@ -440,6 +463,7 @@ class BatchWriter:
             if not self._closed:
                 self._closed = True
                 self._queue.put(_STOP)
+                self._wake.set()
         self._thread.join()
 
     def __enter__(self) -> BatchWriter:
@@ -459,12 +483,15 @@ class BatchWriter:
         while not stopping:
             batch: list[tuple[_Encoded, Future[int]]] = []
             item = self._queue.get()
-            deadline = time.monotonic() + self.max_delay_s
+            started = time.monotonic()
+            waited_for = False  # does anyone wait for this batch's commit?
             while True:
                 if isinstance(item, _Stop):
                     stopping = True
                     break
-                batch.append(item)
+                encoded, future, deferred = item
+                batch.append((encoded, future))
+                waited_for = waited_for or not deferred
                 if len(batch) >= self.max_batch:
                     break
                 try:
@@ -472,18 +499,39 @@ class BatchWriter:
                     continue
                 except queue.Empty:
                     pass
-                # Queue drained. Linger for more only until the batch is as large as the last
-                # one: callers released by the last commit come straight back, and waiting for
-                # them is worth it; waiting the whole delay for nobody is not.
-                remaining = deadline - time.monotonic()
-                if len(batch) >= target or remaining <= 0:
+                # Queue drained. With a caller waiting, linger for more only until the batch is
+                # as large as the last one: callers released by the last commit come straight
+                # back, and waiting for them is worth it; waiting the whole delay for nobody is
+                # not. With nobody waiting, linger for the whole deferred delay.
+                if waited_for:
+                    remaining = started + self.max_delay_s - time.monotonic()
+                    if len(batch) >= target or remaining <= 0:
+                        break
+                    try:
+                        item = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                    continue
+                # Nobody waits: do not wake up for every record (each wake-up costs the thread
+                # that submitted it a hand-over of the GIL); sleep until the deferred deadline,
+                # or until a waited-for record (or close) sets `_wake`, then take what came.
+                remaining = started + self.deferred_delay_s - time.monotonic()
+                if remaining <= 0:
                     break
+                self._wake.clear()
+                try:  # whatever was queued before the clear
+                    item = self._queue.get_nowait()
+                    continue
+                except queue.Empty:
+                    pass
+                self._wake.wait(remaining)
                 try:
-                    item = self._queue.get(timeout=remaining)
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
             if batch:
-                target = len(batch)
+                if waited_for:
+                    target = len(batch)
                 self._commit(batch)
 
     def _commit(self, batch: list[tuple[_Encoded, Future[int]]]) -> None:

@@ -2,6 +2,8 @@
 
 The agent holds only the hub's public key (raw 32 bytes, base64, as registration returns it). A
 model is installed only after `verify_model` returns; each failure says exactly what was wrong.
+`cryptography` (about 8 MB of resident memory) is imported only when a key is loaded: checking
+the configured key's format at start-up (`check_public_key`) does not need it.
 """
 
 from __future__ import annotations
@@ -10,14 +12,20 @@ import base64
 import binascii
 import hashlib
 import hmac
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from typing import TYPE_CHECKING
 
 from edge_agent.wire import ModelRef, signing_message
 
-__all__ = ["InvalidPublicKey", "VerificationError", "load_public_key", "verify_model"]
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+__all__ = [
+    "InvalidPublicKey",
+    "VerificationError",
+    "check_public_key",
+    "load_public_key",
+    "verify_model",
+]
 
 _SHOWN_DIGEST = 12  # hex characters of a digest shown in messages
 
@@ -30,8 +38,31 @@ class InvalidPublicKey(ValueError):
     """The configured hub public key is not an ed25519 public key."""
 
 
+def _raw_key(text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidPublicKey("the hub public key is not valid base64") from None
+    if len(raw) != 32:
+        raise InvalidPublicKey(f"an ed25519 public key is 32 bytes, this one is {len(raw)}")
+    return raw
+
+
+def check_public_key(text: str) -> None:
+    """Raise InvalidPublicKey unless `text` is a usable hub key. A base64 key is checked without
+    importing `cryptography` (any 32 bytes load as an ed25519 public key); a PEM key is loaded."""
+    text = text.strip()
+    if text.startswith("-----BEGIN"):
+        load_public_key(text)
+    else:
+        _raw_key(text)
+
+
 def load_public_key(text: str) -> Ed25519PublicKey:
     """The hub's public key from base64 of its raw 32 bytes (a PEM public key is also accepted)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     text = text.strip()
     if text.startswith("-----BEGIN"):
         try:
@@ -41,13 +72,7 @@ def load_public_key(text: str) -> Ed25519PublicKey:
         if not isinstance(key, Ed25519PublicKey):
             raise InvalidPublicKey(f"not an ed25519 public key: {type(key).__name__}")
         return key
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidPublicKey("the hub public key is not valid base64") from None
-    if len(raw) != 32:
-        raise InvalidPublicKey(f"an ed25519 public key is 32 bytes, this one is {len(raw)}")
-    return Ed25519PublicKey.from_public_bytes(raw)
+    return Ed25519PublicKey.from_public_bytes(_raw_key(text))
 
 
 def _short(digest: str) -> str:
@@ -79,6 +104,8 @@ def verify_model(ref: ModelRef, data: bytes, public_key_b64: str) -> None:
         raise VerificationError(
             f"cannot verify the signature: bad hub public key ({exc})"
         ) from None
+    from cryptography.exceptions import InvalidSignature
+
     message = signing_message(ref.version_id, ref.sha256, ref.size, ref.format)
     try:
         key.verify(signature, message)

@@ -2,9 +2,11 @@
 
 The model is cut into fixed-size chunks (the agent picks the size, so a broker's message limit is
 the agent's setting). At most `window` fetches are in flight; each chunk received is checked
-(CRC by `wire.Chunk.decode`, then deployment, digest, total size, offset and length), written at
-its offset into `{sha256}.part`, fsynced, and its index recorded in `{sha256}.json`. A restarted
-agent, or one that lost its broker, therefore asks only for what it does not hold yet.
+(CRC by `wire.Chunk.decode`, then deployment, digest, total size, offset and length) and written
+at its offset into `{sha256}.part`; after every `window` chunks (and the last one) the part file
+is fsynced and the indices it holds are recorded in `{sha256}.json`, so a chunk costs no fsync of
+its own. A restarted agent, or one that lost its broker, therefore asks only for what it does not
+hold yet (what it received after the last record, at most a window's worth, is asked again).
 
 A refused chunk is re-requested at once, at most `max_retries` times per chunk; then the transfer
 fails with the last reason. A fetch that goes unanswered for `timeout_s` is sent again (that is
@@ -58,6 +60,7 @@ class Transfer:
         self.meta = directory / f"{self.sha256}.json"
         self.chunk_size = settings.chunk_size
         self.done: set[int] = set()
+        self._unsynced: set[int] = set()  # written, not yet fsynced nor recorded
         self._load_progress()
         self.chunks = math.ceil(self.size / self.chunk_size)
         self.outstanding: dict[int, float] = {}
@@ -219,13 +222,23 @@ class Transfer:
         with self.part.open("r+b") as fh:
             fh.seek(chunk.offset)
             fh.write(chunk.data)
-            fh.flush()
-            os.fsync(fh.fileno())
         self.done.add(index)
-        self._save_progress()
+        self._unsynced.add(index)
         self.outstanding.pop(index, None)
+        if len(self._unsynced) >= self.settings.window or self.complete:
+            self._sync()
         self.pump()
         return True
+
+    def _sync(self) -> None:
+        """Make the chunks written so far durable, then record them (never the other way)."""
+        fd = os.open(self.part, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._unsynced.clear()
+        self._save_progress()
 
     def _refuse(self, offset: int | None, reason: str) -> None:
         log.warning("refused a chunk: %s", reason)
