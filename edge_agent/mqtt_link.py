@@ -38,7 +38,7 @@ def make_client(device_id: str) -> mqtt.Client:
     )
 
 
-def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+def tcp_no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     """Send small messages at once. paho leaves Nagle's algorithm on: a fetch request written
     while an earlier one is unacknowledged waits for the broker's delayed ACK (about 40 ms on
     Linux), which stalled every window of a model transfer."""
@@ -88,7 +88,7 @@ class MqttLink:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
-        c.on_socket_open = _no_delay
+        c.on_socket_open = tcp_no_delay
         c.connect_async(s.host, s.port, keepalive=s.keepalive)
         c.loop_start()
         self._started = True

@@ -42,6 +42,7 @@ from cloud_hub.fleet.rollout import Assignment, Rollout
 from cloud_hub.registry import Registry
 from cloud_hub.settings import HubSettings
 from cloud_hub.signing import HubSigner
+from edge_agent.mqtt_link import tcp_no_delay
 from edge_agent.wire import (
     Ack,
     Chunk,
@@ -137,6 +138,7 @@ class FleetService:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_socket_open = tcp_no_delay  # chunks go out at once, not after a delayed ACK
         c.max_inflight_messages_set(1000)  # before connect (paho)
         c.max_queued_messages_set(0)  # unbounded: chunks for a window are queued at once
         host, port = self.settings.mqtt_host, self.settings.mqtt_port
