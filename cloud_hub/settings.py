@@ -45,6 +45,20 @@ class HubSettings(BaseModel):
     serving_poll_s: float = Field(
         default=1.0, gt=0, description="how often the hub picks up endpoints changed by the CLI"
     )
+    serving_workers: int = Field(
+        default=2,
+        ge=0,
+        le=256,
+        description="job worker threads in the hub (0: none; see `edgepilot hub worker`)",
+    )
+    serving_job_attempts: int = Field(default=3, ge=1, description="tries per job")
+    serving_job_backoff_s: float = Field(
+        default=0.5, ge=0, description="wait before a retry, doubled each time"
+    )
+    serving_job_lease_s: float = Field(
+        default=30.0, gt=0, description="a job whose worker is silent this long is taken again"
+    )
+    serving_job_poll_s: float = Field(default=0.2, gt=0, description="idle workers' poll")
     # -- fleet (MQTT) --------------------------------------------------------------------------
     mqtt_host: str | None = Field(
         default=None, description="broker the hub connects to; None: no fleet service"

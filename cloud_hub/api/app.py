@@ -9,10 +9,20 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from cloud_hub import __version__
-from cloud_hub.api import deployments, devices, endpoints, projects, runs, schedules, versions
+from cloud_hub.api import (
+    deployments,
+    devices,
+    endpoints,
+    jobs,
+    projects,
+    runs,
+    schedules,
+    versions,
+)
 from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
 from cloud_hub.hub import Hub
 from cloud_hub.serving import ServingEngine
+from cloud_hub.serving.service import JobService, job_queue
 from cloud_hub.training.scheduler import TrainingScheduler
 
 API_PREFIX = "/api/v1"
@@ -45,9 +55,11 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
             service.start()
         app.state.fleet_service = service
         app.state.engine = _start_engine(hub)
+        app.state.jobs = _start_jobs(hub, app.state.engine)
         try:
             yield
         finally:
+            app.state.jobs.stop()
             app.state.engine.close()
             if service is not None:
                 service.stop()
@@ -83,7 +95,8 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
         return {"status": "ok", "version": __version__}
 
     endpoints.add_error_handlers(app)
-    for module in (projects, versions, runs, schedules, devices, deployments, endpoints):
+    # endpoints first: routes are matched in order, and predict is the hot path
+    for module in (endpoints, jobs, projects, versions, runs, schedules, devices, deployments):
         app.include_router(module.router, prefix=API_PREFIX)
     return app
 
@@ -92,3 +105,10 @@ def _start_engine(hub: Hub) -> ServingEngine:
     engine = ServingEngine(hub.registry, hub.db, threads=hub.settings.serving_threads)
     engine.start(poll_s=hub.settings.serving_poll_s)
     return engine
+
+
+def _start_jobs(hub: Hub, engine: ServingEngine) -> JobService:
+    """The job queue and the hub's own workers (`serving_workers`; MQTT completion when the
+    settings name a broker)."""
+    queue = job_queue(hub.db, hub.settings)
+    return JobService(queue, engine, hub.settings, workers=hub.settings.serving_workers).start()

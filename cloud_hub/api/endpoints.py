@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from cloud_hub.api.deps import HubDep
+from cloud_hub.hub import Hub
 from cloud_hub.serving import (
     BadInput,
     EndpointInfo,
@@ -27,7 +27,8 @@ from cloud_hub.serving import (
 router = APIRouter(tags=["endpoints"])
 
 
-def get_engine(request: Request) -> ServingEngine:
+async def get_engine(request: Request) -> ServingEngine:
+    # async: FastAPI runs a plain `def` dependency on its thread pool, a thread hop per request
     engine = getattr(request.app.state, "engine", None)
     if engine is None:
         raise HTTPException(
@@ -119,16 +120,21 @@ _PREDICT_BODY = {
 }
 
 
-@router.post("/endpoints/{name}/predict", openapi_extra=_PREDICT_BODY)
-async def predict(name: str, request: Request, engine: EngineDep, hub: HubDep) -> PredictResponse:
+@router.post(
+    "/endpoints/{name}/predict", response_model=PredictResponse, openapi_extra=_PREDICT_BODY
+)
+async def predict(name: str, request: Request, engine: EngineDep) -> Response:
     """Body: `{"inputs": [[...], ...]}` (rows), `{"image_b64": "..."}` / `{"images_b64": [...]}`,
     `{"id": "..."}` / `{"ids": [...]}` (an endpoint with a data cache), or an image itself
     (`Content-Type: image/png`). Answers labels and scores per row, the steps that ran and the
     cache hits and misses."""
+    hub = cast(Hub, request.app.state.hub)  # not a `def` dependency: no thread hop
     limit = engine.max_body_bytes(name, hub.settings.serving_max_body_bytes)
     body = await _read_body(request, limit)
     parsed = _parse(body, request.headers.get("content-type", ""))
-    return await engine.apredict(name, parsed)
+    result = await engine.apredict(name, parsed)
+    # serialised once, here: FastAPI would validate the model again, then encode it
+    return Response(result.model_dump_json(), media_type="application/json")
 
 
 def _with_step(code: int, exc: Exception, step: str | None) -> JSONResponse:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
@@ -53,9 +53,11 @@ endpoints_app = typer.Typer(help="Serving endpoints (graphs of steps).", no_args
 
 def _engine(ctx: typer.Context) -> Any:
     from cloud_hub.serving import ServingEngine
+    from cloud_hub.serving.service import job_queue
 
     hub = _state(ctx).hub
-    return ServingEngine(hub.registry, hub.db, threads=hub.settings.serving_threads)
+    jobs = job_queue(hub.db, hub.settings)  # a deferred (slow) step is queued for hub workers
+    return ServingEngine(hub.registry, hub.db, threads=hub.settings.serving_threads, jobs=jobs)
 
 
 def _read_spec(file: Path) -> Any:
@@ -218,3 +220,158 @@ def predict(
         parts.append(f"data cache hits {cache['data_hits']}, misses {cache['data_misses']}")
     parts.append(f"{result.latency_ms:.1f} ms")
     render.console.print("; ".join(parts))
+    if result.job:
+        render.console.print(f"the slower answer: job {result.job} (edgepilot endpoints job ID)")
+
+
+@endpoints_app.command("batch")
+def batch(
+    ctx: typer.Context,
+    name: str,
+    csv_file: Annotated[
+        Path | None, typer.Option("--csv", help="A CSV file with a header and an id column.")
+    ] = None,
+    images: Annotated[Path | None, typer.Option(help="A folder of images.")] = None,
+    table: Annotated[str | None, typer.Option(help="A table of the hub database.")] = None,
+    id_column: Annotated[str, typer.Option(help="CSV/table: the id column.")] = "id",
+    columns: Annotated[
+        str | None, typer.Option(help="CSV/table: feature columns, comma-separated.")
+    ] = None,
+    cron: Annotated[str | None, typer.Option(help="Run again on this cron schedule.")] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, max=4096, help="Rows per call.")] = 64,
+    watch: Annotated[bool, typer.Option(help="Show progress until the batch ends.")] = False,
+    here: Annotated[
+        bool, typer.Option(help="Run it in this process instead of a hub worker (implies --watch).")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Queue a batch: predict the rows of a CSV, a folder of images or a table that have no
+    prediction yet, results into the hub database (a hub worker runs it, or --here)."""
+    from cloud_hub.serving.batch import BatchRequest, BatchSource, BatchView, check
+    from cloud_hub.serving.jobs import JobQueue
+    from cloud_hub.serving.store import EndpointStore
+
+    state = _state(ctx)
+    hub = state.hub
+    with user_errors():
+        given = [v for v in (csv_file, images, table) if v is not None]
+        if len(given) != 1:
+            raise InvalidInput("give exactly one of --csv FILE, --images DIR, --table NAME")
+        EndpointStore(hub.db).get(name)
+        kind: Literal["csv", "images", "table"] = (
+            "csv" if csv_file is not None else "images" if images is not None else "table"
+        )
+        path = csv_file or images
+        source = BatchSource(
+            kind=kind,
+            path=None if path is None else str(path.resolve()),
+            table=table,
+            id_column=id_column,
+            columns=None if columns is None else [c.strip() for c in columns.split(",")],
+        )
+        request = BatchRequest(source=source, cron=cron, chunk_size=chunk_size)
+        check(request, Path.cwd(), hub.db)
+        queue = JobQueue(hub.db)
+        job = queue.submit("batch", name, request.model_dump(mode="json"))
+    runner = _run_here(ctx, queue, job.id, name) if here else None
+    if watch or here:
+        job = _watch(queue, job.id, quiet=json_out, runner=runner)
+    if runner is not None:
+        runner.join()
+        job = queue.get(job.id)
+    view = BatchView.of(job)
+    if json_out:
+        render.print_json(view)
+    else:
+        done = f"{view.done}/{view.total}" if view.total is not None else "not started"
+        render.console.print(f"batch {view.id} on {name}: {view.state}, {done} rows")
+        if view.result:
+            r = view.result
+            render.console.print(
+                f"predicted {r['predicted']}, already had {r['skipped']}, errors {r['errors']}; "
+                f"results: table batch_predictions, source {r['source']}"
+            )
+        if view.error:
+            render.console.print(f"error: {view.error}")
+        if view.next_batch:
+            render.console.print(f"next run: batch {view.next_batch}")
+    if view.state == "failed":
+        raise typer.Exit(1)
+
+
+def _run_here(ctx: typer.Context, queue: Any, job_id: str, endpoint: str) -> Any:
+    """Run the one job in a thread of this process, retries included."""
+    import threading
+    import time
+
+    from cloud_hub.serving import ServingEngine
+    from cloud_hub.serving.worker import JobWorker, worker_name
+
+    hub = _state(ctx).hub
+    engine = ServingEngine(hub.registry, hub.db, threads=4, jobs=queue)
+
+    def run() -> None:
+        try:
+            engine.load(endpoint)  # one that cannot be built is kept as broken: the job says so
+            worker = JobWorker(queue, engine, name=worker_name("cli"))
+            while not queue.get(job_id).final:
+                job = queue.claim(worker.name, job_id=job_id)
+                if job is None:
+                    time.sleep(0.1)  # waiting out a retry's back-off
+                    continue
+                worker.execute(job)
+        finally:
+            engine.close()
+
+    thread = threading.Thread(target=run, name="batch-here", daemon=True)
+    thread.start()
+    return thread
+
+
+def _watch(queue: Any, job_id: str, *, quiet: bool, runner: Any = None) -> Any:
+    """Poll the job, with a progress bar, until it ends (or the thread running it does)."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=render.err_console, disable=quiet) as progress:
+        task = progress.add_task(f"batch {job_id[:8]}", total=None)
+        while True:
+            job = queue.get(job_id)
+            progress.update(task, completed=job.done, total=job.total, description=job.state)
+            if job.final or (runner is not None and not runner.is_alive()):
+                return job
+            time.sleep(0.2)
+
+
+@endpoints_app.command("job")
+def job(
+    ctx: typer.Context,
+    job_id: str,
+    wait: Annotated[bool, typer.Option(help="Wait until the job ends.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a job (an async prediction, a deferred slow step, or a batch)."""
+    from cloud_hub.serving.batch import BatchView
+    from cloud_hub.serving.jobs import JobQueue
+
+    queue = JobQueue(_state(ctx).hub.db)
+    with user_errors():
+        found = _watch(queue, job_id, quiet=json_out) if wait else queue.get(job_id)
+    shown: Any = BatchView.of(found) if found.kind == "batch" else found
+    if json_out:
+        render.print_json(shown.model_dump(mode="json", exclude={"request"}))
+        return
+    render.console.print(
+        f"job {found.id} ({found.kind} on {found.endpoint}"
+        f"{', step ' + found.step if found.step else ''}): {found.state}, "
+        f"attempt {found.attempts}/{found.max_attempts}, worker {found.worker or '-'}"
+    )
+    if found.kind == "predict" and found.result:
+        for i, p in enumerate(found.result["predictions"]):
+            render.console.print(f"  row {i}: {p['label']} ({p['score']:.4f})")
+    elif found.kind == "batch":
+        render.console.print(f"  {found.done}/{found.total} rows; {found.result or ''}")
+    if found.error:
+        render.console.print(f"  error: {found.error}")

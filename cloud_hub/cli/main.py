@@ -644,6 +644,9 @@ def hub_serve(
         str | None,
         typer.Option(help="HOST:PORT of the MQTT broker: run the fleet service (devices)."),
     ] = None,
+    workers: Annotated[
+        int, typer.Option(min=0, max=256, help="Job worker threads (0: `hub worker` only).")
+    ] = 2,
 ) -> None:
     """Serve the REST API (docs at /docs), run scheduled training and, with --mqtt, the
     fleet's MQTT service (desired state, model transfer, logs and telemetry)."""
@@ -658,7 +661,9 @@ def hub_serve(
 
         with user_errors():
             broker["mqtt_host"], broker["mqtt_port"] = parse_address(mqtt, "--mqtt")
-    settings = state.settings(host=host, port=port, run_scheduler=scheduler, **broker)
+    settings = state.settings(
+        host=host, port=port, run_scheduler=scheduler, serving_workers=workers, **broker
+    )
     hub = Hub.open(settings)
     render.err_console.print(
         f"EdgePilot hub on http://{host}:{port}  (data: {settings.data_dir}, docs: /docs)"
@@ -697,6 +702,24 @@ def _register_endpoints() -> None:
 
 
 _register_endpoints()
+
+
+def _register_worker() -> None:
+    from cloud_hub.cli.worker import worker
+
+    hub_app.command("worker")(worker)
+
+
+_register_worker()
+
+
+def _register_build_image() -> None:
+    from cloud_hub.cli.build_image import build_image
+
+    app.command("build-image")(build_image)
+
+
+_register_build_image()
 
 
 def main() -> None:

@@ -1,20 +1,20 @@
 """Adaptive micro-batching: concurrent calls to one model are run as one batch.
 
-Callers hand their rows to `submit` and block on the answer. A worker thread takes the first
-waiting call, then every call already queued, and waits up to `max_wait_ms` for more only while
-other requests are in flight (`pending()` says how many), so a lone caller never waits. Rows go
-back to the call they came from; if a merged batch fails, each call is run alone so only the bad
-one fails.
+Callers hand their rows to `submit` and block on the answer. There is no batching thread: the
+first caller to arrive while no batch is running leads, in its own thread. It takes the calls
+waiting (its own first), up to `max_batch_size` rows, and waits up to `max_wait_ms` for more
+only while other requests are in flight (`pending()` says how many), so a lone caller neither
+waits nor changes threads. It runs the batch, gives every call its rows, and hands the lead to
+the oldest call still waiting (which is in the next batch), if any. If a merged batch fails,
+each call is run alone so only the bad one fails.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +25,23 @@ from cloud_hub.serving.spec import BatchingSpec
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Call:
     x: np.ndarray
-    future: Future[np.ndarray] = field(default_factory=Future)
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+    done: bool = False
+    wake: threading.Event = field(default_factory=threading.Event)
+
+    def finish(self, result: np.ndarray | None, error: BaseException | None = None) -> None:
+        self.result, self.error, self.done = result, error, True
+        self.wake.set()
+
+    def value(self) -> np.ndarray:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
 class BatchStats:
@@ -66,53 +79,60 @@ class MicroBatcher:
         self._predict = predict
         self._spec = spec
         self._pending = pending
+        self.name = name
         self.stats = BatchStats()
-        self._queue: queue.Queue[_Call | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        if spec.enabled:
-            self._thread = threading.Thread(target=self._loop, name=f"batch-{name}", daemon=True)
-            self._thread.start()
+        self._cond = threading.Condition()
+        self._waiting: deque[_Call] = deque()
+        self._rows_waiting = 0
+        self._leading = False  # a caller is gathering or running a batch
 
     def submit(self, x: np.ndarray) -> np.ndarray:
         """Class scores for the rows `x` (blocks until they are computed)."""
-        if self._thread is None:
+        if not self._spec.enabled:
             self.stats.add(len(x))
             return self._predict(x)
         call = _Call(x)
-        self._queue.put(call)
-        return call.future.result()
+        with self._cond:
+            self._waiting.append(call)
+            self._rows_waiting += len(x)
+            lead = not self._leading
+            self._leading = True
+            self._cond.notify()  # a leader waiting for more may take this one
+        if not lead:
+            call.wake.wait()
+            if call.done:
+                return call.value()
+            # handed the lead: this call is the oldest waiting, so it is in the next batch
+        try:
+            self._run(self._gather())
+        finally:
+            self._hand_over()
+        assert call.done
+        return call.value()
 
-    def _gather(self, first: _Call) -> list[_Call]:
-        calls, rows = [first], len(first.x)
+    def _gather(self) -> list[_Call]:
         limit = self._spec.max_batch_size
         deadline = time.monotonic() + self._spec.max_wait_ms / 1000
-        while rows < limit:
-            try:
-                nxt = self._queue.get_nowait()
-            except queue.Empty:
+        with self._cond:
+            while self._rows_waiting < limit and self._pending() > len(self._waiting):
                 left = deadline - time.monotonic()
-                if left <= 0 or self._pending() <= len(calls):
-                    break  # nobody else is coming: do not make anyone wait
-                try:
-                    nxt = self._queue.get(timeout=left)
-                except queue.Empty:
+                if left <= 0:
                     break
-            if nxt is None:
-                self._queue.put(None)  # stop after this batch
-                break
-            if rows + len(nxt.x) > limit:
-                self._run([nxt])  # too big to join: run it alone, keep gathering
-                continue
-            calls.append(nxt)
-            rows += len(nxt.x)
+                self._cond.wait(left)  # others are in flight: give them a moment to join
+            calls = [self._waiting.popleft()]
+            rows = len(calls[0].x)
+            while self._waiting and rows + len(self._waiting[0].x) <= limit:
+                calls.append(self._waiting.popleft())
+                rows += len(calls[-1].x)
+            self._rows_waiting -= rows
         return calls
 
-    def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            self._run(self._gather(first))
+    def _hand_over(self) -> None:
+        with self._cond:
+            if self._waiting:
+                self._waiting[0].wake.set()  # not done: it leads the next batch
+            else:
+                self._leading = False
 
     def _run(self, calls: list[_Call]) -> None:
         if len(calls) == 1:
@@ -128,20 +148,17 @@ class MicroBatcher:
         start = 0
         for call in calls:
             end = start + len(call.x)
-            call.future.set_result(scores[start:end])
+            call.finish(scores[start:end])
             start = end
 
     def _run_one(self, call: _Call) -> None:
         try:
             result = self._predict(call.x)
         except Exception as exc:
-            call.future.set_exception(exc)
+            call.finish(None, exc)
             return
         self.stats.add(len(call.x))
-        call.future.set_result(result)
+        call.finish(result)
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=5)
-            self._thread = None
+        """Nothing to stop: batches run in the callers' threads."""

@@ -10,10 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from cloud_hub.registry import Registry
 from cloud_hub.serving.errors import SpecError
 from cloud_hub.serving.graph import Graph, Run, compile_graph
-from cloud_hub.serving.models import LoadedModel, load_model
+from cloud_hub.serving.models import LoadedModel, ModelSource, load_model
 from cloud_hub.serving.spec import BatchingSpec, EndpointSpec
 from cloud_hub.serving.stats import EndpointStats
 from cloud_hub.serving.values import PredictRequest, Value
@@ -33,13 +32,18 @@ class PredictResponse(BaseModel):
     cache: dict[str, int] = Field(description="prediction/data cache hits and misses")
     counters: dict[str, int]
     latency_ms: float
+    job: str | None = Field(
+        default=None,
+        description="time-differential: the job that delivers the slower, better answer "
+        "(GET /api/v1/jobs/{job}, or MQTT {root}/jobs/{job})",
+    )
 
 
 class _Env:
     """The BuildEnv steps see: models loaded on first use, one per alias."""
 
     def __init__(
-        self, registry: Registry, spec: EndpointSpec, base_dir: Path, pending: Any
+        self, registry: ModelSource, spec: EndpointSpec, base_dir: Path, pending: Any
     ) -> None:
         self.registry = registry
         self.batching: BatchingSpec = spec.batching
@@ -72,7 +76,7 @@ class CompiledEndpoint:
     def __init__(
         self,
         spec: EndpointSpec,
-        registry: Registry,
+        registry: ModelSource,
         *,
         fanout: Executor,
         stats: EndpointStats | None = None,
@@ -133,22 +137,34 @@ class CompiledEndpoint:
 
     def run(self, request: PredictRequest) -> PredictResponse:
         """Run the graph for one request (the caller holds `acquire()`)."""
+        return self.run_deferring(request)[0]
+
+    def run_deferring(
+        self, request: PredictRequest, output: str | None = None
+    ) -> tuple[PredictResponse, list[str]]:
+        """Run the graph for one request, up to its output (or the step `output`); also the
+        steps that asked to run later (time-differential)."""
+        if output is not None and output not in self.graph.steps:
+            raise SpecError(f"endpoint {self.name!r} has no step {output!r}")
         start = time.perf_counter()
         run = Run(self.graph, request.to_value(), self._fanout, request_key=request.key)
-        out = run.result()
+        out = run.result(output)
         latency = (time.perf_counter() - start) * 1000
         self.stats.ok(out.rows, latency, run.trace, run.counters)
-        return self._response(out, run, latency)
+        return self._response(out, run, latency), list(run.deferred)
 
     def _response(self, out: Value, run: Run, latency_ms: float) -> PredictResponse:
         assert out.x is not None
         labels = list(out.labels or ())
         winners = out.winners()
         predictions = []
-        for row, top in enumerate(winners):
-            scores = [round(float(s), 6) for s in out.x[row]]
-            label = labels[int(top)] if int(top) < len(labels) else str(int(top))
-            predictions.append(Prediction(label=label, score=scores[int(top)], scores=scores))
+        for top, row in zip(winners.tolist(), out.x.tolist(), strict=True):
+            scores = [round(s, 6) for s in row]  # Python floats: tolist() converts in one go
+            label = labels[top] if top < len(labels) else str(top)
+            # built from known types: no need to validate them again
+            predictions.append(
+                Prediction.model_construct(label=label, score=scores[top], scores=scores)
+            )
         c = run.counters
         cache = {
             "hits": c.get("cache_hits", 0),

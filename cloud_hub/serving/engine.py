@@ -21,6 +21,7 @@ from cloud_hub.db import Database
 from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
 from cloud_hub.registry import Registry
 from cloud_hub.serving.endpoint import CompiledEndpoint, PredictResponse
+from cloud_hub.serving.jobs import JobQueue
 from cloud_hub.serving.spec import EndpointSpec
 from cloud_hub.serving.stats import EndpointStats
 from cloud_hub.serving.store import EndpointStore, StoredEndpoint
@@ -53,8 +54,10 @@ class ServingEngine:
         *,
         threads: int = 64,
         base_dir: Path | None = None,
+        jobs: JobQueue | None = None,
     ) -> None:
         self.registry = registry
+        self.jobs = jobs  # where deferred steps (time-differential) go; None: they do not run
         self.store = EndpointStore(db)
         self.base_dir = base_dir  # None: relative data paths start at the working directory
         self._requests = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="serve")
@@ -233,11 +236,25 @@ class ServingEngine:
             return default
         return endpoint.spec.max_body_bytes
 
-    def predict(self, name: str, request: PredictRequest) -> PredictResponse:
-        """Run one request (blocking: call it from a thread, or use `apredict`)."""
+    def predict(
+        self, name: str, request: PredictRequest, *, step: str | None = None
+    ) -> PredictResponse:
+        """Run one request (blocking: call it from a thread, or use `apredict`), up to the
+        endpoint's output or to `step`. Steps it defers (time-differential) are queued as a
+        job, whose id the response carries."""
         endpoint = self._acquire(name)
         try:
-            return endpoint.run(request)
+            response, deferred = endpoint.run_deferring(request, step)
+            if deferred and self.jobs is not None:
+                job = self.jobs.submit(
+                    "predict",
+                    name,
+                    request.model_dump(mode="json", exclude_none=True),
+                    step=deferred[0],
+                    early=response.model_dump(mode="json"),
+                )
+                response.job = job.id
+            return response
         except InvalidInput:
             endpoint.stats.error("bad_input")
             raise

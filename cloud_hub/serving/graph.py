@@ -143,6 +143,7 @@ class Run:
     request_key: str | None = None
     trace: list[str] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
+    deferred: list[str] = field(default_factory=list)
     _memo: dict[str, Future[Value]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -150,8 +151,9 @@ class Run:
     def key(self) -> str | None:
         return self.request_key
 
-    def result(self) -> Value:
-        return self.call(self.graph.output)
+    def result(self, output: str | None = None) -> Value:
+        """The value of the output step (or of `output`, another step of the graph)."""
+        return self.call(output or self.graph.output)
 
     def call(self, step: str, rows: np.ndarray | None = None) -> Value:
         if rows is not None:
@@ -182,6 +184,11 @@ class Run:
     def note(self, counter: str, n: int = 1) -> None:
         with self._lock:
             self.counters[counter] += n
+
+    def defer(self, step: str) -> None:
+        with self._lock:
+            if step not in self.deferred:
+                self.deferred.append(step)
 
     def _input(self, name: str, rows: np.ndarray | None) -> Value:
         """A step's input, for all rows (evaluated once per request) or for some: then taken

@@ -5,17 +5,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from cloud_hub.errors import NotFound, RegistryError
-from cloud_hub.registry import Registry
 from cloud_hub.schemas import Artifact, Version
 from cloud_hub.serving.batching import MicroBatcher
 from cloud_hub.serving.errors import SpecError
 from cloud_hub.serving.spec import BatchingSpec, ModelRef
 from edge_agent.runtimes import ModelLoadError, Runtime, RuntimeUnavailable, load_runtime
+
+
+class ModelSource(Protocol):
+    """Where versions come from: the hub's Registry, or a bundle baked into an image
+    (`cloud_hub/serving/image_server.py`), so the engine itself never needs the registry."""
+
+    def resolve_version(self, ref: str) -> Version: ...
+
+    def artifact_blob(self, sha256: str) -> bytes | Path: ...
 
 
 def choose_artifact(version: Version, ref: ModelRef) -> Artifact:
@@ -75,7 +84,7 @@ def _score_classes(runtime: Runtime) -> int | None:
 
 
 def load_model(
-    registry: Registry,
+    registry: ModelSource,
     alias: str,
     ref: ModelRef,
     *,

@@ -80,6 +80,10 @@ class RunContext(Protocol):
     def note(self, counter: str, n: int = 1) -> None:
         """Count something for the response and the endpoint's stats (cache hits, misses...)."""
 
+    def defer(self, step: str) -> None:
+        """Run `step` on this request later, as a job (time-differential): the caller gets the
+        job's id now and the step's answer through the job (poll, MQTT)."""
+
 
 class StepParams(BaseModel):
     model_config = ConfigDict(extra="forbid")

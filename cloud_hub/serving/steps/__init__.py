@@ -4,6 +4,7 @@ from cloud_hub.serving.steps.caches import DataCacheStep, PredictionCacheStep
 from cloud_hub.serving.steps.compose import ParallelStep, SelectStep
 from cloud_hub.serving.steps.model import ModelStep
 from cloud_hub.serving.steps.preprocess import PreprocessStep
+from cloud_hub.serving.steps.time_differential import TimeDifferentialStep
 
 __all__ = [
     "DataCacheStep",
@@ -12,4 +13,5 @@ __all__ = [
     "PredictionCacheStep",
     "PreprocessStep",
     "SelectStep",
+    "TimeDifferentialStep",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,92 @@ def reference_labels(hub: Hub, ref: str, rows: np.ndarray) -> list[str]:
     version = hub.registry.resolve_version(ref)
     runtime = load_runtime(hub.registry.artifact_blob(version.artifacts[0].sha256), "onnx")
     return [version.labels[i] for i in runtime.predict(rows).argmax(axis=1)]
+
+
+def wait_for(
+    get: Any, done: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "it"
+) -> Any:
+    """Call `get()` until `done(value)`; the value (or TimeoutError naming the last one)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not done after {timeout}s: {value}")
+        time.sleep(interval)
+
+
+def wait_job(client: TestClient, job_id: str, timeout: float = 20.0) -> dict[str, Any]:
+    """Poll GET /api/v1/jobs/{id} until the job is final."""
+
+    def get() -> dict[str, Any]:
+        resp = client.get(f"/api/v1/jobs/{job_id}")
+        assert resp.status_code == 200, resp.text
+        body: dict[str, Any] = resp.json()
+        return body
+
+    final = ("succeeded", "failed", "cancelled")
+    out: dict[str, Any] = wait_for(get, lambda j: j["state"] in final, timeout, what=job_id)
+    return out
+
+
+@contextmanager
+def hub_app(
+    data_dir: Path, *, keep: bool = False, **settings: Any
+) -> Iterator[tuple[Hub, TestClient]]:
+    """A second hub (own connections, own settings) on a data directory, with its app running:
+    a hub restart is leaving this and entering it again (`keep`: leave its endpoints stored)."""
+    hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False, **settings))
+    try:
+        with TestClient(create_app(hub, scheduler=False, fleet=False)) as c:
+            try:
+                yield hub, c
+            finally:
+                for endpoint in [] if keep else c.get("/api/v1/endpoints").json():
+                    c.delete(f"/api/v1/endpoints/{endpoint['name']}")
+    finally:
+        hub.close()
+
+
+class Subscriber:
+    """A real MQTT client subscribed to `topic`, collecting (topic, JSON payload) pairs."""
+
+    def __init__(self, host: str, port: int, topic: str) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+
+        def on_connect(c: Any, *_: Any) -> None:
+            c.subscribe(topic, qos=1)
+
+        def on_message(c: Any, userdata: Any, msg: Any) -> None:
+            with self._lock:
+                self.messages.append((msg.topic, json.loads(msg.payload)))
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = on_message
+        self.client.connect(host, port)
+        self.client.loop_start()
+        assert subscribed.wait(10), "no SUBACK from the broker"
+
+    def wait(self, topic: str, timeout: float = 10.0) -> dict[str, Any]:
+        def get() -> list[dict[str, Any]]:
+            with self._lock:
+                return [m for t, m in self.messages if t == topic]
+
+        found: list[dict[str, Any]] = wait_for(get, bool, timeout, what=f"a message on {topic}")
+        return found[0]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

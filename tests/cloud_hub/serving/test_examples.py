@@ -246,12 +246,15 @@ def test_every_example_builds(client: TestClient, monkeypatch: pytest.MonkeyPatc
     monkeypatch.chdir(REPO)
     names = sorted(p.name for p in (REPO / "examples" / "endpoints").glob("*.json"))
     assert names == [
+        "async.json",
+        "batch.json",
         "data_cache.json",
         "parallel.json",
         "prediction_cache.json",
         "preprocess_predict.json",
         "serial_chain.json",
         "sync.json",
+        "time_differential.json",
     ]
     for name in names:
         post(client, example(name))

@@ -1,0 +1,585 @@
+"""Benchmark: the hub's serving engine against a minimal FastAPI + onnxruntime endpoint.
+
+Trains the digits CNN into a hub data directory once (or reuses `--hub-data`), then starts three
+HTTP servers on loopback, each in its own process, all run by uvicorn with the same settings
+(access log off): (a) a minimal FastAPI + onnxruntime endpoint written here, the baseline;
+(b) the hub's app (`create_app`) with an endpoint posted over REST, batching off; (c) the same
+with adaptive batching. One lean load generator (asyncio, raw HTTP/1.1 keep-alive, one
+connection per concurrent caller, requests prepared before the clock starts) drives each server
+at concurrency 1, 16 and 64, in interleaved rounds (the order rotates every round) so that load
+from elsewhere on the machine hits all three alike. Also: the prediction cache's hit latency
+against a miss, on the hub.
+
+    python bench/serving.py [--rounds 3] [--seconds 3] [--hub-data DIR] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SERVERS = {
+    "a": "(a) FastAPI + onnxruntime",
+    "b": "(b) hub endpoint, no batching",
+    "c": "(c) hub endpoint, adaptive batching",
+    "b0": "(b) before the fixes",
+    "c0": "(c) before the fixes",
+}
+MODEL_REF = "digits/digits-cnn:latest"
+
+
+# -- the servers (each runs in its own process: `serving.py --serve ...`) ---------------------
+class Body(BaseModel):
+    inputs: list[Any]
+
+
+def baseline_app(model: Path, labels: list[str]) -> Any:
+    """(a): what one writes for a model behind FastAPI, no more."""
+    import onnxruntime as ort
+    from fastapi import FastAPI
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # as the hub's endpoints (ModelRef.threads = 1)
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/predict")
+    def predict(body: Body) -> dict[str, Any]:
+        x = np.asarray(body.inputs, dtype=np.float32)
+        scores = session.run(None, {input_name: x})[0]
+        return {
+            "labels": labels,
+            "predictions": [
+                {"label": labels[int(s.argmax())], "score": float(s.max()), "scores": s.tolist()}
+                for s in scores
+            ],
+        }
+
+    return app
+
+
+def serve(kind: str, port: int, hub_data: Path, model: Path | None, labels: str) -> None:
+    import uvicorn
+
+    if kind == "baseline":
+        assert model is not None
+        app = baseline_app(model, json.loads(labels))
+    else:
+        from cloud_hub.api.app import create_app
+        from cloud_hub.hub import Hub
+        from cloud_hub.settings import HubSettings
+
+        hub = Hub.open(HubSettings(data_dir=hub_data, run_scheduler=False))
+        app = create_app(hub, scheduler=False, fleet=False)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    key: str
+    port: int
+    path: str
+    proc: subprocess.Popen[bytes]
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the server process so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def start_server(
+    key: str, args: list[str], path: str, health: str, src: Path = ROOT
+) -> Iterator[Server]:
+    """A server process; `src`: the source tree it runs (this one, or an older copy)."""
+    port = free_port()
+    cmd = [sys.executable, str(src / "bench" / "serving.py"), "--serve", *args]
+    proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=src)
+    server = Server(key, port, path, proc)
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server {key} exited with {proc.returncode}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server {key} did not start")
+            time.sleep(0.2)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- the load generator -----------------------------------------------------------------------
+def request_bytes(port: int, path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> bytes:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"bad response: {head[:200]!r}")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return await reader.readexactly(length)
+
+
+@dataclass
+class Load:
+    latencies_s: list[float] = field(default_factory=list)
+    requests: int = 0
+    wall_s: float = 0.0
+    client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
+    bodies: list[bytes] = field(default_factory=list, repr=False)
+
+
+async def _drive(
+    port: int,
+    requests: Callable[[int], bytes],
+    concurrency: int,
+    warm_s: float,
+    seconds: float,
+    keep_bodies: bool,
+) -> tuple[list[float], list[bytes], float]:
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(concurrency)]
+    latencies: list[float] = []
+    bodies: list[bytes] = []
+    start = time.perf_counter()
+    t_measure = start + warm_s
+    t_end = t_measure + seconds
+    counter = iter(range(1 << 62))
+
+    async def caller(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = requests(next(counter))
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                return
+            body = await _exchange(reader, writer, request)
+            t1 = time.perf_counter()
+            if t0 >= t_measure:
+                latencies.append(t1 - t0)
+                if keep_bodies:
+                    bodies.append(body)
+
+    await asyncio.gather(*(caller(r, w) for r, w in conns))
+    for _, writer in conns:
+        writer.close()
+    return latencies, bodies, seconds
+
+
+def drive(
+    server: Server,
+    requests: Callable[[int], bytes],
+    concurrency: int,
+    *,
+    warm_s: float,
+    seconds: float,
+    keep_bodies: bool = False,
+) -> Load:
+    cpu0, srv0, wall0 = time.process_time(), server.cpu_s(), time.perf_counter()
+    latencies, bodies, _ = asyncio.run(
+        _drive(server.port, requests, concurrency, warm_s, seconds, keep_bodies)
+    )
+    wall = time.perf_counter() - wall0
+    return Load(
+        latencies_s=latencies,
+        requests=len(latencies),
+        wall_s=wall,
+        client_cpu_s=time.process_time() - cpu0,
+        server_cpu_s=server.cpu_s() - srv0,
+        bodies=bodies,
+    )
+
+
+def cycle(requests: list[bytes]) -> Callable[[int], bytes]:
+    return lambda i: requests[i % len(requests)]
+
+
+# -- the run ----------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    """One server at one concurrency, over all rounds."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    round_rps: list[float] = field(default_factory=list)
+    client_cpu: list[float] = field(default_factory=list)  # cores
+    server_cpu: list[float] = field(default_factory=list)  # cores
+
+    @property
+    def rps(self) -> float:
+        return float(np.median(self.round_rps))
+
+    def pct_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q)) * 1000
+
+
+def loadavg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def machine() -> dict[str, str]:
+    import fastapi
+    import onnxruntime
+    import uvicorn
+
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "fastapi": fastapi.__version__,
+        "uvicorn": uvicorn.__version__,
+        "loadavg_start": loadavg(),
+    }
+
+
+def prepare_hub(hub_data: Path) -> tuple[Path, list[str], float]:
+    """The digits CNN in the registry (trained now if missing): its ONNX file and labels."""
+    from cloud_hub.errors import NotFound
+    from cloud_hub.hub import Hub
+    from cloud_hub.settings import HubSettings
+    from cloud_hub.training.request import TrainRequest
+
+    hub = Hub.open(HubSettings(data_dir=hub_data, run_scheduler=False))
+    train_s = 0.0
+    try:
+        try:
+            version = hub.registry.resolve_version(MODEL_REF)
+        except NotFound:
+            started = time.time()
+            run = hub.pipeline().start(
+                TrainRequest(
+                    project="digits",
+                    dataset="digits",
+                    model_type="cnn",
+                    formats=["onnx"],
+                    quantize=False,
+                )
+            )
+            if run.status != "succeeded":
+                raise RuntimeError(f"training failed: {run.error}") from None
+            train_s = time.time() - started
+            version = hub.registry.resolve_version(MODEL_REF)
+        artifact = next(a for a in version.artifacts if (a.format, a.precision) == ("onnx", "fp32"))
+        model = hub_data / "bench-cnn.onnx"
+        model.write_bytes(hub.registry.artifact_blob(artifact.sha256))
+        return model, list(version.labels), train_s
+    finally:
+        hub.close()
+
+
+def endpoint_spec(name: str, batching: bool, cache: bool = False) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = [{"name": "predict", "kind": "model", "params": {"model": "cnn"}}]
+    if cache:
+        steps.append(
+            {
+                "name": "cache",
+                "kind": "prediction_cache",
+                "params": {"target": "predict", "key": "content", "ttl_s": 3600},
+            }
+        )
+    return {
+        "name": name,
+        "models": {"cnn": {"ref": MODEL_REF, "format": "onnx", "precision": "fp32"}},
+        "steps": steps,
+        "output": "cache" if cache else "predict",
+        "batching": {"enabled": batching, "max_batch_size": 64, "max_wait_ms": 2},
+    }
+
+
+def post_endpoint(port: int, spec: dict[str, Any]) -> None:
+    import httpx
+
+    base = f"http://127.0.0.1:{port}/api/v1/endpoints"
+    httpx.delete(f"{base}/{spec['name']}", timeout=30)
+    response = httpx.post(base, json=spec, timeout=60)
+    if response.status_code != 201:
+        raise RuntimeError(f"creating {spec['name']}: {response.status_code} {response.text}")
+
+
+def digit_bodies() -> list[bytes]:
+    """Model-ready CNN inputs, one 8×8×1 digit each (values in [0, 1])."""
+    from sklearn.datasets import load_digits
+
+    x = (load_digits().data / 16.0).reshape(-1, 8, 8, 1)
+    return [json.dumps({"inputs": [row.round(4).tolist()]}).encode() for row in x[:256]]
+
+
+def check_same_answers(servers: dict[str, Server], bodies: list[bytes]) -> None:
+    """All three give the same labels (and scores to 1e-4) for the same inputs."""
+    import httpx
+
+    for body in bodies[:20]:
+        answers = {}
+        for key, s in servers.items():
+            r = httpx.post(
+                f"http://127.0.0.1:{s.port}{s.path}",
+                content=body,
+                headers={"Content-Type": "application/json"},
+                timeout=30,
+            )
+            r.raise_for_status()
+            answers[key] = [p["scores"] for p in r.json()["predictions"]]
+        for key in answers:
+            np.testing.assert_allclose(answers[key], answers["a"], atol=1e-4)
+
+
+def cache_latency(server: Server, args: argparse.Namespace) -> dict[str, Any]:
+    """Concurrency 1 against the cached endpoint: one input over and over (hits) against a new
+    input every time (misses); HTTP round trip and the engine's own latency_ms."""
+    rng = np.random.default_rng(0)
+    path = "/api/v1/endpoints/bench-cache/predict"
+    repeat = request_bytes(server.port, path, digit_bodies()[0])
+    fresh = [
+        request_bytes(
+            server.port,
+            path,
+            json.dumps({"inputs": [rng.random((8, 8, 1)).round(6).tolist()]}).encode(),
+        )
+        for _ in range(args.cache_requests)
+    ]
+    out: dict[str, Any] = {}
+    results: dict[str, list[Load]] = {"hit": [], "miss": []}
+    unused = iter(range(1 << 62))  # across rounds: a miss never repeats an input
+    for _ in range(args.rounds):
+        for kind in ("hit", "miss"):
+            reqs: Callable[[int], bytes] = (
+                (lambda i: repeat)
+                if kind == "hit"
+                else (lambda i: fresh[next(unused) % len(fresh)])
+            )
+            results[kind].append(
+                drive(server, reqs, 1, warm_s=0.2, seconds=args.cache_seconds, keep_bodies=True)
+            )
+    for kind, loads in results.items():
+        lat = [v for load in loads for v in load.latencies_s]
+        answers = [json.loads(b) for load in loads for b in load.bodies]
+        out[kind] = {
+            "requests": len(lat),
+            "http_p50_ms": float(np.percentile(lat, 50)) * 1000,
+            "http_p99_ms": float(np.percentile(lat, 99)) * 1000,
+            "engine_p50_ms": float(np.median([a["latency_ms"] for a in answers])),
+            "hits": sum(a["cache"]["hits"] for a in answers),
+            "misses": sum(a["cache"]["misses"] for a in answers),
+        }
+    if out["miss"]["hits"]:
+        out["note"] = "--cache-requests too small: some 'misses' repeated an input"
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell")
+    parser.add_argument("--warm", type=float, default=0.5, help="unmeasured seconds first")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--cache-seconds", type=float, default=2.0)
+    parser.add_argument("--cache-requests", type=int, default=40000)
+    parser.add_argument("--hub-data", type=Path, help="a hub data dir to reuse (or train into)")
+    parser.add_argument(
+        "--before-src",
+        type=Path,
+        help="also run (b) and (c) from this source tree (a copy before a change), same run",
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--serve", choices=["baseline", "hub"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--labels", default="[]", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.serve:
+        assert args.port is not None and args.hub_data is not None
+        serve(args.serve, args.port, args.hub_data, args.model, args.labels)
+        return
+
+    tmp = None
+    if args.hub_data is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-serving-")
+        args.hub_data = Path(tmp.name)
+    info = machine()
+    model, labels, train_s = prepare_hub(args.hub_data)
+    bodies = digit_bodies()
+    hub_args = ["hub", "--hub-data", str(args.hub_data)]
+    base_args = ["baseline", "--hub-data", str(args.hub_data), "--model", str(model)]
+    base_args += ["--labels", json.dumps(labels)]
+    cells: dict[tuple[str, int], Cell] = {}
+    nobatch, batch = (f"/api/v1/endpoints/{n}/predict" for n in ("bench-nobatch", "bench-batch"))
+    health = "/api/v1/health"
+    with ExitStack() as stack:
+        a = stack.enter_context(start_server("a", base_args, "/predict", "/health"))
+        b = stack.enter_context(start_server("b", hub_args, nobatch, health))
+        c = stack.enter_context(start_server("c", hub_args, batch, health))
+        servers = {"a": a, "b": b, "c": c}
+        if args.before_src is not None:
+            src = args.before_src.resolve()
+            servers["b0"] = stack.enter_context(start_server("b0", hub_args, nobatch, health, src))
+            servers["c0"] = stack.enter_context(start_server("c0", hub_args, batch, health, src))
+        post_endpoint(b.port, endpoint_spec("bench-nobatch", batching=False))
+        post_endpoint(b.port, endpoint_spec("bench-cache", batching=False, cache=True))
+        post_endpoint(c.port, endpoint_spec("bench-batch", batching=True))
+        time.sleep(2.5)  # every hub picks up the endpoints another created (serving_poll_s)
+        check_same_answers(servers, bodies)
+        prepared = {
+            k: [request_bytes(s.port, s.path, body) for body in bodies] for k, s in servers.items()
+        }
+        for conc in args.concurrency:
+            for r in range(args.rounds):
+                keys = list(servers)
+                order = keys[r % len(keys) :] + keys[: r % len(keys)]
+                for key in order:
+                    load = drive(
+                        servers[key],
+                        cycle(prepared[key]),
+                        conc,
+                        warm_s=args.warm,
+                        seconds=args.seconds,
+                    )
+                    cell = cells.setdefault((key, conc), Cell())
+                    cell.latencies_s += load.latencies_s
+                    cell.round_rps.append(load.requests / args.seconds)
+                    cell.client_cpu.append(load.client_cpu_s / load.wall_s)
+                    cell.server_cpu.append(load.server_cpu_s / load.wall_s)
+                print(f"concurrency {conc}, round {r + 1}: load {loadavg()}", file=sys.stderr)
+        cache = cache_latency(b, args)
+        batching = _batch_stats(c.port)
+    info["loadavg_end"] = loadavg()
+
+    print(f"machine: {json.dumps(info)}")
+    print(
+        f"digits CNN (onnx fp32, 1 thread); trained: {train_s:.1f} s; rounds: {args.rounds}, "
+        f"{args.seconds:g} s measured per cell after {args.warm:g} s warm-up\n"
+    )
+    print(markdown_table(cells, args.concurrency, list(servers)))
+    print()
+    print(cache_table(cache))
+    print(f"\nbatching at (c): {json.dumps(batching)}")
+    if args.json:
+        payload = {
+            "machine": info,
+            "cells": {
+                f"{k}@{conc}": {
+                    "rps": cell.rps,
+                    "round_rps": cell.round_rps,
+                    "p50_ms": cell.pct_ms(50),
+                    "p99_ms": cell.pct_ms(99),
+                    "client_cpu": cell.client_cpu,
+                    "server_cpu": cell.server_cpu,
+                }
+                for (k, conc), cell in cells.items()
+            },
+            "cache": cache,
+            "batching": batching,
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+def _batch_stats(port: int) -> dict[str, Any]:
+    import httpx
+
+    stats = httpx.get(f"http://127.0.0.1:{port}/api/v1/endpoints/bench-batch/stats").json()
+    snap: dict[str, Any] = stats.get("batching", {}).get("cnn", {})
+    return {k: snap.get(k) for k in ("batches", "rows", "mean_batch_size", "max_batch_size")}
+
+
+def markdown_table(cells: dict[tuple[str, int], Cell], levels: list[int], keys: list[str]) -> str:
+    lines = [
+        "| server | concurrency | req/s | vs (a) | p50 | p99 | p99/p50 | round spread "
+        "| server CPU | client CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for conc in levels:
+        base = cells[("a", conc)].rps
+        for key in keys:
+            name, cell = SERVERS[key], cells[(key, conc)]
+            p50, p99 = cell.pct_ms(50), cell.pct_ms(99)
+            spread = max(cell.round_rps) / min(cell.round_rps)
+            lines.append(
+                f"| {name} | {conc} | {cell.rps:.0f} | {cell.rps / base:.2f}× | {p50:.2f} ms "
+                f"| {p99:.2f} ms | {p99 / p50:.1f} | {spread:.2f} "
+                f"| {np.median(cell.server_cpu):.2f} | {np.median(cell.client_cpu):.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def cache_table(cache: dict[str, Any]) -> str:
+    lines = [
+        "| prediction cache (hub, concurrency 1) | requests | HTTP p50 | HTTP p99 "
+        "| engine p50 (latency_ms) | hits | misses |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind in ("hit", "miss"):
+        c = cache[kind]
+        lines.append(
+            f"| {kind} | {c['requests']} | {c['http_p50_ms']:.2f} ms | {c['http_p99_ms']:.2f} ms "
+            f"| {c['engine_p50_ms']:.3f} ms | {c['hits']} | {c['misses']} |"
+        )
+    if "note" in cache:
+        lines.append(f"\n{cache['note']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

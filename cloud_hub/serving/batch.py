@@ -1,0 +1,330 @@
+"""Batch inference: an endpoint run over a stored table, a CSV file or a folder of images.
+
+Results are written back to the hub database, table `batch_predictions`, keyed by (source,
+endpoint, row id): the source is `csv:/abs/path`, `images:/abs/dir` or `table:NAME`. A batch
+predicts only the rows that have no prediction there yet, so a rerun (or the next scheduled
+run) does only the rows added since, and a batch whose worker died resumes where it stopped.
+Each chunk's predictions and the job's progress (done/total) commit in one transaction, guarded
+by the worker's lease. With a `cron`, finishing a batch queues the next run at the next tick.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cloud_hub.db import Database
+from cloud_hub.errors import InvalidInput
+from cloud_hub.serving.datasource import IMAGE_SUFFIXES
+from cloud_hub.serving.errors import BadInput
+from cloud_hub.serving.jobs import Job, JobQueue, now_utc
+from cloud_hub.serving.values import PredictRequest
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class BatchSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["csv", "images", "table"]
+    path: str | None = Field(
+        default=None, description="csv: the file; images: the folder (relative: the hub's dir)"
+    )
+    table: str | None = Field(default=None, description="table: a table of the hub database")
+    id_column: str = Field(default="id", description="csv/table: the column of row ids")
+    columns: list[str] | None = Field(
+        default=None, description="csv/table: feature columns, in order [default: all but id]"
+    )
+
+    @model_validator(mode="after")
+    def _where(self) -> BatchSource:
+        if self.kind == "table":
+            if self.table is None or not IDENTIFIER.match(self.table):
+                raise ValueError("a table source needs 'table': a table name")
+            for col in [self.id_column, *(self.columns or [])]:
+                if not IDENTIFIER.match(col):
+                    raise ValueError(f"{col!r} is not a column name")
+        elif self.path is None:
+            raise ValueError(f"a {self.kind} source needs 'path'")
+        return self
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: BatchSource
+    chunk_size: int = Field(default=64, ge=1, le=4096, description="rows per predict call")
+    cron: str | None = Field(
+        default=None, description="run again on this schedule (5 fields, or 6 with seconds)"
+    )
+
+
+class BatchView(BaseModel):
+    id: str
+    endpoint: str
+    state: str
+    done: int
+    total: int | None
+    progress: float | None
+    source: BatchSource
+    cron: str | None
+    next_batch: str | None
+    attempts: int
+    worker: str | None
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    not_before: str
+
+    @classmethod
+    def of(cls, job: Job) -> BatchView:
+        request = BatchRequest.model_validate(job.request)
+        progress = None
+        if job.total is not None:
+            progress = round(job.done / job.total, 4) if job.total else 1.0
+        return cls(
+            id=job.id,
+            endpoint=job.endpoint,
+            state=job.state,
+            done=job.done,
+            total=job.total,
+            progress=progress,
+            source=request.source,
+            cron=request.cron,
+            next_batch=job.next_job,
+            attempts=job.attempts,
+            worker=job.worker,
+            result=job.result,
+            error=job.error,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            not_before=job.not_before,
+        )
+
+
+class StoredPrediction(BaseModel):
+    row_id: str
+    label: str
+    score: float
+    scores: list[float]
+    job_id: str
+    created_at: str
+
+
+# -- sources ------------------------------------------------------------------------------------
+def source_key(source: BatchSource, path: Path | None) -> str:
+    """How `batch_predictions` names a source: `table:NAME`, `csv:/abs/file`, `images:/abs/dir`."""
+    if source.kind == "table":
+        return f"table:{source.table}"
+    return f"{source.kind}:{path}"
+
+
+def resolve(source: BatchSource, base_dir: Path) -> Path | None:
+    if source.path is None:
+        return None
+    p = Path(source.path).expanduser()
+    return (p if p.is_absolute() else base_dir / p).resolve()
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class Rows:
+    """A source opened for one batch: its row ids, and a chunk of them as a predict request."""
+
+    def __init__(self, source: BatchSource, base_dir: Path, db: Database) -> None:
+        self.source = source
+        self.db = db
+        self.path = resolve(source, base_dir) if source.kind != "table" else None
+        self._rows: dict[str, list[str]] = {}
+        if source.kind == "csv":
+            self._read_csv()
+        elif source.kind == "images":
+            if not self.path or not self.path.is_dir():
+                raise InvalidInput(f"image folder {self.path} does not exist")
+        else:
+            self._read_table()
+
+    @property
+    def key(self) -> str:
+        return source_key(self.source, self.path)
+
+    def _check_columns(self, header: list[str], where: str) -> list[str]:
+        if self.source.id_column not in header:
+            raise InvalidInput(f"{where} has no column {self.source.id_column!r}")
+        columns = self.source.columns or [c for c in header if c != self.source.id_column]
+        missing = [c for c in columns if c not in header]
+        if missing or not columns:
+            raise InvalidInput(f"{where} has no feature columns {missing or ''}".strip())
+        return columns
+
+    def _read_csv(self) -> None:
+        assert self.path is not None
+        if not self.path.is_file():
+            raise InvalidInput(f"CSV file {self.path} does not exist")
+        with self.path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            columns = self._check_columns(list(reader.fieldnames or []), f"CSV file {self.path}")
+            for row in reader:
+                self._rows[row[self.source.id_column]] = [row[c] for c in columns]
+
+    def _read_table(self) -> None:
+        table = self.source.table
+        assert table is not None
+        conn = self.db.conn
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", [table]
+        ).fetchone()
+        if found is None:
+            raise InvalidInput(f"the hub database has no table {table!r}")
+        header = [r[1] for r in conn.execute(f"PRAGMA table_info({_quote(table)})")]
+        columns = self._check_columns(header, f"table {table!r}")
+        select = ", ".join(_quote(c) for c in [self.source.id_column, *columns])
+        for row in conn.execute(f"SELECT {select} FROM {_quote(table)}"):
+            self._rows[str(row[0])] = [row[i] for i in range(1, len(columns) + 1)]
+
+    def ids(self) -> list[str]:
+        if self.source.kind == "images":
+            assert self.path is not None
+            return sorted(
+                f.name
+                for f in self.path.iterdir()
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+        return list(self._rows)
+
+    def request(self, ids: list[str]) -> PredictRequest:
+        if self.source.kind == "images":
+            assert self.path is not None
+            images = [base64.b64encode((self.path / i).read_bytes()).decode() for i in ids]
+            return PredictRequest(images_b64=images)
+        try:
+            rows = [[float(v) for v in self._rows[i]] for i in ids]
+        except (TypeError, ValueError):
+            raise BadInput(f"a row of {ids[0]!r}..{ids[-1]!r} is not numeric") from None
+        return PredictRequest(inputs=rows)
+
+
+def check(request: BatchRequest, base_dir: Path, db: Database) -> Rows:
+    """Open the source now (422 at submit time when it is missing or malformed)."""
+    if request.cron is not None:
+        from cloud_hub.training.scheduler import next_fire
+
+        next_fire(request.cron, now_utc())
+    return Rows(request.source, base_dir, db)
+
+
+# -- running a batch -----------------------------------------------------------------------------
+Predict = Callable[[PredictRequest], Any]
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class BatchRunner:
+    def __init__(self, queue: JobQueue, db: Database, base_dir: Path) -> None:
+        self.queue = queue
+        self.db = db
+        self.base_dir = base_dir
+
+    def predicted(self, key: str, endpoint: str) -> set[str]:
+        rows = self.db.conn.execute(
+            "SELECT row_id FROM batch_predictions WHERE source = ? AND endpoint = ?",
+            [key, endpoint],
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def run(self, job: Job, worker: str, predict: Predict) -> dict[str, Any]:
+        """Predict the rows without a prediction, chunk by chunk; the summary for the job."""
+        request = BatchRequest.model_validate(job.request)
+        rows = Rows(request.source, self.base_dir, self.db)
+        ids = rows.ids()
+        have = self.predicted(rows.key, job.endpoint)
+        todo = [i for i in ids if i not in have]
+        done = len(ids) - len(todo)
+        self.queue.heartbeat(job.id, worker, done=done, total=len(ids))
+        errors: dict[str, str] = {}
+        for chunk in _chunks(todo, request.chunk_size):
+            answers = self._predict_chunk(rows, chunk, predict, errors)
+            done += len(chunk)
+            with self.db.transaction() as db:
+                self.queue.extend(db, job.id, worker, done=done)
+                db.conn.executemany(
+                    "INSERT OR REPLACE INTO batch_predictions "
+                    "(source, endpoint, row_id, job_id, label, score, scores) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            rows.key,
+                            job.endpoint,
+                            row_id,
+                            job.id,
+                            p.label,
+                            p.score,
+                            json.dumps(p.scores),
+                        )
+                        for row_id, p in answers
+                    ],
+                )
+        return {
+            "source": rows.key,
+            "total": len(ids),
+            "predicted": len(todo) - len(errors),
+            "skipped": len(ids) - len(todo),
+            "errors": len(errors),
+            "row_errors": dict(list(errors.items())[:20]),
+        }
+
+    def _predict_chunk(
+        self, rows: Rows, chunk: list[str], predict: Predict, errors: dict[str, str]
+    ) -> list[tuple[str, Any]]:
+        """Predictions for a chunk; when the chunk is refused as bad input, row by row, so one
+        bad row (an unreadable image) costs only itself."""
+        try:
+            response = predict(rows.request(chunk))
+            return list(zip(chunk, response.predictions, strict=True))
+        except InvalidInput:
+            pass
+        answers = []
+        for row_id in chunk:
+            try:
+                response = predict(rows.request([row_id]))
+            except InvalidInput as exc:
+                errors[row_id] = str(exc)
+                continue
+            answers.append((row_id, response.predictions[0]))
+        return answers
+
+    def results(self, job: Job, *, limit: int = 1000, offset: int = 0) -> list[StoredPrediction]:
+        """The predictions of this batch's source and endpoint (from this run or earlier ones)."""
+        source = BatchRequest.model_validate(job.request).source
+        key = source_key(source, resolve(source, self.base_dir))
+        found = self.db.conn.execute(
+            "SELECT * FROM batch_predictions WHERE source = ? AND endpoint = ? "
+            "ORDER BY row_id LIMIT ? OFFSET ?",
+            [key, job.endpoint, limit, offset],
+        ).fetchall()
+        return [
+            StoredPrediction(
+                row_id=r["row_id"],
+                label=r["label"],
+                score=r["score"],
+                scores=json.loads(r["scores"]),
+                job_id=r["job_id"],
+                created_at=r["created_at"],
+            )
+            for r in found
+        ]

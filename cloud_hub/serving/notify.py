@@ -1,0 +1,108 @@
+"""Job completion on MQTT: `{root}/jobs/{id}`, QoS 1, the job as JSON (state, result or error).
+
+The hub's workers publish with a small client of their own (not the fleet service's: a worker
+process has no fleet service), built only when the settings name a broker (`mqtt_host`). A
+subscriber takes `{root}/jobs/{id}` for one job, or `{root}/jobs/+` for all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud_hub.serving.jobs import Job
+from cloud_hub.settings import HubSettings
+
+log = logging.getLogger(__name__)
+
+
+def job_topic(root: str, job_id: str) -> str:
+    return f"{root}/jobs/{job_id}"
+
+
+def job_message(job: Job) -> bytes:
+    """What subscribers get: the job without its request (which may be large)."""
+    return job.model_dump_json(exclude={"request"}).encode()
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, payload: bytes) -> None: ...
+
+
+class JobNotifier:
+    """Publishes a job that reached a final state (or, time-differential, its slow answer)."""
+
+    def __init__(self, publisher: Publisher, topic_root: str) -> None:
+        self.publisher = publisher
+        self.root = topic_root
+
+    def __call__(self, job: Job) -> None:
+        try:
+            self.publisher.publish(job_topic(self.root, job.id), job_message(job))
+        except Exception:  # a broker outage must not fail the job: the result is in the DB
+            log.exception("could not publish the completion of job %s", job.id)
+
+
+class MqttPublisher:
+    """A paho client that only publishes (QoS 1), with the hub's credentials and protocol."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        assert settings.mqtt_host is not None
+        self.host = settings.mqtt_host
+        self.port = settings.mqtt_port
+        client_id = f"{settings.mqtt_client_id}-jobs-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        if settings.mqtt_protocol == "5":
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+            )
+        else:
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=True,
+            )
+        username, password = settings.mqtt_username, settings.mqtt_password
+        if username is None:
+            from cloud_hub.fleet.broker_auth import HUB_USER, BrokerFiles, hub_password
+
+            username = HUB_USER
+            password = password or hub_password(BrokerFiles.in_data_dir(settings.data_dir))
+        self.client.username_pw_set(username, password)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self.client.max_inflight_messages_set(1000)
+        self._connected = threading.Event()
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.keepalive = settings.mqtt_keepalive_s
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not reason.is_failure:
+            self._connected.set()
+        else:
+            log.error("broker refused the job publisher: %s", reason)
+
+    def _on_disconnect(self, *args: Any) -> None:
+        self._connected.clear()
+
+    def start(self, wait_s: float = 5.0) -> MqttPublisher:
+        self.client.connect_async(self.host, self.port, self.keepalive)
+        self.client.loop_start()
+        if not self._connected.wait(wait_s):
+            log.warning("job publisher: no broker at %s:%s yet; retrying", self.host, self.port)
+        return self
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        info = self.client.publish(topic, payload, qos=1)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise RuntimeError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

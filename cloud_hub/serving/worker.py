@@ -1,0 +1,201 @@
+"""Workers: threads that claim jobs from the queue and run them on a serving engine.
+
+The hub runs `serving_workers` of them in its own process; `edgepilot hub worker` runs more as
+separate processes on the same data directory (each with its own engine, which follows the
+stored endpoint specs). They share the SQLite queue; `JobQueue.claim` keeps them from ever
+holding the same job. A job's outcome:
+
+- a prediction (or a deferred slow step) that succeeds: `succeeded` with the response;
+- bad input, or an endpoint that no longer exists: `failed` at once (retrying cannot help);
+- anything else (a step failing, a broken endpoint): queued again with back-off, `failed` with
+  the error once its attempts are used up;
+- a worker that dies mid-job: its lease runs out and another worker takes the job again.
+
+Final states are published by the notifier (MQTT), when there is one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.errors import InvalidInput, NotFound
+from cloud_hub.serving.batch import BatchRequest, BatchRunner
+from cloud_hub.serving.engine import ServingEngine
+from cloud_hub.serving.jobs import Job, JobQueue, LostLease, now_utc
+from cloud_hub.serving.values import PredictRequest
+
+log = logging.getLogger(__name__)
+
+Notify = Callable[[Job], None]
+
+
+def worker_name(label: str = "w") -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{label}:{uuid.uuid4().hex[:6]}"
+
+
+class JobWorker:
+    def __init__(
+        self,
+        queue: JobQueue,
+        engine: ServingEngine,
+        *,
+        name: str | None = None,
+        endpoint: str | None = None,
+        notify: Notify | None = None,
+        base_dir: Path | None = None,
+    ) -> None:
+        self.queue = queue
+        self.engine = engine
+        self.name = name or worker_name()
+        self.endpoint = endpoint
+        self.notify = notify
+        self.batches = BatchRunner(queue, queue.db, base_dir or Path.cwd())
+        self.ran = 0
+
+    def run_once(self) -> Job | None:
+        """Claim one due job and run it; the job as it ended, or None when none was due."""
+        for lost in self.queue.expire():
+            self._announce(lost)
+        job = self.queue.claim(self.name, endpoint=self.endpoint)
+        if job is None:
+            return None
+        self.ran += 1
+        try:
+            return self.execute(job)
+        except LostLease as exc:
+            log.warning("%s", exc)
+            return None
+
+    def execute(self, job: Job) -> Job:
+        nxt = self._next_run(job)
+        try:
+            result = self._run(job)
+        except NotFound as exc:  # the endpoint is gone: no retry, and no next scheduled run
+            return self._finish(self.queue.fail(job.id, self.name, str(exc), retry=False))
+        except InvalidInput as exc:
+            failed = self.queue.fail(job.id, self.name, str(exc), retry=False, next_at=nxt)
+            return self._finish(failed)
+        except LostLease:
+            raise
+        except Exception as exc:
+            log.info("job %s attempt %d failed: %s", job.id, job.attempts, exc)
+            text = str(exc).strip() or type(exc).__name__
+            return self._finish(self.queue.fail(job.id, self.name, text, next_at=nxt))
+        return self._finish(self.queue.complete(job.id, self.name, result, next_at=nxt))
+
+    def _next_run(self, job: Job) -> datetime | None:
+        """A scheduled batch's next tick (queued with this run's end, in one transaction)."""
+        if job.kind != "batch":
+            return None
+        cron = BatchRequest.model_validate(job.request).cron
+        if cron is None:
+            return None
+        from cloud_hub.training.scheduler import next_fire
+
+        return next_fire(cron, now_utc())
+
+    def _predict(self, endpoint: str, request: PredictRequest, step: str | None = None) -> Any:
+        try:
+            return self.engine.predict(endpoint, request, step=step)
+        except NotFound:
+            self.engine.sync()  # created a moment ago in another process: build it now
+            return self.engine.predict(endpoint, request, step=step)
+
+    def _run(self, job: Job) -> dict[str, Any]:
+        if job.kind == "batch":
+            return self.batches.run(job, self.name, lambda r: self._predict(job.endpoint, r))
+        request = PredictRequest.model_validate(job.request)
+        response = self._predict(job.endpoint, request, job.step)
+        out: dict[str, Any] = response.model_dump(mode="json")
+        return out
+
+    def _finish(self, job: Job) -> Job:
+        if job.final:
+            self._announce(job)
+        return job
+
+    def _announce(self, job: Job) -> None:
+        if self.notify is not None:
+            self.notify(self.queue.get(job.id))
+
+
+class WorkerPool:
+    """`count` worker threads; each polls every `poll_s` when idle, and wakes at once when this
+    process submits a job."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        engine: ServingEngine,
+        *,
+        count: int,
+        poll_s: float = 0.2,
+        endpoint: str | None = None,
+        notify: Notify | None = None,
+        base_dir: Path | None = None,
+        label: str = "hub",
+    ) -> None:
+        self.queue = queue
+        self.poll_s = poll_s
+        self.workers = [
+            JobWorker(
+                queue,
+                engine,
+                name=worker_name(f"{label}{i}"),
+                endpoint=endpoint,
+                notify=notify,
+                base_dir=base_dir,
+            )
+            for i in range(count)
+        ]
+        self._stop = threading.Event()
+        self._wake = threading.Condition()
+        self._pending = 0
+        self._threads: list[threading.Thread] = []
+        queue.on_submit(self.wake)
+
+    def wake(self) -> None:
+        with self._wake:
+            self._pending += 1
+            self._wake.notify()
+
+    def _sleep(self) -> None:
+        with self._wake:
+            if self._pending == 0 and not self._stop.is_set():
+                self._wake.wait(self.poll_s)
+            self._pending = max(0, self._pending - 1)
+
+    def _loop(self, worker: JobWorker) -> None:
+        while not self._stop.is_set():
+            try:
+                job = worker.run_once()
+            except Exception:  # a bad moment of the database must not end the worker
+                log.exception("worker %s: claiming or running a job failed", worker.name)
+                job = None
+            if job is None:
+                self._sleep()
+
+    def start(self) -> WorkerPool:
+        for worker in self.workers:
+            thread = threading.Thread(
+                target=self._loop, args=(worker,), name=f"job-{worker.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
