@@ -21,7 +21,8 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 from cloud_hub.errors import InvalidInput, NotFound
 from cloud_hub.serving.batch import BatchRequest, BatchRunner
 from cloud_hub.serving.engine import ServingEngine
-from cloud_hub.serving.jobs import Job, JobQueue, LostLease, now_utc
+from cloud_hub.serving.jobs import Job, JobQueue, LostLease
 from cloud_hub.serving.values import PredictRequest
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,13 @@ class JobWorker:
             return None
 
     def execute(self, job: Job) -> Job:
-        nxt = self._next_run(job)
         try:
-            result = self._run(job)
+            nxt = self._next_run(job)
+        except (ValueError, InvalidInput) as exc:  # a stored batch request or cron gone bad
+            return self._finish(self.queue.fail(job.id, self.name, str(exc), retry=False))
+        try:
+            with self._lease_kept(job):
+                result = self._run(job)
         except NotFound as exc:  # the endpoint is gone: no retry, and no next scheduled run
             return self._finish(self.queue.fail(job.id, self.name, str(exc), retry=False))
         except InvalidInput as exc:
@@ -100,7 +105,31 @@ class JobWorker:
             return None
         from cloud_hub.training.scheduler import next_fire
 
-        return next_fire(cron, now_utc())
+        return next_fire(cron, self.queue.clock())
+
+    @contextmanager
+    def _lease_kept(self, job: Job) -> Iterator[None]:
+        """Extend the job's lease every third of it while the job runs, so a job slower than the
+        lease is not claimed and run again by another worker. A lost lease ends the keeping;
+        `complete` then says so."""
+        stop = threading.Event()
+
+        def keep() -> None:
+            while not stop.wait(self.queue.lease_s / 3):
+                try:
+                    self.queue.heartbeat(job.id, self.name)
+                except LostLease:
+                    return
+                except Exception:  # a busy database now and then: try again next time
+                    log.exception("could not extend the lease of job %s", job.id)
+
+        keeper = threading.Thread(target=keep, name=f"lease-{job.id}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            keeper.join()
 
     def _predict(self, endpoint: str, request: PredictRequest, step: str | None = None) -> Any:
         try:

@@ -73,6 +73,31 @@ class Flaky(Step):
         return value
 
 
+class SlowParams(StepParams):
+    target: str
+    seconds: float
+
+
+@register_step
+class Slow(Step):
+    """Takes its time, then answers with its target: a job slower than its lease."""
+
+    kind = "test_slow"
+    Params = SlowParams
+    arity = (0, 0)
+
+    def targets(self) -> list[str]:
+        return [self.params.target]
+
+    def signature(self, inputs: list[Signature], target: Callable[[str], Signature]) -> Signature:
+        return target(self.params.target)
+
+    def run(self, ctx: Any, inputs: list[Value]) -> Value:
+        time.sleep(self.params.seconds)
+        value: Value = ctx.call(self.params.target)
+        return value
+
+
 def flaky_spec(name: str, fail_times: int) -> dict[str, Any]:
     return {
         "name": name,
@@ -183,6 +208,54 @@ def test_a_job_whose_worker_died_is_taken_again_after_its_lease(
 
     with pytest.raises(LostLease):
         short.complete(job.id, "dead-worker", {"bogus": True})
+
+
+def test_a_job_slower_than_its_lease_is_not_run_twice(serving_hub: Hub) -> None:
+    from cloud_hub.serving.engine import ServingEngine
+    from cloud_hub.serving.worker import JobWorker
+
+    spec = EndpointSpec.model_validate(
+        {
+            "name": "digits-slow",
+            "models": {"mlp": "digits/digits-mlp:1"},
+            "steps": [
+                {"name": "predict", "kind": "model", "params": {"model": "mlp"}},
+                {
+                    "name": "slow",
+                    "kind": "test_slow",
+                    "params": {"target": "predict", "seconds": 1.2},
+                },
+            ],
+            "output": "slow",
+        }
+    )
+    engine = ServingEngine(serving_hub.registry, serving_hub.db, threads=4)
+    try:
+        engine.create(spec)
+        queue = JobQueue(serving_hub.db, lease_s=0.3)  # the job takes four leases' time
+        x, _ = digits_rows()
+        job = queue.submit("predict", "digits-slow", {"inputs": x[:1].tolist()})
+        first = JobWorker(queue, engine, name="first", endpoint="digits-slow")
+        second = JobWorker(queue, engine, name="second", endpoint="digits-slow")
+        done: list[Any] = []
+        runner = threading.Thread(target=lambda: done.append(first.run_once()))
+        runner.start()
+        wait_for(
+            lambda: queue.get(job.id).state,
+            lambda state: state == "running",
+            timeout=5,
+            what="the first worker's claim",
+        )
+        while runner.is_alive():  # the other worker keeps looking for due work meanwhile
+            assert second.run_once() is None
+            time.sleep(0.05)
+        runner.join()
+        final = queue.get(job.id)
+        assert final.state == "succeeded" and final.attempts == 1 and final.worker == "first"
+        assert second.ran == 0
+    finally:
+        engine.delete("digits-slow")
+        engine.close()
 
 
 def test_a_hub_restart_loses_no_queued_job(serving_hub: Hub) -> None:
