@@ -146,6 +146,16 @@ class ServingEngine:
                 self._seen[endpoint.name] = updated_at
         if old is not None:
             old.retire()
+        if not self.store.exists(endpoint.name):
+            # deleted while it was being built (a sync that read the store before the delete):
+            # do not bring it back to serve until the next sync
+            with self._lock:
+                gone = self._live.get(endpoint.name)
+                if gone is endpoint:
+                    del self._live[endpoint.name]
+                    self._seen.pop(endpoint.name, None)
+            if gone is endpoint:
+                endpoint.retire()
 
     def create(self, spec: EndpointSpec) -> EndpointInfo:
         if self.store.exists(spec.name):

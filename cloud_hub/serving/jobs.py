@@ -233,9 +233,10 @@ class JobQueue:
         lease = stamp(moment + timedelta(seconds=self.lease_s))
         entry = json.dumps({"worker": worker, "at": now})
         due = self.db.conn.execute(
-            "SELECT 1 FROM serving_jobs WHERE (state = 'queued' AND not_before <= ?) "
-            "OR (state = 'running' AND lease_until < ?) LIMIT 1",
-            [now, now],
+            "SELECT 1 FROM serving_jobs WHERE ((state = 'queued' AND not_before <= ?) "
+            "OR (state = 'running' AND lease_until < ? AND attempts < max_attempts)) "
+            "AND (? IS NULL OR endpoint = ?) AND (? IS NULL OR id = ?) LIMIT 1",
+            [now, now, endpoint, endpoint, job_id, job_id],
         ).fetchone()
         if due is None:
             return None  # idle polls read, and never take the write lock
