@@ -1,22 +1,30 @@
 """Benchmark: the hub's serving engine against a minimal FastAPI + onnxruntime endpoint.
 
-Trains the digits CNN into a hub data directory once (or reuses `--hub-data`), then starts three
+Trains the digits CNN into a hub data directory once (or reuses `--hub-data`), then starts four
 HTTP servers on loopback, each in its own process, all run by uvicorn with the same settings
 (access log off): (a) a minimal FastAPI + onnxruntime endpoint written here, the baseline;
 (b) the hub's app (`create_app`) with an endpoint posted over REST, batching off; (c) the same
-with adaptive batching. One lean load generator (asyncio, raw HTTP/1.1 keep-alive, one
-connection per concurrent caller, requests prepared before the clock starts) drives each server
-at concurrency 1, 16 and 64, in interleaved rounds (the order rotates every round) so that load
-from elsewhere on the machine hits all three alike. Also: the prediction cache's hit latency
-against a miss, on the hub.
+with adaptive batching; (z) (a) without the model (same body parsed, a fixed answer of the same
+shape): the ceiling of any Python HTTP endpoint here, whatever its model step costs. One lean
+load generator (asyncio, raw HTTP/1.1 keep-alive, one connection per concurrent caller, requests
+prepared before the clock starts) drives each server at concurrency 1, 16 and 64, in interleaved
+rounds (the order rotates every round) so that load from elsewhere on the machine hits all alike.
+Also: the prediction cache's hit latency against a miss, on the hub.
+
+Then, with the servers gone, the engine in process (no HTTP): `ServingEngine.predict` called by
+1 and 64 threads, batching off against on, for the digits CNN and for a heavy MLP registered by
+the script (about a millisecond a row alone), so what adaptive batching does for the model step
+itself shows apart from the HTTP stack; and each model's own cost (onnxruntime, one thread).
 
     python bench/serving.py [--rounds 3] [--seconds 3] [--hub-data DIR] [--json out.json]
+    python bench/serving.py --no-http ...      # only the in-process section
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -41,6 +49,7 @@ SERVERS = {
     "a": "(a) FastAPI + onnxruntime",
     "b": "(b) hub endpoint, no batching",
     "c": "(c) hub endpoint, adaptive batching",
+    "z": "(z) FastAPI, same body, no model",
     "b0": "(b) before the fixes",
     "c0": "(c) before the fixes",
 }
@@ -84,12 +93,41 @@ def baseline_app(model: Path, labels: list[str]) -> Any:
     return app
 
 
+def no_model_app(labels: list[str]) -> Any:
+    """(z): (a) without the model: the same pydantic body parsed, the same numpy conversion, a
+    fixed answer of the same shape. What any Python HTTP endpoint costs here before its model
+    runs: its throughput over (a)'s is the ceiling that batching the model could approach."""
+    from fastapi import FastAPI
+
+    scores = np.full(len(labels), 1.0 / len(labels), dtype=np.float32)
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/predict")
+    def predict(body: Body) -> dict[str, Any]:
+        x = np.asarray(body.inputs, dtype=np.float32)
+        return {
+            "labels": labels,
+            "predictions": [
+                {"label": labels[0], "score": float(scores.max()), "scores": scores.tolist()}
+                for _ in range(len(x))
+            ],
+        }
+
+    return app
+
+
 def serve(kind: str, port: int, hub_data: Path, model: Path | None, labels: str) -> None:
     import uvicorn
 
     if kind == "baseline":
         assert model is not None
         app = baseline_app(model, json.loads(labels))
+    elif kind == "nomodel":
+        app = no_model_app(json.loads(labels))
     else:
         from cloud_hub.api.app import create_app
         from cloud_hub.hub import Hub
@@ -427,6 +465,250 @@ def cache_latency(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# -- in process: the engine alone, no HTTP ----------------------------------------------------
+HEAVY_REF = "digits/bench-mlp:latest"
+HEAVY_DIMS = (1024, 2560, 2)  # inputs, width, hidden layers: ~1 ms a row alone, 1 thread
+
+
+def heavy_model_bytes(d_in: int, width: int, depth: int, classes: int = 10) -> bytes:
+    """An ONNX MLP (Gemm + Relu layers, softmax) with random weights: heavy enough that a row
+    costs about a millisecond alone, on one thread, because its ~26 MB of weights stream from
+    memory for every call; a batch reads them once for all its rows."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    dims = [d_in] + [width] * depth + [classes]
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(w, f"w{i}"),
+            numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}"),
+        ]
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"h{i}"]))
+        prev = f"h{i}"
+        if i < depth:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
+            prev = f"r{i}"
+    nodes.append(helper.make_node("Softmax", [prev], ["scores"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "bench_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d_in])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def register_heavy(hub: Any) -> None:
+    from cloud_hub.errors import NotFound
+    from cloud_hub.registry import NewArtifact
+
+    try:
+        hub.registry.resolve_version(HEAVY_REF)
+    except NotFound:
+        hub.registry.register_version(
+            "digits",
+            "bench-mlp",
+            artifacts=[NewArtifact("onnx", "fp32", heavy_model_bytes(*HEAVY_DIMS))],
+            source="uploaded",
+            labels=[str(i) for i in range(10)],
+            preprocessing={"input_kind": "tabular", "layout": "NF"},
+        )
+
+
+def model_spec(name: str, ref: str, batching: bool) -> dict[str, Any]:
+    return {
+        "name": name,
+        "models": {"m": {"ref": ref, "format": "onnx", "precision": "fp32"}},
+        "steps": [{"name": "predict", "kind": "model", "params": {"model": "m"}}],
+        "output": "predict",
+        "batching": {"enabled": batching, "max_batch_size": 64, "max_wait_ms": 2},
+    }
+
+
+def drive_engine(
+    engine: Any, name: str, requests: list[Any], callers: int, warm_s: float, seconds: float
+) -> Load:
+    """`callers` threads calling `engine.predict` back to back (one row each) for `seconds`
+    after `warm_s`; the latencies of the calls started in the measured window."""
+    import threading
+
+    latencies: list[float] = []
+    lock = threading.Lock()
+    start = threading.Barrier(callers + 1)
+    t_measure = t_end = 0.0
+
+    def caller(k: int) -> None:
+        mine: list[float] = []
+        i = k
+        start.wait()
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                break
+            engine.predict(name, requests[i % len(requests)])
+            if t0 >= t_measure:
+                mine.append(time.perf_counter() - t0)
+            i += callers
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(callers)]
+    for t in threads:
+        t.start()
+    t_measure = time.perf_counter() + warm_s
+    t_end = t_measure + seconds
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - wall0
+    return Load(
+        latencies_s=latencies,
+        requests=len(latencies),
+        wall_s=wall,
+        client_cpu_s=0.0,
+        server_cpu_s=time.process_time() - cpu0,
+    )
+
+
+def in_process(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine with no HTTP in front: the digits CNN and a heavy MLP, batching off and on,
+    driven by threads calling `ServingEngine.predict` (what the REST layer calls), in
+    interleaved rounds. Rows/s, latency, batch sizes, and the process's CPU (cores)."""
+    from sklearn.datasets import load_digits
+
+    from cloud_hub.errors import NotFound
+    from cloud_hub.hub import Hub
+    from cloud_hub.serving.engine import ServingEngine
+    from cloud_hub.serving.spec import EndpointSpec
+    from cloud_hub.serving.values import PredictRequest
+    from cloud_hub.settings import HubSettings
+
+    hub = Hub.open(HubSettings(data_dir=args.hub_data, run_scheduler=False))
+    register_heavy(hub)
+    engine = ServingEngine(hub.registry, hub.db, threads=max(args.inproc_callers) + 8)
+    digits = (load_digits().data / 16.0).reshape(-1, 8, 8, 1)[:256]
+    heavy_x = np.random.default_rng(1).random((256, HEAVY_DIMS[0])).round(4)
+    models = {
+        "cnn": (MODEL_REF, [PredictRequest(inputs=[r.tolist()]) for r in digits]),
+        "mlp": (HEAVY_REF, [PredictRequest(inputs=[r.tolist()]) for r in heavy_x]),
+    }
+    cells: dict[str, dict[str, Any]] = {}
+    names = []
+    try:
+        for model, (ref, _) in models.items():
+            for batching in (False, True):
+                name = f"bench-inproc-{model}-{'on' if batching else 'off'}"
+                with contextlib.suppress(NotFound):
+                    engine.delete(name)
+                engine.create(EndpointSpec.model_validate(model_spec(name, ref, batching)))
+                names.append(name)
+        for model, (_, reqs) in models.items():
+            for callers in args.inproc_callers:
+                for r in range(args.rounds):
+                    order = ["off", "on"] if r % 2 == 0 else ["on", "off"]
+                    for mode in order:
+                        name = f"bench-inproc-{model}-{mode}"
+                        before = engine.stats(name).get("batching", {}).get("m", {})
+                        load = drive_engine(
+                            engine, name, reqs, callers, args.warm, args.inproc_seconds
+                        )
+                        after = engine.stats(name).get("batching", {}).get("m", {})
+                        key = f"{model}|{mode}|{callers}"
+                        cell = cells.setdefault(
+                            key, {"lat": [], "rps": [], "cpu": [], "batches": 0, "rows": 0}
+                        )
+                        cell["lat"] += load.latencies_s
+                        cell["rps"].append(load.requests / args.inproc_seconds)
+                        cell["cpu"].append(load.server_cpu_s / load.wall_s)
+                        cell["batches"] += after.get("batches", 0) - before.get("batches", 0)
+                        cell["rows"] += after.get("rows", 0) - before.get("rows", 0)
+                print(f"in process, {model}, {callers} callers: load {loadavg()}", file=sys.stderr)
+    finally:
+        for name in names:
+            with contextlib.suppress(NotFound):
+                engine.delete(name)
+        engine.close()
+        hub.close()
+    out: dict[str, Any] = {}
+    for key, cell in cells.items():
+        lat = cell["lat"]
+        out[key] = {
+            "rows_per_s": float(np.median(cell["rps"])),
+            "round_rps": cell["rps"],
+            "p50_ms": float(np.percentile(lat, 50)) * 1000,
+            "p99_ms": float(np.percentile(lat, 99)) * 1000,
+            "cpu": float(np.median(cell["cpu"])),
+            "mean_batch": round(cell["rows"] / cell["batches"], 2) if cell["batches"] else None,
+        }
+    return out
+
+
+def inprocess_table(cells: dict[str, Any], callers: list[int]) -> str:
+    lines = [
+        "| model (in process, no HTTP) | callers | batching | rows/s | on vs off | p50 | p99 "
+        "| p99/p50 | mean batch | process CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    titles = {"cnn": "digits CNN", "mlp": "MLP 1024-2560-2560-10"}
+    for model in ("cnn", "mlp"):
+        for conc in callers:
+            off = cells[f"{model}|off|{conc}"]["rows_per_s"]
+            for mode in ("off", "on"):
+                c = cells[f"{model}|{mode}|{conc}"]
+                lines.append(
+                    f"| {titles[model]} | {conc} | {mode} | {c['rows_per_s']:.0f} "
+                    f"| {c['rows_per_s'] / off:.2f}× | {c['p50_ms']:.2f} ms | {c['p99_ms']:.2f} ms "
+                    f"| {c['p99_ms'] / c['p50_ms']:.1f} | {c['mean_batch'] or '-'} "
+                    f"| {c['cpu']:.2f} |"
+                )
+    return "\n".join(lines)
+
+
+def model_cost(hub_data: Path, model: Path) -> dict[str, float]:
+    """The models alone (onnxruntime, one thread): ms per call at batch 1 and per row at 64."""
+    import onnxruntime as ort
+
+    from cloud_hub.hub import Hub
+    from cloud_hub.settings import HubSettings
+
+    hub = Hub.open(HubSettings(data_dir=hub_data, run_scheduler=False))
+    try:
+        register_heavy(hub)
+        version = hub.registry.resolve_version(HEAVY_REF)
+        blob = hub.registry.artifact_blob(version.artifacts[0].sha256)
+        heavy = blob if isinstance(blob, bytes) else str(blob)
+    finally:
+        hub.close()
+    out: dict[str, float] = {}
+    for key, source, shape in (
+        ("cnn", str(model), (8, 8, 1)),
+        ("mlp", heavy, (HEAVY_DIMS[0],)),
+    ):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for batch in (1, 64):
+            x = np.random.default_rng(0).random((batch, *shape)).astype(np.float32)
+            for _ in range(5):
+                session.run(None, {name: x})
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < 0.5:
+                session.run(None, {name: x})
+                n += 1
+            out[f"{key}_ms_per_row_at_{batch}"] = (time.perf_counter() - t0) / n / batch * 1000
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
@@ -441,8 +723,13 @@ def main() -> None:
         type=Path,
         help="also run (b) and (c) from this source tree (a copy before a change), same run",
     )
+    parser.add_argument(
+        "--inproc-seconds", type=float, help="measured seconds per in-process cell [--seconds]"
+    )
+    parser.add_argument("--inproc-callers", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--no-http", action="store_true", help="only the in-process section")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
-    parser.add_argument("--serve", choices=["baseline", "hub"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["baseline", "nomodel", "hub"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--labels", default="[]", help=argparse.SUPPRESS)
@@ -453,6 +740,8 @@ def main() -> None:
         serve(args.serve, args.port, args.hub_data, args.model, args.labels)
         return
 
+    if args.inproc_seconds is None:
+        args.inproc_seconds = args.seconds
     tmp = None
     if args.hub_data is None:
         tmp = tempfile.TemporaryDirectory(prefix="bench-serving-")
@@ -463,14 +752,19 @@ def main() -> None:
     hub_args = ["hub", "--hub-data", str(args.hub_data)]
     base_args = ["baseline", "--hub-data", str(args.hub_data), "--model", str(model)]
     base_args += ["--labels", json.dumps(labels)]
+    z_args = ["nomodel", "--hub-data", str(args.hub_data), "--labels", json.dumps(labels)]
     cells: dict[tuple[str, int], Cell] = {}
+    if args.no_http:
+        run_in_process(args, model, info, cells, None, None)
+        return
     nobatch, batch = (f"/api/v1/endpoints/{n}/predict" for n in ("bench-nobatch", "bench-batch"))
     health = "/api/v1/health"
     with ExitStack() as stack:
         a = stack.enter_context(start_server("a", base_args, "/predict", "/health"))
         b = stack.enter_context(start_server("b", hub_args, nobatch, health))
         c = stack.enter_context(start_server("c", hub_args, batch, health))
-        servers = {"a": a, "b": b, "c": c}
+        z = stack.enter_context(start_server("z", z_args, "/predict", "/health"))
+        servers = {"a": a, "b": b, "c": c, "z": z}
         if args.before_src is not None:
             src = args.before_src.resolve()
             servers["b0"] = stack.enter_context(start_server("b0", hub_args, nobatch, health, src))
@@ -479,7 +773,7 @@ def main() -> None:
         post_endpoint(b.port, endpoint_spec("bench-cache", batching=False, cache=True))
         post_endpoint(c.port, endpoint_spec("bench-batch", batching=True))
         time.sleep(2.5)  # every hub picks up the endpoints another created (serving_poll_s)
-        check_same_answers(servers, bodies)
+        check_same_answers({k: v for k, v in servers.items() if k != "z"}, bodies)
         prepared = {
             k: [request_bytes(s.port, s.path, body) for body in bodies] for k, s in servers.items()
         }
@@ -503,20 +797,48 @@ def main() -> None:
                 print(f"concurrency {conc}, round {r + 1}: load {loadavg()}", file=sys.stderr)
         cache = cache_latency(b, args)
         batching = _batch_stats(c.port)
+    run_in_process(args, model, info, cells, cache, batching, keys=list(servers))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+def run_in_process(
+    args: argparse.Namespace,
+    model: Path,
+    info: dict[str, str],
+    cells: dict[tuple[str, int], Cell],
+    cache: dict[str, Any] | None,
+    batching: dict[str, Any] | None,
+    keys: list[str] | None = None,
+) -> None:
+    """The in-process section (after the HTTP servers are gone), then every table."""
+    costs = model_cost(args.hub_data, model)
+    inproc = in_process(args)
     info["loadavg_end"] = loadavg()
 
     print(f"machine: {json.dumps(info)}")
     print(
-        f"digits CNN (onnx fp32, 1 thread); trained: {train_s:.1f} s; rounds: {args.rounds}, "
-        f"{args.seconds:g} s measured per cell after {args.warm:g} s warm-up\n"
+        f"rounds: {args.rounds}, {args.seconds:g} s measured per HTTP cell, "
+        f"{args.inproc_seconds:g} s per in-process cell, after {args.warm:g} s warm-up\n"
     )
-    print(markdown_table(cells, args.concurrency, list(servers)))
-    print()
-    print(cache_table(cache))
-    print(f"\nbatching at (c): {json.dumps(batching)}")
+    print(
+        "models alone (onnxruntime, 1 thread): "
+        + ", ".join(f"{k} {v:.4f} ms" for k, v in costs.items())
+        + "\n"
+    )
+    if keys is not None:
+        print(markdown_table(cells, args.concurrency, keys))
+        print()
+        print(ceiling_lines(cells, args.concurrency))
+        print()
+    if cache is not None:
+        print(cache_table(cache))
+        print(f"\nbatching at (c): {json.dumps(batching)}\n")
+    print(inprocess_table(inproc, args.inproc_callers))
     if args.json:
         payload = {
             "machine": info,
+            "model_cost": costs,
             "cells": {
                 f"{k}@{conc}": {
                     "rps": cell.rps,
@@ -530,10 +852,22 @@ def main() -> None:
             },
             "cache": cache,
             "batching": batching,
+            "in_process": inproc,
         }
         args.json.write_text(json.dumps(payload, indent=2))
-    if tmp is not None:
-        tmp.cleanup()
+
+
+def ceiling_lines(cells: dict[tuple[str, int], Cell], levels: list[int]) -> str:
+    """(z)/(a): the most any Python HTTP endpoint gets over (a) here, against (c)/(a)."""
+    lines = [
+        "| concurrency | (c) / (a) | (z) / (a): the ceiling | target for (c) |",
+        "|---|---|---|---|",
+    ]
+    for conc in levels:
+        base = cells[("a", conc)].rps
+        c, z = cells[("c", conc)].rps / base, cells[("z", conc)].rps / base
+        lines.append(f"| {conc} | {c:.2f}× | {z:.2f}× | {'3×' if conc == 64 else '-'} |")
+    return "\n".join(lines)
 
 
 def _batch_stats(port: int) -> dict[str, Any]:

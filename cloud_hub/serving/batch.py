@@ -6,12 +6,19 @@ predicts only the rows that have no prediction there yet, so a rerun (or the nex
 run) does only the rows added since, and a batch whose worker died resumes where it stopped.
 Each chunk's predictions and the job's progress (done/total) commit in one transaction, guarded
 by the worker's lease. With a `cron`, finishing a batch queues the next run at the next tick.
+
+A row refused as bad input (not numeric, an unreadable image) is recorded in the batch's result,
+`failed_rows`: its error, the run that found it, and a digest of its content. Later runs over
+the same source and endpoint do not try it again while its content is unchanged (retrying bad
+input cannot help; they count it in `not_retried`); once the row is fixed its digest differs
+and the next run predicts it. `retry_errors: true` tries every such row again regardless.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -28,6 +35,7 @@ from cloud_hub.serving.jobs import Job, JobQueue, now_utc
 from cloud_hub.serving.values import PredictRequest
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+REMEMBERED_ERRORS = 10_000  # failed rows a result keeps (more are simply tried again next run)
 
 
 class BatchSource(BaseModel):
@@ -63,6 +71,10 @@ class BatchRequest(BaseModel):
     chunk_size: int = Field(default=64, ge=1, le=4096, description="rows per predict call")
     cron: str | None = Field(
         default=None, description="run again on this schedule (5 fields, or 6 with seconds)"
+    )
+    retry_errors: bool = Field(
+        default=False,
+        description="try again the rows an earlier run refused as bad input, even unchanged",
     )
 
 
@@ -194,6 +206,18 @@ class Rows:
         for row in conn.execute(f"SELECT {select} FROM {_quote(table)}"):
             self._rows[str(row[0])] = [row[i] for i in range(1, len(columns) + 1)]
 
+    def digest(self, row_id: str) -> str:
+        """A digest of the row's content (the image file's bytes, or the row's values)."""
+        if self.source.kind == "images":
+            assert self.path is not None
+            try:
+                data = (self.path / row_id).read_bytes()
+            except OSError:
+                data = b""
+        else:
+            data = json.dumps(self._rows.get(row_id), default=str).encode()
+        return hashlib.sha256(data).hexdigest()
+
     def ids(self) -> list[str]:
         if self.source.kind == "images":
             assert self.path is not None
@@ -240,20 +264,48 @@ class BatchRunner:
         self.db = db
         self.base_dir = base_dir
 
-    def predicted(self, key: str, endpoint: str) -> set[str]:
+    def predicted(self, key: str, endpoint: str) -> dict[str, str]:
+        """The rows of a source that have a prediction: row id → the batch job that wrote it."""
         rows = self.db.conn.execute(
-            "SELECT row_id FROM batch_predictions WHERE source = ? AND endpoint = ?",
+            "SELECT row_id, job_id FROM batch_predictions WHERE source = ? AND endpoint = ?",
             [key, endpoint],
         ).fetchall()
-        return {r[0] for r in rows}
+        return {r[0]: r[1] for r in rows}
+
+    def known_errors(self, key: str, endpoint: str, job_id: str) -> dict[str, dict[str, str]]:
+        """The rows the latest finished run over this source and endpoint left in error
+        (its `failed_rows`): row id → error, job_id, digest."""
+        row = self.db.conn.execute(
+            "SELECT result FROM serving_jobs WHERE kind = 'batch' AND endpoint = ? "
+            "AND state = 'succeeded' AND id != ? AND json_extract(result, '$.source') = ? "
+            "ORDER BY finished_at DESC LIMIT 1",
+            [endpoint, job_id, key],
+        ).fetchone()
+        if row is None:
+            return {}
+        failed = json.loads(row[0]).get("failed_rows") or {}
+        return {k: v for k, v in failed.items() if isinstance(v, dict) and "digest" in v}
 
     def run(self, job: Job, worker: str, predict: Predict) -> dict[str, Any]:
-        """Predict the rows without a prediction, chunk by chunk; the summary for the job."""
+        """Predict the rows without a prediction, chunk by chunk; the summary for the job.
+
+        `predicted` counts the rows this job predicted, in this attempt or in an earlier one
+        of the same job (a batch resumed after its worker died); `skipped` the rows other runs
+        had predicted; `errors` the rows refused in this run (`row_errors`: the first 20);
+        `not_retried` the rows refused by an earlier run and unchanged since; `failed_rows` all
+        the rows left in error (row id → error, job_id, digest)."""
         request = BatchRequest.model_validate(job.request)
         rows = Rows(request.source, self.base_dir, self.db)
         ids = rows.ids()
         have = self.predicted(rows.key, job.endpoint)
-        todo = [i for i in ids if i not in have]
+        mine = sum(1 for i in ids if have.get(i) == job.id)  # from an earlier attempt of it
+        had = sum(1 for i in ids if i in have)
+        known = {} if request.retry_errors else self.known_errors(rows.key, job.endpoint, job.id)
+        held: dict[str, dict[str, str]] = {}
+        for i in ids:
+            if i in known and i not in have and rows.digest(i) == known[i]["digest"]:
+                held[i] = known[i]  # bad input before, the same content now: not again
+        todo = [i for i in ids if i not in have and i not in held]
         done = len(ids) - len(todo)
         self.queue.heartbeat(job.id, worker, done=done, total=len(ids))
         errors: dict[str, str] = {}
@@ -279,13 +331,18 @@ class BatchRunner:
                         for row_id, p in answers
                     ],
                 )
+        failed = dict(held)
+        for row_id, error in errors.items():
+            failed[row_id] = {"error": error, "job_id": job.id, "digest": rows.digest(row_id)}
         return {
             "source": rows.key,
             "total": len(ids),
-            "predicted": len(todo) - len(errors),
-            "skipped": len(ids) - len(todo),
+            "predicted": len(todo) - len(errors) + mine,
+            "skipped": had - mine,
             "errors": len(errors),
             "row_errors": dict(list(errors.items())[:20]),
+            "not_retried": len(held),
+            "failed_rows": dict(sorted(failed.items())[:REMEMBERED_ERRORS]),
         }
 
     def _predict_chunk(

@@ -7,6 +7,12 @@ only while other requests are in flight (`pending()` says how many), so a lone c
 waits nor changes threads. It runs the batch, gives every call its rows, and hands the lead to
 the oldest call still waiting (which is in the next batch), if any. If a merged batch fails,
 each call is run alone so only the bad one fails.
+
+A model must give one row of scores per row it is given. One that gives another number (a
+graph that reduces or broadcasts over the batch axis) would hand callers someone else's rows,
+or none: every call of that batch fails instead with `WrongRowCount`, naming the model (the
+graph turns it into a StepFailed naming the step). Whatever happens while a batch runs, every
+call taken into it is finished (with its rows or an error), so no caller is left waiting.
 """
 
 from __future__ import annotations
@@ -23,6 +29,16 @@ import numpy as np
 from cloud_hub.serving.spec import BatchingSpec
 
 Predict = Callable[[np.ndarray], np.ndarray]
+RECHECK_S = 0.001  # a leader waiting for others looks at the in-flight count this often
+
+
+class WrongRowCount(RuntimeError):
+    """The model gave a different number of rows of scores than it was given rows."""
+
+
+def _rows_of(scores: object) -> int | None:
+    shape = getattr(scores, "shape", None)
+    return int(shape[0]) if shape else None
 
 
 @dataclass(eq=False)
@@ -89,8 +105,10 @@ class MicroBatcher:
     def submit(self, x: np.ndarray) -> np.ndarray:
         """Class scores for the rows `x` (blocks until they are computed)."""
         if not self._spec.enabled:
+            scores = self._predict(x)
+            self._check(scores, len(x), 1)
             self.stats.add(len(x))
-            return self._predict(x)
+            return scores
         call = _Call(x)
         with self._cond:
             self._waiting.append(call)
@@ -103,22 +121,46 @@ class MicroBatcher:
             if call.done:
                 return call.value()
             # handed the lead: this call is the oldest waiting, so it is in the next batch
+        calls: list[_Call] = []
         try:
-            self._run(self._gather())
+            calls = self._gather()
+            self._run(calls)
+        except BaseException as exc:
+            for c in calls:  # never leave a caller of this batch waiting
+                if not c.done:
+                    c.finish(None, exc)
+            if not call.done:  # the gathering itself failed: take this call out, pass it on
+                with self._cond:
+                    if call in self._waiting:
+                        self._waiting.remove(call)
+                        self._rows_waiting -= len(call.x)
+                raise
         finally:
             self._hand_over()
         assert call.done
         return call.value()
 
+    def _check(self, scores: np.ndarray, rows: int, calls: int) -> None:
+        got = _rows_of(scores)
+        if got != rows:
+            what = f"a batch of {rows} rows from {calls} requests" if calls > 1 else f"{rows} rows"
+            raise WrongRowCount(
+                f"model {self.name!r} returned {'no' if got is None else got} rows of scores "
+                f"for {what}: a model must give one row per input row"
+            )
+
     def _gather(self) -> list[_Call]:
         limit = self._spec.max_batch_size
         deadline = time.monotonic() + self._spec.max_wait_ms / 1000
         with self._cond:
-            while self._rows_waiting < limit and self._pending() > len(self._waiting):
+            while self._rows_waiting < limit and self._others() > len(self._waiting):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self._cond.wait(left)  # others are in flight: give them a moment to join
+                # others are in flight: give them a moment to join. A submit wakes this at
+                # once; a request that ends elsewhere (bad input, a cache hit, another route)
+                # does not, so the count is looked at again every millisecond
+                self._cond.wait(min(left, RECHECK_S))
             calls = [self._waiting.popleft()]
             rows = len(calls[0].x)
             while self._waiting and rows + len(self._waiting[0].x) <= limit:
@@ -126,6 +168,12 @@ class MicroBatcher:
                 rows += len(calls[-1].x)
             self._rows_waiting -= rows
         return calls
+
+    def _others(self) -> int:
+        try:
+            return self._pending()
+        except Exception:  # a count gone wrong must not fail (or strand) the batch
+            return 0
 
     def _hand_over(self) -> None:
         with self._cond:
@@ -138,13 +186,20 @@ class MicroBatcher:
         if len(calls) == 1:
             self._run_one(calls[0])
             return
+        rows = sum(len(c.x) for c in calls)
         try:
             scores = self._predict(np.concatenate([c.x for c in calls]))
         except Exception:  # one bad call must not fail the others: run each alone
             for call in calls:
                 self._run_one(call)
             return
-        self.stats.add(len(scores))
+        try:
+            self._check(scores, rows, len(calls))
+        except WrongRowCount as exc:  # whose rows are whose is unknown: all of them fail
+            for call in calls:
+                call.finish(None, WrongRowCount(str(exc)))  # one exception per caller's thread
+            return
+        self.stats.add(rows)
         start = 0
         for call in calls:
             end = start + len(call.x)
@@ -154,6 +209,7 @@ class MicroBatcher:
     def _run_one(self, call: _Call) -> None:
         try:
             result = self._predict(call.x)
+            self._check(result, len(call.x), 1)
         except Exception as exc:
             call.finish(None, exc)
             return

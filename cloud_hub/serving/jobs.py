@@ -205,8 +205,10 @@ class JobQueue:
         return {r[0]: int(r[1]) for r in rows}
 
     # -- workers ------------------------------------------------------------------------------
-    def expire(self) -> list[Job]:
-        """Fail running jobs whose lease expired with no attempt left (their worker died)."""
+    def expire(self, next_at: Callable[[Job], datetime | None] | None = None) -> list[Job]:
+        """Fail running jobs whose lease expired with no attempt left (their worker died).
+        `next_at`: when a failed job runs again (a scheduled batch's next tick), queued in the
+        same transaction, as `fail` does, so a schedule does not end with a lost worker."""
         now = stamp(self.clock())
         lost = "state = 'running' AND lease_until < ? AND attempts >= max_attempts"
         probe = f"SELECT 1 FROM serving_jobs WHERE {lost} LIMIT 1"
@@ -221,7 +223,15 @@ class JobQueue:
                 "RETURNING *",
                 [now, now],
             ).fetchall()
-        return [_job(r) for r in rows]
+            jobs = [_job(r) for r in rows]
+            for job in jobs:
+                if next_at is None:
+                    break
+                nxt = self._again(db, job.id, next_at(job))
+                if nxt is not None:
+                    db.execute("UPDATE serving_jobs SET next_job = ? WHERE id = ?", [nxt, job.id])
+                    job.next_job = nxt
+        return jobs
 
     def claim(
         self, worker: str, *, endpoint: str | None = None, job_id: str | None = None

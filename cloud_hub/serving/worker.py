@@ -9,7 +9,12 @@ holding the same job. A job's outcome:
 - bad input, or an endpoint that no longer exists: `failed` at once (retrying cannot help);
 - anything else (a step failing, a broken endpoint): queued again with back-off, `failed` with
   the error once its attempts are used up;
-- a worker that dies mid-job: its lease runs out and another worker takes the job again.
+- a worker that dies mid-job: its lease runs out and another worker takes the job again (on
+  its last attempt the job is failed; a scheduled batch still gets its next run).
+
+While a job runs, its lease is extended every third of it by the worker's lease keeper: one
+thread per worker for its whole life (a thread per job would open a database connection per
+job, which the Database keeps until it is closed).
 
 Final states are published by the notifier (MQTT), when there is one.
 """
@@ -20,6 +25,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,10 +66,14 @@ class JobWorker:
         self.notify = notify
         self.batches = BatchRunner(queue, queue.db, base_dir or Path.cwd())
         self.ran = 0
+        self.keeper = LeaseKeeper(queue, self.name)
+
+    def close(self) -> None:
+        self.keeper.close()
 
     def run_once(self) -> Job | None:
         """Claim one due job and run it; the job as it ended, or None when none was due."""
-        for lost in self.queue.expire():
+        for lost in self.queue.expire(next_at=self._next_run_or_none):
             self._announce(lost)
         job = self.queue.claim(self.name, endpoint=self.endpoint)
         if job is None:
@@ -96,6 +106,12 @@ class JobWorker:
             return self._finish(self.queue.fail(job.id, self.name, text, next_at=nxt))
         return self._finish(self.queue.complete(job.id, self.name, result, next_at=nxt))
 
+    def _next_run_or_none(self, job: Job) -> datetime | None:
+        try:
+            return self._next_run(job)
+        except (ValueError, InvalidInput):  # a stored cron gone bad: no next run
+            return None
+
     def _next_run(self, job: Job) -> datetime | None:
         """A scheduled batch's next tick (queued with this run's end, in one transaction)."""
         if job.kind != "batch":
@@ -112,24 +128,8 @@ class JobWorker:
         """Extend the job's lease every third of it while the job runs, so a job slower than the
         lease is not claimed and run again by another worker. A lost lease ends the keeping;
         `complete` then says so."""
-        stop = threading.Event()
-
-        def keep() -> None:
-            while not stop.wait(self.queue.lease_s / 3):
-                try:
-                    self.queue.heartbeat(job.id, self.name)
-                except LostLease:
-                    return
-                except Exception:  # a busy database now and then: try again next time
-                    log.exception("could not extend the lease of job %s", job.id)
-
-        keeper = threading.Thread(target=keep, name=f"lease-{job.id}", daemon=True)
-        keeper.start()
-        try:
+        with self.keeper.holding(job.id):
             yield
-        finally:
-            stop.set()
-            keeper.join()
 
     def _predict(self, endpoint: str, request: PredictRequest, step: str | None = None) -> Any:
         try:
@@ -154,6 +154,77 @@ class JobWorker:
     def _announce(self, job: Job) -> None:
         if self.notify is not None:
             self.notify(self.queue.get(job.id))
+
+
+class LeaseKeeper:
+    """Extends the lease of the job a worker runs, every third of the lease, from one thread
+    that lives as long as the worker (started with its first job)."""
+
+    def __init__(self, queue: JobQueue, worker: str) -> None:
+        self.queue = queue
+        self.worker = worker
+        self.beats = 0
+        self._cond = threading.Condition()
+        self._job: str | None = None
+        self._turn = 0  # counts the jobs held: a job's keeping ends with its turn
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def holding(self, job_id: str) -> Iterator[None]:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"the lease keeper of {self.worker} is closed")
+            self._job = job_id
+            self._turn += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._keep, name=f"lease-{self.worker}", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._job = None
+                self._cond.notify_all()
+
+    def _keep(self) -> None:
+        period = self.queue.lease_s / 3
+        while True:
+            with self._cond:
+                while self._job is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                job, turn = self._job, self._turn
+                deadline = time.monotonic() + period
+                while self._turn == turn and self._job is not None and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                if self._turn != turn or self._job is None or self._closed:
+                    continue  # the job ended (or another began) meanwhile
+            assert job is not None
+            try:
+                self.queue.heartbeat(job, self.worker)
+                self.beats += 1
+            except LostLease:  # not ours any more: keep nothing until the next job
+                with self._cond:
+                    while self._turn == turn and not self._closed:
+                        self._cond.wait()
+            except Exception:  # a busy database now and then: try again next time
+                log.exception("could not extend the lease of job %s", job)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(5)
 
 
 class WorkerPool:
@@ -228,3 +299,5 @@ class WorkerPool:
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
+        for worker in self.workers:
+            worker.close()

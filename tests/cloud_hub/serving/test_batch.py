@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import csv
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -212,3 +214,104 @@ def test_cli_batch_with_progress(serving_hub: Hub, tmp_path: Path) -> None:
         assert bad.exit_code == 2 and "does not exist" in " ".join(bad.stderr.split())
     finally:
         store.delete("cli-batch")
+
+
+def test_a_resumed_batch_counts_what_its_earlier_attempt_wrote_as_predicted(
+    serving_hub: Hub, tmp_path: Path
+) -> None:
+    """A worker dies mid-batch; the job is taken again and resumes. The rows its first attempt
+    wrote are this job's predictions, not rows some earlier run had ("skipped")."""
+    from cloud_hub.serving.batch import BatchRunner
+    from cloud_hub.serving.engine import ServingEngine
+    from cloud_hub.serving.jobs import JobQueue
+    from cloud_hub.serving.spec import EndpointSpec
+    from cloud_hub.serving.worker import JobWorker
+
+    engine = ServingEngine(serving_hub.registry, serving_hub.db, threads=4)
+    engine.create(EndpointSpec.model_validate({**example("batch.json"), "name": "resume-batch"}))
+    try:
+        table = tmp_path / "resume.csv"
+        write_csv(table, 0, 9)
+        queue = JobQueue(serving_hub.db, lease_s=0.3)
+        body = {"source": {"kind": "csv", "path": str(table)}, "chunk_size": 3}
+        job = queue.submit("batch", "resume-batch", body)
+        claimed = queue.claim("dead-worker", job_id=job.id)
+        assert claimed is not None
+
+        class Died(Exception):
+            pass
+
+        chunks: list[int] = []
+
+        def dies_on_the_third_chunk(request: Any) -> Any:
+            chunks.append(1)
+            if len(chunks) == 3:
+                raise Died
+            return engine.predict("resume-batch", request)
+
+        runner = BatchRunner(queue, serving_hub.db, tmp_path)
+        with pytest.raises(Died):
+            runner.run(claimed, "dead-worker", dies_on_the_third_chunk)
+        assert queue.get(job.id).done == 6  # two chunks written, then the worker was gone
+        time.sleep(0.35)  # its lease runs out
+        worker = JobWorker(queue, engine, name="second", endpoint="resume-batch")
+        try:
+            final = worker.run_once()
+        finally:
+            worker.close()
+        assert final is not None and final.state == "succeeded" and final.attempts == 2
+        assert final.result is not None
+        assert (final.result["predicted"], final.result["skipped"]) == (9, 0)
+        assert final.done == final.total == 9
+        stored = runner.results(final)
+        assert len(stored) == 9 and {p.job_id for p in stored} == {job.id}
+        # a second batch over the same rows: all of them were predicted before, by the first
+        again = queue.submit("batch", "resume-batch", body)
+        worker = JobWorker(queue, engine, name="third", endpoint="resume-batch")
+        try:
+            rerun = worker.run_once()
+        finally:
+            worker.close()
+        assert rerun is not None and rerun.id == again.id and rerun.result is not None
+        assert (rerun.result["predicted"], rerun.result["skipped"]) == (0, 9)
+    finally:
+        engine.delete("resume-batch")
+        engine.close()
+
+
+def test_rows_refused_as_bad_input_are_kept_in_the_result_and_not_retried_unchanged(
+    client: TestClient, tmp_path: Path
+) -> None:
+    assert client.post(f"{API}/endpoints", json=example("batch.json")).status_code == 201
+    table = tmp_path / "bad.csv"
+    write_csv(table, 0, 5)
+    with table.open("a") as handle:
+        handle.write("row-bad," + ",".join(["x"] * 64) + "\n")
+    body: dict[str, Any] = {"source": {"kind": "csv", "path": str(table)}}
+    first = wait_batch(client, start(client, body)["id"])
+    r = first["result"]
+    assert (r["predicted"], r["errors"], r["not_retried"]) == (5, 1, 0)
+    assert list(r["failed_rows"]) == ["row-bad"] and "not numeric" in r["row_errors"]["row-bad"]
+    assert r["failed_rows"]["row-bad"]["job_id"] == first["id"]
+    assert "not numeric" in r["failed_rows"]["row-bad"]["error"]
+
+    # the next run (or scheduled run) does not try the same bad row again...
+    second = wait_batch(client, start(client, body)["id"])
+    r = second["result"]
+    assert (r["predicted"], r["skipped"], r["errors"], r["not_retried"]) == (0, 5, 0, 1)
+    assert r["failed_rows"]["row-bad"]["job_id"] == first["id"]  # still on record
+    assert second["done"] == second["total"] == 6
+    # ...unless asked to
+    forced = wait_batch(client, start(client, {**body, "retry_errors": True})["id"])
+    r = forced["result"]
+    assert (r["errors"], r["not_retried"]) == (1, 0)
+    assert r["failed_rows"]["row-bad"]["job_id"] == forced["id"]
+
+    # once the row is fixed, its content differs: the next run predicts it
+    lines = table.read_text().splitlines()
+    lines[-1] = "row-bad," + ",".join(["0"] * 64)
+    table.write_text("\n".join(lines) + "\n")
+    fixed = wait_batch(client, start(client, body)["id"])
+    r = fixed["result"]
+    assert (r["predicted"], r["errors"], r["not_retried"], r["failed_rows"]) == (1, 0, 0, {})
+    assert "row-bad" in predictions(client, fixed["id"])

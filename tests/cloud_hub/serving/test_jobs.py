@@ -378,3 +378,92 @@ def test_two_worker_processes_share_one_queue_and_run_every_job_once(
     assert pids == {str(p.proc.pid) for p in worker_processes}
     expected = reference_labels(serving_hub, "digits/digits-mlp:1", x[:n])
     assert [j.result["predictions"][0]["label"] for j in jobs if j.result] == expected
+
+
+def _slow_engine(serving_hub: Hub, name: str, seconds: float) -> Any:
+    from cloud_hub.serving.engine import ServingEngine
+
+    engine = ServingEngine(serving_hub.registry, serving_hub.db, threads=4)
+    engine.create(
+        EndpointSpec.model_validate(
+            {
+                "name": name,
+                "models": {"mlp": "digits/digits-mlp:1"},
+                "steps": [
+                    {"name": "predict", "kind": "model", "params": {"model": "mlp"}},
+                    {
+                        "name": "slow",
+                        "kind": "test_slow",
+                        "params": {"target": "predict", "seconds": seconds},
+                    },
+                ],
+                "output": "slow",
+            }
+        )
+    )
+    return engine
+
+
+def test_a_worker_keeps_its_leases_with_one_thread_and_one_connection(serving_hub: Hub) -> None:
+    """The lease keeper used to be a thread per job, each opening its own database connection,
+    which the Database keeps until it closes: one connection leaked per job longer than a third
+    of the lease (every long batch). Now one keeper per worker, for its whole life."""
+    from cloud_hub.serving.worker import JobWorker
+
+    engine = _slow_engine(serving_hub, "digits-leases", 0.25)
+    worker = None
+    try:
+        queue = JobQueue(serving_hub.db, lease_s=0.3)  # extended every 0.1 s
+        x, _ = digits_rows()
+        ids = [
+            queue.submit("predict", "digits-leases", {"inputs": x[i : i + 1].tolist()}).id
+            for i in range(6)
+        ]
+        worker = JobWorker(queue, engine, name="keeper-test", endpoint="digits-leases")
+        connections = len(serving_hub.db._all)  # every connection the Database ever opened
+        for _ in ids:
+            job = worker.run_once()
+            assert job is not None and job.state == "succeeded" and job.attempts == 1
+        assert worker.keeper.beats >= 6  # the leases were kept
+        assert len(serving_hub.db._all) - connections <= 1  # the keeper's own, once
+        assert [t.name for t in threading.enumerate()].count("lease-keeper-test") == 1
+    finally:
+        if worker is not None:
+            worker.close()
+        engine.delete("digits-leases")
+        engine.close()
+    assert "lease-keeper-test" not in [t.name for t in threading.enumerate()]
+
+
+def test_a_scheduled_batch_lost_on_its_last_attempt_still_gets_its_next_run(
+    serving_hub: Hub, tmp_path: Any
+) -> None:
+    """A worker dies on a scheduled batch's last attempt: the batch is failed when its lease
+    expires, and its next run is queued all the same (the schedule used to end there)."""
+    from cloud_hub.serving.engine import ServingEngine
+    from cloud_hub.serving.worker import JobWorker
+
+    engine = ServingEngine(serving_hub.registry, serving_hub.db, threads=2)
+    engine.create(EndpointSpec.model_validate({**example("batch.json"), "name": "lost-cron"}))
+    worker = JobWorker(JobQueue(serving_hub.db), engine, name="survivor", endpoint="lost-cron")
+    nxt = None
+    try:
+        queue = JobQueue(serving_hub.db, lease_s=0.2, max_attempts=1)
+        csv_path = str(REPO / "examples" / "endpoints" / "data" / "digits.csv")
+        body = {"source": {"kind": "csv", "path": csv_path}, "cron": "0 3 * * *"}
+        job = queue.submit("batch", "lost-cron", body)
+        assert queue.claim("dead-worker", job_id=job.id) is not None
+        time.sleep(0.25)
+        assert worker.run_once() is None  # it expires the lost job; the next run is not due
+        lost = queue.get(job.id)
+        assert lost.state == "failed" and "its worker was lost" in (lost.error or "")
+        assert lost.next_job is not None
+        nxt = queue.get(lost.next_job)
+        assert nxt.state == "queued" and nxt.request == job.request
+        assert lost.finished_at is not None and nxt.not_before > lost.finished_at
+    finally:
+        if nxt is not None:
+            JobQueue(serving_hub.db).cancel(nxt.id)
+        worker.close()
+        engine.delete("lost-cron")
+        engine.close()
