@@ -59,6 +59,19 @@ class HubSettings(BaseModel):
         default=30.0, gt=0, description="a job whose worker is silent this long is taken again"
     )
     serving_job_poll_s: float = Field(default=0.2, gt=0, description="idle workers' poll")
+    prediction_log: bool = Field(
+        default=True, description="log every prediction of every endpoint (GET /api/v1/logs)"
+    )
+    # -- monitoring ----------------------------------------------------------------------------
+    monitor: bool = Field(
+        default=True, description="evaluate the alert rules in the hub process (GET /alerts)"
+    )
+    monitor_interval_s: float = Field(
+        default=15.0, gt=0, description="how often the hub evaluates the alert rules"
+    )
+    monitor_max_records: int = Field(
+        default=5000, ge=10, description="records a monitoring window holds at most (latest)"
+    )
     # -- fleet (MQTT) --------------------------------------------------------------------------
     mqtt_host: str | None = Field(
         default=None, description="broker the hub connects to; None: no fleet service"

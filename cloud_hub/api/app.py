@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
@@ -14,6 +15,8 @@ from cloud_hub.api import (
     devices,
     endpoints,
     jobs,
+    logs,
+    metrics,
     projects,
     runs,
     schedules,
@@ -22,8 +25,11 @@ from cloud_hub.api import (
 from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
 from cloud_hub.hub import Hub
 from cloud_hub.serving import ServingEngine
-from cloud_hub.serving.service import JobService, job_queue
+from cloud_hub.serving.service import JobService, job_queue, prediction_log
 from cloud_hub.training.scheduler import TrainingScheduler
+
+if TYPE_CHECKING:
+    from cloud_hub.monitoring.service import MonitorService
 
 API_PREFIX = "/api/v1"
 
@@ -56,9 +62,12 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
         app.state.fleet_service = service
         app.state.engine = _start_engine(hub)
         app.state.jobs = _start_jobs(hub, app.state.engine)
+        app.state.monitor = _start_monitor(hub)
         try:
             yield
         finally:
+            if app.state.monitor is not None:
+                app.state.monitor.stop()
             app.state.jobs.stop()
             app.state.engine.close()
             if service is not None:
@@ -95,14 +104,30 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
         return {"status": "ok", "version": __version__}
 
     endpoints.add_error_handlers(app)
+    app.include_router(metrics.router)  # GET /metrics, for Prometheus
     # endpoints first: routes are matched in order, and predict is the hot path
-    for module in (endpoints, jobs, projects, versions, runs, schedules, devices, deployments):
+    for module in (
+        endpoints,
+        jobs,
+        logs,
+        projects,
+        versions,
+        runs,
+        schedules,
+        devices,
+        deployments,
+    ):
+        app.include_router(module.router, prefix=API_PREFIX)
+    from cloud_hub.api import alerts, monitoring  # prediction monitoring and its alerts
+
+    for module in (monitoring, alerts):
         app.include_router(module.router, prefix=API_PREFIX)
     return app
 
 
 def _start_engine(hub: Hub) -> ServingEngine:
-    engine = ServingEngine(hub.registry, hub.db, threads=hub.settings.serving_threads)
+    log = prediction_log(hub.db, hub.settings)
+    engine = ServingEngine(hub.registry, hub.db, threads=hub.settings.serving_threads, log=log)
     engine.start(poll_s=hub.settings.serving_poll_s)
     return engine
 
@@ -112,3 +137,13 @@ def _start_jobs(hub: Hub, engine: ServingEngine) -> JobService:
     settings name a broker)."""
     queue = job_queue(hub.db, hub.settings)
     return JobService(queue, engine, hub.settings, workers=hub.settings.serving_workers).start()
+
+
+def _start_monitor(hub: Hub) -> MonitorService | None:
+    """The alert monitor (`monitor`, every `monitor_interval_s`; alerts on MQTT when the
+    settings name a broker)."""
+    if not hub.settings.monitor:
+        return None
+    from cloud_hub.monitoring.service import MonitorService
+
+    return MonitorService.from_settings(hub.db, hub.settings).start()

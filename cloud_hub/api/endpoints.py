@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -22,7 +22,11 @@ from cloud_hub.serving import (
     ServingEngine,
     SpecError,
     StepFailed,
+    reports,
 )
+from cloud_hub.serving.errors import ModelOff
+from cloud_hub.serving.params import EndpointParams
+from cloud_hub.serving.reports import AbReport, Metric, ShadowReport
 
 router = APIRouter(tags=["endpoints"])
 
@@ -69,10 +73,60 @@ def delete_endpoint(name: str, engine: EngineDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+@router.get("/endpoints/{name}/params")
+def get_params(name: str, engine: EngineDep) -> EndpointParams:
+    """The endpoint's run-time parameters: kill switches and per-step values in force."""
+    return engine.get_params(name)
+
+
+@router.put("/endpoints/{name}/params")
+def put_params(name: str, params: EndpointParams, engine: EngineDep) -> EndpointParams:
+    """Replace the run-time parameters: checked against the running endpoint (422 naming the
+    step and field), in force from the next request, with no rebuild and no redeploy."""
+    return engine.set_params(name, params)
+
+
 @router.get("/endpoints/{name}/stats")
 def endpoint_stats(name: str, engine: EngineDep) -> dict[str, Any]:
     """Requests, errors, rows, latency, step runs, cache hits/misses and batch sizes."""
     return engine.stats(name)
+
+
+def _variant_order(spec: EndpointSpec) -> list[str]:
+    """The variants of the endpoint's A/B splits, in the order its spec gives them."""
+    names: list[str] = []
+    for step in spec.steps:
+        if step.kind == "ab_split":
+            names += [n for n in step.params.get("variants", {}) if n not in names]
+    return names
+
+
+@router.get("/endpoints/{name}/reports/ab")
+def ab_report(
+    name: str,
+    engine: EngineDep,
+    metric: Annotated[Metric, Query(description="what to compare between variants")] = "score",
+    since: Annotated[float | None, Query(description="unix time: records since")] = None,
+) -> AbReport:
+    """Online A/B from the prediction log: per variant the samples and the metric's mean, and a
+    significance test between variants (Welch's t-test for score and latency, a two-proportion
+    z-test for error_rate) with its p-value and a verdict."""
+    stored = engine.store.get(name)  # 404 for an unknown endpoint
+    order = _variant_order(stored.spec)
+    return reports.ab_report(engine.store.db, name, metric, since=since, order=order)
+
+
+@router.get("/endpoints/{name}/reports/shadow")
+def shadow_report(
+    name: str,
+    engine: EngineDep,
+    since: Annotated[float | None, Query(description="unix time: records since")] = None,
+) -> ShadowReport:
+    """Shadow candidates against the primary, from the prediction log (answer and shadow records
+    joined on request id and row): requests, agreement on the top label, latency p50/p99 of
+    both on the same requests, errors."""
+    engine.store.get(name)
+    return reports.shadow_report(engine.store.db, name, since=since)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -132,9 +186,16 @@ async def predict(name: str, request: Request, engine: EngineDep) -> Response:
     limit = engine.max_body_bytes(name, hub.settings.serving_max_body_bytes)
     body = await _read_body(request, limit)
     parsed = _parse(body, request.headers.get("content-type", ""))
+    parsed.headers = dict(request.headers)  # Starlette gives the names in lower case
+    if parsed.request_id is None:
+        parsed.request_id = request.headers.get("x-request-id") or None
     result = await engine.apredict(name, parsed)
     # serialised once, here: FastAPI would validate the model again, then encode it
-    return Response(result.model_dump_json(), media_type="application/json")
+    return Response(
+        result.model_dump_json(),
+        media_type="application/json",
+        headers={"x-request-id": result.request_id},
+    )
 
 
 def _with_step(code: int, exc: Exception, step: str | None) -> JSONResponse:
@@ -162,6 +223,10 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EndpointUnavailable)
     async def unavailable(_: Request, exc: EndpointUnavailable) -> JSONResponse:
         return _with_step(status.HTTP_503_SERVICE_UNAVAILABLE, exc, None)
+
+    @app.exception_handler(ModelOff)
+    async def model_off(_: Request, exc: ModelOff) -> JSONResponse:
+        return _with_step(status.HTTP_503_SERVICE_UNAVAILABLE, exc, exc.step)
 
     @app.exception_handler(StepFailed)
     async def failed(_: Request, exc: StepFailed) -> JSONResponse:

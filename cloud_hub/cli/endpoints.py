@@ -53,11 +53,14 @@ endpoints_app = typer.Typer(help="Serving endpoints (graphs of steps).", no_args
 
 def _engine(ctx: typer.Context) -> Any:
     from cloud_hub.serving import ServingEngine
-    from cloud_hub.serving.service import job_queue
+    from cloud_hub.serving.service import job_queue, prediction_log
 
     hub = _state(ctx).hub
     jobs = job_queue(hub.db, hub.settings)  # a deferred (slow) step is queued for hub workers
-    return ServingEngine(hub.registry, hub.db, threads=hub.settings.serving_threads, jobs=jobs)
+    log = prediction_log(hub.db, hub.settings)  # `endpoints predict` is logged like the API's
+    return ServingEngine(
+        hub.registry, hub.db, threads=hub.settings.serving_threads, jobs=jobs, log=log
+    )
 
 
 def _read_spec(file: Path) -> Any:
@@ -305,10 +308,12 @@ def _run_here(ctx: typer.Context, queue: Any, job_id: str, endpoint: str) -> Any
     import time
 
     from cloud_hub.serving import ServingEngine
+    from cloud_hub.serving.service import prediction_log
     from cloud_hub.serving.worker import JobWorker, worker_name
 
     hub = _state(ctx).hub
-    engine = ServingEngine(hub.registry, hub.db, threads=4, jobs=queue)
+    log = prediction_log(hub.db, hub.settings)
+    engine = ServingEngine(hub.registry, hub.db, threads=4, jobs=queue, log=log)
 
     def run() -> None:
         try:
@@ -375,3 +380,185 @@ def job(
         render.console.print(f"  {found.done}/{found.total} rows; {found.result or ''}")
     if found.error:
         render.console.print(f"  error: {found.error}")
+
+
+def _parse_set(item: str) -> tuple[str, str, Any]:
+    """`STEP.FIELD=VALUE` (VALUE as JSON where it parses, else text)."""
+    target, eq, text = item.partition("=")
+    step, dot, field = target.rpartition(".")
+    if not eq or not dot or not step or not field:
+        raise InvalidInput(f"--set {item!r}: write STEP.FIELD=VALUE, e.g. gate.min_score=0.8")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    return step, field, value
+
+
+@endpoints_app.command("params")
+def params(
+    ctx: typer.Context,
+    name: str,
+    kill: Annotated[
+        list[str] | None, typer.Option("--kill", help="Switch a model alias off (repeatable).")
+    ] = None,
+    unkill: Annotated[
+        list[str] | None, typer.Option("--unkill", help="Switch a model alias on again.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="STEP.FIELD=VALUE: a run-time param (VALUE as JSON or text)."),
+    ] = None,
+    unset: Annotated[
+        list[str] | None, typer.Option("--unset", help="STEP.FIELD: back to the spec's value.")
+    ] = None,
+    reset: Annotated[bool, typer.Option(help="Drop every run-time parameter first.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show or change the endpoint's run-time parameters (kill switches, per-step values such as
+    thresholds and A/B weights): checked against the endpoint, stored, and in force in a running
+    hub within `serving_poll_s`, with no redeploy. With no option: show them."""
+    from cloud_hub.serving.params import EndpointParams
+
+    changing = bool(kill or unkill or set_ or unset or reset)
+    engine = _engine(ctx)
+    try:
+        with user_errors():
+            current = engine.get_params(name)
+            if changing:
+                engine.load(name)
+                kills = [] if reset else list(current.kill)
+                steps: dict[str, dict[str, Any]] = (
+                    {} if reset else {s: dict(v) for s, v in current.steps.items()}
+                )
+                for alias in kill or []:
+                    if alias not in kills:
+                        kills.append(alias)
+                kills = [a for a in kills if a not in set(unkill or [])]
+                for item in set_ or []:
+                    step, field, value = _parse_set(item)
+                    steps.setdefault(step, {})[field] = value
+                for item in unset or []:
+                    step, _, field = item.rpartition(".")
+                    steps.get(step, {}).pop(field, None)
+                steps = {s: v for s, v in steps.items() if v}
+                current = engine.set_params(name, EndpointParams(kill=kills, steps=steps))
+    finally:
+        engine.close()
+    if json_out:
+        render.print_json(current)
+        return
+    table = Table(title=f"Run-time parameters of {name}")
+    for col in ("what", "step", "param", "value"):
+        table.add_column(col)
+    for alias in current.kill:
+        table.add_row("kill switch", "", alias, "off")
+    for step, values in current.steps.items():
+        for field, value in values.items():
+            table.add_row("step param", step, field, json.dumps(value))
+    if not current.kill and not current.steps:
+        render.console.print(f"{name}: no run-time parameters (the spec's values are in force)")
+    else:
+        render.console.print(table)
+
+
+@endpoints_app.command("report")
+def report(
+    ctx: typer.Context,
+    name: str,
+    ab: Annotated[bool, typer.Option("--ab", help="The A/B split's variants compared.")] = False,
+    shadow: Annotated[
+        bool, typer.Option("--shadow", help="Shadow candidates against the primary.")
+    ] = False,
+    metric: Annotated[str, typer.Option(help="--ab: score, latency or error_rate.")] = "score",
+    since: Annotated[
+        float | None, typer.Option(help="Only records of the last SECONDS.", metavar="SECONDS")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A/B or shadow report from the prediction log."""
+    import time
+
+    from cloud_hub.serving import reports
+    from cloud_hub.serving.store import EndpointStore
+
+    hub = _state(ctx).hub
+    with user_errors():
+        if ab == shadow:
+            raise InvalidInput("give one of --ab or --shadow")
+        if metric not in ("score", "latency", "error_rate"):
+            raise InvalidInput(f"--metric {metric!r}: choose score, latency or error_rate")
+        stored = EndpointStore(hub.db).get(name)
+        start = None if since is None else time.time() - since
+        if ab:
+            order = [
+                v for s in stored.spec.steps if s.kind == "ab_split" for v in s.params["variants"]
+            ]
+            got: Any = reports.ab_report(hub.db, name, metric, since=start, order=order)  # type: ignore[arg-type]
+        else:
+            got = reports.shadow_report(hub.db, name, since=start)
+    if json_out:
+        render.print_json(got)
+        return
+    if ab:
+        _ab_tables(got)
+    else:
+        _shadow_table(got)
+
+
+def _ab_tables(got: Any) -> None:
+    table = Table(title=f"A/B on {got.endpoint}: {got.metric}")
+    for col in ("variant", "n", "mean", "std", "errors"):
+        table.add_column(col)
+    for v in got.variants:
+        table.add_row(
+            v.variant,
+            str(v.n),
+            "-" if v.mean is None else f"{v.mean:.4g}",
+            "-" if v.std is None else f"{v.std:.4g}",
+            "-" if v.errors is None else str(v.errors),
+        )
+    render.console.print(table)
+    if got.comparisons:
+        tests = Table(title="Significance")
+        for col in ("a", "b", "test", "statistic", "p-value", "significant"):
+            tests.add_column(col)
+        for c in got.comparisons:
+            tests.add_row(
+                c.a,
+                c.b,
+                c.test,
+                "-" if c.statistic is None else f"{c.statistic:.3f}",
+                "-" if c.p_value is None else f"{c.p_value:.3g}",
+                "yes" if c.significant else "no",
+            )
+        render.console.print(tests)
+    render.console.print(f"verdict: {got.verdict}")
+
+
+def _shadow_table(got: Any) -> None:
+    def ms(d: dict[str, Any]) -> str:
+        return "-" if d["p50"] is None else f"{d['p50']:.2f} / {d['p99']:.2f}"
+
+    table = Table(title=f"Shadow on {got.endpoint}: {got.requests} answered requests")
+    for col in (
+        "candidate",
+        "requests",
+        "rows",
+        "agreement",
+        "primary p50/p99 ms",
+        "candidate p50/p99 ms",
+        "errors",
+    ):
+        table.add_column(col)
+    for c in got.candidates:
+        table.add_row(
+            c.candidate,
+            str(c.requests),
+            str(c.rows_compared),
+            "-" if c.agreement is None else f"{c.agreement:.1%}",
+            ms(c.primary_latency_ms),
+            ms(c.candidate_latency_ms),
+            str(c.errors),
+        )
+    render.console.print(table)

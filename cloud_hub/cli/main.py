@@ -704,6 +704,16 @@ def _register_endpoints() -> None:
 _register_endpoints()
 
 
+def _register_monitor() -> None:
+    from cloud_hub.cli.monitor import alerts_app, monitor
+
+    app.command("monitor")(monitor)
+    app.add_typer(alerts_app, name="alerts")
+
+
+_register_monitor()
+
+
 def _register_worker() -> None:
     from cloud_hub.cli.worker import worker
 
@@ -720,6 +730,15 @@ def _register_build_image() -> None:
 
 
 _register_build_image()
+
+
+def _register_loadtest() -> None:
+    from cloud_hub.cli.loadtest import loadtest
+
+    app.command("loadtest")(loadtest)
+
+
+_register_loadtest()
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ def worker(
     from cloud_hub.cli.main import _state, user_errors
     from cloud_hub.hub import Hub
     from cloud_hub.serving import ServingEngine
-    from cloud_hub.serving.service import JobService, job_queue
+    from cloud_hub.serving.service import JobService, job_queue, prediction_log
 
     state = _state(ctx)
     overrides: dict[str, Any] = {"serving_job_poll_s": poll, "run_scheduler": False}
@@ -48,7 +48,9 @@ def worker(
             overrides["mqtt_host"], overrides["mqtt_port"] = parse_address(mqtt, "--mqtt")
     settings = state.settings(**overrides)
     hub = Hub.open(settings)
-    engine = ServingEngine(hub.registry, hub.db, threads=max(4, threads * 2))
+    engine = ServingEngine(
+        hub.registry, hub.db, threads=max(4, threads * 2), log=prediction_log(hub.db, settings)
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

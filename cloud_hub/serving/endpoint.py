@@ -4,34 +4,50 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import BaseModel, Field
 
+from cloud_hub.predlog.writer import LogEntry, PredictionLogWriter
 from cloud_hub.serving.errors import SpecError
-from cloud_hub.serving.graph import Graph, Run, compile_graph
+from cloud_hub.serving.graph import ExtraAnswer, Graph, Run, compile_graph
 from cloud_hub.serving.models import LoadedModel, ModelSource, load_model
+from cloud_hub.serving.params import NO_PARAMS, ResolvedParams
 from cloud_hub.serving.spec import BatchingSpec, EndpointSpec
 from cloud_hub.serving.stats import EndpointStats
 from cloud_hub.serving.values import PredictRequest, Value
+from edge_agent.features import summarize
+
+if TYPE_CHECKING:
+    from cloud_hub.serving.devices import DeviceFacts
 
 
 class Prediction(BaseModel):
     label: str
     score: float
     scores: list[float]
+    model_version: int | None = Field(
+        default=None, description="the registry version that gave this answer"
+    )
 
 
 class PredictResponse(BaseModel):
     endpoint: str
+    request_id: str = Field(default="", description="this request's id in the prediction log")
     labels: list[str] = Field(description="class names, in the order of each row's `scores`")
     predictions: list[Prediction]
     steps: list[str] = Field(description="the steps that ran, in the order they finished")
     cache: dict[str, int] = Field(description="prediction/data cache hits and misses")
     counters: dict[str, int]
     latency_ms: float
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="what steps said of this request: the A/B variant, a fallback, a route",
+    )
     job: str | None = Field(
         default=None,
         description="time-differential: the job that delivers the slower, better answer "
@@ -43,9 +59,18 @@ class _Env:
     """The BuildEnv steps see: models loaded on first use, one per alias."""
 
     def __init__(
-        self, registry: ModelSource, spec: EndpointSpec, base_dir: Path, pending: Any
+        self,
+        registry: ModelSource,
+        spec: EndpointSpec,
+        base_dir: Path,
+        pending: Any,
+        fanout: Executor,
+        devices: Callable[[str], DeviceFacts | None] | None = None,
     ) -> None:
         self.registry = registry
+        self.endpoint = spec.name
+        self.fanout = fanout
+        self.devices = devices
         self.batching: BatchingSpec = spec.batching
         self.refs = spec.model_refs()
         self.base_dir = base_dir
@@ -67,6 +92,9 @@ class _Env:
         p = Path(path).expanduser()
         return str(p if p.is_absolute() else self.base_dir / p)
 
+    def device(self, device_id: str) -> DeviceFacts | None:
+        return None if self.devices is None else self.devices(device_id)
+
     def close(self) -> None:
         for model in self.loaded.values():
             model.close()
@@ -81,15 +109,18 @@ class CompiledEndpoint:
         fanout: Executor,
         stats: EndpointStats | None = None,
         base_dir: Path | None = None,
+        devices: Callable[[str], DeviceFacts | None] | None = None,
     ) -> None:
         self.spec = spec
         self.stats = stats or EndpointStats()
         self._fanout = fanout
+        self.runtime: ResolvedParams = NO_PARAMS  # run-time parameters; swapped whole
+        self.log: PredictionLogWriter | None = None
         self._lock = threading.Lock()
         self._in_flight = 0
         self._retired = False
         self._closed = False
-        env = _Env(registry, spec, base_dir or Path.cwd(), self.pending)
+        env = _Env(registry, spec, base_dir or Path.cwd(), self.pending, fanout, devices)
         try:
             self.graph: Graph = compile_graph(spec, env)
         except BaseException:
@@ -140,30 +171,124 @@ class CompiledEndpoint:
         return self.run_deferring(request)[0]
 
     def run_deferring(
-        self, request: PredictRequest, output: str | None = None
+        self, request: PredictRequest, output: str | None = None, *, request_id: str = ""
     ) -> tuple[PredictResponse, list[str]]:
         """Run the graph for one request, up to its output (or the step `output`); also the
         steps that asked to run later (time-differential)."""
         if output is not None and output not in self.graph.steps:
             raise SpecError(f"endpoint {self.name!r} has no step {output!r}")
         start = time.perf_counter()
-        run = Run(self.graph, request.to_value(), self._fanout, request_key=request.key)
+        run = Run(
+            self.graph,
+            request.to_value(),
+            self._fanout,
+            request_key=request.key,
+            request_id=request_id or request.request_id or "",
+            attributes=request.attributes,
+            headers=request.headers,
+            runtime=self.runtime,
+        )
         out = run.result(output)
         latency = (time.perf_counter() - start) * 1000
         self.stats.ok(out.rows, latency, run.trace, run.counters)
-        return self._response(out, run, latency), list(run.deferred)
+        response = self._response(out, run, latency)
+        if self.log is not None:
+            self.log.add(self._log_rows(run, response, output or self.graph.output))
+        return response, list(run.deferred)
+
+    def _log_rows(self, run: Run, response: PredictResponse, step: str) -> list[LogEntry]:
+        """The prediction log's records for this request: one per row of the answer, and of
+        every other answer a step logged (a shadow's: also those it logs later)."""
+        now = time.time()
+        digests = [d[:16] for d in run.request.row_digests()]
+        tags = dict(run.tags) or None
+        variant = run.tags.get("variant")
+        features = {v: summarize(x) for v, x in run.observed.items()}
+
+        def feats(version: int | None, row: int) -> np.ndarray | None:
+            got = features.get(version) if version is not None else None
+            return got[row] if got is not None and row < len(got) else None
+
+        rows = [
+            LogEntry(
+                ts=now,
+                request_id=run.request_id,
+                endpoint=self.name,
+                outcome="ok",
+                step=step,
+                model_version=p.model_version,
+                variant=variant,
+                row=i,
+                input_digest=digests[i] if i < len(digests) else None,
+                label=p.label,
+                score=p.score,
+                output=p.scores,
+                latency_ms=response.latency_ms,
+                tags=tags,
+                features=feats(p.model_version, i),
+            )
+            for i, p in enumerate(response.predictions)
+        ]
+
+        def extra_rows(extra: ExtraAnswer) -> list[LogEntry]:
+            value = extra.value
+            common: dict[str, Any] = {
+                "ts": extra.ts,
+                "request_id": run.request_id,
+                "endpoint": self.name,
+                "step": extra.step,
+                "role": extra.role,
+                "variant": variant,
+                "latency_ms": round(extra.latency_ms, 3),
+                "tags": tags,
+            }
+            if extra.error is not None or value.x is None:
+                return [LogEntry(outcome="failed", error=extra.error, **common)]
+            labels = value.labels or ()
+            versions = value.version
+            out = []
+            for i, (top, scores) in enumerate(
+                zip(value.winners().tolist(), value.x.tolist(), strict=True)
+            ):
+                v = None if versions is None or versions[i] < 0 else int(versions[i])
+                out.append(
+                    LogEntry(
+                        outcome="ok",
+                        model_version=v,
+                        row=i,
+                        input_digest=digests[i] if i < len(digests) else None,
+                        label=labels[top] if top < len(labels) else str(top),
+                        score=round(scores[top], 6),
+                        output=[round(s, 6) for s in scores],
+                        features=feats(v, i),
+                        **common,
+                    )
+                )
+            return out
+
+        log = self.log
+        assert log is not None
+        for extra in run.close_log(lambda e: log.add(extra_rows(e))):
+            rows += extra_rows(extra)
+        return rows
 
     def _response(self, out: Value, run: Run, latency_ms: float) -> PredictResponse:
         assert out.x is not None
         labels = list(out.labels or ())
         winners = out.winners()
+        versions = [None] * out.rows if out.version is None else out.version.tolist()
         predictions = []
-        for top, row in zip(winners.tolist(), out.x.tolist(), strict=True):
+        for top, row, version in zip(winners.tolist(), out.x.tolist(), versions, strict=True):
             scores = [round(s, 6) for s in row]  # Python floats: tolist() converts in one go
             label = labels[top] if top < len(labels) else str(top)
             # built from known types: no need to validate them again
             predictions.append(
-                Prediction.model_construct(label=label, score=scores[top], scores=scores)
+                Prediction.model_construct(
+                    label=label,
+                    score=scores[top],
+                    scores=scores,
+                    model_version=None if version is None or version < 0 else version,
+                )
             )
         c = run.counters
         cache = {
@@ -174,12 +299,14 @@ class CompiledEndpoint:
         }
         return PredictResponse(
             endpoint=self.name,
+            request_id=run.request_id,
             labels=labels,
             predictions=predictions,
             steps=list(run.trace),
             cache=cache,
             counters=dict(c),
             latency_ms=round(latency_ms, 3),
+            tags=dict(run.tags),
         )
 
     def describe(self) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -19,9 +21,14 @@ from pydantic import BaseModel
 
 from cloud_hub.db import Database
 from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
+from cloud_hub.predlog.writer import LogEntry, PredictionLogWriter
 from cloud_hub.registry import Registry
+from cloud_hub.serving.devices import DeviceLookup
 from cloud_hub.serving.endpoint import CompiledEndpoint, PredictResponse
+from cloud_hub.serving.errors import ModelOff
+from cloud_hub.serving.graph import StepFailed
 from cloud_hub.serving.jobs import JobQueue
+from cloud_hub.serving.params import EndpointParams, resolve
 from cloud_hub.serving.spec import EndpointSpec
 from cloud_hub.serving.stats import EndpointStats
 from cloud_hub.serving.store import EndpointStore, StoredEndpoint
@@ -44,6 +51,7 @@ class EndpointInfo(BaseModel):
     output: str | None = None
     models: list[dict[str, Any]] = []
     signatures: dict[str, str] = {}
+    params: EndpointParams = EndpointParams()
 
 
 class ServingEngine:
@@ -55,8 +63,10 @@ class ServingEngine:
         threads: int = 64,
         base_dir: Path | None = None,
         jobs: JobQueue | None = None,
+        log: PredictionLogWriter | None = None,
     ) -> None:
         self.registry = registry
+        self.log = log  # the prediction log; None: predictions are not logged
         self.jobs = jobs  # where deferred steps (time-differential) go; None: they do not run
         self.store = EndpointStore(db)
         self.base_dir = base_dir  # None: relative data paths start at the working directory
@@ -67,8 +77,10 @@ class ServingEngine:
         self._broken: dict[str, str] = {}
         self._stats: dict[str, EndpointStats] = {}
         self._seen: dict[str, str] = {}  # name → updated_at of the spec in force
+        self._params_seen: dict[str, str | None] = {}  # name → updated_at of its params
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._devices = DeviceLookup(db)  # condition routing on a device's tags or hardware
 
     # -- lifetime ---------------------------------------------------------------------------
     def start(self, *, poll_s: float | None = None) -> None:
@@ -103,6 +115,26 @@ class ServingEngine:
                 self._seen.pop(name, None)
             if old is not None:
                 old.retire()
+        stamps = self.store.params_stamps()
+        with self._lock:
+            changed = [
+                e for n, e in self._live.items() if self._params_seen.get(n) != stamps.get(n)
+            ]
+        for endpoint in changed:
+            self._apply_stored_params(endpoint)
+
+    def _apply_stored_params(self, endpoint: CompiledEndpoint) -> None:
+        """The stored run-time parameters, in force on `endpoint` (leniently: what a changed
+        spec no longer has is left out, with a warning)."""
+        params, stamp = self.store.get_params(endpoint.name)
+        endpoint.runtime = resolve(
+            params,
+            endpoint.graph.steps,
+            set(endpoint.models) | set(endpoint.spec.models),
+            strict=False,
+        )
+        with self._lock:
+            self._params_seen[endpoint.name] = stamp
 
     def load(self, stored: StoredEndpoint | str) -> None:
         """Build one stored endpoint (by name, or as read) and serve it."""
@@ -125,14 +157,28 @@ class ServingEngine:
             endpoint.retire()
         self._requests.shutdown(wait=True, cancel_futures=True)
         self._fanout.shutdown(wait=False, cancel_futures=True)
+        if self.log is not None:
+            self.log.close()  # what requests logged is written before the process ends
 
     # -- specs ------------------------------------------------------------------------------
     def _compile(self, spec: EndpointSpec) -> CompiledEndpoint:
         with self._lock:
             stats = self._stats.setdefault(spec.name, EndpointStats())
-        return CompiledEndpoint(
-            spec, self.registry, fanout=self._fanout, stats=stats, base_dir=self.base_dir
+        endpoint = CompiledEndpoint(
+            spec,
+            self.registry,
+            fanout=self._fanout,
+            stats=stats,
+            base_dir=self.base_dir,
+            devices=self._devices,
         )
+        endpoint.log = self.log
+        try:
+            self._apply_stored_params(endpoint)
+        except BaseException:
+            endpoint.retire()
+            raise
+        return endpoint
 
     def _install(self, endpoint: CompiledEndpoint, updated_at: str) -> None:
         """Swap `endpoint` in, unless this spec or a newer one is already in force."""
@@ -175,6 +221,9 @@ class ServingEngine:
         self.store.get(name)  # NotFound before anything is loaded
         endpoint = self._compile(spec)
         try:
+            params, _ = self.store.get_params(name)
+            # run-time parameters in force must still fit: refuse the spec, not drop them
+            resolve(params, endpoint.graph.steps, set(spec.models), strict=True)
             stored = self.store.update(spec)
         except BaseException:
             endpoint.retire()
@@ -195,8 +244,28 @@ class ServingEngine:
             self._broken.pop(name, None)
             self._stats.pop(name, None)
             self._seen.pop(name, None)
+            self._params_seen.pop(name, None)
         if old is not None:
             old.retire()
+
+    # -- run-time parameters ----------------------------------------------------------------
+    def get_params(self, name: str) -> EndpointParams:
+        self.store.get(name)
+        return self.store.get_params(name)[0]
+
+    def set_params(self, name: str, params: EndpointParams) -> EndpointParams:
+        """Check `params` against the endpoint as it runs (SpecError naming the step and
+        field), store them, and put them in force at once: the next request reads them."""
+        endpoint = self._acquire(name)
+        try:
+            resolved = resolve(params, endpoint.graph.steps, set(endpoint.spec.models), strict=True)
+            stamp = self.store.set_params(name, params)
+            endpoint.runtime = resolved
+            with self._lock:
+                self._params_seen[name] = stamp
+        finally:
+            endpoint.release()
+        return params
 
     def _info(self, stored: StoredEndpoint) -> EndpointInfo:
         with self._lock:
@@ -215,6 +284,7 @@ class ServingEngine:
             info.output = described["output"]
             info.models = described["models"]
             info.signatures = described["signatures"]
+            info.params = self.store.get_params(stored.name)[0]
         elif error is None:
             info.error = "not loaded in this process"
         return info
@@ -252,10 +322,14 @@ class ServingEngine:
         """Run one request (blocking: call it from a thread, or use `apredict`), up to the
         endpoint's output or to `step`. Steps it defers (time-differential) are queued as a
         job, whose id the response carries."""
+        started = time.perf_counter()
+        rid = request.request_id or uuid.uuid4().hex
         endpoint = self._acquire(name)
         try:
-            response, deferred = endpoint.run_deferring(request, step)
+            response, deferred = endpoint.run_deferring(request, step, request_id=rid)
             if deferred and self.jobs is not None:
+                if request.request_id is None:  # the deferred answer logs under the same id
+                    request = request.model_copy(update={"request_id": rid})
                 job = self.jobs.submit(
                     "predict",
                     name,
@@ -265,14 +339,51 @@ class ServingEngine:
                 )
                 response.job = job.id
             return response
-        except InvalidInput:
+        except InvalidInput as exc:
             endpoint.stats.error("bad_input")
+            self._log_failure(endpoint, rid, step, "bad_input", exc, started)
             raise
-        except Exception:
+        except ModelOff as exc:
+            endpoint.stats.error("model_off")
+            self._log_failure(endpoint, rid, step, "model_off", exc, started)
+            raise
+        except Exception as exc:
             endpoint.stats.error("failed")
+            self._log_failure(endpoint, rid, step, "failed", exc, started)
             raise
         finally:
             endpoint.release()
+
+    def _log_failure(
+        self,
+        endpoint: CompiledEndpoint,
+        request_id: str,
+        step: str | None,
+        outcome: str,
+        exc: BaseException,
+        started: float,
+    ) -> None:
+        if self.log is None:
+            return
+        failed_step = getattr(exc, "step", None) if isinstance(exc, StepFailed | ModelOff) else None
+        # an endpoint with one model: the failure is that version's (monitoring's error rate)
+        models = list(endpoint.models.values())
+        version = models[0].version.id if len(models) == 1 else None
+        # what a router said of the request before it failed (the A/B variant that failed)
+        tags: dict[str, str] | None = getattr(exc, "request_tags", None)
+        entry = LogEntry(
+            ts=time.time(),
+            request_id=request_id,
+            endpoint=endpoint.name,
+            outcome=outcome,
+            model_version=version,
+            step=failed_step or getattr(exc, "step", None) or step,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            error=str(exc)[:500],
+            variant=None if tags is None else tags.get("variant"),
+            tags=tags,
+        )
+        self.log.add([entry])
 
     async def apredict(self, name: str, request: PredictRequest) -> PredictResponse:
         loop = asyncio.get_running_loop()

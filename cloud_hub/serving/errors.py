@@ -23,3 +23,13 @@ class BadInput(InvalidInput):
 
 class PayloadTooLarge(InvalidInput):
     """A request body over the endpoint's size limit (413)."""
+
+
+class ModelOff(Exception):
+    """A model switched off by the endpoint's run-time parameters (a kill switch): 503, unless a
+    router or guard of the graph answers without it."""
+
+    def __init__(self, alias: str, step: str | None = None) -> None:
+        super().__init__(f"model {alias!r} is switched off (kill switch)")
+        self.alias = alias
+        self.step = step

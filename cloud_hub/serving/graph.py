@@ -8,15 +8,18 @@ connected to the output, and a shape that does not fit between two steps.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from cloud_hub.errors import InvalidInput
-from cloud_hub.serving.errors import SpecError
+from cloud_hub.serving.errors import ModelOff, SpecError
+from cloud_hub.serving.params import NO_PARAMS, ResolvedParams
 from cloud_hub.serving.spec import EndpointSpec
 from cloud_hub.serving.step import REQUEST, BuildEnv, Signature, Step, build_step
 from cloud_hub.serving.values import Value
@@ -133,6 +136,18 @@ def compile_graph(spec: EndpointSpec, env: BuildEnv) -> Graph:
     return Graph(steps=steps, output=output, signatures=sigs, order=order)
 
 
+@dataclass(frozen=True)
+class ExtraAnswer:
+    """An answer a step logged beside the one returned (a shadow's), for the prediction log."""
+
+    step: str
+    role: str
+    value: Value
+    latency_ms: float
+    error: str | None
+    ts: float
+
+
 @dataclass
 class Run:
     """One request going through a graph: the RunContext its steps see."""
@@ -141,15 +156,57 @@ class Run:
     request: Value
     fanout: Executor
     request_key: str | None = None
+    request_id: str = ""
+    attributes: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    runtime: ResolvedParams = NO_PARAMS
     trace: list[str] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
     deferred: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    extra: list[ExtraAnswer] = field(default_factory=list)
+    observed: dict[int, np.ndarray] = field(default_factory=dict)
+    # set once the request's answer is logged: later `log` calls go straight to it
+    late_log: Callable[[ExtraAnswer], None] | None = None
     _memo: dict[str, Future[Value]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def key(self) -> str | None:
         return self.request_key
+
+    def params(self, step: Step) -> Any:
+        return self.runtime.for_step(step)
+
+    def killed(self, model_alias: str) -> bool:
+        return model_alias in self.runtime.kill
+
+    def tag(self, key: str, value: str) -> None:
+        with self._lock:
+            self.tags[key] = value
+
+    def log(
+        self, step: str, role: str, value: Value, latency_ms: float, error: str | None = None
+    ) -> None:
+        entry = ExtraAnswer(step, role, value, latency_ms, error, time.time())
+        with self._lock:
+            late = self.late_log
+            if late is None:
+                self.extra.append(entry)
+        if late is not None:
+            late(entry)
+
+    def observe(self, version_id: int, x: np.ndarray) -> None:
+        if len(x) == self.request.rows:
+            with self._lock:
+                self.observed.setdefault(version_id, x)
+
+    def close_log(self, late: Callable[[ExtraAnswer], None]) -> list[ExtraAnswer]:
+        """The answers logged so far; those logged from now on go to `late`."""
+        with self._lock:
+            self.late_log = late
+            extra, self.extra = self.extra, []
+        return extra
 
     def result(self, output: str | None = None) -> Value:
         """The value of the output step (or of `output`, another step of the graph)."""
@@ -210,7 +267,7 @@ class Run:
             inputs = [self.request if rows is None else self.request.take(rows)]
         try:
             value = step.run(self, inputs)
-        except (InvalidInput, StepFailed):
+        except (InvalidInput, StepFailed, ModelOff):
             raise
         except Exception as exc:
             raise StepFailed(name, exc) from exc

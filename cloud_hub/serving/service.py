@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cloud_hub.db import Database
+from cloud_hub.predlog.writer import PredictionLogWriter
 from cloud_hub.serving.engine import ServingEngine
 from cloud_hub.serving.jobs import JobQueue
 from cloud_hub.serving.notify import JobNotifier, MqttPublisher
@@ -20,6 +21,13 @@ def job_queue(db: Database, settings: HubSettings) -> JobQueue:
         backoff_s=settings.serving_job_backoff_s,
         lease_s=settings.serving_job_lease_s,
     )
+
+
+def prediction_log(db: Database, settings: HubSettings) -> PredictionLogWriter | None:
+    """The process's prediction-log writer, started (None when the settings turn it off)."""
+    if not settings.prediction_log:
+        return None
+    return PredictionLogWriter(db).start()
 
 
 class JobService:

@@ -10,7 +10,7 @@ they exist, that there is no cycle, and gives their signatures to `signature()`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -21,6 +21,9 @@ from cloud_hub.serving.errors import SpecError
 from cloud_hub.serving.values import Value, ValueKind
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from cloud_hub.serving.devices import DeviceFacts
     from cloud_hub.serving.models import LoadedModel
     from cloud_hub.serving.spec import BatchingSpec, StepSpec
 
@@ -61,6 +64,15 @@ class BuildEnv(Protocol):
 
     def resolve_path(self, path: str) -> str: ...
 
+    # the endpoint's name (a salt for sticky routing)
+    endpoint: str
+    # the engine's fan-out pool: work a step runs beside the request (a shadow) or waits on
+    # with a timeout (a circuit breaker)
+    fanout: Executor
+
+    def device(self, device_id: str) -> DeviceFacts | None:
+        """A device of the hub's registry (condition routing); None if unknown or no registry."""
+
 
 class RunContext(Protocol):
     """What a step may do while it runs (one request)."""
@@ -68,6 +80,40 @@ class RunContext(Protocol):
     @property
     def key(self) -> str | None:
         """The caller's key (for sticky routing), if it gave one."""
+
+    @property
+    def request_id(self) -> str:
+        """This request's id (the caller's, or one made for it): in the response and the log."""
+
+    @property
+    def attributes(self) -> Mapping[str, str | int | float | bool]:
+        """The request's attributes (condition routing)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The HTTP request's headers, lower-case names (empty for jobs and the CLI)."""
+
+    def params(self, step: Step) -> Any:
+        """`step`'s params as in force now: the spec's, with the endpoint's run-time
+        parameters for that step merged over them (see `runtime_params`)."""
+
+    def killed(self, model_alias: str) -> bool:
+        """Whether the endpoint's run-time parameters switched this model off."""
+
+    def tag(self, key: str, value: str) -> None:
+        """Say something about this request for the response and the prediction log (the
+        A/B variant, a fallback taken, the route chosen)."""
+
+    def log(
+        self, step: str, role: str, value: Value, latency_ms: float, error: str | None = None
+    ) -> None:
+        """Log another answer to this request beside the one returned, under the same request
+        id: a shadow model's (`role="shadow"`), say. May be called after the answer went out
+        (a step that lets work finish in the background): it is logged then."""
+
+    def observe(self, version_id: int, x: np.ndarray) -> None:
+        """A model step says what input its version saw (all the request's rows): the log
+        keeps a summary of it per row, for drift monitoring."""
 
     def call(self, step: str, rows: np.ndarray | None = None) -> Value:
         """Run `step` on this request: on all rows (once per request, then remembered), or on
@@ -96,6 +142,8 @@ class Step(ABC):
     Params: ClassVar[type[StepParams]] = StepParams
     # how many data inputs the step takes: (min, max); (0, 0) means it reads the request
     arity: ClassVar[tuple[int, int]] = (0, 1)
+    # params the endpoint's run-time parameters may change without a rebuild (ctx.params(self))
+    runtime_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, name: str, inputs: list[str], params: Any, env: BuildEnv) -> None:
         self.name = name

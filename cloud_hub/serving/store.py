@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from cloud_hub.db import Database
 from cloud_hub.errors import AlreadyExists, NotFound
 from cloud_hub.registry import utcnow
+from cloud_hub.serving.params import EndpointParams
 from cloud_hub.serving.spec import EndpointSpec
 
 
@@ -74,3 +75,30 @@ class EndpointStore:
             cur = db.execute("DELETE FROM endpoints WHERE name = ?", [name])
             if cur.rowcount == 0:
                 raise NotFound("endpoint", name)
+            db.execute("DELETE FROM endpoint_params WHERE endpoint = ?", [name])
+
+    # -- run-time parameters ----------------------------------------------------------------
+    def get_params(self, name: str) -> tuple[EndpointParams, str | None]:
+        row = self.db.conn.execute(
+            "SELECT params, updated_at FROM endpoint_params WHERE endpoint = ?", [name]
+        ).fetchone()
+        if row is None:
+            return EndpointParams(), None
+        return EndpointParams.model_validate(json.loads(row["params"])), row["updated_at"]
+
+    def set_params(self, name: str, params: EndpointParams) -> str:
+        with self.db.transaction() as db:
+            if not self.exists(name):
+                raise NotFound("endpoint", name)
+            now = utcnow()
+            db.execute(
+                "INSERT INTO endpoint_params (endpoint, params, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (endpoint) DO UPDATE SET params = excluded.params, "
+                "updated_at = excluded.updated_at",
+                [name, params.model_dump_json(), now],
+            )
+        return now
+
+    def params_stamps(self) -> dict[str, str]:
+        rows = self.db.conn.execute("SELECT endpoint, updated_at FROM endpoint_params")
+        return {r["endpoint"]: r["updated_at"] for r in rows}

@@ -39,6 +39,8 @@ class Value:
     ids: tuple[str, ...] | None = None
     labels: tuple[str, ...] | None = None
     top: np.ndarray | None = None
+    # scores: the registry version id that gave each row (-1: none, an aggregate of several)
+    version: np.ndarray | None = None
 
     def take(self, index: Sequence[int] | np.ndarray) -> Value:
         idx = np.asarray(index, dtype=np.int64)
@@ -49,6 +51,7 @@ class Value:
             raw=None if self.raw is None else tuple(self.raw[i] for i in idx),
             ids=None if self.ids is None else tuple(self.ids[i] for i in idx),
             top=None if self.top is None else self.top[idx],
+            version=None if self.version is None else self.version[idx],
         )
 
     def winners(self) -> np.ndarray:
@@ -81,11 +84,14 @@ def merge_scores(parts: list[tuple[np.ndarray, Value]], rows: int) -> Value:
     assert first.x is not None
     out = np.zeros((rows, first.x.shape[1]), dtype=np.float32)
     top = np.zeros(rows, dtype=np.int64)
+    version = np.full(rows, -1, dtype=np.int64)
     for index, value in parts:
         assert value.x is not None
         out[index] = value.x
         top[index] = value.winners()
-    return Value(kind="scores", rows=rows, x=out, labels=first.labels, top=top)
+        if value.version is not None:
+            version[index] = value.version
+    return Value(kind="scores", rows=rows, x=out, labels=first.labels, top=top, version=version)
 
 
 class PredictRequest(BaseModel):
@@ -98,7 +104,25 @@ class PredictRequest(BaseModel):
     images_b64: list[str] | None = None
     id: str | None = Field(default=None, description="an item of the endpoint's data source")
     ids: list[str] | None = None
-    key: str | None = Field(default=None, description="a caller key (sticky routing)")
+    key: str | None = Field(
+        default=None, max_length=256, description="a caller key (sticky routing: user, device)"
+    )
+    request_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="the caller's id for this request, in the response and the prediction log "
+        "[default: a new one; over HTTP also the X-Request-ID header]",
+    )
+    attributes: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="request attributes that condition routing may look at (device_id, "
+        "user, region, ...)",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="the HTTP request's headers (lower-case names): filled in by the hub",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PredictRequest:

@@ -44,7 +44,7 @@ class PredictionCacheStep(Step):
 
     def __init__(self, name: str, inputs: list[str], params: Any, env: BuildEnv) -> None:
         super().__init__(name, inputs, params, env)
-        self.cache: TTLCache[tuple[np.ndarray, int]] = TTLCache(
+        self.cache: TTLCache[tuple[np.ndarray, int, int]] = TTLCache(
             max_entries=params.max_entries, ttl_s=params.ttl_s
         )
         self.labels: tuple[str, ...] | None = None
@@ -79,8 +79,10 @@ class PredictionCacheStep(Step):
             fresh = ctx.call(self.params.target, miss)
             assert fresh.x is not None
             winners = fresh.winners()
+            versions = fresh.version if fresh.version is not None else np.full(len(miss), -1)
             for j, row in enumerate(miss):
-                self.cache.put(keys[row], (fresh.x[j].copy(), int(winners[j])))
+                entry = (fresh.x[j].copy(), int(winners[j]), int(versions[j]))
+                self.cache.put(keys[row], entry)
             parts.append((miss, fresh))
         if len(hit):
             cached = [f for f in found if f is not None]
@@ -94,6 +96,7 @@ class PredictionCacheStep(Step):
                         x=np.stack([c[0] for c in cached]),
                         labels=labels,
                         top=np.asarray([c[1] for c in cached], dtype=np.int64),
+                        version=np.asarray([c[2] for c in cached], dtype=np.int64),
                     ),
                 )
             )

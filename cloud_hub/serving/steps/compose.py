@@ -53,6 +53,7 @@ class SelectStep(Step):
     kind = "select"
     Params = SelectParams
     arity = (1, 1)
+    runtime_params = frozenset({"min_score"})
 
     def __init__(self, name: str, inputs: list[str], params: Any, env: BuildEnv) -> None:
         super().__init__(name, inputs, params, env)
@@ -78,23 +79,23 @@ class SelectStep(Step):
             _same_labels(self, name, target(name), decider, "route")
         return decider
 
-    def route(self, decider: Value) -> dict[str | None, list[int]]:
+    def route(self, decider: Value, params: SelectParams) -> dict[str | None, list[int]]:
         assert decider.x is not None and decider.labels is not None
         winners = decider.winners()
         groups: dict[str | None, list[int]] = defaultdict(list)
         for row, top in enumerate(winners):
             score = float(decider.x[row, top])
-            if self.params.min_score is not None and score >= self.params.min_score:
+            if params.min_score is not None and score >= params.min_score:
                 groups[None].append(row)
                 continue
             label = decider.labels[int(top)]
-            groups[self.params.routes.get(label, self.params.default)].append(row)
+            groups[params.routes.get(label, params.default)].append(row)
         return groups
 
     def run(self, ctx: RunContext, inputs: list[Value]) -> Value:
         (decider,) = inputs
         parts: list[tuple[np.ndarray, Value]] = []
-        for target, rows in self.route(decider).items():
+        for target, rows in self.route(decider, ctx.params(self)).items():
             index = np.asarray(rows, dtype=np.int64)
             value = decider.take(index) if target is None else ctx.call(target, index)
             parts.append((index, value))

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud_hub.serving.errors import BadInput
+from cloud_hub.serving.errors import BadInput, ModelOff
 from cloud_hub.serving.step import (
     BuildEnv,
     RunContext,
@@ -70,14 +70,27 @@ class ModelStep(Step):
 
     def run(self, ctx: RunContext, inputs: list[Value]) -> Value:
         (given,) = inputs
+        if ctx.killed(self.params.model):
+            raise ModelOff(self.params.model, step=self.name)
         if given.x is None:
             raise BadInput(
                 "this step needs numeric rows: send 'inputs' (or add a preprocess step for "
                 "images, a data_cache step for ids)",
                 step=self.name,
             )
-        scores = self.model.predict(self.check(given.x))
-        return Value(kind="scores", rows=given.rows, x=scores, labels=self.model.labels)
+        x = self.check(given.x)
+        scores = self.model.predict(x)
+        if getattr(scores, "ndim", 0) != 2 or len(scores) != given.rows:
+            shape = tuple(getattr(scores, "shape", ()))
+            raise RuntimeError(
+                f"model {self.model.version.ref} returned scores of shape {shape} for "
+                f"{given.rows} rows"
+            )
+        ctx.observe(self.model.version.id, x)
+        version = np.full(given.rows, self.model.version.id, dtype=np.int64)
+        return Value(
+            kind="scores", rows=given.rows, x=scores, labels=self.model.labels, version=version
+        )
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model": self.model.version.ref}

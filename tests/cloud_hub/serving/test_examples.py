@@ -246,14 +246,19 @@ def test_every_example_builds(client: TestClient, monkeypatch: pytest.MonkeyPatc
     monkeypatch.chdir(REPO)
     names = sorted(p.name for p in (REPO / "examples" / "endpoints").glob("*.json"))
     assert names == [
+        "ab_test.json",
         "async.json",
         "batch.json",
+        "circuit_breaker.json",
+        "condition.json",
         "data_cache.json",
         "parallel.json",
         "prediction_cache.json",
         "preprocess_predict.json",
         "serial_chain.json",
+        "shadow.json",
         "sync.json",
+        "threshold.json",
         "time_differential.json",
     ]
     for name in names:
