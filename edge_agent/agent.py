@@ -24,14 +24,22 @@ from edge_agent.config import AgentSettings
 from edge_agent.deployer import Deployer
 from edge_agent.forwarder import Forwarder
 from edge_agent.http_api import HttpApi
-from edge_agent.inference import InferenceService, NoActiveModel
+from edge_agent.inference import InferenceService, NoActiveModel, ServingDisabled
 from edge_agent.model_manager import ModelEvent, ModelManager
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.outbox import BatchWriter, Outbox
+from edge_agent.shadow import ShadowRunner
 from edge_agent.source import FrameSource
 from edge_agent.telemetry import LatencyTracker, SystemSampler, telemetry_record
-from edge_agent.wire import DeviceStatus, FetchRequest, InferRequest, InferResult, Report
+from edge_agent.wire import (
+    DeviceStatus,
+    FetchRequest,
+    InferRequest,
+    InferResult,
+    Report,
+    ServingParams,
+)
 
 __all__ = ["Agent", "agent_version", "available_runtimes"]
 
@@ -75,8 +83,14 @@ class Agent:
         self.manager = ModelManager(
             self.store, threads=settings.runtime.threads, on_event=self._on_model_event
         )
+        self.shadow = ShadowRunner(self.manager, self.writer)
         self.service = InferenceService(
-            self.manager, self.writer, self.tracker, labels=self._labels
+            self.manager,
+            self.writer,
+            self.tracker,
+            labels=self._labels,
+            params=self._params,
+            shadow=self.shadow,
         )
         self.runtimes = available_runtimes()
         self.hardware = settings.telemetry.hardware or platform.machine()
@@ -133,6 +147,7 @@ class Agent:
             tmp.write_text(f"{self.http.port}\n")
             os.replace(tmp, port_file)
             log.info("HTTP API on http://%s:%d", http.host, self.http.port)
+        self.shadow.start()
         self.deployer.start()
         self.forwarder.start()
         self.link.start()
@@ -162,6 +177,7 @@ class Agent:
             self.http.stop()
             (self.settings.data_dir / "http.port").unlink(missing_ok=True)
         self._infer_pool.shutdown(wait=True, cancel_futures=True)
+        self.shadow.stop()
         self.deployer.stop()
         self.forwarder.stop()
         self.link.stop()
@@ -192,6 +208,7 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         active = self.manager.active
+        shadow = self.manager.shadow
         stats = self.outbox.stats()
         return {
             "device_id": self.device_id,
@@ -213,7 +230,9 @@ class Agent:
                 "acked_upto": stats.acked_upto,
             },
             "forwarder": self.forwarder.stats(),
-            "params": self.deployer.params,
+            "params": self.deployer.params.model_dump(),
+            "shadow_version": shadow.version_id if shadow is not None else None,
+            "shadow": self.shadow.totals(),
             "deployment": self.deployer.snapshot(),
             "uptime_s": round(time.time() - self.started_at, 3),
         }
@@ -221,6 +240,9 @@ class Agent:
     def _labels(self) -> list[str]:
         active = self.manager.active
         return list(active.ref.labels) if active is not None else []
+
+    def _params(self) -> ServingParams:
+        return self.deployer.params
 
     def _preprocessing(self) -> dict[str, Any] | None:
         active = self.manager.active
@@ -269,7 +291,7 @@ class Agent:
                 predictions=doc["predictions"],
                 latency_ms=doc["latency_ms"],
             )
-        except NoActiveModel as exc:
+        except (NoActiveModel, ServingDisabled) as exc:
             answer = InferResult(request_id=request.request_id, ok=False, error=str(exc))
         except Exception as exc:
             answer = InferResult(
@@ -291,7 +313,12 @@ class Agent:
         while not self._stop.wait(interval):
             try:
                 self.manager.poll()
-                record = telemetry_record(self.sampler, self.tracker, self.outbox.stats())
+                record = telemetry_record(
+                    self.sampler,
+                    self.tracker,
+                    self.outbox.stats(),
+                    shadow=self.shadow.window(reset=True),
+                )
                 self.writer.append("telemetry", record)
                 self.forwarder.wake()
             except Exception as exc:

@@ -6,6 +6,12 @@ the deployment and version ids. The old model serves throughout; a failure anywh
 serving. The last outcome per deployment is kept in `deploy.json`, so a retained desired state
 that is delivered again (each reconnect, each restart) is answered, not redone: an active model is
 acknowledged, a failed or rolled-back deployment is reported again and not retried.
+
+Serving parameters are applied as soon as a desired state arrives, whatever happens to its
+model: a change of parameters alone never transfers anything. A desired state's `shadow` is
+taken care of once its model is active: fetched with the same verified transfer (reports with
+role "shadow"), installed, and loaded beside the active model; a desired state without one drops
+it. A desired model already in the store (a promoted shadow) is activated without a transfer.
 """
 
 from __future__ import annotations
@@ -18,14 +24,22 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from edge_agent.config import AgentSettings
 from edge_agent.model_manager import ActivationError, ModelEvent, ModelManager
 from edge_agent.model_store import ModelStore
 from edge_agent.signing import VerificationError, verify_model
 from edge_agent.transfer import Transfer, TransferFailed
-from edge_agent.wire import DeploymentState, DesiredState, FetchRequest, Report, WireError
+from edge_agent.wire import (
+    DeploymentState,
+    DesiredState,
+    FetchRequest,
+    ModelRef,
+    Report,
+    ServingParams,
+    WireError,
+)
 
 __all__ = ["Deployer"]
 
@@ -57,10 +71,11 @@ class Deployer:
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.state: dict[str, Any] = self._load_state()
-        self.params: dict[str, Any] = dict(self.state.get("params") or {})
+        self.params = _saved_params(self.state.get("params"))
         if isinstance(self.state.get("threads"), int) and self.state["threads"] >= 1:
             manager.threads = self.state["threads"]  # the last desired threads, for restore()
         self.transfer: Transfer | None = None
+        self._transfer_role: Literal["model", "shadow"] = "model"
         self._desired: DesiredState | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="deployer", daemon=True)
@@ -101,6 +116,8 @@ class Deployer:
         transfer = self.transfer
         if transfer is not None:
             state["transfer"] = {
+                "role": self._transfer_role,
+                "version_id": transfer.ref.version_id,
                 "received_bytes": transfer.received_bytes,
                 "size": transfer.size,
                 "good_offset": transfer.good_offset,
@@ -140,19 +157,28 @@ class Deployer:
             return
         self._desired = desired
         if desired.params != self.params:
-            self.params = dict(desired.params)
+            self.params = desired.params
             with self._lock:
-                self.state["params"] = self.params
+                self.state["params"] = self.params.model_dump()
             self._save_state()
-            log.info("serving params now %s", self.params)
+            log.info("serving params now %s", self.params.model_dump(exclude_defaults=True))
         if desired.threads != self.manager.threads:
             self.manager.threads = desired.threads
             with self._lock:
                 self.state["threads"] = desired.threads
             self._save_state()
+        loaded_shadow = self.manager.shadow
+        if loaded_shadow is not None and loaded_shadow.ref.sha256.lower() not in (
+            _sha(desired.shadow),
+            _sha(desired.model),  # a promotion: activate() takes the loaded shadow over
+        ):
+            # not this deployment's shadow: stop comparing now, whatever becomes of the model
+            log.info("dropping the shadow (version %s)", loaded_shadow.version_id)
+            self.manager.set_shadow(None)
         ref = desired.model
         if ref is None:
             self._abandon_transfer()  # nothing new to run: keep serving what is active
+            self._reconcile_shadow(desired)
             return
         deployment_id = desired.deployment_id
         sha = ref.sha256.lower()
@@ -162,8 +188,9 @@ class Deployer:
             and active.ref.version_id == ref.version_id
             and active.ref.sha256.lower() == sha
         ):
-            self._abandon_transfer()
+            self._abandon_transfer(keep=_sha(desired.shadow))
             self._report(desired, "active", None)
+            self._reconcile_shadow(desired)
             return
         with self._lock:
             last = dict(self.state)
@@ -176,24 +203,129 @@ class Deployer:
             self._report(desired, last["state"], last.get("reason"))  # not retried
             return
         transfer = self.transfer
-        if transfer is not None and transfer.sha256 == sha:
+        if transfer is not None and transfer.sha256 == sha and self._transfer_role == "model":
             if transfer.deployment_id == (deployment_id or 0):
                 return  # already on it
             self.transfer = None  # the same bytes for a new deployment: keep what is held
+        elif transfer is not None and transfer.sha256 == sha:
+            self.transfer = None  # a shadow being fetched became the model: keep what is held
         self._abandon_transfer()
         installed = self.store.get(ref.version_id)
         if installed is not None and installed.ref.sha256.lower() == sha:
-            self._activate(desired)  # verified when it was installed
+            self._activate(desired)  # verified when it was installed: no transfer
             return
         self._remove_stale_partials(keep=sha)
+        self._start_transfer(ref, desired, "model")
+
+    def _start_transfer(
+        self, ref: ModelRef, desired: DesiredState, role: Literal["model", "shadow"]
+    ) -> None:
         self.transfer = Transfer(
-            ref, deployment_id or 0, self._transfers_dir, self.settings.transfer, self._send_fetch
+            ref,
+            desired.deployment_id or 0,
+            self._transfers_dir,
+            self.settings.transfer,
+            self._send_fetch,
         )
-        self._report(desired, "transferring", None, received=self.transfer.resumed_bytes)
+        self._transfer_role = role
+        if role == "model":
+            self._report(desired, "transferring", None, received=self.transfer.resumed_bytes)
+        else:
+            self._report_shadow(desired, "transferring", None, self.transfer.resumed_bytes)
         self.transfer.pump()
 
-    def _abandon_transfer(self) -> None:
-        if self.transfer is not None:
+    # -- the shadow -----------------------------------------------------------------------------
+    def _reconcile_shadow(self, desired: DesiredState) -> None:
+        """Make the loaded shadow the desired one (called once the desired model is active)."""
+        ref = desired.shadow
+        loaded = self.manager.shadow
+        if ref is None:
+            if loaded is not None:
+                log.info("dropping the shadow (version %s)", loaded.version_id)
+                self.manager.set_shadow(None)
+            if self.transfer is not None and self._transfer_role == "shadow":
+                self._abandon_transfer()
+            return
+        sha = ref.sha256.lower()
+        if (
+            loaded is not None
+            and loaded.ref.version_id == ref.version_id
+            and loaded.ref.sha256.lower() == sha
+        ):
+            self._report_shadow(desired, "active", None)
+            return
+        with self._lock:
+            last = dict(self.state.get("shadow") or {})
+        if (
+            last.get("deployment_id") == desired.deployment_id
+            and last.get("sha256") == sha
+            and last.get("state") == "failed"
+        ):
+            self._report_shadow(desired, "failed", last.get("reason"))  # not retried
+            return
+        installed = self.store.get(ref.version_id)
+        if installed is not None and installed.ref.sha256.lower() == sha:
+            self._load_shadow(desired, installed.ref)
+            return
+        transfer = self.transfer
+        if transfer is not None and transfer.sha256 == sha and self._transfer_role == "shadow":
+            if transfer.deployment_id == (desired.deployment_id or 0):
+                return  # already on it
+            self.transfer = None  # keep the bytes held for the new deployment
+        self._abandon_transfer()
+        self._remove_stale_partials(keep=sha)
+        self._start_transfer(ref, desired, "shadow")
+
+    def _load_shadow(self, desired: DesiredState, ref: ModelRef) -> None:
+        installed = self.store.get(ref.version_id)
+        if installed is None:
+            self._report_shadow(desired, "failed", "the installed shadow disappeared")
+            return
+        try:
+            self.manager.set_shadow(installed)
+        except ActivationError as exc:
+            self._report_shadow(desired, "failed", exc.reason)
+            return
+        self._report_shadow(desired, "active", None)
+
+    def _report_shadow(
+        self,
+        desired: DesiredState,
+        state: DeploymentState,
+        reason: str | None,
+        received: int | None = None,
+    ) -> None:
+        ref = desired.shadow
+        assert ref is not None
+        if state in ("failed", "active"):
+            with self._lock:
+                self.state["shadow"] = {
+                    "deployment_id": desired.deployment_id,
+                    "version_id": ref.version_id,
+                    "sha256": ref.sha256.lower(),
+                    "state": state,
+                    "reason": reason,
+                }
+            self._save_state()
+        if state == "failed":
+            log.warning("shadow version %s failed: %s", ref.version_id, reason)
+        else:
+            log.info("shadow version %s %s", ref.version_id, state)
+        self._publish(
+            Report(
+                device_id=self.device_id,
+                deployment_id=desired.deployment_id,
+                version_id=ref.version_id,
+                state=state,
+                reason=reason,
+                received_bytes=received,
+                role="shadow",
+            )
+        )
+
+    def _abandon_transfer(self, keep: str | None = None) -> None:
+        """Stop the transfer in progress (unless it is of `keep`) and forget its bytes."""
+        if self.transfer is not None and self.transfer.sha256 != keep:
             log.info("abandoning the transfer of %s…", self.transfer.sha256[:12])
             self.transfer.discard()
             self.transfer = None
@@ -216,26 +348,32 @@ class Deployer:
         except TransferFailed as exc:
             self.transfer = None
             transfer.discard()
-            self._report(desired, "failed", f"transfer failed: {exc}", transfer.received_bytes)
+            fail = self._report if self._transfer_role == "model" else self._report_shadow
+            fail(desired, "failed", f"transfer failed: {exc}", transfer.received_bytes)
             return
         if not transfer.complete:
             return
         self.transfer = None
+        role = self._transfer_role
         data = transfer.read()
         transfer.discard()
-        assert desired.model is not None
+        ref = transfer.ref
+        fail = self._report if role == "model" else self._report_shadow
         try:
-            verify_model(desired.model, data, self.settings.hub_public_key)
+            verify_model(ref, data, self.settings.hub_public_key)
         except VerificationError as exc:
-            self._report(desired, "failed", f"verification failed: {exc}", len(data))
+            fail(desired, "failed", f"verification failed: {exc}", len(data))
             return
-        self._report(desired, "verified", None, len(data))
+        fail(desired, "verified", None, len(data))
         try:
-            self.store.install(desired.model, data)
+            self.store.install(ref, data)
         except (OSError, ValueError) as exc:
-            self._report(desired, "failed", f"cannot install the model: {exc}")
+            fail(desired, "failed", f"cannot install the model: {exc}")
             return
-        self._activate(desired)
+        if role == "shadow":
+            self._load_shadow(desired, ref)
+        else:
+            self._activate(desired)
 
     def _activate(self, desired: DesiredState) -> None:
         assert desired.model is not None
@@ -251,9 +389,10 @@ class Deployer:
         self._report(desired, "active", None)
         self._on_active_change()
         try:
-            self.store.prune()
+            self.store.prune(protect=[desired.shadow.version_id] if desired.shadow else [])
         except OSError as exc:
             log.warning("cannot prune old models: %s", exc)
+        self._reconcile_shadow(desired)
 
     # -- reports and state ----------------------------------------------------------------------
     def _report(
@@ -277,16 +416,19 @@ class Deployer:
         """A message that breaks the contract: logged, and reported to the hub (which keeps the
         reason on the device), without touching the deployment state."""
         log.warning("%s", reason)
-        try:
-            self._publish_report(
-                Report(
-                    device_id=self.device_id,
-                    deployment_id=None,
-                    version_id=None,
-                    state="failed",
-                    reason=reason[:1000],
-                )
+        self._publish(
+            Report(
+                device_id=self.device_id,
+                deployment_id=None,
+                version_id=None,
+                state="failed",
+                reason=reason[:1000],
             )
+        )
+
+    def _publish(self, report: Report) -> None:
+        try:
+            self._publish_report(report)
         except Exception:
             log.exception("cannot publish a report")
 
@@ -323,10 +465,7 @@ class Deployer:
             reason=reason,
             received_bytes=received,
         )
-        try:
-            self._publish_report(report)
-        except Exception:
-            log.exception("cannot publish a report")
+        self._publish(report)
 
     def _load_state(self) -> dict[str, Any]:
         try:
@@ -353,3 +492,16 @@ class Deployer:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _sha(ref: ModelRef | None) -> str | None:
+    return None if ref is None else ref.sha256.lower()
+
+
+def _saved_params(saved: Any) -> ServingParams:
+    """The serving parameters kept in deploy.json (defaults when missing or unreadable)."""
+    try:
+        return ServingParams.model_validate(saved or {})
+    except ValueError as exc:
+        log.warning("ignoring saved serving params: %s", exc)
+        return ServingParams()

@@ -10,7 +10,9 @@
 Errors are JSON `{"error": ..., "detail": ...}`: 400 malformed request, 404 unknown path, 405 wrong
 method, 411 no Content-Length, 413 body over the limit (read from Content-Length, before the body),
 415 unsupported content type, 422 input the model cannot take (shape, dtype, non-numeric, NaN, not
-an image), 503 no active model, 500 a model error.
+an image), 503 no active model (or the deployment's kill switch is on without a default answer),
+500 a model error. Below the deployment's `min_score` a prediction has `"thresholded": true`,
+`"class": null` and the default label; with the kill switch on each has `"disabled": true`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.inference import InferenceService, NoActiveModel
+from edge_agent.inference import InferenceService, NoActiveModel, ServingDisabled
 from edge_agent.preprocess import ImageError, decode_image, prepare_frame, require_image_spec
 
 __all__ = ["HttpApi"]
@@ -126,6 +128,8 @@ class HttpApi:
             result = self.service.infer(x, source="http")
         except NoActiveModel as exc:
             raise ApiError(503, "no active model", str(exc)) from None
+        except ServingDisabled as exc:
+            raise ApiError(503, "serving disabled", str(exc)) from None
         except ValueError as exc:
             raise ApiError(422, "invalid input", str(exc)) from None
         self._on_inferred()

@@ -10,6 +10,12 @@ the group commit as deferred (committed within the writer's `deferred_delay_s`, 
 with whatever else came meanwhile) and the call returns at once; at most `max_unflushed` logs are
 ever left uncommitted (past that the call waits for the oldest), and `flush()` waits for all of
 them. So durability lags a source by about 10 ms; every log still lands in the outbox.
+
+Serving parameters (`wire.ServingParams`, from the desired state) are read on every call, so a
+change takes effect on the next request: below `min_score` a sample is answered with the
+default label (`thresholded`); with the kill switch on the model is not run at all (each sample
+is answered with the default label, or ServingDisabled is raised when there is none). A shadow
+(`shadow.ShadowRunner`) gets each request after the active model has answered it.
 """
 
 from __future__ import annotations
@@ -27,11 +33,19 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.features import summary_lists
 from edge_agent.model_manager import ModelManager, NoActiveModel
 from edge_agent.outbox import BatchWriter
+from edge_agent.shadow import ShadowRunner
 from edge_agent.telemetry import LatencyTracker
+from edge_agent.wire import ServingParams
 
-__all__ = ["InferenceResult", "InferenceService", "NoActiveModel"]
+__all__ = ["InferenceResult", "InferenceService", "NoActiveModel", "ServingDisabled"]
+
+
+class ServingDisabled(Exception):
+    """The deployment's kill switch is on and gives no default answer."""
+
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +53,45 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class InferenceResult:
     request_id: str
-    model_version: int
-    scores: np.ndarray  # (N, C)
+    model_version: int | None  # None when the kill switch answered (no model ran)
+    scores: np.ndarray  # (N, C); (N, 0) when the kill switch answered
     labels: list[str] | None  # top label per sample, when the model has labels
     latency_ms: float
     seqs: list[int]  # outbox sequence numbers of the logs (one per sample); [] if not waited for
+    thresholded: tuple[bool, ...] = ()  # per sample: below min_score, answered with the default
+    default_label: str | None = None
+    disabled: bool = False  # the kill switch answered every sample with the default label
 
     def to_json(self) -> dict[str, Any]:
-        top = self.scores.argmax(axis=1)
-        return {
+        doc: dict[str, Any] = {
             "request_id": self.request_id,
             "model_version": self.model_version,
             "latency_ms": round(self.latency_ms, 3),
-            "predictions": [
+        }
+        if self.disabled:
+            doc["disabled"] = True
+            doc["predictions"] = [
+                {"class": None, "label": self.default_label, "score": None, "disabled": True}
+                for _ in range(len(self.scores))
+            ]
+            return doc
+        top = self.scores.argmax(axis=1)
+        predictions = []
+        for i, c in enumerate(top):
+            low = bool(self.thresholded and self.thresholded[i])
+            predictions.append(
                 {
-                    "class": int(c),
-                    "label": self.labels[i] if self.labels else None,
+                    "class": None if low else int(c),
+                    "label": self.default_label
+                    if low
+                    else (self.labels[i] if self.labels else None),
                     "score": float(self.scores[i, c]),
                     "scores": [float(s) for s in self.scores[i]],
+                    "thresholded": low,
                 }
-                for i, c in enumerate(top)
-            ],
-        }
+            )
+        doc["predictions"] = predictions
+        return doc
 
 
 def input_digest(x: np.ndarray) -> str:
@@ -76,6 +107,8 @@ class InferenceService:
         tracker: LatencyTracker,
         *,
         labels: Callable[[], list[str]] | None = None,
+        params: Callable[[], ServingParams] | None = None,
+        shadow: ShadowRunner | None = None,
         max_unflushed: int = 256,
     ) -> None:
         if max_unflushed < 1:
@@ -85,6 +118,8 @@ class InferenceService:
         self.tracker = tracker
         self.max_unflushed = max_unflushed
         self._labels = labels or (lambda: [])
+        self._params = params or ServingParams
+        self.shadow = shadow
         self._count_lock = threading.Lock()
         self.count = 0
         self._unflushed: deque[Future[int]] = deque()  # logs submitted with wait=False
@@ -110,6 +145,9 @@ class InferenceService:
         x = x.astype(np.float32, copy=False)
         if not np.isfinite(x).all():
             raise ValueError("input contains NaN or infinity")
+        params = self._params()
+        if params.disabled:
+            return self._switched_off(x, params, source=source, request_id=request_id, wait=wait)
         try:
             pred = self.manager.predict(x)
         except (NoActiveModel, ValueError):
@@ -119,22 +157,41 @@ class InferenceService:
             raise
         self.tracker.record(pred.version_id, pred.latency_ms)
         now = time.time()
+        if params.min_score is None:
+            thresholded = tuple(False for _ in range(len(x)))
+        else:
+            top_scores = pred.scores.max(axis=1)
+            thresholded = tuple(bool(s < params.min_score) for s in top_scores)
+        digests = [input_digest(x[i]) for i in range(len(x))]
+        features = summary_lists(x)  # what the hub compares with the training baseline
         futures = [
             self.writer.submit(
                 "log",
                 {
                     "request_id": request_id if len(x) == 1 else f"{request_id}/{i}",
                     "model_version": pred.version_id,
-                    "input_digest": input_digest(x[i]),
+                    "input_digest": digests[i],
                     "output": [round(float(v), 6) for v in pred.scores[i]],
                     "latency_ms": round(pred.latency_ms, 4),
                     "ts": now,
                     "source": source,
+                    "thresholded": thresholded[i],
+                    "features": features[i],
                 },
                 deferred=not wait,
             )
             for i in range(len(x))
         ]
+        if self.shadow is not None:  # runs while this request waits for its logs' commit
+            self.shadow.submit(
+                x,
+                request_id=request_id,
+                active_version=pred.version_id,
+                active_scores=pred.scores,
+                active_latency_ms=pred.latency_ms,
+                digests=digests,
+                source=source,
+            )
         if wait:
             seqs = [f.result() for f in futures]  # durable before we answer
         else:
@@ -146,7 +203,58 @@ class InferenceService:
         top = pred.scores.argmax(axis=1)
         top_labels = [labels[c] if c < len(labels) else str(c) for c in top] if labels else None
         return InferenceResult(
-            request_id, pred.version_id, pred.scores, top_labels, pred.latency_ms, seqs
+            request_id,
+            pred.version_id,
+            pred.scores,
+            top_labels,
+            pred.latency_ms,
+            seqs,
+            thresholded=thresholded,
+            default_label=params.default_label,
+        )
+
+    def _switched_off(
+        self, x: np.ndarray, params: ServingParams, *, source: str, request_id: str, wait: bool
+    ) -> InferenceResult:
+        """The kill switch: no model runs; each sample gets the default label, logged."""
+        if params.default_label is None:
+            raise ServingDisabled(
+                "serving is switched off by the deployment's parameters "
+                "(disabled, and no default_label to answer with)"
+            )
+        now = time.time()
+        futures = [
+            self.writer.submit(
+                "log",
+                {
+                    "request_id": request_id if len(x) == 1 else f"{request_id}/{i}",
+                    "model_version": None,
+                    "input_digest": input_digest(x[i]),
+                    "output": {"disabled": True, "label": params.default_label},
+                    "latency_ms": 0.0,
+                    "ts": now,
+                    "source": source,
+                },
+                deferred=not wait,
+            )
+            for i in range(len(x))
+        ]
+        if wait:
+            seqs = [f.result() for f in futures]
+        else:
+            seqs = []
+            self._defer(futures)
+        with self._count_lock:
+            self.count += len(x)
+        return InferenceResult(
+            request_id,
+            None,
+            np.zeros((len(x), 0), dtype=np.float32),
+            None,
+            0.0,
+            seqs,
+            default_label=params.default_label,
+            disabled=True,
         )
 
     def _defer(self, futures: list[Future[int]]) -> None:

@@ -6,8 +6,12 @@ a request in flight during a swap finishes on the model it started on.
 
 After an activation with a ProbationPolicy the previous runtime stays loaded for `window_s`: if the
 new version errors or is too slow, it is rolled back at once (no reload). When the window passes
-cleanly the previous runtime is dropped, so at most two runtimes are ever in memory, and two only
-while a new version is on probation.
+cleanly the previous runtime is dropped, so at most two runtimes are ever in memory for serving,
+and two only while a new version is on probation.
+
+A deployment may add a *shadow*: a candidate loaded (and warmed up) beside the active model,
+run by `predict_shadow` on the same inputs, never answering anyone and never on probation.
+Activating the version that is the shadow (a promotion) takes its loaded runtime: no reload.
 
 Events (`on_event`) and the store's active pointer are written outside the serving lock; an
 automatic rollback runs them on the request thread that tripped it, so keep `on_event` quick.
@@ -130,6 +134,7 @@ class ModelManager:
         self._current: _Loaded | None = None
         self._previous: _Loaded | None = None  # kept loaded only while _probation is set
         self._probation: _Probation | None = None
+        self._shadow: _Loaded | None = None
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -144,10 +149,17 @@ class ModelManager:
         with self._lock:
             return self._probation is not None
 
-    def loaded_versions(self) -> list[int]:
-        """Versions with a runtime in memory: the active one first."""
+    @property
+    def shadow(self) -> InstalledModel | None:
         with self._lock:
-            return [m.version_id for m in (self._current, self._previous) if m is not None]
+            return self._shadow.installed if self._shadow is not None else None
+
+    def loaded_versions(self) -> list[int]:
+        """Versions with a runtime in memory: the active one first (then the shadow's)."""
+        with self._lock:
+            return [
+                m.version_id for m in (self._current, self._previous, self._shadow) if m is not None
+            ]
 
     # -- loading --------------------------------------------------------------------------------
     def _load(self, installed: InstalledModel, warmup_input: np.ndarray | None = None) -> _Loaded:
@@ -198,11 +210,20 @@ class ModelManager:
                     # so loading the new one never holds three runtimes.
                     self._probation = None
                     self._previous = None
-            try:
-                loaded = self._load(installed, warmup_input)
-            except ActivationError as exc:
-                self._fail(new_id, exc)
-                raise
+                promoted = self._shadow
+                if promoted is not None and promoted.installed == installed:
+                    self._shadow = None  # the shadow becomes the active model: already warm
+                else:
+                    promoted = None
+            if promoted is not None:
+                loaded = promoted
+                log.info("version %s promoted from shadow (already loaded)", new_id)
+            else:
+                try:
+                    loaded = self._load(installed, warmup_input)
+                except ActivationError as exc:
+                    self._fail(new_id, exc)
+                    raise
             with self._lock:
                 old = self._current
                 if old is not None and old.version_id == new_id:
@@ -309,6 +330,35 @@ class ModelManager:
         self._persist(to_id, None)
         log.warning("rolled back from version %s to %s: %s", from_id, to_id, reason)
         self._emit(ModelEvent("rolled_back", from_id, reason, to_id))
+
+    # -- shadow ---------------------------------------------------------------------------------
+    def set_shadow(self, installed: InstalledModel | None) -> None:
+        """Load and warm up `installed` as the shadow (replacing any other), or drop the shadow
+        with None. Raises ActivationError when it cannot serve; the active model is untouched."""
+        with self._switch:
+            with self._lock:
+                current = self._shadow
+                if installed is None:
+                    self._shadow = None
+                    return
+                if current is not None and current.installed == installed:
+                    return
+                self._shadow = None  # free the old shadow before loading the new one
+            loaded = self._load(installed)
+            with self._lock:
+                self._shadow = loaded
+        log.info("version %s loaded as the shadow", installed.ref.version_id)
+
+    def predict_shadow(self, x: np.ndarray) -> Prediction:
+        """Scores from the shadow (NoActiveModel when there is none). Not counted anywhere."""
+        with self._lock:
+            loaded = self._shadow
+        if loaded is None:
+            raise NoActiveModel("no shadow is loaded")
+        start = time.perf_counter()
+        scores = loaded.runtime.predict(x)
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        return Prediction(scores=scores, version_id=loaded.version_id, latency_ms=latency_ms)
 
     # -- serving --------------------------------------------------------------------------------
     def predict(self, x: np.ndarray) -> Prediction:

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,14 +109,15 @@ class ModelStore:
                     found.append(model)
         return sorted(found, key=lambda m: m.ref.version_id, reverse=True)
 
-    def prune(self) -> list[int]:
-        """Delete all but the newest `keep` versions, never the active or previous one.
+    def prune(self, protect: Iterable[int] = ()) -> list[int]:
+        """Delete all but the newest `keep` versions, never the active or previous one, nor
+        those in `protect` (a shadow).
 
         Returns the removed version ids (ascending). Incomplete installs are removed too.
         """
         with self._lock:
             state = self._read_state()
-            protected = {state["active"], state["previous"]}
+            protected: set[int | None] = {state["active"], state["previous"], *protect}
             kept = {m.version_id for m in self.installed()[: self.keep]}
             removed = []
             for entry in sorted(self._models.iterdir(), key=lambda p: p.name):

@@ -478,20 +478,20 @@ class BatchWriter:
         self.close()
 
     def _run(self) -> None:
-        target = 1  # how many records the previous batch held
+        target = 1  # how many waited-for records the previous batch held
         stopping = False
         while not stopping:
             batch: list[tuple[_Encoded, Future[int]]] = []
             item = self._queue.get()
             started = time.monotonic()
-            waited_for = False  # does anyone wait for this batch's commit?
+            waited_for = 0  # how many of this batch's records someone waits for
             while True:
                 if isinstance(item, _Stop):
                     stopping = True
                     break
                 encoded, future, deferred = item
                 batch.append((encoded, future))
-                waited_for = waited_for or not deferred
+                waited_for += not deferred
                 if len(batch) >= self.max_batch:
                     break
                 try:
@@ -499,13 +499,15 @@ class BatchWriter:
                     continue
                 except queue.Empty:
                     pass
-                # Queue drained. With a caller waiting, linger for more only until the batch is
-                # as large as the last one: callers released by the last commit come straight
-                # back, and waiting for them is worth it; waiting the whole delay for nobody is
-                # not. With nobody waiting, linger for the whole deferred delay.
+                # Queue drained. With a caller waiting, linger for more only until the batch
+                # holds as many waited-for records as the last one: callers released by the last
+                # commit come straight back, and waiting for them is worth it; waiting the whole
+                # delay for nobody is not, nor for records nobody waits for (a source's or a
+                # shadow's logs: counting them would make a caller wait for the next of them).
+                # With nobody waiting, linger for the whole deferred delay.
                 if waited_for:
                     remaining = started + self.max_delay_s - time.monotonic()
-                    if len(batch) >= target or remaining <= 0:
+                    if waited_for >= target or remaining <= 0:
                         break
                     try:
                         item = self._queue.get(timeout=remaining)
@@ -531,7 +533,7 @@ class BatchWriter:
                     break
             if batch:
                 if waited_for:
-                    target = len(batch)
+                    target = waited_for
                 self._commit(batch)
 
     def _commit(self, batch: list[tuple[_Encoded, Future[int]]]) -> None:

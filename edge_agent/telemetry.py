@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 
 from edge_agent.outbox import OutboxStats
+from edge_agent.wire import ShadowStats
 
 __all__ = [
     "LatencyTracker",
     "LatencyWindow",
     "SystemSampler",
+    "percentiles",
     "sample_system",
     "telemetry_record",
     "version_key",
@@ -93,7 +95,7 @@ class LatencyTracker:
         return LatencyWindow(
             inferences=counts,
             errors=errors,
-            latency_ms={key: _percentiles(values) for key, values in latencies.items()},
+            latency_ms={key: percentiles(values) for key, values in latencies.items()},
         )
 
     def snapshot(self, reset: bool = True) -> tuple[dict[str, int], dict[str, dict[str, float]]]:
@@ -102,7 +104,8 @@ class LatencyTracker:
         return window.inferences, window.latency_ms
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
+def percentiles(values: list[float]) -> dict[str, float]:
+    """{"p50", "p95", "p99"} of a non-empty list, rounded to the microsecond."""
     result = np.percentile(np.asarray(values, dtype=np.float64), PERCENTILES)
     return {f"p{p}": round(float(v), 3) for p, v in zip(PERCENTILES, result, strict=True)}
 
@@ -222,6 +225,7 @@ def telemetry_record(
     outbox_stats: OutboxStats | None = None,
     *,
     ts: float | None = None,
+    shadow: ShadowStats | None = None,
 ) -> dict[str, Any]:
     """The payload of a TelemetryRecord, without ``seq`` (the outbox assigns it).
 
@@ -235,4 +239,5 @@ def telemetry_record(
         "latency_ms": latency_ms,
         "outbox_pending": None if outbox_stats is None else outbox_stats.pending,
         "outbox_dropped": None if outbox_stats is None else outbox_stats.dropped_total,
+        "shadow": None if shadow is None else shadow.model_dump(),
     }

@@ -26,7 +26,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 WIRE_VERSION: Literal[1] = 1
 DEFAULT_ROOT = "ep"
@@ -133,14 +133,50 @@ class ProbationPolicy(BaseModel):
     max_latency_ms: float | None = Field(default=None, gt=0)
 
 
+class ServingParams(BaseModel):
+    """Serving parameters of a deployment, applied on the device without a model transfer.
+
+    - `min_score`: a prediction whose top score is below it is not answered with the model's
+      class but with `default_label` (`class` null, `thresholded` true); None = no threshold.
+    - `default_label`: the answer below the threshold, and while the kill switch is on.
+    - `disabled`: the kill switch. The model is not run: each sample is answered with
+      `default_label` (`disabled` true) or, without one, refused (HTTP 503).
+
+    Unknown keys are refused (a misspelt kill switch must not be ignored silently).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_score: float | None = Field(default=None, ge=0, le=1)
+    default_label: str | None = Field(default=None, min_length=1, max_length=200)
+    disabled: bool = False
+
+
 class DesiredState(Message):
     device_id: str
     deployment_id: int | None = None
     model: ModelRef | None = None
+    shadow: ModelRef | None = Field(
+        default=None,
+        description="a candidate run beside `model` on the same inputs; its answers are logged "
+        "(role 'shadow'), never returned",
+    )
     threads: int = Field(default=1, ge=1)
     probation: ProbationPolicy = Field(default_factory=ProbationPolicy)
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: ServingParams = Field(default_factory=ServingParams)
     issued_at: float = Field(default_factory=now)
+
+    @model_validator(mode="after")
+    def _shadow_differs(self) -> DesiredState:
+        if self.shadow is not None and self.model is None:
+            raise ValueError("shadow needs a model to run beside")
+        if (
+            self.shadow is not None
+            and self.model is not None
+            and self.shadow.version_id == self.model.version_id
+        ):
+            raise ValueError("shadow must be another version than the model")
+        return self
 
 
 class FetchRequest(Message):
@@ -155,6 +191,9 @@ class Report(Message):
     deployment_id: int | None
     version_id: int | None
     state: DeploymentState
+    role: Literal["model", "shadow"] = Field(
+        default="model", description="'shadow': progress of the deployment's shadow candidate"
+    )
     reason: str | None = None
     received_bytes: int | None = None
     ts: float = Field(default_factory=now)
@@ -169,6 +208,30 @@ class LogRecord(BaseModel):
     latency_ms: float
     ts: float
     source: str = "api"
+    role: Literal["active", "shadow"] = Field(
+        default="active", description="'shadow': the shadow's output for the same request_id"
+    )
+    thresholded: bool = Field(
+        default=False, description="below min_score: answered with the default label"
+    )
+    features: list[float] | None = Field(
+        default=None,
+        max_length=64,
+        description="edge_agent.features.summarize of the input: for drift monitoring",
+    )
+
+
+class ShadowStats(BaseModel):
+    """The shadow beside the active model over one telemetry interval."""
+
+    active_version: int
+    shadow_version: int
+    compared: int = Field(default=0, description="samples both models answered")
+    agreed: int = Field(default=0, description="... with the same top class")
+    dropped: int = Field(default=0, description="samples not run on the shadow (queue full)")
+    errors: int = 0
+    active_latency_ms: dict[str, float] = Field(default_factory=dict, description="p50, p95, p99")
+    shadow_latency_ms: dict[str, float] = Field(default_factory=dict, description="p50, p95, p99")
 
 
 class TelemetryRecord(BaseModel):
@@ -184,6 +247,7 @@ class TelemetryRecord(BaseModel):
     )
     outbox_pending: int | None = None
     outbox_dropped: int | None = None
+    shadow: ShadowStats | None = None
 
 
 class LogBatch(Message):

@@ -1,4 +1,5 @@
-"""Deployments: a version to a device, tag or group; the running hub's MQTT service sends it."""
+"""Deployments: a version to a device, tag or group; the running hub's MQTT service sends it.
+A shadow candidate beside it (report, promote) and its serving parameters."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from cloud_hub.api.deps import HubDep
-from cloud_hub.fleet.schemas import Deployment, DeploymentCreate
+from cloud_hub.fleet.schemas import Deployment, DeploymentCreate, ShadowReport
+from edge_agent.wire import ServingParams
 
 router = APIRouter(tags=["fleet"])
 
@@ -29,3 +31,25 @@ def list_deployments(
 @router.get("/deployments/{deployment_id}")
 def get_deployment(deployment_id: int, hub: HubDep) -> Deployment:
     return hub.fleet.deployments.get(deployment_id)
+
+
+@router.post("/deployments/{deployment_id}/promote", status_code=status.HTTP_201_CREATED)
+def promote_deployment(deployment_id: int, hub: HubDep) -> Deployment:
+    """Make the deployment's shadow the active model: a new deployment of the shadow version,
+    with the artifact each device already holds (activated without a transfer). 422 when the
+    deployment has no shadow, was promoted already or is superseded."""
+    return hub.fleet.deployments.promote(deployment_id)
+
+
+@router.put("/deployments/{deployment_id}/params")
+def set_deployment_params(deployment_id: int, body: ServingParams, hub: HubDep) -> Deployment:
+    """Replace the deployment's serving parameters (min_score, default_label, disabled). Its
+    devices apply them with their next desired state, same model, no transfer."""
+    return hub.fleet.deployments.set_params(deployment_id, body)
+
+
+@router.get("/deployments/{deployment_id}/shadow")
+def shadow_report(deployment_id: int, hub: HubDep) -> ShadowReport:
+    """The shadow against the active model, per device: agreement on the top class and both
+    models' latency (p50, p99), over every request both answered (from the stored logs)."""
+    return hub.fleet.deployments.shadow_report(deployment_id)

@@ -1,5 +1,9 @@
 """`edgepilot devices|deploy|deployments` and `edgepilot hub broker-config`.
 
+A deployment's shadow and serving parameters: `edgepilot deploy V --shadow V2 --param
+min_score=0.8`, then `edgepilot deployments shadow ID` (the report), `deployments promote ID`
+and `deployments params ID --set disabled=true`.
+
 Like the other commands these open the registry directly. A deployment made here is a set of
 rows; the running hub's MQTT service (`edgepilot hub serve --mqtt HOST:PORT`) notices rows it
 has not published within its poll interval and sends each device its desired state.
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.live import Live
 from rich.table import Table
 
@@ -28,7 +33,10 @@ from cloud_hub.fleet.schemas import (
     Device,
     DeviceCreate,
     DeviceRegistration,
+    ShadowCreate,
+    ShadowReport,
 )
+from edge_agent.wire import ServingParams
 
 if TYPE_CHECKING:
     from cloud_hub.cli.main import State
@@ -126,24 +134,118 @@ def deployments_table(deployments: list[Deployment]) -> Table:
 
 
 def deployment_table(dep: Deployment) -> Table:
+    extra = []
+    if dep.shadow_version:
+        extra.append(f"shadow {dep.shadow_version}")
+    if dep.params:
+        extra.append("params " + ", ".join(f"{k}={v}" for k, v in dep.params.items()))
+    if dep.promoted_from is not None:
+        extra.append(f"promoted from deployment {dep.promoted_from}")
     table = Table(
         title=f"Deployment {dep.id}: {dep.version} to {dep.target_kind} {dep.target} "
-        f"({dep.strategy}) — {dep.status}" + (f": {dep.reason}" if dep.reason else ""),
+        f"({dep.strategy}) — {dep.status}"
+        + (f": {dep.reason}" if dep.reason else "")
+        + "".join(f"\n{line}" for line in extra),
         title_justify="left",
     )
-    for col in ("device", "phase", "artifact", "state", "bytes", "reason", "updated"):
+    columns = ["device", "phase", "artifact", "state", "bytes", "reason", "updated"]
+    if dep.shadow_version:
+        columns[4:4] = ["shadow", "shadow state"]
+    for col in columns:
         table.add_column(col)
     for d in dep.devices:
-        table.add_row(
+        cells = [
             d.device_id,
             d.phase,
             d.artifact or "-",
             _styled(d.state),
             str(d.received_bytes),
-            d.reason or "-",
+            d.reason or d.shadow_reason or "-",
             d.updated_at[:19],
+        ]
+        if dep.shadow_version:
+            cells[4:4] = [d.shadow_artifact or "-", _styled(d.shadow_state or "-")]
+        table.add_row(*cells)
+    return table
+
+
+def _ms(values: dict[str, float], key: str) -> str:
+    return f"{values[key]:.3f}" if key in values else "-"
+
+
+def shadow_table(report: ShadowReport) -> Table:
+    agreement = "-" if report.agreement is None else f"{100 * report.agreement:.1f}%"
+    table = Table(
+        title=f"Shadow of deployment {report.deployment_id}: {report.shadow_version} beside "
+        f"{report.version} — {report.compared} compared, agreement {agreement}",
+        title_justify="left",
+    )
+    for col in (
+        "device",
+        "shadow state",
+        "compared",
+        "agreement",
+        "active p50 ms",
+        "active p99 ms",
+        "shadow p50 ms",
+        "shadow p99 ms",
+    ):
+        table.add_column(col, justify="left" if col in ("device", "shadow state") else "right")
+    rows = [(d.device_id, _styled(d.shadow_state or "-"), d) for d in report.devices]
+    for name, state, d in rows:
+        table.add_row(
+            name,
+            state,
+            str(d.compared),
+            "-" if d.agreement is None else f"{100 * d.agreement:.1f}%",
+            _ms(d.active_latency_ms, "p50"),
+            _ms(d.active_latency_ms, "p99"),
+            _ms(d.shadow_latency_ms, "p50"),
+            _ms(d.shadow_latency_ms, "p99"),
+        )
+    if len(report.devices) > 1:
+        table.add_row(
+            "[bold]all[/bold]",
+            "",
+            str(report.compared),
+            agreement,
+            _ms(report.active_latency_ms, "p50"),
+            _ms(report.active_latency_ms, "p99"),
+            _ms(report.shadow_latency_ms, "p50"),
+            _ms(report.shadow_latency_ms, "p99"),
         )
     return table
+
+
+def parse_params(pairs: list[str], base: dict[str, Any] | None = None) -> ServingParams:
+    """KEY=VALUE pairs over `base` as ServingParams. A value is read as JSON when it parses
+    (0.8, true, null: null unsets the key), else as text (`default_label=unknown`)."""
+    merged: dict[str, Any] = dict(base or {})
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidInput(f"--set {pair!r}: expected KEY=VALUE, e.g. min_score=0.8")
+        if key not in ServingParams.model_fields:
+            raise InvalidInput(
+                f"params.{key}: unknown parameter; known: {', '.join(ServingParams.model_fields)}"
+            )
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    try:
+        return ServingParams.model_validate(merged)
+    except ValidationError as exc:
+        raise InvalidInput(
+            "; ".join(
+                f"params.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+        ) from None
 
 
 # -- agent config -----------------------------------------------------------------------------
@@ -317,6 +419,22 @@ def deploy(
         ),
     ] = None,
     threads: Annotated[int, typer.Option(help="Inference threads on the device.")] = 1,
+    shadow: Annotated[
+        str | None,
+        typer.Option(
+            help="A candidate version run beside this one on the same inputs (answers logged, "
+            "never returned); see `deployments shadow` and `deployments promote`."
+        ),
+    ] = None,
+    shadow_artifact: Annotated[
+        str, typer.Option(help="The shadow's artifact: 'best' or FORMAT/PRECISION.")
+    ] = "best",
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A serving parameter KEY=VALUE (min_score, default_label, disabled); repeatable."
+        ),
+    ] = None,
     watch: Annotated[bool, typer.Option(help="Follow the rollout until it finishes.")] = False,
     timeout: Annotated[float, typer.Option(help="Stop watching after this many seconds.")] = 600,
     json_out: JsonOpt = False,
@@ -338,6 +456,10 @@ def deploy(
             failure_threshold=failure_threshold,
             promote_after_s=promote_after,
             threads=threads,
+            params=parse_params(param or []),
+            shadow=None
+            if shadow is None
+            else ShadowCreate(version=shadow, artifact=shadow_artifact),
         )
         dep = state.hub.fleet.deployments.create(body)
     if watch:
@@ -398,6 +520,67 @@ def deployments_show(
         render.print_json(dep)
     else:
         render.console.print(deployment_table(dep))
+
+
+@deployments_app.command("shadow")
+def deployments_shadow(
+    ctx: typer.Context,
+    deployment_id: Annotated[int, typer.Argument(metavar="ID")],
+    json_out: JsonOpt = False,
+) -> None:
+    """The shadow report: agreement with the active model and both latencies, per device."""
+    with user_errors():
+        report = _state(ctx).hub.fleet.deployments.shadow_report(deployment_id)
+    if json_out:
+        render.print_json(report)
+    else:
+        render.console.print(shadow_table(report))
+
+
+@deployments_app.command("promote")
+def deployments_promote(
+    ctx: typer.Context,
+    deployment_id: Annotated[int, typer.Argument(metavar="ID")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Make the deployment's shadow the active model (the devices hold it: no transfer)."""
+    with user_errors():
+        dep = _state(ctx).hub.fleet.deployments.promote(deployment_id)
+    if json_out:
+        render.print_json(dep)
+    else:
+        render.console.print(deployment_table(dep))
+        render.console.print(
+            f"Deployment {deployment_id}'s shadow is promoted as deployment {dep.id}."
+        )
+
+
+@deployments_app.command("params")
+def deployments_params(
+    ctx: typer.Context,
+    deployment_id: Annotated[int, typer.Argument(metavar="ID")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="KEY=VALUE: min_score (0..1), default_label (text), disabled (true/false); "
+            "KEY=null unsets; repeatable.",
+        ),
+    ] = None,
+    clear: Annotated[bool, typer.Option(help="Start from no parameters.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Change a deployment's serving parameters: its devices apply them without a transfer."""
+    with user_errors():
+        store = _state(ctx).hub.fleet.deployments
+        current = store.get(deployment_id)
+        params = parse_params(set_ or [], {} if clear else current.params)
+        dep = store.set_params(deployment_id, params)
+    if json_out:
+        render.print_json(dep)
+    else:
+        render.console.print(deployment_table(dep))
+        render.console.print("The running hub sends the new parameters to its devices.")
 
 
 # -- broker config ------------------------------------------------------------------------------

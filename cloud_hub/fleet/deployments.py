@@ -5,6 +5,16 @@ service, which polls for rows it has not published yet) or `waiting` (canary not
 the CLI, which opens the database directly, and the REST API create deployments the same way,
 and the running hub picks them up within its poll interval. Everything is validated first and
 written in one transaction: an invalid request stores nothing.
+
+Quality and operations patterns at the edge:
+- a *shadow*: a candidate version shipped beside the deployed one (its own artifact per device);
+  the agents run it on the same inputs, log its answers and never return them.
+  `shadow_report` compares the two from the logs stored at the hub; `promote` makes the
+  candidate active as a new deployment of the exact artifact each device already holds, so the
+  agents activate it without a transfer.
+- *serving parameters* (`wire.ServingParams`): `set_params` stores new ones and bumps the
+  deployment's `params_rev`; the MQTT service republishes the desired state (same model) to its
+  devices, which apply them without a transfer.
 """
 
 from __future__ import annotations
@@ -14,16 +24,24 @@ import math
 import sqlite3
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from cloud_hub.db import Database
 from cloud_hub.errors import InvalidInput, NotFound
 from cloud_hub.fleet.artifacts import choose_artifact, parse_choice
 from cloud_hub.fleet.devices import DeviceStore
-from cloud_hub.fleet.schemas import Deployment, DeploymentCreate, DeploymentDevice, Device
+from cloud_hub.fleet.schemas import (
+    Deployment,
+    DeploymentCreate,
+    DeploymentDevice,
+    Device,
+    ShadowDeviceReport,
+    ShadowReport,
+)
 from cloud_hub.registry import Registry, utcnow
-from cloud_hub.schemas import Artifact
-from edge_agent.wire import ProbationPolicy
+from cloud_hub.schemas import Artifact, Version
+from edge_agent.wire import ProbationPolicy, ServingParams
 
 ACTIVE_STATUSES = ("canary", "rolling_out")
 
@@ -89,6 +107,7 @@ class DeploymentStore:
                 f"version {version.ref} failed its checks ({version.status_reason}); "
                 "it cannot be deployed"
             )
+        shadow = self._shadow_version(body, version)
         targets = self._targets(kind, value)
         choices: dict[str, Artifact] = {}
         missing = []
@@ -106,6 +125,20 @@ class DeploymentStore:
                 f"version {version.ref} has no {body.artifact!r} artifact that "
                 f"{'; '.join(missing)} can run (it has: {have or 'none usable'})"
             )
+        shadow_choices: dict[str, Artifact] = {}
+        if shadow is not None:
+            assert body.shadow is not None
+            for device in targets:
+                art = choose_artifact(shadow.artifacts, device.runtimes, body.shadow.artifact)
+                if art is None:
+                    missing.append(f"{device.id} (runs {', '.join(device.runtimes)})")
+                else:
+                    shadow_choices[device.id] = art
+            if missing:
+                raise InvalidInput(
+                    f"shadow.artifact: version {shadow.ref} has no {body.shadow.artifact!r} "
+                    f"artifact that {'; '.join(missing)} can run"
+                )
         ordered = sorted(targets, key=lambda d: d.id)
         promote_after_s = body.promote_after_s
         if promote_after_s is None:
@@ -118,7 +151,8 @@ class DeploymentStore:
                 db.execute(
                     "INSERT INTO deployments (version_id, artifact, target_kind, target, strategy, "
                     "canary_count, canary_percent, failure_threshold, promote_after_s, threads, "
-                    "probation, params, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "probation, params, status, shadow_version_id, shadow_artifact) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         version.id,
                         body.artifact,
@@ -131,8 +165,10 @@ class DeploymentStore:
                         promote_after_s,
                         body.threads,
                         json.dumps(body.probation),
-                        json.dumps(body.params),
+                        _params_json(body.params),
                         "canary" if body.strategy == "canary" else "rolling_out",
+                        shadow.id if shadow is not None else None,
+                        body.shadow.artifact if body.shadow is not None else None,
                     ],
                 ).lastrowid
                 or 0
@@ -140,18 +176,183 @@ class DeploymentStore:
             for position, device in enumerate(ordered):
                 self._supersede(db.conn, device.id, deployment_id)
                 first = position < canaries
+                shadow_art = shadow_choices.get(device.id)
                 db.execute(
                     "INSERT INTO deployment_devices (deployment_id, device_id, phase, state, "
-                    "artifact_id) VALUES (?, ?, ?, ?, ?)",
+                    "artifact_id, shadow_artifact_id) VALUES (?, ?, ?, ?, ?, ?)",
                     [
                         deployment_id,
                         device.id,
                         "canary" if body.strategy == "canary" and first else "rest",
                         "pending" if first else "waiting",
                         choices[device.id].id,
+                        shadow_art.id if shadow_art is not None else None,
                     ],
                 )
         return self.get(deployment_id)
+
+    def _shadow_version(self, body: DeploymentCreate, version: Version) -> Version | None:
+        """The shadow's version, checked; InvalidInput naming the field otherwise."""
+        if body.shadow is None:
+            return None
+        try:
+            shadow = self.registry.resolve_version(body.shadow.version)
+        except NotFound as exc:
+            raise InvalidInput(f"shadow.version: {exc}") from None
+        if shadow.id == version.id:
+            raise InvalidInput(
+                f"shadow.version: {shadow.ref} is the version being deployed; a shadow is "
+                "another version run beside it"
+            )
+        if shadow.status == "failed":
+            raise InvalidInput(
+                f"shadow.version: {shadow.ref} failed its checks ({shadow.status_reason})"
+            )
+        if shadow.preprocessing != version.preprocessing:
+            raise InvalidInput(
+                f"shadow.version: {shadow.ref} prepares its inputs differently from "
+                f"{version.ref}; a shadow gets the same inputs as the model it shadows"
+            )
+        try:
+            parse_choice(body.shadow.artifact)
+        except InvalidInput as exc:
+            raise InvalidInput(f"shadow.artifact: {exc}") from None
+        return shadow
+
+    # -- promote a shadow -------------------------------------------------------------------------
+    def promote(self, deployment_id: int) -> Deployment:
+        """Make the deployment's shadow the active model on its devices: a new deployment of the
+        shadow version (no shadow, same parameters, threads and probation) with, per device,
+        the artifact that device already holds as its shadow, so it needs no transfer. The old
+        deployment is superseded and points at the new one (`promoted_to`)."""
+        dep = self.get(deployment_id)
+        if dep.shadow_version_id is None:
+            raise InvalidInput(f"deployment {deployment_id} has no shadow to promote")
+        if dep.promoted_to is not None:
+            raise InvalidInput(
+                f"deployment {deployment_id} was already promoted (deployment {dep.promoted_to})"
+            )
+        if dep.status == "superseded":
+            raise InvalidInput(
+                f"deployment {deployment_id} is superseded ({dep.reason}); its devices run "
+                "another deployment now"
+            )
+        conn = self.db.conn
+        rows = conn.execute(
+            "SELECT device_id, shadow_artifact_id FROM deployment_devices "
+            "WHERE deployment_id = ? AND state != 'superseded' ORDER BY device_id",
+            [deployment_id],
+        ).fetchall()
+        d = conn.execute("SELECT * FROM deployments WHERE id = ?", [deployment_id]).fetchone()
+        with self.db.transaction() as db:
+            new_id = int(
+                db.execute(
+                    "INSERT INTO deployments (version_id, artifact, target_kind, target, strategy, "
+                    "failure_threshold, promote_after_s, threads, probation, params, status, "
+                    "promoted_from) VALUES (?, ?, ?, ?, 'all_at_once', ?, 0, ?, ?, ?, "
+                    "'rolling_out', ?)",
+                    [
+                        dep.shadow_version_id,
+                        d["shadow_artifact"] or "best",
+                        dep.target_kind,
+                        dep.target,
+                        dep.failure_threshold,
+                        dep.threads,
+                        d["probation"],
+                        d["params"],
+                        deployment_id,
+                    ],
+                ).lastrowid
+                or 0
+            )
+            for row in rows:
+                self._supersede(db.conn, row["device_id"], new_id)
+                db.execute(
+                    "INSERT INTO deployment_devices (deployment_id, device_id, phase, state, "
+                    "artifact_id) VALUES (?, ?, 'rest', 'pending', ?)",
+                    [new_id, row["device_id"], row["shadow_artifact_id"]],
+                )
+            db.execute(
+                "UPDATE deployments SET promoted_to = ?, status = 'superseded', reason = ?, "
+                "updated_at = ? WHERE id = ?",
+                [
+                    new_id,
+                    f"shadow {dep.shadow_version} promoted: active in deployment {new_id}",
+                    utcnow(),
+                    deployment_id,
+                ],
+            )
+        return self.get(new_id)
+
+    # -- serving parameters -----------------------------------------------------------------------
+    def set_params(self, deployment_id: int, params: ServingParams) -> Deployment:
+        """Replace the deployment's serving parameters; its devices get them (same model, no
+        transfer) with the next republication of their desired state by the MQTT service."""
+        dep = self.get(deployment_id)
+        if dep.status == "superseded":
+            raise InvalidInput(
+                f"deployment {deployment_id} is superseded ({dep.reason}); set the parameters "
+                "of the deployment its devices run now"
+            )
+        with self.db.transaction() as db:
+            db.execute(
+                "UPDATE deployments SET params = ?, params_rev = params_rev + 1, updated_at = ? "
+                "WHERE id = ?",
+                [_params_json(params), utcnow(), deployment_id],
+            )
+        return self.get(deployment_id)
+
+    # -- shadow report ----------------------------------------------------------------------------
+    def shadow_report(self, deployment_id: int) -> ShadowReport:
+        """The shadow against the active model, per device and in all, from the stored logs: every
+        request both answered on the device (the same request id), agreement on the top class,
+        and both models' latencies (p50, p99)."""
+        dep = self.get(deployment_id)
+        if dep.shadow_version_id is None or dep.shadow_version is None:
+            raise InvalidInput(f"deployment {deployment_id} has no shadow")
+        devices = []
+        all_active: list[float] = []
+        all_shadow: list[float] = []
+        total = agreed_total = 0
+        for row in dep.devices:
+            pairs = self.db.conn.execute(
+                "SELECT a.output AS a_out, s.output AS s_out, a.latency_ms AS a_ms, "
+                "s.latency_ms AS s_ms FROM inference_logs s JOIN inference_logs a "
+                "ON a.device_id = s.device_id AND a.request_id = s.request_id "
+                "AND a.role = 'active' AND a.model_version = ? "
+                "WHERE s.device_id = ? AND s.role = 'shadow' AND s.model_version = ?",
+                [dep.version_id, row.device_id, dep.shadow_version_id],
+            ).fetchall()
+            agreed = sum(_top(p["a_out"]) == _top(p["s_out"]) for p in pairs)
+            active_ms = [float(p["a_ms"]) for p in pairs]
+            shadow_ms = [float(p["s_ms"]) for p in pairs]
+            devices.append(
+                ShadowDeviceReport(
+                    device_id=row.device_id,
+                    shadow_state=row.shadow_state,
+                    shadow_reason=row.shadow_reason,
+                    compared=len(pairs),
+                    agreed=agreed,
+                    agreement=round(agreed / len(pairs), 4) if pairs else None,
+                    active_latency_ms=_p50_p99(active_ms),
+                    shadow_latency_ms=_p50_p99(shadow_ms),
+                )
+            )
+            total += len(pairs)
+            agreed_total += agreed
+            all_active += active_ms
+            all_shadow += shadow_ms
+        return ShadowReport(
+            deployment_id=deployment_id,
+            version=dep.version,
+            shadow_version=dep.shadow_version,
+            compared=total,
+            agreed=agreed_total,
+            agreement=round(agreed_total / total, 4) if total else None,
+            active_latency_ms=_p50_p99(all_active),
+            shadow_latency_ms=_p50_p99(all_shadow),
+            devices=devices,
+        )
 
     @staticmethod
     def _supersede(conn: sqlite3.Connection, device_id: str, new_id: int) -> None:
@@ -203,8 +404,10 @@ class DeploymentStore:
         d: dict[str, Any] = dict(row)
         version = self.registry.get_version_by_id(d["version_id"])
         rows = self.db.conn.execute(
-            "SELECT dd.*, a.format, a.precision FROM deployment_devices dd "
-            "LEFT JOIN artifacts a ON a.id = dd.artifact_id WHERE dd.deployment_id = ? "
+            "SELECT dd.*, a.format, a.precision, sa.format AS s_format, "
+            "sa.precision AS s_precision FROM deployment_devices dd "
+            "LEFT JOIN artifacts a ON a.id = dd.artifact_id "
+            "LEFT JOIN artifacts sa ON sa.id = dd.shadow_artifact_id WHERE dd.deployment_id = ? "
             "ORDER BY dd.phase, dd.device_id",
             [d["id"]],
         ).fetchall()
@@ -217,9 +420,16 @@ class DeploymentStore:
                 reason=r["reason"],
                 received_bytes=r["received_bytes"],
                 updated_at=r["updated_at"],
+                shadow_artifact=(
+                    None if r["s_format"] is None else f"{r['s_format']}/{r['s_precision']}"
+                ),
+                shadow_state=r["shadow_state"],
+                shadow_reason=r["shadow_reason"],
             )
             for r in rows
         ]
+        shadow_id = d["shadow_version_id"]
+        shadow_ref = None if shadow_id is None else self.registry.get_version_by_id(shadow_id).ref
         return Deployment(
             id=d["id"],
             version_id=d["version_id"],
@@ -235,9 +445,34 @@ class DeploymentStore:
             threads=d["threads"],
             probation=json.loads(d["probation"]),
             params=json.loads(d["params"]),
+            shadow_version_id=shadow_id,
+            shadow_version=shadow_ref,
+            shadow_artifact=d["shadow_artifact"],
+            promoted_to=d["promoted_to"],
+            promoted_from=d["promoted_from"],
             status=d["status"],
             reason=d["reason"],
             devices=devices,
             created_at=d["created_at"],
             updated_at=d["updated_at"],
         )
+
+
+def _params_json(params: ServingParams) -> str:
+    """Stored as given: the defaults left out, so `{}` means "none set"."""
+    return json.dumps(params.model_dump(exclude_defaults=True))
+
+
+def _top(output: str) -> int | None:
+    """The top class of a stored log output (a list of scores), None for anything else."""
+    scores = json.loads(output)
+    if not isinstance(scores, list) or not scores:
+        return None
+    return int(np.argmax(scores))
+
+
+def _p50_p99(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    p50, p99 = np.percentile(np.asarray(values, dtype=np.float64), [50, 99])
+    return {"p50": round(float(p50), 4), "p99": round(float(p99), 4)}

@@ -43,7 +43,8 @@ class Ingest:
             conn = db.conn
             conn.executemany(
                 "INSERT OR IGNORE INTO inference_logs (device_id, seq, request_id, model_version, "
-                "input_digest, output, latency_ms, ts, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "input_digest, output, latency_ms, ts, source, role, thresholded, features) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         device_id,
@@ -55,6 +56,9 @@ class Ingest:
                         r.latency_ms,
                         r.ts,
                         r.source,
+                        r.role,
+                        int(r.thresholded),
+                        None if r.features is None else json.dumps(r.features),
                     )
                     for r in batch.records
                 ],

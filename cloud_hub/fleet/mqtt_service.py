@@ -10,6 +10,8 @@ ingests status, reports, logs and telemetry.
   another process), and re-evaluates live deployments (canary promotion after `promote_after_s`).
   After a connect without a session (first start, broker restarted without persistence) every
   device's current desired state is published again, so retained state is never lost for good.
+  A deployment whose serving parameters changed (`params_rev`) is published again to its
+  devices: the same model, new parameters, nothing to transfer.
 - Everything a device sends is handled on paho's network thread: parsed with the wire contract,
   stored (one transaction per message), then acknowledged. A malformed message, one from an
   unknown device, or one the hub refuses is logged and counted (`stats()`), recorded as the
@@ -242,6 +244,13 @@ class FleetService:
             if not self._publish_desired(a):
                 return  # not connected: try again on the next round
             self.rollout.mark_published(a)
+        for a, rev in self.rollout.params_changed():
+            if self._stopping.is_set():
+                return
+            if not self._publish_desired(a):
+                return
+            self.rollout.mark_params_published(a, rev)
+            self._count("params_published")
 
     def _publish_desired(self, a: Assignment) -> bool:
         state = self.desired.build(a.deployment_id, a.device_id)
@@ -330,11 +339,11 @@ class FleetService:
     def _serve(self, device_id: str, req: FetchRequest) -> None:
         """Answer one window [offset, offset+length) in chunks of at most `chunk_size` bytes.
         Stateless: a device resumes by asking again from its last good offset."""
-        desired = self.rollout.desired_sha256(device_id)
-        if req.sha256 != desired:
+        allowed = self.rollout.fetchable_sha256s(device_id)
+        if req.sha256 not in allowed:
             raise Rejected(
                 f"fetch of {req.sha256[:12]}, which is not this device's desired artifact "
-                f"({desired[:12] if desired else 'none'})"
+                f"({', '.join(a[:12] for a in allowed) or 'none'})"
             )
         path = self.store.path_for(req.sha256)
         total = path.stat().st_size

@@ -71,6 +71,13 @@ class Rollout:
                 )
             if row["state"] in ("superseded", "waiting"):
                 return None  # a late report of an older deployment, or one never sent
+            if report.role == "shadow":  # the candidate's progress: no rollout decision
+                conn.execute(
+                    "UPDATE deployment_devices SET shadow_state = ?, shadow_reason = ?, "
+                    "updated_at = ? WHERE deployment_id = ? AND device_id = ?",
+                    [report.state, report.reason, now, report.deployment_id, device_id],
+                )
+                return None
             conn.execute(
                 "UPDATE deployment_devices SET state = ?, reason = ?, "
                 "received_bytes = COALESCE(?, received_bytes), updated_at = ?, "
@@ -240,3 +247,38 @@ class Rollout:
             [device_id],
         ).fetchone()
         return None if row is None else str(row[0])
+
+    def fetchable_sha256s(self, device_id: str) -> list[str]:
+        """What the device may fetch: its desired artifact, then its desired shadow's."""
+        found = [] if (sha := self.desired_sha256(device_id)) is None else [sha]
+        row = self.db.conn.execute(
+            "SELECT a.sha256 FROM devices d JOIN deployment_devices dd "
+            "ON dd.deployment_id = d.desired_deployment_id AND dd.device_id = d.id "
+            "JOIN artifacts a ON a.id = dd.shadow_artifact_id WHERE d.id = ?",
+            [device_id],
+        ).fetchone()
+        if row is not None:
+            found.append(str(row[0]))
+        return found
+
+    # -- serving parameters changed after publication --------------------------------------------
+    def params_changed(self) -> list[tuple[Assignment, int]]:
+        """(row, the deployment's params_rev) for every device whose current desired deployment
+        got new parameters since its desired state was published."""
+        rows = self.db.conn.execute(
+            "SELECT dd.deployment_id, dd.device_id, d.params_rev FROM deployment_devices dd "
+            "JOIN deployments d ON d.id = dd.deployment_id "
+            "JOIN devices dev ON dev.id = dd.device_id "
+            "AND dev.desired_deployment_id = dd.deployment_id "
+            "WHERE dd.params_rev < d.params_rev AND dd.published_at IS NOT NULL "
+            "AND dd.state != 'superseded' ORDER BY dd.deployment_id, dd.device_id"
+        ).fetchall()
+        return [(Assignment(int(r[0]), str(r[1])), int(r[2])) for r in rows]
+
+    def mark_params_published(self, a: Assignment, rev: int) -> None:
+        with self.db.transaction() as db:
+            db.execute(
+                "UPDATE deployment_devices SET params_rev = MAX(params_rev, ?) "
+                "WHERE deployment_id = ? AND device_id = ?",
+                [rev, a.deployment_id, a.device_id],
+            )

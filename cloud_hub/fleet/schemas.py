@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.schemas import NAME_PATTERN
+from edge_agent.wire import ServingParams
 
 Strategy = Literal["all_at_once", "canary"]
 TargetKind = Literal["device", "tag", "group"]
@@ -76,6 +77,13 @@ class DeviceRegistration(BaseModel):
     hub_public_key: str
 
 
+class ShadowCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(description="PROJECT/MODEL[:N] or a version id")
+    artifact: str = Field(default="best", description="'best' or FORMAT/PRECISION")
+
+
 class DeploymentCreate(BaseModel):
     version: str = Field(description="PROJECT/MODEL[:N] or a version id")
     artifact: str = Field(default="best", description="'best' or FORMAT/PRECISION, e.g. onnx/int8")
@@ -98,7 +106,19 @@ class DeploymentCreate(BaseModel):
     probation: dict[str, Any] = Field(
         default_factory=dict, description="edge_agent.wire.ProbationPolicy fields"
     )
-    params: dict[str, Any] = Field(default_factory=dict, description="serving parameters")
+    params: ServingParams = Field(
+        default_factory=ServingParams,
+        description="serving parameters (min_score, default_label, disabled), applied on the "
+        "device without a model transfer; change them later with PUT .../params",
+    )
+    shadow: ShadowCreate | None = Field(
+        default=None,
+        description="a candidate version run beside this one on the same live inputs; its "
+        "answers are logged and compared, never returned; POST .../promote makes it active",
+    )
+
+
+ShadowState = Literal["transferring", "verified", "active", "failed", "rolled_back"]
 
 
 class DeploymentDevice(BaseModel):
@@ -109,6 +129,11 @@ class DeploymentDevice(BaseModel):
     reason: str | None
     received_bytes: int
     updated_at: str
+    shadow_artifact: str | None = None
+    shadow_state: ShadowState | None = Field(
+        default=None, description="the shadow's progress on the device (None: not yet reported)"
+    )
+    shadow_reason: str | None = None
 
 
 class Deployment(BaseModel):
@@ -126,6 +151,15 @@ class Deployment(BaseModel):
     threads: int = 1
     probation: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
+    shadow_version_id: int | None = None
+    shadow_version: str | None = Field(default=None, description="PROJECT/MODEL:N of the shadow")
+    shadow_artifact: str | None = None
+    promoted_to: int | None = Field(
+        default=None, description="the deployment that made this one's shadow active"
+    )
+    promoted_from: int | None = Field(
+        default=None, description="the deployment whose shadow this one promoted"
+    )
     status: Literal["canary", "rolling_out", "completed", "halted", "superseded"]
     reason: str | None
     devices: list[DeploymentDevice]
@@ -149,3 +183,30 @@ class InferenceLog(BaseModel):
     latency_ms: float
     ts: float
     source: str
+    role: Literal["active", "shadow"] = "active"
+    thresholded: bool = False
+
+
+class ShadowDeviceReport(BaseModel):
+    """One device's shadow comparison: every request both models answered."""
+
+    device_id: str
+    shadow_state: ShadowState | None
+    shadow_reason: str | None = None
+    compared: int = Field(description="samples answered by both (joined on request id)")
+    agreed: int = Field(description="... with the same top class")
+    agreement: float | None = Field(description="agreed / compared")
+    active_latency_ms: dict[str, float] = Field(description="p50, p99 of the active model")
+    shadow_latency_ms: dict[str, float] = Field(description="p50, p99 of the shadow")
+
+
+class ShadowReport(BaseModel):
+    deployment_id: int
+    version: str
+    shadow_version: str
+    compared: int
+    agreed: int
+    agreement: float | None
+    active_latency_ms: dict[str, float]
+    shadow_latency_ms: dict[str, float]
+    devices: list[ShadowDeviceReport]

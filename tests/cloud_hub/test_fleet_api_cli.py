@@ -14,9 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
+from cloud_hub.fleet.ingest import Ingest
+from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
 from cloud_hub.settings import HubSettings
 from edge_agent.signing import verify_model
+from edge_agent.wire import LogBatch, LogRecord
 from tests.cloud_hub.conftest import Device, register_model, unique, wait_until
 from tests.conftest import BIN, REPO, free_port, run_cli, wait_for_port
 
@@ -218,3 +221,101 @@ def test_cli_deployment_reaches_a_device_through_hub_serve(
         proc.terminate()
         proc.wait(20)
         log.close()
+
+
+def test_rest_shadow_promote_and_params(client: TestClient, hub: Hub, onnx_bytes: bytes) -> None:
+    v1 = register_model(hub, onnx_bytes, tflite=False)
+    v2 = register_model(hub, onnx_bytes + b"\0", tflite=False)
+    client.post("/api/v1/devices", json={"id": "a", "runtimes": ["onnxruntime"]})
+    base = {"version": v1.ref, "device": "a"}
+    for body, field in [
+        ({**base, "shadow": {"version": "fleet/iris:9"}}, "shadow.version"),
+        ({**base, "shadow": {"version": v1.ref}}, "shadow.version"),
+        ({**base, "shadow": {"version": v2.ref, "artifact": "tflite/int8"}}, "shadow.artifact"),
+        ({**base, "params": {"min_score": 2}}, "min_score"),
+        ({**base, "params": {"treshold": 0.5}}, "treshold"),
+    ]:
+        resp = client.post("/api/v1/deployments", json=body)
+        assert resp.status_code == 422 and field in resp.text, (body, resp.text)
+    assert client.get("/api/v1/deployments").json() == []
+
+    made = client.post("/api/v1/deployments", json={**base, "shadow": {"version": v2.ref}})
+    assert made.status_code == 201, made.text
+    dep = made.json()
+    assert dep["shadow_version"] == v2.ref and dep["devices"][0]["shadow_artifact"] == "onnx/fp32"
+    report = client.get(f"/api/v1/deployments/{dep['id']}/shadow").json()
+    assert report["compared"] == 0 and report["agreement"] is None
+    assert report["devices"][0]["device_id"] == "a"
+    put = client.put(f"/api/v1/deployments/{dep['id']}/params", json={"min_score": 0.8})
+    assert put.status_code == 200 and put.json()["params"] == {"min_score": 0.8}
+    bad = client.put(f"/api/v1/deployments/{dep['id']}/params", json={"min_score": "high"})
+    assert bad.status_code == 422 and "min_score" in bad.text
+    promoted = client.post(f"/api/v1/deployments/{dep['id']}/promote")
+    assert promoted.status_code == 201, promoted.text
+    assert promoted.json()["version"] == v2.ref and promoted.json()["params"] == {"min_score": 0.8}
+    assert client.post(f"/api/v1/deployments/{promoted.json()['id']}/promote").status_code == 422
+    assert client.post("/api/v1/deployments/99/promote").status_code == 404
+    assert client.get(f"/api/v1/deployments/{promoted.json()['id']}/shadow").status_code == 422
+
+
+def test_cli_shadow_report_promote_and_params(cli_env: dict[str, str], onnx_bytes: bytes) -> None:
+    data_dir = Path(cli_env["EDGEPILOT_DATA_DIR"])
+    hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False))
+    v1 = register_model(hub, onnx_bytes, tflite=False)
+    v2 = register_model(hub, onnx_bytes + b"\0", tflite=False)
+    hub.fleet.devices.register(DeviceCreate(id="cam-1"))
+    hub.close()
+
+    refused = run_cli(
+        ["deploy", v1.ref, "--device", "cam-1", "--shadow", v2.ref, "--param", "min_score=3"],
+        cli_env,
+    )
+    assert refused.returncode == 2 and "params.min_score" in refused.stderr, refused.stderr
+    made = run_cli(
+        [
+            "deploy", v1.ref, "--device", "cam-1", "--shadow", v2.ref,
+            "--param", "min_score=0.6", "--param", "default_label=unsure", "--json",
+        ],
+        cli_env,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    dep = json.loads(made.stdout)
+    assert dep["shadow_version"] == v2.ref
+    assert dep["params"] == {"min_score": 0.6, "default_label": "unsure"}
+
+    # logs as the agent sends them: the active and the shadow answer of each request
+    hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False))
+    records = []
+    for i in range(4):
+        shadow_out = [0.8, 0.2] if i == 0 else [0.3, 0.7]
+        records += [
+            LogRecord(seq=2 * i + 1, request_id=f"r{i}", model_version=v1.id, input_digest="d",
+                      output=[0.1, 0.9], latency_ms=2.0, ts=1.0),
+            LogRecord(seq=2 * i + 2, request_id=f"r{i}", model_version=v2.id, input_digest="d",
+                      output=shadow_out, latency_ms=3.0, ts=1.0, role="shadow"),
+        ]  # fmt: skip
+    Ingest(hub.db).store_logs("cam-1", LogBatch(device_id="cam-1", floor=1, records=records))
+    hub.close()
+    table = run_cli(["deployments", "shadow", str(dep["id"])], cli_env)
+    assert table.returncode == 0, table.stderr
+    assert "agreement 75.0%" in table.stdout and "cam-1" in table.stdout, table.stdout
+    report = json.loads(
+        run_cli(["deployments", "shadow", str(dep["id"]), "--json"], cli_env).stdout
+    )
+    assert report["compared"] == 4 and report["agreed"] == 3
+    assert report["devices"][0]["shadow_latency_ms"] == {"p50": 3.0, "p99": 3.0}
+
+    params = run_cli(
+        ["deployments", "params", str(dep["id"]), "--set", "disabled=true", "--set",
+         "min_score=null", "--json"],
+        cli_env,
+    )  # fmt: skip
+    assert params.returncode == 0, params.stderr
+    assert json.loads(params.stdout)["params"] == {"default_label": "unsure", "disabled": True}
+    typo = run_cli(["deployments", "params", str(dep["id"]), "--set", "disable=true"], cli_env)
+    assert typo.returncode == 2 and "params.disable" in typo.stderr
+    promoted = run_cli(["deployments", "promote", str(dep["id"])], cli_env)
+    assert promoted.returncode == 0, promoted.stderr
+    assert v2.ref in promoted.stdout and "promoted" in promoted.stdout
+    again = run_cli(["deployments", "promote", str(dep["id"])], cli_env)
+    assert again.returncode == 2 and "already promoted" in again.stderr

@@ -23,6 +23,7 @@ from edge_agent.wire import (
     LogBatch,
     LogRecord,
     Report,
+    ServingParams,
     TelemetryBatch,
     TelemetryRecord,
 )
@@ -70,13 +71,15 @@ def test_desired_state_is_retained_signed_and_fetched_in_chunks(
     dev_id = unique("pi")
     _register(fleet_hub, dev_id, runtimes=["onnxruntime"])
     dep = fleet_hub.fleet.deployments.create(
-        DeploymentCreate(version=version.ref, device=dev_id, threads=2, params={"top_k": 3})
+        DeploymentCreate(
+            version=version.ref, device=dev_id, threads=2, params=ServingParams(min_score=0.6)
+        )
     )
     wait_until(lambda: fleet_hub.fleet.devices.get(dev_id).desired_deployment_id == dep.id)
     dev = make_device(dev_id)  # subscribes after the publication: it gets the retained one
     desired = dev.desired()
     assert desired.deployment_id == dep.id and desired.threads == 2
-    assert desired.params == {"top_k": 3}
+    assert desired.params.min_score == 0.6 and not desired.params.disabled
     model = desired.model
     assert model is not None and model.format == "onnx" and model.precision == "fp32"
     assert model.labels == ["setosa", "versicolor", "virginica"]

@@ -11,13 +11,25 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
 
 from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound
 from cloud_hub.fleet.broker_auth import hash_password, mosquitto_conf, verify_password
+from cloud_hub.fleet.desired import DesiredStates
 from cloud_hub.fleet.ingest import Ingest
-from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
+from cloud_hub.fleet.rollout import Rollout
+from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate, ShadowCreate
 from cloud_hub.hub import Hub
-from edge_agent.wire import LogBatch, LogRecord, TelemetryBatch, TelemetryRecord
+from cloud_hub.registry import NewArtifact
+from cloud_hub.schemas import Version
+from edge_agent.signing import verify_model
+from edge_agent.wire import (
+    LogBatch,
+    LogRecord,
+    ServingParams,
+    TelemetryBatch,
+    TelemetryRecord,
+)
 from tests.cloud_hub.conftest import register_model, wait_until
 from tests.conftest import _mosquitto, free_port, wait_for_port
 
@@ -264,3 +276,174 @@ def test_ingest_is_idempotent_and_acks_contiguously(hub: Hub) -> None:
         hub.db.conn.execute(
             "INSERT INTO telemetry (device_id, seq, ts, data) VALUES ('d1', 3, 0, '{}')"
         )
+
+
+# -- shadow and serving parameters ------------------------------------------------------------
+def _two_versions(hub: Hub, onnx_bytes: bytes) -> tuple[Version, Version]:
+    return register_model(hub, onnx_bytes), register_model(hub, onnx_bytes + b"\0")
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"shadow": {"version": "fleet/nope:1"}}, r"shadow\.version: .*not found"),
+        ({"shadow": {"version": "fleet/iris:1"}}, r"shadow\.version: .* is the version being"),
+        ({"shadow": {"version": "other/iris:1"}}, r"shadow\.version: .* prepares its inputs"),
+        ({"shadow": {"version": "fleet/iris:2", "artifact": "onnx/fp16"}}, r"shadow\.artifact"),
+        (
+            {"device": "lite-1", "artifact": "tflite/int8", "shadow": {"version": "fleet/iris:3"}},
+            r"shadow\.artifact: .* lite-1 \(runs litert\)",
+        ),
+        ({"params": {"min_score": 1.5}}, r"params\.min_score"),
+        ({"params": {"min_score": -0.1}}, r"params\.min_score"),
+        ({"params": {"default_label": ""}}, r"params\.default_label"),
+        ({"params": {"disabled": "maybe"}}, r"params\.disabled"),
+        ({"params": {"kill": True}}, r"params\.kill"),
+        ({"shadow": {"version": "fleet/iris:2", "artefact": "x"}}, r"shadow\.artefact"),
+    ],
+)
+def test_bad_shadow_or_params_are_refused_naming_the_field(
+    hub: Hub, onnx_bytes: bytes, body: dict[str, object], message: str
+) -> None:
+    _devices(hub)
+    _two_versions(hub, onnx_bytes)
+    register_model(hub, onnx_bytes + b"\1", tflite=False)  # fleet/iris:3: no tflite artifact
+    hub.registry.register_version(
+        "other",
+        "iris",
+        artifacts=[NewArtifact("onnx", "fp32", onnx_bytes + b"\2")],
+        source="uploaded",
+        preprocessing={"kind": "image", "size": [8, 8]},
+    )
+    full = {"version": "fleet/iris:1", "device": "onnx-1", **body}
+    with pytest.raises((InvalidInput, ValidationError), match=message):
+        hub.fleet.deployments.create(DeploymentCreate.model_validate(full))
+    assert _count(hub, "deployments") == 0 and _count(hub, "deployment_devices") == 0
+
+
+def test_a_shadow_travels_in_the_desired_state_and_promotion_reuses_its_artifact(
+    hub: Hub, onnx_bytes: bytes
+) -> None:
+    _devices(hub)
+    v1, v2 = _two_versions(hub, onnx_bytes)
+    deployments = hub.fleet.deployments
+    dep = deployments.create(
+        DeploymentCreate(
+            version=v1.ref,
+            tag="cams",
+            shadow=ShadowCreate(version=v2.ref),
+            params=ServingParams(min_score=0.7, default_label="unsure"),
+        )
+    )
+    assert dep.shadow_version == v2.ref and dep.params == {
+        "min_score": 0.7,
+        "default_label": "unsure",
+    }
+    assert {d.device_id: d.shadow_artifact for d in dep.devices} == {
+        "lite-1": "tflite/int8",  # each device's own best artifact of the shadow, too
+        "onnx-1": "onnx/fp32",
+    }
+    desired = DesiredStates(hub.db, hub.registry, hub.fleet.signer).build(dep.id, "onnx-1")
+    assert desired.model is not None and desired.model.version_id == v1.id
+    assert desired.shadow is not None and desired.shadow.version_id == v2.id
+    assert desired.params == ServingParams(min_score=0.7, default_label="unsure")
+    # the shadow is signed like any model: the agent verifies it the same way
+    onnx_v2 = next(a for a in v2.artifacts if a.format == "onnx")
+    assert desired.shadow.sha256 == onnx_v2.sha256
+    verify_model(
+        desired.shadow,
+        hub.registry.store.path_for(onnx_v2.sha256).read_bytes(),
+        hub.fleet.signer.public_key_b64,
+    )
+    rollout = Rollout(hub.db)
+    for a in rollout.unpublished():
+        assert rollout.claim_desired(a)
+        rollout.mark_published(a)
+    onnx_v1 = next(a for a in v1.artifacts if a.format == "onnx")
+    assert rollout.fetchable_sha256s("onnx-1") == [onnx_v1.sha256, onnx_v2.sha256]
+
+    # promote: a new deployment of v2 with the artifact each device holds as its shadow
+    new = deployments.promote(dep.id)
+    assert new.version == v2.ref and new.promoted_from == dep.id and new.shadow_version is None
+    assert new.params == dep.params and new.status == "rolling_out"
+    assert {d.device_id: (d.artifact, d.state) for d in new.devices} == {
+        "lite-1": ("tflite/int8", "pending"),
+        "onnx-1": ("onnx/fp32", "pending"),
+    }
+    old = deployments.get(dep.id)
+    assert old.status == "superseded" and old.promoted_to == new.id
+    assert "promoted" in (old.reason or "")
+    with pytest.raises(InvalidInput, match="already promoted"):
+        deployments.promote(dep.id)
+    with pytest.raises(InvalidInput, match="has no shadow"):
+        deployments.promote(new.id)
+    with pytest.raises(InvalidInput, match="superseded"):
+        deployments.set_params(dep.id, ServingParams(disabled=True))
+
+
+def test_new_params_are_republished_to_the_devices_that_run_the_deployment(
+    hub: Hub, onnx_bytes: bytes
+) -> None:
+    _devices(hub)
+    v1, _ = _two_versions(hub, onnx_bytes)
+    deployments = hub.fleet.deployments
+    dep = deployments.create(DeploymentCreate(version=v1.ref, tag="cams"))
+    rollout = Rollout(hub.db)
+    assert rollout.params_changed() == []
+    changed = deployments.set_params(dep.id, ServingParams(disabled=True, default_label="off"))
+    assert changed.params == {"disabled": True, "default_label": "off"}
+    assert rollout.params_changed() == []  # nothing published yet: the first publication has them
+    (first, second) = rollout.unpublished()
+    for a in (first, second):
+        assert rollout.claim_desired(a)
+        rollout.mark_published(a)
+    deployments.set_params(dep.id, ServingParams(min_score=0.5))
+    pending = rollout.params_changed()
+    assert [(a.device_id, rev) for a, rev in pending] == [("lite-1", 2), ("onnx-1", 2)]
+    rollout.mark_params_published(first, 2)
+    assert [a.device_id for a, _ in rollout.params_changed()] == [second.device_id]
+    desired = DesiredStates(hub.db, hub.registry, hub.fleet.signer).build(dep.id, "onnx-1")
+    assert desired.params == ServingParams(min_score=0.5)
+
+
+def test_shadow_report_compares_the_stored_logs_of_both_models(hub: Hub, onnx_bytes: bytes) -> None:
+    _devices(hub)
+    v1, v2 = _two_versions(hub, onnx_bytes)
+    dep = hub.fleet.deployments.create(
+        DeploymentCreate(version=v1.ref, device="onnx-1", shadow=ShadowCreate(version=v2.ref))
+    )
+    records = []
+    for i in range(10):
+        # the active model answers class 1 each time; the shadow agrees on 8 of the 10
+        records.append((f"r{i}", v1.id, "active", [0.1, 0.9], 1.0 + i))
+        records.append((f"r{i}", v2.id, "shadow", [0.9, 0.1] if i < 2 else [0.2, 0.8], 10.0 + i))
+    records.append(("lone", v2.id, "shadow", [0.9, 0.1], 5.0))  # its active log never arrived
+    batch = LogBatch(
+        device_id="onnx-1",
+        floor=1,
+        records=[
+            LogRecord(
+                seq=n + 1,
+                request_id=rid,
+                model_version=version,
+                input_digest="d",
+                output=out,
+                latency_ms=ms,
+                ts=1.0,
+                role=role,  # type: ignore[arg-type]
+            )
+            for n, (rid, version, role, out, ms) in enumerate(records)
+        ],
+    )
+    Ingest(hub.db).store_logs("onnx-1", batch)
+    report = hub.fleet.deployments.shadow_report(dep.id)
+    assert (report.compared, report.agreed, report.agreement) == (10, 8, 0.8)
+    (row,) = report.devices
+    assert row.device_id == "onnx-1" and row.compared == 10 and row.agreement == 0.8
+    assert row.active_latency_ms["p50"] == 5.5 and row.shadow_latency_ms["p50"] == 14.5
+    assert row.active_latency_ms["p99"] == pytest.approx(9.91)
+    stored = hub.fleet.devices.logs("onnx-1", limit=100)
+    assert {log.role for log in stored} == {"active", "shadow"}
+    no_shadow = hub.fleet.deployments.create(DeploymentCreate(version=v1.ref, device="lite-1"))
+    with pytest.raises(InvalidInput, match="has no shadow"):
+        hub.fleet.deployments.shadow_report(no_shadow.id)

@@ -39,6 +39,7 @@ from edge_agent.wire import (
     ModelRef,
     ProbationPolicy,
     Report,
+    ServingParams,
     TelemetryBatch,
     Topics,
 )
@@ -77,6 +78,12 @@ class Deployment:
     data: bytes  # what the hub serves (may differ from what the ref promises)
     corrupt: set[int] = field(default_factory=set)  # offsets whose chunks always arrive damaged
     corrupt_once: set[int] = field(default_factory=set)
+    shadow: tuple[ModelRef, bytes] | None = None
+
+    def bytes_for(self, sha256: str) -> bytes:
+        if self.shadow is not None and self.shadow[0].sha256 == sha256:
+            return self.shadow[1]
+        return self.data
 
 
 class WireHub:
@@ -174,9 +181,10 @@ class WireHub:
         deployment = self.deployments.get(request.deployment_id)
         if deployment is None:
             return
-        data = deployment.data[request.offset : request.offset + request.length]
+        whole = deployment.bytes_for(request.sha256)
+        data = whole[request.offset : request.offset + request.length]
         encoded = Chunk(
-            request.deployment_id, request.sha256, request.offset, len(deployment.data), data
+            request.deployment_id, request.sha256, request.offset, len(whole), data
         ).encode()
         damaged = request.offset in deployment.corrupt
         if request.offset in deployment.corrupt_once:
@@ -236,18 +244,20 @@ class WireHub:
         *,
         probation: ProbationPolicy | None = None,
         params: dict[str, Any] | None = None,
+        shadow: tuple[ModelRef, bytes] | None = None,
         corrupt: set[int] | None = None,
         corrupt_once: set[int] | None = None,
     ) -> None:
         self.deployments[deployment_id] = Deployment(
-            deployment_id, ref, data, set(corrupt or ()), set(corrupt_once or ())
+            deployment_id, ref, data, set(corrupt or ()), set(corrupt_once or ()), shadow
         )
         self.desired = DesiredState(
             device_id=self.device_id,
             deployment_id=deployment_id,
             model=ref,
+            shadow=shadow[0] if shadow is not None else None,
             probation=probation or ProbationPolicy(window_s=0),
-            params=params or {},
+            params=ServingParams.model_validate(params or {}),
         )
         self.client.publish(
             self.t("desired"), self.desired.dumps(), qos=1, retain=True

@@ -33,7 +33,7 @@ def test_model_delivered_verified_active_and_serving(
     assert "onnxruntime" in online.runtimes and online.active_version is None
 
     ref = hub.ref(iris_models.a, 1)
-    hub.deploy(ref, iris_models.a, deployment_id=10, params={"threshold": 0.7})
+    hub.deploy(ref, iris_models.a, deployment_id=10, params={"min_score": 0.2})
     hub.wait_report(10, "active")
     states = hub.report_states(10)
     assert states[:3] == ["transferring", "verified", "active"], states
@@ -46,7 +46,7 @@ def test_model_delivered_verified_active_and_serving(
     assert doc["model_version"] == 1 and doc["predictions"][0]["label"] == "setosa"
     status = agent.status()
     assert status["active_version"] == 1 and status["loaded_versions"] == [1]
-    assert status["params"] == {"threshold": 0.7}
+    assert status["params"] == {"min_score": 0.2, "default_label": None, "disabled": False}
     assert status["deployment"]["state"] == "active"
     wait_until(
         lambda: any(s.state == "online" and s.active_version == 1 for s in hub.statuses),
@@ -55,10 +55,10 @@ def test_model_delivered_verified_active_and_serving(
     )
     # the same desired state again (a reconnect, a re-publish) is acknowledged, not re-fetched
     fetched = len(hub.fetches)
-    hub.deploy(ref, iris_models.a, deployment_id=10, params={"threshold": 0.9})
+    hub.deploy(ref, iris_models.a, deployment_id=10, params={"min_score": 0.25})
     wait_until(lambda: hub.report_states(10).count("active") >= 2, 10, "idempotent active")
     assert len(hub.fetches) == fetched
-    wait_until(lambda: agent.status()["params"] == {"threshold": 0.9}, 5, "new params")
+    wait_until(lambda: agent.status()["params"]["min_score"] == 0.25, 5, "new params")
 
     # a restarted agent serves its last model at once, even without a broker in reach
     assert agent.terminate() == 0
