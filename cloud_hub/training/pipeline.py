@@ -469,7 +469,15 @@ class TrainingPipeline:
             preprocessing=spec.model_dump(mode="json"),
             labels=state["labels"],
         )
+        from cloud_hub.monitoring.baseline import save_training_baseline
+
+        baseline = save_training_baseline(self.registry.db, version.id, state)
         return StepResult(
-            {"version": version.ref, "version_id": version.id, "status": version.status},
+            {
+                "version": version.ref,
+                "version_id": version.id,
+                "status": version.status,
+                "baseline": baseline,
+            },
             {"version_id": version.id},
         )

@@ -1,0 +1,268 @@
+"""`edgepilot monitor` and `edgepilot alerts`: monitoring windows, alerts and alert rules.
+
+They read and write the hub's database directly, as the other registry commands do: `monitor`
+computes the windows in this process; `alerts rules add|delete` take effect at the running
+hub's next evaluation (every `monitor_interval_s`); `alerts evaluate` runs one pass here (the
+alerts it opens or resolves are stored; the hub's monitor publishes only its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from cloud_hub.cli import render
+
+if TYPE_CHECKING:
+    from cloud_hub.cli.main import State
+    from cloud_hub.monitoring import Alert, AlertRule, WindowStats
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+# cloud_hub.cli.main imports this module: its helpers are imported when a command runs
+def _state(ctx: typer.Context) -> State:
+    from cloud_hub.cli.main import _state as main_state
+
+    return main_state(ctx)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    from cloud_hub.cli.main import user_errors as errors
+
+    with errors():
+        yield
+
+
+def _num(value: float | None, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def windows_table(windows: list[WindowStats], by: str, window_s: float) -> Table:
+    table = Table(title=f"Monitoring by {by}, last {window_s:g} s")
+    for col in (
+        by,
+        "records",
+        "requests",
+        "errors",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "psi max",
+        "psi mean",
+        "drifting features",
+        "output shift",
+        "top answers",
+    ):
+        table.add_column(col, no_wrap=col != "drifting features")
+    for w in windows:
+        drift = w.drift
+        top = ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(w.output.items())[:3])
+        name = w.name if w.by != "version" else f"{w.name} (#{w.key})"
+        table.add_row(
+            name,
+            str(w.count),
+            str(w.requests),
+            "-" if w.error_rate is None else f"{w.errors} ({100 * w.error_rate:.1f}%)",
+            _num(w.latency_ms.get("p50")),
+            _num(w.latency_ms.get("p90")),
+            _num(w.latency_ms.get("p99")),
+            "-" if drift is None else f"{drift.psi_max:.3f}",
+            "-" if drift is None else f"{drift.psi_mean:.3f}",
+            "-" if drift is None else ", ".join(f"#{f.feature} {f.psi:.2f}" for f in drift.top[:3]),
+            _num(w.output_shift),
+            top or "-",
+        )
+    return table
+
+
+def monitor(
+    ctx: typer.Context,
+    by: Annotated[str, typer.Option("--by", help="version, endpoint or device")] = "version",
+    window: Annotated[
+        float, typer.Option("--window", min=1, help="the last this many seconds")
+    ] = 300.0,
+    last: Annotated[
+        int | None, typer.Option("--last", min=1, help="... and at most the latest N records")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rolling windows per model version, endpoint or device: latency percentiles, errors,
+    answers, output shift and input drift (PSI) against the training baseline."""
+    from cloud_hub.cli.main import fail
+    from cloud_hub.monitoring import BY, WindowReader
+
+    if by not in BY:
+        raise fail(f"--by must be one of {', '.join(BY)}, got {by!r}")
+    hub = _state(ctx).hub
+    reader = WindowReader(hub.db, max_records=hub.settings.monitor_max_records)
+    windows = reader.windows(by, window_s=window, last_n=last)
+    if json_out:
+        render.print_json(windows)
+        return
+    if not windows:
+        render.console.print(f"no predictions in the last {window:g} s")
+        return
+    render.console.print(windows_table(windows, by, window))
+
+
+alerts_app = typer.Typer(
+    help="Alerts raised by the monitoring rules, and the rules.", invoke_without_command=True
+)
+rules_app = typer.Typer(help="Alert rules (while none is created, the defaults apply).")
+alerts_app.add_typer(rules_app, name="rules")
+
+
+def alerts_table(alerts: list[Alert]) -> Table:
+    table = Table(title="Alerts")
+    for col in (
+        "id",
+        "state",
+        "rule",
+        "metric",
+        "scope",
+        "latest",
+        "threshold",
+        "opened",
+        "message",
+    ):
+        table.add_column(col, no_wrap=col != "message")
+    for a in alerts:
+        table.add_row(
+            str(a.id),
+            a.state if a.resolved_at is None else f"resolved {a.resolved_at[11:19]}",
+            a.rule,
+            a.metric,
+            f"{a.scope} {a.target}",
+            f"{a.last_value:.4g}",
+            f"{a.threshold:g}",
+            a.opened_at[:19],
+            a.message,
+        )
+    return table
+
+
+@alerts_app.callback()
+def alerts(
+    ctx: typer.Context,
+    open_only: Annotated[bool, typer.Option("--open", help="Only the open alerts.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 100,
+    json_out: JsonOpt = False,
+) -> None:
+    """List alerts, newest first (`alerts rules ...`: the rules)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cloud_hub.monitoring import AlertStore
+
+    found = AlertStore(_state(ctx).hub.db).list("open" if open_only else "all", limit=limit)
+    if json_out:
+        render.print_json(found)
+        return
+    if not found:
+        render.console.print("no open alerts" if open_only else "no alerts")
+        return
+    render.console.print(alerts_table(found))
+
+
+@alerts_app.command("evaluate")
+def evaluate(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """Evaluate the rules now, in this process: the alerts that opened or resolved."""
+    from cloud_hub.monitoring import Monitor
+
+    hub = _state(ctx).hub
+    events = Monitor(hub.db, max_records=hub.settings.monitor_max_records).evaluate()
+    if json_out:
+        render.print_json(events)
+        return
+    for event in events:
+        render.console.print(f"{event.event}: #{event.alert.id} {event.alert.message}")
+    if not events:
+        render.console.print("nothing opened or resolved")
+
+
+def rules_table(rules: list[AlertRule]) -> Table:
+    table = Table(title="Alert rules")
+    for col in ("id", "name", "metric", "threshold", "scope", "window", "min records"):
+        table.add_column(col, no_wrap=True)
+    for r in rules:
+        window = f"{r.window_s:g} s" + ("" if r.last_n is None else f", last {r.last_n}")
+        table.add_row(
+            r.key,
+            r.name or "-",
+            r.metric,
+            f"> {r.threshold:g}",
+            r.scope if r.target is None else f"{r.scope} {r.target}",
+            window,
+            str(r.min_count),
+        )
+    return table
+
+
+@rules_app.command("list")
+def rules_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """The rules in force (the defaults while none is created)."""
+    from cloud_hub.monitoring import RuleStore
+
+    rules = RuleStore(_state(ctx).hub.db).active()
+    if json_out:
+        render.print_json(rules)
+        return
+    render.console.print(rules_table(rules))
+
+
+@rules_app.command("add")
+def rules_add(
+    ctx: typer.Context,
+    metric: Annotated[
+        str,
+        typer.Option("--metric", help="latency_p99_ms, error_rate, psi_max or output_shift"),
+    ],
+    threshold: Annotated[float, typer.Option("--threshold", help="alert above this")],
+    scope: Annotated[str, typer.Option("--scope", help="all, version, endpoint or device")] = "all",
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="a version id or ref, an endpoint name or a device id"),
+    ] = None,
+    window: Annotated[float, typer.Option("--window", help="window, seconds")] = 300.0,
+    last: Annotated[int | None, typer.Option("--last", help="at most the latest N records")] = None,
+    min_count: Annotated[int, typer.Option("--min-count", help="records needed to judge")] = 20,
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a rule (the defaults stop applying once one exists)."""
+    from cloud_hub.monitoring import AlertRuleIn, RuleStore
+
+    fields: dict[str, Any] = {
+        "name": name,
+        "metric": metric,
+        "threshold": threshold,
+        "scope": scope,
+        "target": target,
+        "window_s": window,
+        "last_n": last,
+        "min_count": min_count,
+    }
+    with user_errors():
+        rule = RuleStore(_state(ctx).hub.db).create(AlertRuleIn(**fields))
+    if json_out:
+        render.print_json(rule)
+        return
+    render.console.print(f"created alert rule {rule.key}")
+    render.console.print(rules_table([rule]))
+
+
+@rules_app.command("delete")
+def rules_delete(
+    ctx: typer.Context, rule_id: Annotated[int, typer.Argument(help="the rule's id")]
+) -> None:
+    """Delete a rule (its open alerts resolve at the next evaluation)."""
+    from cloud_hub.monitoring import RuleStore
+
+    with user_errors():
+        RuleStore(_state(ctx).hub.db).delete(rule_id)
+    render.console.print(f"deleted alert rule {rule_id}")

@@ -1,0 +1,240 @@
+"""Alerts: what the rules find in the windows, opened once and resolved when the condition clears.
+
+`Monitor.evaluate()` computes the windows each rule in force needs and, for every version,
+endpoint or device in its scope:
+
+- metric over the threshold, with at least `min_count` records behind the value → the alert for
+  (rule, scope, target) is opened (at most one open: a unique index), or its value updated;
+- metric at or under the threshold, with enough records → the open alert is resolved;
+- too few records to judge → nothing changes, except that an alert whose window is empty
+  (no traffic at all any more) is resolved, as is one whose rule was deleted.
+
+Each opening and resolution is returned as an `AlertEvent` (the caller publishes it on MQTT
+`{root}/alerts`). Opening and resolving are conditional writes, so two hub processes evaluating
+the same rules open and announce each alert once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Literal
+
+from pydantic import BaseModel, Field, computed_field
+
+from cloud_hub.db import Database
+from cloud_hub.errors import InvalidInput, NotFound
+from cloud_hub.monitoring.rules import AlertRule, RuleStore
+from cloud_hub.monitoring.windows import By, WindowReader, WindowStats
+from cloud_hub.registry import utcnow
+
+log = logging.getLogger(__name__)
+
+ALERT_VERSION: Literal[1] = 1
+AlertKey = tuple[str, str, str]  # (rule key, scope, target): at most one open alert each
+
+
+class Alert(BaseModel):
+    id: int
+    rule: str = Field(description="the rule's id, or default:NAME")
+    metric: str
+    scope: By
+    target: str = Field(description="version id, endpoint name or device id")
+    threshold: float
+    value: float = Field(description="the metric when the alert opened")
+    last_value: float = Field(description="the metric at the latest evaluation")
+    count: int = Field(description="records behind the latest value")
+    message: str
+    opened_at: str
+    resolved_at: str | None = None
+    resolution: str | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def state(self) -> Literal["open", "resolved"]:
+        return "open" if self.resolved_at is None else "resolved"
+
+
+class AlertEvent(BaseModel):
+    """What `{root}/alerts` carries: one alert opened or resolved."""
+
+    v: Literal[1] = ALERT_VERSION
+    event: Literal["opened", "resolved"]
+    ts: float
+    alert: Alert
+
+
+def alerts_topic(root: str) -> str:
+    return f"{root}/alerts"
+
+
+def metric_value(metric: str, w: WindowStats) -> tuple[float | None, int]:
+    """The rule metric in a window, and how many records it rests on."""
+    if metric == "latency_p99_ms":
+        return w.latency_ms.get("p99"), w.requests - w.errors
+    if metric == "error_rate":
+        return w.error_rate, w.requests
+    if metric == "psi_max":
+        return (None, 0) if w.drift is None else (w.drift.psi_max, w.drift.samples)
+    if metric == "output_shift":
+        base = w.versions.get(str(w.baseline_version), 0)
+        return w.output_shift, base
+    raise InvalidInput(f"metric: unknown metric {metric!r}")
+
+
+def _describe(rule: AlertRule, w: WindowStats, value: float, n: int) -> str:
+    what = {"version": "version", "endpoint": "endpoint", "device": "device"}[w.by]
+    text = (
+        f"{rule.metric} {value:.4g} > {rule.threshold:g} on {what} {w.name} "
+        f"({n} records in the last {w.window_s:g} s)"
+    )
+    if rule.metric == "psi_max" and w.drift is not None:
+        top = ", ".join(f"#{f.feature} ({f.psi:.2f})" for f in w.drift.top[:3])
+        text += f"; most drifting features: {top}"
+    return text
+
+
+_COLUMNS = (
+    "id, rule, metric, scope, target, threshold, value, last_value, count, message, opened_at, "
+    "resolved_at, resolution"
+)
+
+
+class AlertStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def list(
+        self, state: Literal["open", "resolved", "all"] = "all", *, limit: int = 100
+    ) -> list[Alert]:
+        """Newest first."""
+        where = {"open": "resolved_at IS NULL", "resolved": "resolved_at IS NOT NULL", "all": "1"}
+        rows = self.db.conn.execute(
+            f"SELECT {_COLUMNS} FROM alerts WHERE {where[state]} ORDER BY id DESC LIMIT ?",
+            [limit],
+        )
+        return [Alert(**dict(r)) for r in rows]
+
+    def get(self, alert_id: int) -> Alert:
+        row = self.db.conn.execute(
+            f"SELECT {_COLUMNS} FROM alerts WHERE id = ?", [alert_id]
+        ).fetchone()
+        if row is None:
+            raise NotFound("alert", alert_id)
+        return Alert(**dict(row))
+
+    def open(
+        self, rule: AlertRule, w: WindowStats, value: float, count: int, message: str
+    ) -> Alert | None:
+        """Open the alert (None: it is open already)."""
+        with self.db.transaction():
+            cur = self.db.conn.execute(
+                "INSERT OR IGNORE INTO alerts (rule, metric, scope, target, threshold, value, "
+                "last_value, count, message, opened_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    rule.key,
+                    rule.metric,
+                    w.by,
+                    w.key,
+                    rule.threshold,
+                    value,
+                    value,
+                    count,
+                    message,
+                    utcnow(),
+                ],
+            )
+        return self.get(int(cur.lastrowid or 0)) if cur.rowcount == 1 else None
+
+    def update(self, alert_id: int, value: float, count: int) -> None:
+        with self.db.transaction():
+            self.db.conn.execute(
+                "UPDATE alerts SET last_value = ?, count = ? WHERE id = ? AND resolved_at IS NULL",
+                [value, count, alert_id],
+            )
+
+    def resolve(self, alert_id: int, resolution: str, value: float | None = None) -> Alert | None:
+        """Resolve the alert (None: it was resolved already)."""
+        with self.db.transaction():
+            cur = self.db.conn.execute(
+                "UPDATE alerts SET resolved_at = ?, resolution = ?, "
+                "last_value = COALESCE(?, last_value) WHERE id = ? AND resolved_at IS NULL",
+                [utcnow(), resolution, value, alert_id],
+            )
+        return self.get(alert_id) if cur.rowcount == 1 else None
+
+
+class Monitor:
+    """Evaluates the rules in force against the windows; `evaluate()` is one pass."""
+
+    def __init__(self, db: Database, *, max_records: int = 5000) -> None:
+        self.db = db
+        self.max_records = max_records
+        self.rules = RuleStore(db)
+        self.alerts = AlertStore(db)
+
+    def evaluate(self, now: float | None = None) -> list[AlertEvent]:
+        now = time.time() if now is None else now
+        reader = WindowReader(self.db, max_records=self.max_records)
+        rules = self.rules.active()
+        firing: dict[AlertKey, tuple[AlertRule, WindowStats, float, int]] = {}
+        cleared: dict[AlertKey, float] = {}
+        seen: set[AlertKey] = set()
+        cache: dict[tuple[By, str | None, float, int | None], list[WindowStats]] = {}
+        for rule in rules:
+            for kind in rule.kinds():
+                ck = (kind, rule.target, rule.window_s, rule.last_n)
+                if ck not in cache:
+                    cache[ck] = self._windows(reader, kind, rule, now)
+                for w in cache[ck]:
+                    if w.count == 0:
+                        continue
+                    key: AlertKey = (rule.key, w.by, w.key)
+                    seen.add(key)
+                    value, n = metric_value(rule.metric, w)
+                    if value is None or n < rule.min_count:
+                        continue
+                    if value > rule.threshold:
+                        firing[key] = (rule, w, value, n)
+                    else:
+                        cleared[key] = value
+        events: list[AlertEvent] = []
+        active = {r.key for r in rules}
+        open_now: dict[AlertKey, Alert] = {
+            (a.rule, a.scope, a.target): a for a in self.alerts.list("open", limit=10**6)
+        }
+        for key, alert in open_now.items():
+            if key in firing:
+                _, _, value, n = firing[key]
+                self.alerts.update(alert.id, value, n)
+                continue
+            if alert.rule not in active:
+                why, value_now = "its rule is no longer in force", None
+            elif key in cleared:
+                value_now = cleared[key]
+                why = f"{alert.metric} {value_now:.4g} ≤ {alert.threshold:g}"
+            elif key not in seen:
+                why, value_now = "no records in the window any more", None
+            else:
+                continue  # too few records to judge: it stays open
+            resolved = self.alerts.resolve(alert.id, why, value_now)
+            if resolved is not None:
+                events.append(AlertEvent(event="resolved", ts=time.time(), alert=resolved))
+        for key, (rule, w, value, n) in firing.items():
+            if key in open_now:
+                continue
+            opened = self.alerts.open(rule, w, value, n, _describe(rule, w, value, n))
+            if opened is not None:
+                events.append(AlertEvent(event="opened", ts=time.time(), alert=opened))
+        return events
+
+    def _windows(
+        self, reader: WindowReader, kind: By, rule: AlertRule, now: float
+    ) -> list[WindowStats]:
+        if rule.target is not None:
+            return [
+                reader.window(
+                    kind, rule.target, window_s=rule.window_s, last_n=rule.last_n, now=now
+                )
+            ]
+        return reader.windows(kind, window_s=rule.window_s, last_n=rule.last_n, now=now)
