@@ -574,12 +574,26 @@ class _Driver:
         )
 
 
-def _resolve(target: Target) -> tuple[str, int]:
+def _resolve(target: Target, timeout_s: float = 2.0) -> tuple[str, int]:
+    """The address every connection of the run goes to. A name with several addresses gets
+    the first that accepts a connection, as any HTTP client would: `localhost` is often ::1
+    first, while a device's local API listens on 127.0.0.1 only (one address for the whole
+    run, taken blindly, would make every request a connect error)."""
     try:
         infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise LoadTestError(f"{target.url}: cannot resolve {target.host}: {exc.strerror}") from None
-    address = infos[0][4]
+    addresses = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
+    if len(addresses) > 1:
+        for family, address in addresses:
+            try:
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    probe.settimeout(timeout_s)
+                    probe.connect(address)
+            except OSError:
+                continue
+            return str(address[0]), int(address[1])
+    address = addresses[0][1]  # none answers: the run counts the connect errors
     return str(address[0]), int(address[1])
 
 
@@ -608,10 +622,12 @@ async def arun_load(
         raise LoadTestError("--max-connections must be at least 1")
     if not timeout_s > 0:
         raise LoadTestError("the timeout must be positive")
+    if not (late_ms >= 0 and math.isfinite(late_ms)):
+        raise LoadTestError(f"--late-ms must be a number of milliseconds ≥ 0: {late_ms}")
     if not payloads:
         raise LoadTestError("nothing to send")
     driver = _Driver(
-        _resolve(target),
+        _resolve(target, min(timeout_s, 2.0)),
         [target.encode(p) for p in payloads],
         rate=rate,
         duration_s=duration_s,

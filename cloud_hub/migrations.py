@@ -302,6 +302,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX prediction_logs_ts ON prediction_logs (ts)",
             "CREATE INDEX inference_logs_ts ON inference_logs (ts)",
             "CREATE INDEX inference_logs_version ON inference_logs (model_version, ts)",
+            "CREATE INDEX inference_logs_device_ts ON inference_logs (device_id, ts)",
             f"""CREATE TABLE endpoint_params (
                 endpoint TEXT PRIMARY KEY,
                 params TEXT NOT NULL,

@@ -11,7 +11,10 @@ Serving parameters are applied as soon as a desired state arrives, whatever happ
 model: a change of parameters alone never transfers anything. A desired state's `shadow` is
 taken care of once its model is active: fetched with the same verified transfer (reports with
 role "shadow"), installed, and loaded beside the active model; a desired state without one drops
-it. A desired model already in the store (a promoted shadow) is activated without a transfer.
+it. A shadow only ever runs beside its own deployment's active model: it is dropped while that
+model is fetched or when it fails, and when it is rolled back (reported as the shadow's
+"rolled_back"). A desired model already in the store (a promoted shadow) is activated without a
+transfer.
 """
 
 from __future__ import annotations
@@ -100,13 +103,17 @@ class Deployer:
         self._queue.put(("connected", None))
 
     def on_model_event(self, event: ModelEvent) -> None:
-        """ModelManager events: an automatic rollback is reported against its deployment."""
+        """ModelManager events: an automatic rollback is reported against its deployment, and
+        the deployment's shadow (run beside the version rolled back) is dropped, on the
+        deployer's thread (this may be a request's thread, and loading a shadow holds the
+        manager's switch lock)."""
         if event.kind != "rolled_back":
             return
         with self._lock:
             same = self.state.get("version_id") == event.version_id
             deployment_id = self.state.get("deployment_id") if same else None
         self._record(deployment_id, event.version_id, "rolled_back", event.reason, sha256=None)
+        self._queue.put(("rolled_back", event))
         self._on_active_change()
 
     def snapshot(self) -> dict[str, Any]:
@@ -137,6 +144,8 @@ class Deployer:
                     self._handle_desired(item)
                 elif kind == "chunk":
                     self._handle_chunk(item)
+                elif kind == "rolled_back":
+                    self._handle_rollback(item)
                 elif kind == "connected" and self.transfer is not None:
                     self.transfer.reconnected()
                 if self.transfer is not None and kind in ("tick", "connected"):
@@ -167,27 +176,26 @@ class Deployer:
             with self._lock:
                 self.state["threads"] = desired.threads
             self._save_state()
-        loaded_shadow = self.manager.shadow
-        if loaded_shadow is not None and loaded_shadow.ref.sha256.lower() not in (
-            _sha(desired.shadow),
-            _sha(desired.model),  # a promotion: activate() takes the loaded shadow over
-        ):
-            # not this deployment's shadow: stop comparing now, whatever becomes of the model
-            log.info("dropping the shadow (version %s)", loaded_shadow.version_id)
-            self.manager.set_shadow(None)
         ref = desired.model
+        loaded_shadow = self.manager.shadow
+        if loaded_shadow is not None:
+            loaded_sha = loaded_shadow.ref.sha256.lower()
+            promoted = loaded_sha == _sha(ref)  # activate() takes the loaded shadow over
+            beside = loaded_sha == _sha(desired.shadow) and self._is_active(ref)
+            if not (promoted or beside):
+                # Not this deployment's shadow, or its model is not active (yet, or any more:
+                # it is being fetched, it failed or was rolled back): a shadow only ever runs
+                # beside its deployment's active model. Stop comparing now; it is loaded again
+                # (from the store) once the model is active.
+                log.info("dropping the shadow (version %s)", loaded_shadow.version_id)
+                self.manager.set_shadow(None)
         if ref is None:
             self._abandon_transfer()  # nothing new to run: keep serving what is active
             self._reconcile_shadow(desired)
             return
         deployment_id = desired.deployment_id
         sha = ref.sha256.lower()
-        active = self.manager.active
-        if (
-            active is not None
-            and active.ref.version_id == ref.version_id
-            and active.ref.sha256.lower() == sha
-        ):
+        if self._is_active(ref):
             self._abandon_transfer(keep=_sha(desired.shadow))
             self._report(desired, "active", None)
             self._reconcile_shadow(desired)
@@ -234,7 +242,40 @@ class Deployer:
             self._report_shadow(desired, "transferring", None, self.transfer.resumed_bytes)
         self.transfer.pump()
 
+    def _is_active(self, ref: ModelRef | None) -> bool:
+        active = self.manager.active
+        return (
+            ref is not None
+            and active is not None
+            and active.ref.version_id == ref.version_id
+            and active.ref.sha256.lower() == ref.sha256.lower()
+        )
+
     # -- the shadow -----------------------------------------------------------------------------
+    def _handle_rollback(self, event: ModelEvent) -> None:
+        """The active model was rolled back: its deployment's shadow stops (it compared the
+        candidate with a model the device no longer runs), and so does its transfer."""
+        desired = self._desired
+        if (
+            desired is None
+            or desired.model is None
+            or desired.model.version_id != event.version_id
+            or self._is_active(desired.model)
+        ):
+            return  # a later desired state, handled since, took care of its own shadow
+        loaded = self.manager.shadow
+        if loaded is not None:
+            log.info("dropping the shadow (version %s): rolled back", loaded.version_id)
+            self.manager.set_shadow(None)
+        if self.transfer is not None and self._transfer_role == "shadow":
+            self._abandon_transfer()
+        if desired.shadow is not None:
+            self._report_shadow(
+                desired,
+                "rolled_back",
+                f"version {event.version_id}, which it ran beside, was rolled back",
+            )
+
     def _reconcile_shadow(self, desired: DesiredState) -> None:
         """Make the loaded shadow the desired one (called once the desired model is active)."""
         ref = desired.shadow
@@ -297,7 +338,7 @@ class Deployer:
     ) -> None:
         ref = desired.shadow
         assert ref is not None
-        if state in ("failed", "active"):
+        if state in ("failed", "active", "rolled_back"):
             with self._lock:
                 self.state["shadow"] = {
                     "deployment_id": desired.deployment_id,

@@ -102,10 +102,34 @@ class ShadowRunner:
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread within `timeout`: requests still queued are not run on the shadow
+        (counted as dropped), the one being run finishes and its logs are submitted. Never
+        waits for a full queue to empty (a slow shadow must not hold up the agent's stop, nor
+        write its logs after the writer is closed)."""
         if not self._started:
             return
-        self._queue.put(None)
+        self._discard_queued()
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:  # requests kept coming meanwhile
+            log.warning("the shadow's thread did not stop: its queue stays full")
+            return
         self._thread.join(timeout)
+
+    def _discard_queued(self) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                shadow = self.manager.shadow
+                if job is not None and shadow is not None:
+                    with self._lock:
+                        for counts in self._counts(job.active_version, shadow.version_id):
+                            counts.dropped += len(job.x)
+            finally:
+                self._queue.task_done()
 
     # -- the request side ------------------------------------------------------------------------
     def submit(
@@ -179,11 +203,17 @@ class ShadowRunner:
 
     def totals(self) -> dict[str, Any] | None:
         """Statistics since this pair of versions started (for the agent's /v1/status)."""
-        shadow = self.manager.shadow
+        shadow, active = self.manager.shadow, self.manager.active
         with self._lock:
             counts = self._total
-            if shadow is None or counts is None or counts.shadow_version != shadow.version_id:
-                return None
+            if (
+                shadow is None
+                or active is None
+                or counts is None
+                or (counts.active_version, counts.shadow_version)
+                != (active.version_id, shadow.version_id)
+            ):
+                return None  # nothing compared yet between the pair loaded now
             stats = counts.stats()
         doc = stats.model_dump()
         doc["agreement"] = round(stats.agreed / stats.compared, 4) if stats.compared else None

@@ -20,18 +20,21 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import struct
 import time
 import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 WIRE_VERSION: Literal[1] = 1
 DEFAULT_ROOT = "ep"
 CHUNK_MAGIC = b"EPC1"
 DEFAULT_CHUNK_SIZE = 256 * 1024
+
+log = logging.getLogger(__name__)
 
 TopicKind = Literal[
     "status", "desired", "fetch", "chunk", "report", "logs", "telemetry", "ack", "infer", "result"
@@ -142,7 +145,8 @@ class ServingParams(BaseModel):
     - `disabled`: the kill switch. The model is not run: each sample is answered with
       `default_label` (`disabled` true) or, without one, refused (HTTP 503).
 
-    Unknown keys are refused (a misspelt kill switch must not be ignored silently).
+    Unknown keys are refused where parameters are set (a misspelt kill switch must not be
+    ignored silently); in a DesiredState, from a hub of another release, they are left out.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -165,6 +169,24 @@ class DesiredState(Message):
     probation: ProbationPolicy = Field(default_factory=ProbationPolicy)
     params: ServingParams = Field(default_factory=ServingParams)
     issued_at: float = Field(default_factory=now)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _known_params(cls, value: Any) -> Any:
+        """Keys this side does not know are left out (logged), the known ones validated.
+
+        A hub validates parameters when they are set (unknown keys refused there, naming the
+        field); here, refusing the whole desired state for one would not switch anything off
+        either, it would only stop the model from being deployed: hubs before typed parameters
+        sent free-form ones, and a newer hub may send keys an older agent does not know."""
+        if not isinstance(value, dict):
+            return value
+        known = ServingParams.model_fields
+        unknown = sorted(str(k) for k in value if k not in known)
+        if not unknown:
+            return value
+        log.warning("ignoring serving parameters this agent does not know: %s", unknown)
+        return {k: v for k, v in value.items() if k in known}
 
     @model_validator(mode="after")
     def _shadow_differs(self) -> DesiredState:
@@ -205,8 +227,10 @@ class LogRecord(BaseModel):
     model_version: int | None
     input_digest: str
     output: list[float] | dict[str, Any]
-    latency_ms: float
-    ts: float
+    # finite: the hub stores them NOT NULL (SQLite keeps NaN as NULL), and a batch it cannot
+    # store would be resent forever
+    latency_ms: float = Field(allow_inf_nan=False)
+    ts: float = Field(allow_inf_nan=False)
     source: str = "api"
     role: Literal["active", "shadow"] = Field(
         default="active", description="'shadow': the shadow's output for the same request_id"

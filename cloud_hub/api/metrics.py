@@ -90,9 +90,13 @@ class EngineCollector(Collector):
             written = CounterMetricFamily(
                 "ep_prediction_log_records", "Prediction log records by fate", labels=["fate"]
             )
-            for fate, n in log.stats().items():
-                written.add_metric([fate], n)
+            stats = log.stats()
+            for fate in ("written", "dropped", "failed"):
+                written.add_metric([fate], stats[fate])
             yield written
+            yield GaugeMetricFamily(
+                "ep_prediction_log_pending", "Records queued, not yet written", stats["pending"]
+            )
 
 
 @router.get("/metrics", include_in_schema=False)

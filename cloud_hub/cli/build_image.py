@@ -30,7 +30,8 @@ def build_image(
     """Write a Dockerfile and build context that bake a version (or an endpoint and its models)
     into an image serving predictions with no registry access."""
     from cloud_hub.cli import render
-    from cloud_hub.cli.main import _state, user_errors
+    from cloud_hub.cli.base import state as _state
+    from cloud_hub.cli.base import user_errors
     from cloud_hub.serving.image import build_image as build
 
     with user_errors():

@@ -9,44 +9,17 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
 from rich.table import Table
 
 from cloud_hub.cli import render
+from cloud_hub.cli.base import JsonOpt, fail, user_errors
+from cloud_hub.cli.base import state as _state
 from cloud_hub.errors import InvalidInput
-
-if TYPE_CHECKING:
-    from cloud_hub.cli.main import State
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-# cloud_hub.cli.main imports this module: its helpers are imported when a command runs
-def _state(ctx: typer.Context) -> State:
-    from cloud_hub.cli.main import _state as main_state
-
-    return main_state(ctx)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    from cloud_hub.cli.main import user_errors as errors
-
-    with errors():
-        yield
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    from cloud_hub.cli.main import fail as main_fail
-
-    return main_fail(message, code)
-
 
 endpoints_app = typer.Typer(help="Serving endpoints (graphs of steps).", no_args_is_help=True)
 

@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -25,6 +23,8 @@ from rich.live import Live
 from rich.table import Table
 
 from cloud_hub.cli import render
+from cloud_hub.cli.base import JsonOpt, State, fail, user_errors
+from cloud_hub.cli.base import state as _state
 from cloud_hub.errors import InvalidInput
 from cloud_hub.fleet.schemas import (
     BrokerInfo,
@@ -38,9 +38,6 @@ from cloud_hub.fleet.schemas import (
 )
 from edge_agent.wire import ServingParams
 
-if TYPE_CHECKING:
-    from cloud_hub.cli.main import State
-
 devices_app = typer.Typer(help="Edge devices.", no_args_is_help=True)
 deployments_app = typer.Typer(help="Deployments of versions to devices.", no_args_is_help=True)
 
@@ -53,32 +50,6 @@ STATE_STYLE = {
     "waiting": "dim",
     "superseded": "dim",
 }
-
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-# cloud_hub.cli.main registers these commands, so it is imported when they run, not before.
-def _state(ctx: typer.Context) -> State:
-    from cloud_hub.cli.main import State
-
-    state = ctx.obj
-    assert isinstance(state, State)
-    return state
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    from cloud_hub.cli.main import user_errors as errors
-
-    with errors():
-        yield
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    from cloud_hub.cli.main import fail as main_fail
-
-    return main_fail(message, code)
 
 
 def parse_address(text: str, option: str) -> tuple[str, int]:
@@ -398,7 +369,17 @@ def devices_show(
 # -- deploy -------------------------------------------------------------------------------------
 def deploy(
     ctx: typer.Context,
-    version: Annotated[str, typer.Argument(help="PROJECT/MODEL[:N] or a version id.")],
+    version: Annotated[
+        str,
+        typer.Argument(
+            help="PROJECT/MODEL[:N] or a version id; or `promote ID`: make deployment ID's "
+            "shadow the active model (as `deployments promote ID`)."
+        ),
+    ],
+    promote_id: Annotated[
+        int | None,
+        typer.Argument(metavar="[ID]", help="With `promote`: the deployment.", show_default=False),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="Target one device.")] = None,
     tag: Annotated[str | None, typer.Option(help="Target every device with this tag.")] = None,
     group: Annotated[str | None, typer.Option(help="Target every device of this group.")] = None,
@@ -439,7 +420,15 @@ def deploy(
     timeout: Annotated[float, typer.Option(help="Stop watching after this many seconds.")] = 600,
     json_out: JsonOpt = False,
 ) -> None:
-    """Deploy a version to a device, a tag or a group (published by the running hub)."""
+    """Deploy a version to a device, a tag or a group (published by the running hub).
+    `edgepilot deploy promote ID` makes deployment ID's shadow the active model."""
+    if version == "promote":  # never a version: a ref has a slash, an id is a number
+        if promote_id is None:
+            raise fail("deploy promote ID: which deployment's shadow to promote?")
+        deployments_promote(ctx, promote_id, json_out)
+        return
+    if promote_id is not None:
+        raise fail(f"unexpected argument {promote_id} (deploy VERSION --device/--tag/--group)")
     state = _state(ctx)
     with user_errors():
         if strategy not in ("all_at_once", "canary"):

@@ -16,15 +16,10 @@ import typer
 from rich.table import Table
 
 from cloud_hub.cli import render
+from cloud_hub.cli.base import fail
 
 DEFAULT_HUB = "http://127.0.0.1:8000"  # `edgepilot hub serve`'s default address
 AGENT_PATH = "/v1/predict"
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    from cloud_hub.cli.main import fail as main_fail
-
-    return main_fail(message, code)
 
 
 def _hub_endpoint(hub: str, name: str, timeout_s: float) -> dict[str, Any]:
@@ -135,6 +130,8 @@ def loadtest(
         raise fail(f"--rate {rate} for --duration {duration} is less than one request")
     if not (timeout > 0 and math.isfinite(timeout)):
         raise fail(f"--timeout must be a positive number of seconds (got {timeout})")
+    if not (late_ms >= 0 and math.isfinite(late_ms)):
+        raise fail(f"--late-ms must be a number of milliseconds ≥ 0 (got {late_ms})")
     if (endpoint is None) == (url is None):
         raise fail("give an ENDPOINT of the hub, or --url URL (e.g. a device's local API)")
     if body is not None and inputs is not None:

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 import typer
-from pydantic import ValidationError
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from cloud_hub.cli import render
-from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
+from cloud_hub.cli.base import JsonOpt, State, fail, state, user_errors
+from cloud_hub.errors import InvalidInput, NotFound
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings, resolve_data_dir
 
 app = typer.Typer(
     help="EdgePilot: train, convert and ship models to edge devices.",
@@ -34,44 +31,6 @@ app.add_typer(projects_app, name="projects")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(hub_app, name="hub")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-class State:
-    def __init__(self, data_dir: Path | None) -> None:
-        self.data_dir = data_dir
-        self._hub: Hub | None = None
-
-    def settings(self, **overrides: Any) -> HubSettings:
-        return HubSettings(data_dir=resolve_data_dir(self.data_dir, os.environ), **overrides)
-
-    @property
-    def hub(self) -> Hub:
-        if self._hub is None:
-            self._hub = Hub.open(self.settings())
-        return self._hub
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    render.err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the errors a user can cause into a message and a non-zero exit code."""
-    try:
-        yield
-    except (NotFound, AlreadyExists, InvalidInput, RegistryError) as exc:
-        raise fail(str(exc)) from None
-    except ValidationError as exc:
-        msgs = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'input'}: "
-            + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors()
-        )
-        raise fail(msgs) from None
-
 
 @app.callback()
 def main_callback(
@@ -88,10 +47,7 @@ def main_callback(
     ctx.obj = State(data_dir)
 
 
-def _state(ctx: typer.Context) -> State:
-    state = ctx.obj
-    assert isinstance(state, State)
-    return state
+_state = state  # the name the commands here use
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:

@@ -8,35 +8,17 @@ alerts it opens or resolves are stored; the hub's monitor publishes only its own
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from cloud_hub.cli import render
+from cloud_hub.cli.base import JsonOpt, fail, user_errors
+from cloud_hub.cli.base import state as _state
 
 if TYPE_CHECKING:
-    from cloud_hub.cli.main import State
     from cloud_hub.monitoring import Alert, AlertRule, WindowStats
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-# cloud_hub.cli.main imports this module: its helpers are imported when a command runs
-def _state(ctx: typer.Context) -> State:
-    from cloud_hub.cli.main import _state as main_state
-
-    return main_state(ctx)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    from cloud_hub.cli.main import user_errors as errors
-
-    with errors():
-        yield
 
 
 def _num(value: float | None, fmt: str = ".3f") -> str:
@@ -94,7 +76,6 @@ def monitor(
 ) -> None:
     """Rolling windows per model version, endpoint or device: latency percentiles, errors,
     answers, output shift and input drift (PSI) against the training baseline."""
-    from cloud_hub.cli.main import fail
     from cloud_hub.monitoring import BY, WindowReader
 
     if by not in BY:

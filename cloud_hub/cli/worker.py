@@ -32,7 +32,8 @@ def worker(
     ] = None,
 ) -> None:
     """Run job workers (asynchronous predictions, slow steps, batches) in this process."""
-    from cloud_hub.cli.main import _state, user_errors
+    from cloud_hub.cli.base import state as _state
+    from cloud_hub.cli.base import user_errors
     from cloud_hub.hub import Hub
     from cloud_hub.serving import ServingEngine
     from cloud_hub.serving.service import JobService, job_queue, prediction_log

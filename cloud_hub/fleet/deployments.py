@@ -315,13 +315,20 @@ class DeploymentStore:
         all_shadow: list[float] = []
         total = agreed_total = 0
         for row in dep.devices:
+            # Each shadow log with the active log of its request: the last one before it (the
+            # agent logs the active answer first) with the same request id and input. A
+            # caller may reuse a request id (an MQTT client chooses its own): a plain join on
+            # it would pair every repeat with every other.
             pairs = self.db.conn.execute(
                 "SELECT a.output AS a_out, s.output AS s_out, a.latency_ms AS a_ms, "
                 "s.latency_ms AS s_ms FROM inference_logs s JOIN inference_logs a "
-                "ON a.device_id = s.device_id AND a.request_id = s.request_id "
-                "AND a.role = 'active' AND a.model_version = ? "
-                "WHERE s.device_id = ? AND s.role = 'shadow' AND s.model_version = ?",
-                [dep.version_id, row.device_id, dep.shadow_version_id],
+                "ON a.device_id = s.device_id AND a.seq = ("
+                "SELECT MAX(p.seq) FROM inference_logs p WHERE p.device_id = s.device_id "
+                "AND p.request_id = s.request_id AND p.input_digest = s.input_digest "
+                "AND p.role = 'active' AND p.seq < s.seq) "
+                "WHERE s.device_id = ? AND s.role = 'shadow' AND s.model_version = ? "
+                "AND a.model_version = ?",
+                [row.device_id, dep.shadow_version_id, dep.version_id],
             ).fetchall()
             agreed = sum(_top(p["a_out"]) == _top(p["s_out"]) for p in pairs)
             active_ms = [float(p["a_ms"]) for p in pairs]

@@ -5,7 +5,10 @@ endpoint or device in its scope:
 
 - metric over the threshold, with at least `min_count` records behind the value → the alert for
   (rule, scope, target) is opened (at most one open: a unique index), or its value updated;
-- metric at or under the threshold, with enough records → the open alert is resolved;
+- metric at or under the threshold's clear level (`CLEAR_MARGIN` under it), with enough
+  records → the open alert is resolved; between the clear level and the threshold an open alert
+  stays open and none is opened (hysteresis: a metric hovering at the threshold — PSI is noisy
+  from one window to the next — does not open and resolve an alert at every pass);
 - too few records to judge → nothing changes, except that an alert whose window is empty
   (no traffic at all any more) is resolved, as is one whose rule was deleted.
 
@@ -18,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -31,6 +35,8 @@ from cloud_hub.registry import utcnow
 log = logging.getLogger(__name__)
 
 ALERT_VERSION: Literal[1] = 1
+CLEAR_MARGIN = 0.1  # an open alert resolves once its metric is 10 % under the threshold
+T = TypeVar("T")
 AlertKey = tuple[str, str, str]  # (rule key, scope, target): at most one open alert each
 
 
@@ -62,6 +68,11 @@ class AlertEvent(BaseModel):
     event: Literal["opened", "resolved"]
     ts: float
     alert: Alert
+
+
+def clear_level(threshold: float) -> float:
+    """The value at or under which an open alert resolves."""
+    return threshold * (1 - CLEAR_MARGIN)
 
 
 def alerts_topic(root: str) -> str:
@@ -179,14 +190,24 @@ class Monitor:
         rules = self.rules.active()
         firing: dict[AlertKey, tuple[AlertRule, WindowStats, float, int]] = {}
         cleared: dict[AlertKey, float] = {}
+        holding: dict[AlertKey, tuple[float, int]] = {}  # between the clear level and threshold
         seen: set[AlertKey] = set()
-        cache: dict[tuple[By, str | None, float, int | None], list[WindowStats]] = {}
+        blind: set[tuple[str, str]] = set()  # (rule, kind) whose windows could not be listed
+        cache: dict[
+            tuple[By, str | None, float, int | None], tuple[list[WindowStats], list[str] | None]
+        ] = {}
         for rule in rules:
             for kind in rule.kinds():
                 ck = (kind, rule.target, rule.window_s, rule.last_n)
                 if ck not in cache:
                     cache[ck] = self._windows(reader, kind, rule, now)
-                for w in cache[ck]:
+                windows, failed = cache[ck]
+                # a window that failed is not judged: its open alerts stay as they are
+                if failed is None:
+                    blind.add((rule.key, kind))
+                else:
+                    seen.update((rule.key, kind, k) for k in failed)
+                for w in windows:
                     if w.count == 0:
                         continue
                     key: AlertKey = (rule.key, w.by, w.key)
@@ -196,45 +217,75 @@ class Monitor:
                         continue
                     if value > rule.threshold:
                         firing[key] = (rule, w, value, n)
-                    else:
+                    elif value <= clear_level(rule.threshold):
                         cleared[key] = value
+                    else:
+                        holding[key] = (value, n)
         events: list[AlertEvent] = []
         active = {r.key for r in rules}
         open_now: dict[AlertKey, Alert] = {
             (a.rule, a.scope, a.target): a for a in self.alerts.list("open", limit=10**6)
         }
+        # each write on its own: one that fails (a locked or damaged database) is logged and
+        # retried at the next pass, and the events of the others are still returned (published)
         for key, alert in open_now.items():
-            if key in firing:
-                _, _, value, n = firing[key]
-                self.alerts.update(alert.id, value, n)
+            if key in firing or key in holding:
+                value, n = firing[key][2:] if key in firing else holding[key]
+                self._guard("update", self.alerts.update, alert.id, value, n)
                 continue
             if alert.rule not in active:
                 why, value_now = "its rule is no longer in force", None
             elif key in cleared:
                 value_now = cleared[key]
-                why = f"{alert.metric} {value_now:.4g} ≤ {alert.threshold:g}"
-            elif key not in seen:
+                why = (
+                    f"{alert.metric} {value_now:.4g} ≤ {clear_level(alert.threshold):.4g} "
+                    f"({100 * CLEAR_MARGIN:g} % under the threshold {alert.threshold:g})"
+                )
+            elif key not in seen and (alert.rule, alert.scope) not in blind:
                 why, value_now = "no records in the window any more", None
             else:
-                continue  # too few records to judge: it stays open
-            resolved = self.alerts.resolve(alert.id, why, value_now)
+                continue  # too few records to judge (or no window): it stays open
+            resolved = self._guard("resolve", self.alerts.resolve, alert.id, why, value_now)
             if resolved is not None:
                 events.append(AlertEvent(event="resolved", ts=time.time(), alert=resolved))
         for key, (rule, w, value, n) in firing.items():
             if key in open_now:
                 continue
-            opened = self.alerts.open(rule, w, value, n, _describe(rule, w, value, n))
+            message = _describe(rule, w, value, n)
+            opened = self._guard("open", self.alerts.open, rule, w, value, n, message)
             if opened is not None:
                 events.append(AlertEvent(event="opened", ts=time.time(), alert=opened))
         return events
 
+    @staticmethod
+    def _guard(what: str, write: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return write(*args)
+        except Exception:
+            log.exception("alert monitor: could not %s an alert %s", what, args[:1])
+            return None
+
     def _windows(
         self, reader: WindowReader, kind: By, rule: AlertRule, now: float
-    ) -> list[WindowStats]:
+    ) -> tuple[list[WindowStats], list[str] | None]:
+        """The rule's windows of this kind, and the keys whose window failed (None: the keys
+        could not be listed). One window that fails — a damaged record, a query that errs — is
+        logged and left out; the others are judged as usual."""
         if rule.target is not None:
-            return [
-                reader.window(
-                    kind, rule.target, window_s=rule.window_s, last_n=rule.last_n, now=now
+            keys = [rule.target]
+        else:
+            try:
+                keys = reader.keys(kind, now - rule.window_s, now)
+            except Exception:
+                log.exception("alert monitor: could not list the %ss with records", kind)
+                return [], None
+        windows, failed = [], []
+        for key in keys:
+            try:
+                windows.append(
+                    reader.window(kind, key, window_s=rule.window_s, last_n=rule.last_n, now=now)
                 )
-            ]
-        return reader.windows(kind, window_s=rule.window_s, last_n=rule.last_n, now=now)
+            except Exception:
+                log.exception("alert monitor: the window of %s %s failed", kind, key)
+                failed.append(key)
+        return windows, failed

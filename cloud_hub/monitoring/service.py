@@ -84,7 +84,11 @@ class MonitorService:
 
     def _loop(self) -> None:
         if isinstance(self.publisher, MqttPublisher):
-            self.publisher.start(wait_s=2.0)
+            try:
+                self.publisher.start(wait_s=2.0)
+            except Exception:  # alerts are still raised and kept: REST and the CLI show them
+                log.exception("alert monitor: no MQTT publisher, alerts are not published")
+                self.publisher = None
         while not self._stop.wait(self.interval_s):
             try:
                 self.evaluate()

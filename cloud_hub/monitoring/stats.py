@@ -39,12 +39,14 @@ def bin_count(edges: Sequence[float]) -> int:
 
 def bin_index(edges: Sequence[float], values: np.ndarray) -> np.ndarray:
     """The bin of each value: 0 below edges[0], 1 equal to edges[0], i + 1 in
-    (edges[i - 1], edges[i]], and len(edges) + 1 above the last edge."""
+    (edges[i - 1], edges[i]], and len(edges) + 1 above the last edge or not a number (NaN
+    is outside the training range too: searchsorted alone would file it in the last
+    interval, where it would hide)."""
     cuts = np.asarray(edges, dtype=np.float32)
     x = np.asarray(values, dtype=np.float32)
     below = np.searchsorted(cuts, x, side="left")  # 0 for x <= edges[0]
     idx = below + (x >= cuts[0])
-    idx[x > cuts[-1]] = len(cuts) + 1
+    idx[(x > cuts[-1]) | np.isnan(x)] = len(cuts) + 1
     return idx.astype(np.int64)
 
 

@@ -22,6 +22,7 @@ drift (PSI per feature of the logged feature summaries; max, mean and the top fe
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections import Counter
@@ -110,6 +111,16 @@ def top_label(output: Any, labels: Sequence[str]) -> str | None:
         return None
     top = max(range(len(flat)), key=flat.__getitem__)
     return labels[top] if top < len(labels) else str(top)
+
+
+def _feature_row(text: str) -> np.ndarray | None:
+    """A logged feature summary as a float32 row; None when it is not a flat list of numbers
+    (one damaged record is left out of the drift, it does not fail the window)."""
+    try:
+        row = np.asarray(json.loads(text), dtype=np.float32)
+    except (ValueError, TypeError):
+        return None
+    return row if row.ndim == 1 else None
 
 
 class WindowReader:
@@ -262,7 +273,7 @@ class WindowReader:
                 outcome_of[req] = r.outcome
             else:
                 outcome_of.setdefault(req, "ok")
-                if r.latency_ms is not None:
+                if r.latency_ms is not None and math.isfinite(r.latency_ms):
                     latency_of.setdefault(req, float(r.latency_ms))
         outcomes = Counter(outcome_of.values())
         requests = len(outcome_of)
@@ -306,19 +317,26 @@ class WindowReader:
         self, baseline: Baseline, logged: Iterable[str | None]
     ) -> tuple[Drift | None, str | None]:
         width = len(baseline.features)
-        rows, other = [], 0
+        rows, other, bad = [], 0, 0
         for text in logged:
             if text is None:
                 continue
-            values = json.loads(text)
-            if len(values) != width:
+            values = _feature_row(text)
+            if values is None:
+                bad += 1
+            elif len(values) != width:
                 other += 1
-                continue
-            rows.append(values)
-        note = f"{other} records with {width}-value features left out" if other else None
+            else:
+                rows.append(values)
+        notes = []
+        if other:
+            notes.append(f"{other} records with other than {width}-value features left out")
+        if bad:
+            notes.append(f"{bad} records with unreadable features left out")
+        note = "; ".join(notes) or None
         if not rows:
             return None, note or "no input features logged for the baseline's version"
-        matrix = np.round(np.asarray(rows, dtype=np.float32), DECIMALS)
+        matrix = np.round(np.stack(rows), DECIMALS)
         psis = np.array(
             [
                 stats.psi(fb.expected, stats.proportions(fb.edges, matrix[:, i]))
@@ -353,7 +371,11 @@ class WindowReader:
             return r.label
         if r.output is None:
             return None
-        return top_label(json.loads(r.output), self._version_labels(r.model_version))
+        try:
+            output = json.loads(r.output)
+        except ValueError:  # a damaged record: no answer label, the window goes on
+            return None
+        return top_label(output, self._version_labels(r.model_version))
 
     def _version_labels(self, version: int | None) -> list[str]:
         if version is None:

@@ -1,8 +1,11 @@
 """Reading the prediction log: endpoint records and the inference logs devices forwarded, as one
 stream of records with the same fields, filtered, paged by cursor and exported.
 
-Records are ordered by (ts, origin, key); a page's `next` cursor is the last record's position,
-so pages stay stable while new records arrive (keyset paging, no OFFSET).
+Records are ordered by (ts, origin, key); a page's `next` cursor is the last record's position
+(keyset paging, no OFFSET), so a page never repeats or skips what was stored when it was read.
+A record stored later with an earlier time (device logs forwarded after an outage, a shadow's
+answer arriving late) sorts before a cursor already past it: page with `until` a little in the
+past, or export, for a complete copy.
 """
 
 from __future__ import annotations
@@ -19,30 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.db import Database
 from cloud_hub.errors import InvalidInput
+from cloud_hub.predlog.writer import COLUMNS
 
 Origin = Literal["endpoint", "device"]
 
-FIELDS = (
-    "origin",
-    "ts",
-    "request_id",
-    "endpoint",
-    "device_id",
-    "step",
-    "role",
-    "model_version",
-    "variant",
-    "row",
-    "input_digest",
-    "label",
-    "score",
-    "output",
-    "latency_ms",
-    "outcome",
-    "error",
-    "tags",
-    "features",
-)
+# the writer's columns (from `step` on), after where the record came from
+FIELDS = ("origin", "ts", "request_id", "endpoint", "device_id", *COLUMNS[3:])
 
 
 class LogFilter(BaseModel):

@@ -4,7 +4,8 @@ A predict call only appends tuples to an in-memory queue (no SQLite write on the
 path); a background thread writes them in batches, one transaction each, every `flush_s`. The
 queue is bounded: past `max_pending` records (the database stalled for long) new ones are
 dropped and counted (`dropped`, in the endpoint stats and /metrics), so serving never waits for
-the log. `close()` writes whatever is queued.
+the log. `close()` writes whatever is queued; records added after it (a shadow's answer that
+ends late) are written at once, by the caller.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class PredictionLogWriter:
         self._cond = threading.Condition()
         self._writing = 0
         self._stop = False
+        self._closed = False  # no thread writes any more: `add` writes itself
         self._urgent = False
         self.written = 0
         self.dropped = 0
@@ -134,11 +136,16 @@ class PredictionLogWriter:
         """Queue records (never blocks; drops and counts them past `max_pending`). They are
         encoded (JSON) on the writer's thread, not the caller's."""
         with self._cond:
-            room = self.max_pending - len(self._queue)
-            if room < len(rows):
-                self.dropped += len(rows) - max(room, 0)
-                rows = rows[: max(room, 0)]
-            self._queue.extend(rows)
+            if self._closed:
+                self._writing += bool(rows)
+            else:
+                room = self.max_pending - len(self._queue)
+                if room < len(rows):
+                    self.dropped += len(rows) - max(room, 0)
+                    rows = rows[: max(room, 0)]
+                self._queue.extend(rows)
+                return
+        self._write(list(rows))
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything queued so far is written (tests, the CLI, shutdown)."""
@@ -165,6 +172,8 @@ class PredictionLogWriter:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        with self._cond:
+            self._closed = True
         self._write_all()
 
     def stats(self) -> dict[str, int]:
@@ -205,15 +214,19 @@ class PredictionLogWriter:
     def _write(self, entries: list[LogEntry]) -> None:
         if not entries:
             return
+        written = False
         try:
             rows = [e.as_row() for e in entries]
             with self.db.transaction():
                 self.db.conn.executemany(_INSERT, rows)
-            self.written += len(entries)
+            written = True
         except Exception:
-            self.failed += len(entries)
             log.exception("could not write %d prediction log records", len(entries))
         finally:
-            with self._cond:
+            with self._cond:  # after close, several callers may write at once
+                if written:
+                    self.written += len(entries)
+                else:
+                    self.failed += len(entries)
                 self._writing -= 1
                 self._cond.notify_all()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from cloud_hub.errors import InvalidInput
 from cloud_hub.predlog.writer import LogEntry, PredictionLogWriter
 from cloud_hub.serving.errors import SpecError
 from cloud_hub.serving.graph import ExtraAnswer, Graph, Run, compile_graph
@@ -188,7 +189,16 @@ class CompiledEndpoint:
             headers=request.headers,
             runtime=self.runtime,
         )
-        out = run.result(output)
+        try:
+            out = run.result(output)
+        except BaseException:
+            if self.log is not None:
+                # a shadow that ran before the request failed still logs its candidates
+                extra_rows = self._extra_rows(run, dict(run.tags) or None)
+                log = self.log
+                for extra in run.close_log(lambda e: log.add(extra_rows(e))):
+                    log.add(extra_rows(extra))
+            raise
         latency = (time.perf_counter() - start) * 1000
         self.stats.ok(out.rows, latency, run.trace, run.counters)
         response = self._response(out, run, latency)
@@ -200,15 +210,10 @@ class CompiledEndpoint:
         """The prediction log's records for this request: one per row of the answer, and of
         every other answer a step logged (a shadow's: also those it logs later)."""
         now = time.time()
-        digests = [d[:16] for d in run.request.row_digests()]
+        digests = _digests(run)
         tags = dict(run.tags) or None
         variant = run.tags.get("variant")
-        features = {v: summarize(x) for v, x in run.observed.items()}
-
-        def feats(version: int | None, row: int) -> np.ndarray | None:
-            got = features.get(version) if version is not None else None
-            return got[row] if got is not None and row < len(got) else None
-
+        feats = _features(run)
         rows = [
             LogEntry(
                 ts=now,
@@ -229,8 +234,28 @@ class CompiledEndpoint:
             )
             for i, p in enumerate(response.predictions)
         ]
+        extra_rows = self._extra_rows(run, tags, digests, feats)
+        log = self.log
+        assert log is not None
+        for extra in run.close_log(lambda e: log.add(extra_rows(e))):
+            rows += extra_rows(extra)
+        return rows
+
+    def _extra_rows(
+        self,
+        run: Run,
+        tags: dict[str, str] | None,
+        digests: list[str] | None = None,
+        feats: Callable[[int | None, int], np.ndarray | None] | None = None,
+    ) -> Callable[[ExtraAnswer], list[LogEntry]]:
+        """What makes the log records of another answer to the request (a shadow's); the
+        digests and features are computed here, once, if not given."""
+        variant = run.tags.get("variant")
 
         def extra_rows(extra: ExtraAnswer) -> list[LogEntry]:
+            nonlocal digests, feats
+            if digests is None or feats is None:
+                digests, feats = _digests(run), _features(run)
             value = extra.value
             common: dict[str, Any] = {
                 "ts": extra.ts,
@@ -266,11 +291,7 @@ class CompiledEndpoint:
                 )
             return out
 
-        log = self.log
-        assert log is not None
-        for extra in run.close_log(lambda e: log.add(extra_rows(e))):
-            rows += extra_rows(extra)
-        return rows
+        return extra_rows
 
     def _response(self, out: Value, run: Run, latency_ms: float) -> PredictResponse:
         assert out.x is not None
@@ -320,3 +341,22 @@ class CompiledEndpoint:
         return {
             name: {"kind": step.kind, **step.stats()} for name, step in self.graph.steps.items()
         }
+
+
+def _digests(run: Run) -> list[str]:
+    """The request's rows' input digests (short), or none if it has nothing to digest."""
+    try:
+        return [d[:16] for d in run.request.row_digests()]
+    except InvalidInput:
+        return []
+
+
+def _features(run: Run) -> Callable[[int | None, int], np.ndarray | None]:
+    """A row's input summary as a model version saw it (drift monitoring), if it was seen."""
+    features = {v: summarize(x) for v, x in run.observed.items()}
+
+    def feats(version: int | None, row: int) -> np.ndarray | None:
+        got = features.get(version) if version is not None else None
+        return got[row] if got is not None and row < len(got) else None
+
+    return feats

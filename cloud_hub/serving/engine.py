@@ -132,6 +132,7 @@ class ServingEngine:
             endpoint.graph.steps,
             set(endpoint.models) | set(endpoint.spec.models),
             strict=False,
+            versions=_versions(endpoint),
         )
         with self._lock:
             self._params_seen[endpoint.name] = stamp
@@ -258,7 +259,13 @@ class ServingEngine:
         field), store them, and put them in force at once: the next request reads them."""
         endpoint = self._acquire(name)
         try:
-            resolved = resolve(params, endpoint.graph.steps, set(endpoint.spec.models), strict=True)
+            resolved = resolve(
+                params,
+                endpoint.graph.steps,
+                set(endpoint.spec.models),
+                strict=True,
+                versions=_versions(endpoint),
+            )
             stamp = self.store.set_params(name, params)
             endpoint.runtime = resolved
             with self._lock:
@@ -404,3 +411,8 @@ class ServingEngine:
                 if m.batcher is not None
             }
         return out
+
+
+def _versions(endpoint: CompiledEndpoint) -> dict[str, int]:
+    """Model alias → the registry version it serves (for kill switches on cached answers)."""
+    return {alias: model.version.id for alias, model in endpoint.models.items()}

@@ -42,8 +42,10 @@ class Graph:
     order: list[str]
 
     def close(self) -> None:
-        for step in self.steps.values():
-            step.close()
+        # the steps that call others first: a shadow lets its candidates' calls end before
+        # the candidates (an http step's client, say) are closed under them
+        for name in reversed(self.order):
+            self.steps[name].close()
 
 
 def _deps(step: Step) -> list[str]:
@@ -170,16 +172,39 @@ class Run:
     late_log: Callable[[ExtraAnswer], None] | None = None
     _memo: dict[str, Future[Value]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # a fork's request: where its log and observations go
+    _parent: Run | None = None
 
     @property
     def key(self) -> str | None:
         return self.request_key
+
+    def fork(self) -> Run:
+        """A context for work done beside the request (a shadow's candidates): the same
+        request, parameters, memo and log, but its own tags, counters, trace and deferred
+        steps, so nothing it does shows in the answer, however early it ends."""
+        return Run(
+            self.graph,
+            self.request,
+            self.fanout,
+            request_key=self.request_key,
+            request_id=self.request_id,
+            attributes=self.attributes,
+            headers=self.headers,
+            runtime=self.runtime,
+            _memo=self._memo,
+            _lock=self._lock,
+            _parent=self._parent or self,
+        )
 
     def params(self, step: Step) -> Any:
         return self.runtime.for_step(step)
 
     def killed(self, model_alias: str) -> bool:
         return model_alias in self.runtime.kill
+
+    def killed_version(self, version_id: int) -> bool:
+        return version_id in self.runtime.killed_versions
 
     def tag(self, key: str, value: str) -> None:
         with self._lock:
@@ -188,6 +213,9 @@ class Run:
     def log(
         self, step: str, role: str, value: Value, latency_ms: float, error: str | None = None
     ) -> None:
+        if self._parent is not None:
+            self._parent.log(step, role, value, latency_ms, error)
+            return
         entry = ExtraAnswer(step, role, value, latency_ms, error, time.time())
         with self._lock:
             late = self.late_log
@@ -197,6 +225,9 @@ class Run:
             late(entry)
 
     def observe(self, version_id: int, x: np.ndarray) -> None:
+        if self._parent is not None:
+            self._parent.observe(version_id, x)
+            return
         if len(x) == self.request.rows:
             with self._lock:
                 self.observed.setdefault(version_id, x)

@@ -14,6 +14,7 @@ Two kinds:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ class ResolvedParams:
 
     kill: frozenset[str] = frozenset()
     steps: dict[str, StepParams] = field(default_factory=dict)
+    killed_versions: frozenset[int] = frozenset()  # the registry versions of the killed aliases
 
     def for_step(self, step: Step) -> StepParams:
         got = self.steps.get(step.name)
@@ -55,7 +57,12 @@ NO_PARAMS = ResolvedParams()
 
 
 def resolve(
-    params: EndpointParams, steps: dict[str, Step], models: set[str], *, strict: bool = True
+    params: EndpointParams,
+    steps: dict[str, Step],
+    models: set[str],
+    *,
+    strict: bool = True,
+    versions: Mapping[str, int] | None = None,
 ) -> ResolvedParams:
     """`params` checked against an endpoint's steps and model aliases. Strict: SpecError naming
     the step and field at fault; lenient (a spec changed under stored params): what no longer
@@ -101,4 +108,6 @@ def resolve(
                 for e in exc.errors()
             )
             refuse(f"bad run-time params: {msgs}", name)
-    return ResolvedParams(kill=frozenset(kill), steps=resolved)
+    versions = versions or {}
+    killed_versions = frozenset(versions[a] for a in kill if a in versions)
+    return ResolvedParams(kill=frozenset(kill), steps=resolved, killed_versions=killed_versions)

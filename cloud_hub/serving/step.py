@@ -100,6 +100,10 @@ class RunContext(Protocol):
     def killed(self, model_alias: str) -> bool:
         """Whether the endpoint's run-time parameters switched this model off."""
 
+    def killed_version(self, version_id: int) -> bool:
+        """Whether the model serving this registry version is switched off (an answer cached
+        from it must not be served)."""
+
     def tag(self, key: str, value: str) -> None:
         """Say something about this request for the response and the prediction log (the
         A/B variant, a fallback taken, the route chosen)."""
@@ -114,6 +118,11 @@ class RunContext(Protocol):
     def observe(self, version_id: int, x: np.ndarray) -> None:
         """A model step says what input its version saw (all the request's rows): the log
         keeps a summary of it per row, for drift monitoring."""
+
+    def fork(self) -> RunContext:
+        """A context for work a step runs beside the request (a shadow's candidates): the
+        same request, memo and log, but what it tags, counts and traces never shows in the
+        answer."""
 
     def call(self, step: str, rows: np.ndarray | None = None) -> Value:
         """Run `step` on this request: on all rows (once per request, then remembered), or on

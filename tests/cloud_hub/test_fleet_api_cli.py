@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
 from cloud_hub.fleet.ingest import Ingest
-from cloud_hub.fleet.schemas import DeviceCreate
+from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate, ShadowCreate
 from cloud_hub.hub import Hub
 from cloud_hub.settings import HubSettings
 from edge_agent.signing import verify_model
@@ -319,3 +319,25 @@ def test_cli_shadow_report_promote_and_params(cli_env: dict[str, str], onnx_byte
     assert v2.ref in promoted.stdout and "promoted" in promoted.stdout
     again = run_cli(["deployments", "promote", str(dep["id"])], cli_env)
     assert again.returncode == 2 and "already promoted" in again.stderr
+
+
+def test_cli_deploy_promote_as_the_issue_writes_it(
+    cli_env: dict[str, str], onnx_bytes: bytes
+) -> None:
+    data_dir = Path(cli_env["EDGEPILOT_DATA_DIR"])
+    hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False))
+    v1 = register_model(hub, onnx_bytes, tflite=False)
+    v2 = register_model(hub, onnx_bytes + b"\0", tflite=False)
+    hub.fleet.devices.register(DeviceCreate(id="cam-2"))
+    dep = hub.fleet.deployments.create(
+        DeploymentCreate(version=v1.ref, device="cam-2", shadow=ShadowCreate(version=v2.ref))
+    )
+    hub.close()
+    missing = run_cli(["deploy", "promote"], cli_env)
+    assert missing.returncode == 2 and "which deployment" in missing.stderr, missing.stderr
+    promoted = run_cli(["deploy", "promote", str(dep.id), "--json"], cli_env)
+    assert promoted.returncode == 0, promoted.stderr
+    doc = json.loads(promoted.stdout)
+    assert doc["version"] == v2.ref and doc["promoted_from"] == dep.id
+    extra = run_cli(["deploy", v1.ref, "7", "--device", "cam-2"], cli_env)
+    assert extra.returncode == 2 and "unexpected argument 7" in extra.stderr, extra.stderr

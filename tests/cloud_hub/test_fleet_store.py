@@ -447,3 +447,44 @@ def test_shadow_report_compares_the_stored_logs_of_both_models(hub: Hub, onnx_by
     no_shadow = hub.fleet.deployments.create(DeploymentCreate(version=v1.ref, device="lite-1"))
     with pytest.raises(InvalidInput, match="has no shadow"):
         hub.fleet.deployments.shadow_report(no_shadow.id)
+
+
+def test_shadow_report_pairs_each_shadow_log_once_when_a_request_id_is_reused(
+    hub: Hub, onnx_bytes: bytes
+) -> None:
+    _devices(hub)
+    v1, v2 = _two_versions(hub, onnx_bytes)
+    dep = hub.fleet.deployments.create(
+        DeploymentCreate(version=v1.ref, device="onnx-1", shadow=ShadowCreate(version=v2.ref))
+    )
+    # An MQTT client that sends every request as "same": three requests, three inputs; the
+    # shadow agrees on the first only. Each is logged active first, then its shadow.
+    records = [
+        ("active", v1.id, "x1", [0.1, 0.9], 1.0),
+        ("shadow", v2.id, "x1", [0.2, 0.8], 10.0),
+        ("active", v1.id, "x2", [0.1, 0.9], 2.0),
+        ("active", v1.id, "x3", [0.1, 0.9], 3.0),
+        ("shadow", v2.id, "x2", [0.9, 0.1], 20.0),
+        ("shadow", v2.id, "x3", [0.9, 0.1], 30.0),
+    ]
+    batch = LogBatch(
+        device_id="onnx-1",
+        floor=1,
+        records=[
+            LogRecord(
+                seq=n + 1,
+                request_id="same",
+                model_version=version,
+                input_digest=digest,
+                output=out,
+                latency_ms=ms,
+                ts=1.0,
+                role=role,  # type: ignore[arg-type]
+            )
+            for n, (role, version, digest, out, ms) in enumerate(records)
+        ],
+    )
+    Ingest(hub.db).store_logs("onnx-1", batch)
+    report = hub.fleet.deployments.shadow_report(dep.id)
+    assert (report.compared, report.agreed) == (3, 1)
+    assert report.active_latency_ms["p50"] == 2.0 and report.shadow_latency_ms["p50"] == 20.0

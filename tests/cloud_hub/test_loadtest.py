@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -386,3 +387,34 @@ def test_a_real_agents_local_api(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status_codes"] == {"422": 20}
     assert "warning" in done.stderr and "422" in done.stderr
+
+
+# -- review fixes -----------------------------------------------------------------------------
+def test_a_name_with_several_addresses_gets_the_one_that_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`localhost` is often ::1 first, and a device's local API listens on 127.0.0.1 only."""
+    real = socket.getaddrinfo
+
+    def localhost(host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        if host != "localhost":
+            return real(host, port, *args, **kw)
+        v6 = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0))
+        v4 = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))
+        return [v6, v4]
+
+    monkeypatch.setattr(socket, "getaddrinfo", localhost)
+    with LocalServer() as server:
+        target = Target.parse(f"http://localhost:{server.port}", default_path="/v1/predict")
+        result = run_load(target, BODY, rate=20, duration_s=0.5)
+    assert result.errors == {} and result.status_codes == {"200": 10}
+
+
+def test_a_bad_late_threshold_is_refused(cli_env: dict[str, str]) -> None:
+    target = Target.parse("http://127.0.0.1:9/v1/predict")
+    for late in (-1.0, float("nan")):
+        with pytest.raises(LoadTestError, match="late"):
+            run_load(target, BODY, rate=10, duration_s=1, late_ms=late)
+    args = ["--url", "http://127.0.0.1:9", "--late-ms", "-5", "--body", "x.json"]
+    done = run_cli(["loadtest", *args], cli_env)
+    assert done.returncode == 2 and "--late-ms" in done.stderr, done.stderr

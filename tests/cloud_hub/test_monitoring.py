@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ from fastapi.testclient import TestClient
 from cloud_hub.api.app import create_app
 from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.hub import Hub
-from cloud_hub.monitoring import AlertEvent, BaselineStore, WindowReader
+from cloud_hub.monitoring import AlertEvent, BaselineStore, WindowReader, WindowStats
+from cloud_hub.monitoring.alerts import AlertStore
 from cloud_hub.monitoring.stats import bin_index, percentiles, psi
 from cloud_hub.predlog.writer import LogEntry, PredictionLogWriter
 from cloud_hub.registry import NewArtifact
@@ -258,7 +260,7 @@ def test_shifted_inputs_raise_a_drift_alert_that_resolves_when_traffic_is_normal
             events = _evaluate(client)
             resolved = [e for e in events if e["alert"]["id"] == alert["id"]]
             assert [e["event"] for e in resolved] == ["resolved"]
-            assert "≤ 0.25" in resolved[0]["alert"]["resolution"]
+            assert "under the threshold 0.25" in resolved[0]["alert"]["resolution"]
             assert _open(client, "psi_max", "version") == []
             closed = client.get(f"{API}/alerts", params={"state": "resolved"}).json()
             assert alert["id"] in [a["id"] for a in closed]
@@ -271,6 +273,9 @@ def test_shifted_inputs_raise_a_drift_alert_that_resolves_when_traffic_is_normal
                 bool,
                 what="the resolution on MQTT",
             )
+            # each announced once, though evaluated at every pass while it fired
+            announced = [m["event"] for t, m in sub.messages if m["alert"]["id"] == alert["id"]]
+            assert announced == ["opened", "resolved"]
     finally:
         sub.close()
 
@@ -469,3 +474,196 @@ def test_per_device_drift_from_forwarded_logs_raises_a_device_alert(
         # the device's stored baseline comparison uses the same bins as the training baseline
         baseline = BaselineStore(hub.db).get(version.id)
         assert len(baseline.features) == len(summary_lists(noise[:1])[0])
+
+
+# -- review fixes: bins, damaged records, a failing window or write, hysteresis ----------------
+def test_bins_at_the_edges_and_psi_by_hand() -> None:
+    edges = [0.0, 0.5, 1.0]  # bins: < 0 | = 0 | (0, 0.5] | (0.5, 1] | > 1
+    values = np.array([-1.0, 0.0, 0.25, 0.5, 0.75, 1.0, 2.0, np.inf, -np.inf])
+    assert bin_index(edges, values).tolist() == [0, 1, 2, 2, 3, 3, 4, 4, 0]
+    # a value that is not a number is outside the training range, not in its last interval
+    assert bin_index(edges, np.array([np.nan, 0.75])).tolist() == [4, 3]
+    # PSI = Σ (a − e) ln(a / e), with empty shares floored at 1e-4
+    expected = [0.0, 0.1, 0.4, 0.5, 0.0]
+    actual = [0.0, 0.2, 0.4, 0.2, 0.2]
+    by_hand = (
+        (0.2 - 0.1) * np.log(0.2 / 0.1)
+        + (0.2 - 0.5) * np.log(0.2 / 0.5)
+        + (0.2 - 1e-4) * np.log(0.2 / 1e-4)
+    )
+    assert psi(expected, actual) == pytest.approx(by_hand, rel=1e-9)
+    assert psi(expected, expected) == 0.0
+
+
+def _damaged_device_record(hub: Hub, device_id: str, seq: int, version_id: int) -> None:
+    """A record the wire would not have let through (a hand edit, an older hub, a bug)."""
+    with hub.db.transaction():
+        hub.db.conn.execute(
+            "INSERT INTO inference_logs (device_id, seq, request_id, model_version, "
+            "input_digest, output, latency_ms, ts, source, features) "
+            "VALUES (?, ?, 'bad', ?, 'x', 'not json', ?, ?, 'api', '[1, \"a\"')",
+            [device_id, seq, version_id, float("inf"), time.time()],
+        )
+
+
+def test_a_damaged_record_is_left_out_of_its_window(trained: Path, tmp_path: Path) -> None:
+    with monitored(trained, tmp_path / "hub") as (hub, client):
+        version = hub.registry.resolve_version(REF)
+        assert client.post(f"{API}/devices", json={"id": "cam-a"}).status_code == 201
+        _store_device_logs(hub, "cam-a", version.id, _in_distribution(200, seed=3), 1)
+        _damaged_device_record(hub, "cam-a", 201, version.id)
+        got = client.get(f"{API}/monitoring/devices/cam-a")
+        assert got.status_code == 200, got.text
+        window = got.json()
+        assert window["count"] == 201 and window["drift"]["samples"] == 200
+        assert window["latency_ms"]["p99"] == 12.0  # an infinite latency is not a latency
+        assert any("unreadable features" in note for note in window["notes"])
+
+
+def test_a_failing_window_or_write_does_not_stop_the_pass(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloud_hub.monitoring import Monitor
+
+    with monitored(trained, tmp_path / "hub") as (hub, client):
+        version = hub.registry.resolve_version(REF)
+        noise = np.random.default_rng(5).random((250, 64)).astype(np.float32)
+        for device in ("cam-a", "cam-b", "cam-c"):
+            assert client.post(f"{API}/devices", json={"id": device}).status_code == 201
+        _store_device_logs(hub, "cam-a", version.id, noise, 1)
+        monitor = Monitor(hub.db, max_records=300)
+
+        def device_alerts(events: list[AlertEvent]) -> list[tuple[str, str]]:
+            return sorted((e.event, e.alert.target) for e in events if e.alert.scope == "device")
+
+        assert device_alerts(monitor.evaluate()) == [("opened", "cam-a")]
+
+        # cam-a's window now fails (a damaged database page, a query error), cam-b drifts too:
+        # cam-b's alert opens, and cam-a's stays open (unjudged, not "no records any more")
+        window = WindowReader.window
+
+        def failing(self: WindowReader, by: Any, key: Any, **kw: Any) -> Any:
+            if by == "device" and key == "cam-a":
+                raise RuntimeError("database disk image is malformed")
+            return window(self, by, key, **kw)
+
+        monkeypatch.setattr(WindowReader, "window", failing)
+        _store_device_logs(hub, "cam-b", version.id, noise, 1)
+        assert device_alerts(monitor.evaluate()) == [("opened", "cam-b")]
+        monkeypatch.undo()
+        assert {a["target"] for a in _open(client, "psi_max", "device")} == {"cam-a", "cam-b"}
+
+        # opening cam-c's alert fails once: the others' events are still returned (and so
+        # published), and cam-c's alert opens at the next pass
+        _store_device_logs(hub, "cam-c", version.id, noise, 1)
+        _store_device_logs(hub, "cam-a", version.id, _in_distribution(300, seed=3), 251)
+        opening = AlertStore.open
+
+        def failing_open(self: AlertStore, rule: Any, w: WindowStats, *args: Any) -> Any:
+            if w.key == "cam-c":
+                raise sqlite3.OperationalError("database is locked")
+            return opening(self, rule, w, *args)
+
+        monkeypatch.setattr(AlertStore, "open", failing_open)
+        assert device_alerts(monitor.evaluate()) == [("resolved", "cam-a")]
+        monkeypatch.undo()
+        assert device_alerts(monitor.evaluate()) == [("opened", "cam-c")]
+
+
+def test_an_alert_does_not_flap_on_a_metric_hovering_at_its_threshold(tmp_path: Path) -> None:
+    from cloud_hub.db import Database
+    from cloud_hub.monitoring import AlertRuleIn, Monitor, RuleStore
+
+    db = Database(tmp_path / "hub.db")
+    RuleStore(db).create(
+        AlertRuleIn(metric="error_rate", threshold=0.1, scope="endpoint", window_s=10)
+    )
+    t0 = time.time() - 1000
+
+    def traffic(at: float, requests: int, errors: int) -> list[AlertEvent]:
+        writer = PredictionLogWriter(db)
+        writer.add(
+            [
+                LogEntry(
+                    ts=at + i / 1000,
+                    request_id=f"{at}-{i}",
+                    endpoint="e",
+                    outcome="failed" if i < errors else "ok",
+                    latency_ms=1.0,
+                )
+                for i in range(requests)
+            ]
+        )
+        writer.close()
+        return Monitor(db).evaluate(now=at + 5)
+
+    assert [e.event for e in traffic(t0, 100, 12)] == ["opened"]
+    # just under the threshold, then just over it again: the one alert stays open throughout
+    assert traffic(t0 + 100, 200, 19) == []
+    (alert,) = AlertStore(db).list("open")
+    assert alert.last_value == pytest.approx(0.095)
+    assert traffic(t0 + 200, 100, 11) == []
+    assert traffic(t0 + 300, 200, 19) == []
+    # clearly under it (10 % under the threshold or more): resolved, once
+    (resolved,) = traffic(t0 + 400, 100, 5)
+    assert resolved.event == "resolved" and resolved.alert.id == alert.id
+    assert "0.05 ≤ 0.09" in (resolved.alert.resolution or "")
+    # and a value just under the threshold does not open a new one
+    assert traffic(t0 + 500, 100, 10) == []
+    assert len(AlertStore(db).list("all")) == 1
+
+
+def test_the_monitor_runs_when_its_publisher_cannot_start(tmp_path: Path) -> None:
+    from cloud_hub.db import Database
+    from cloud_hub.monitoring.service import MonitorService
+    from cloud_hub.serving.notify import MqttPublisher
+
+    class Unstartable(MqttPublisher):
+        def __init__(self) -> None:  # no client: its start fails (e.g. an empty mqtt_host)
+            pass
+
+        def start(self, wait_s: float = 5.0) -> MqttPublisher:
+            raise ValueError("Invalid host.")
+
+        def stop(self) -> None:
+            pass
+
+    service = MonitorService(
+        Database(tmp_path / "hub.db"),
+        interval_s=0.05,
+        max_records=100,
+        topic_root="ep",
+        publisher=Unstartable(),
+    )
+    passes: list[float | None] = []
+
+    def evaluate(now: float | None = None) -> list[AlertEvent]:
+        passes.append(now)
+        return []
+
+    service.monitor.evaluate = evaluate  # type: ignore[method-assign]
+    service.start()
+    try:
+        wait_for(lambda: len(passes), lambda n: n >= 2, timeout=10, what="monitor passes")
+    finally:
+        service.stop()
+
+
+def test_a_baseline_that_cannot_be_computed_does_not_fail_the_training_step(
+    trained: Path, tmp_path: Path
+) -> None:
+    from cloud_hub.monitoring.baseline import save_training_baseline
+
+    class Broken:
+        def predict_scores(self, x: np.ndarray) -> np.ndarray:
+            raise RuntimeError("the model cannot run here")
+
+    with monitored(trained, tmp_path / "hub") as (hub, _):
+        version = hub.registry.resolve_version(REF)
+        before = BaselineStore(hub.db).get(version.id)
+        state = {"X_train": np.zeros((4, 64), np.float32), "trained": Broken(), "labels": []}
+        assert save_training_baseline(hub.db, version.id, state) == {
+            "error": "RuntimeError: the model cannot run here"
+        }
+        assert "error" in save_training_baseline(hub.db, version.id, {})  # no training split
+        assert BaselineStore(hub.db).get(version.id) == before  # the saved one is untouched

@@ -106,6 +106,13 @@ def test_mqtt_infer_requests_are_answered(
 
         return wait_until(answered, 10, f"result {request_id}")
 
+    # a request published before the agent's first connection would find no subscriber: the
+    # broker drops it (a new session has nothing queued). Online status comes after SUBSCRIBE.
+    def online() -> bool:
+        with hub.lock:
+            return any(s.state == "online" for s in hub.statuses)
+
+    wait_until(online, 20, "the agent online")
     early = ask("no-model", [[5.1, 3.5, 1.4, 0.2]])
     assert not early.ok and early.error and "no model" in early.error
     _deploy(hub, iris_models)

@@ -14,6 +14,7 @@ switch) sends the request to another variant, chosen the same way among the othe
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -64,8 +65,8 @@ class AbSplitParams(StepParams):
             raise ValueError(f"weights of {negative} are negative: each must be ≥ 0")
         if not sum(weights.values()) > 0:
             raise ValueError("the weights sum to 0: at least one must be > 0")
-        if any(w == float("inf") for w in weights.values()):
-            raise ValueError("weights must be finite")
+        if not math.isfinite(sum(weights.values())):  # inf, or finite ones whose sum is not
+            raise ValueError("weights must be finite, and so must their sum")
         return weights
 
 

@@ -70,6 +70,9 @@ class PredictionCacheStep(Step):
         (given,) = inputs
         keys = self.keys(given)
         found = [self.cache.get(k) for k in keys]
+        # an answer cached from a model switched off since is not served: the row goes to the
+        # target again, which fails or routes around the killed model
+        found = [None if f is not None and ctx.killed_version(f[2]) else f for f in found]
         miss = np.asarray([i for i, f in enumerate(found) if f is None], dtype=np.int64)
         hit = np.asarray([i for i, f in enumerate(found) if f is not None], dtype=np.int64)
         ctx.note("cache_hits", len(hit))

@@ -103,6 +103,7 @@ class CircuitBreakerStep(Step):
         self._trial = False
         self._counts: Counter[str] = Counter()
         self._transitions: deque[dict[str, Any]] = deque(maxlen=50)
+        self._in_force: CircuitBreakerParams = params  # as last in force (run-time parameters)
 
     def targets(self) -> list[str]:
         step = self.params.fallback.step
@@ -182,6 +183,7 @@ class CircuitBreakerStep(Step):
 
     def run(self, ctx: RunContext, inputs: list[Value]) -> Value:
         params: CircuitBreakerParams = ctx.params(self)
+        self._in_force = params
         call, trial, seen = self._admit(params)
         if not call:
             return self._fallback(ctx, inputs[0].rows, seen)
@@ -199,6 +201,9 @@ class CircuitBreakerStep(Step):
         except Exception:
             self._done(trial, "failed", params)
             return self._fallback(ctx, inputs[0].rows, "failed")
+        except BaseException:  # not answered here, but a trial must end: never half-open for good
+            self._done(trial, "failed", params)
+            raise
         self._done(trial, "ok", params)
         return with_extra_class(value, self.labels) if self._extra else value
 
@@ -237,6 +242,6 @@ class CircuitBreakerStep(Step):
                 "transitions": list(self._transitions),
             }
             if self._state == "open":
-                left = self.params.cooldown_s - (self.clock() - self._opened_at)
+                left = self._in_force.cooldown_s - (self.clock() - self._opened_at)
                 out["half_open_in_s"] = round(max(left, 0.0), 3)
         return out

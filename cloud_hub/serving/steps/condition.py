@@ -19,6 +19,7 @@ Conditions (all those given in one `when` must hold):
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
@@ -117,6 +118,8 @@ def _minutes(value: int | float | str) -> int:
             raise ValueError(f"{value!r}: give an hour (0-24) or 'HH:MM'")
         total = int(hours) * 60 + int(minutes)
     else:
+        if not math.isfinite(value):  # round() of inf raises OverflowError, not ValueError
+            raise ValueError(f"{value!r} is not a time of day (0 to 24 h)")
         total = round(float(value) * 60)
     if not 0 <= total <= 24 * 60:
         raise ValueError(f"{value!r} is not a time of day (0 to 24 h)")
@@ -141,7 +144,7 @@ class TimeOfDay(BaseModel):
     def _zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # "Europe": a folder of zones
             raise ValueError(
                 f"{value!r} is not a known time zone (e.g. UTC, Europe/Paris)"
             ) from None

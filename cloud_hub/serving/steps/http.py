@@ -5,12 +5,15 @@ take `{"inputs": [...]}` (or `{"image_b64": ...}` for one image) and answer
 
 The classes must be known when the endpoint is built: `labels`, or `model` (an alias of the
 endpoint whose classes the backend answers with). A backend that is slower than `timeout_ms`,
-unreachable, or answers 5xx fails the step (put a `circuit_breaker` around it); a 4xx answer is
-the caller's bad input. The request id travels as `X-Request-ID`.
+unreachable, or answers anything but 200 fails the step (put a `circuit_breaker` around it),
+except 400, 413, 415 and 422: the backend refused what the caller sent, the caller's bad input
+(a 401/403, 404 or 429 is the backend's or this spec's fault, not the caller's). The request id
+travels as `X-Request-ID`.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -44,8 +47,12 @@ class HttpParams(StepParams):
         return self
 
 
+# the backend's answers that say the input itself was wrong (the caller's fault)
+CALLER_FAULTS = frozenset({400, 413, 415, 422})
+
+
 class RemoteFailed(Exception):
-    """The backend did not answer, or answered 5xx or something unreadable."""
+    """The backend did not answer, or answered an error or something unreadable."""
 
 
 @register_step
@@ -66,8 +73,14 @@ class HttpStep(Step):
         self._httpx = httpx
         self.client = httpx.Client(headers=params.headers)
         self.latency = Latencies()
+        self._lock = threading.Lock()  # requests run on many threads at once
         self.calls = 0
         self.failures = 0
+
+    def _count(self, *, calls: int = 0, failures: int = 0) -> None:
+        with self._lock:
+            self.calls += calls
+            self.failures += failures
 
     def signature(self, inputs: list[Signature], target: Callable[[str], Signature]) -> Signature:
         if inputs and inputs[0].kind == "scores":
@@ -91,7 +104,7 @@ class HttpStep(Step):
         (given,) = inputs
         params: HttpParams = ctx.params(self)
         body = self._body(given)
-        self.calls += 1
+        self._count(calls=1)
         httpx = self._httpx
         try:
             resp = self.client.post(
@@ -101,21 +114,21 @@ class HttpStep(Step):
                 timeout=params.timeout_ms / 1000,
             )
         except httpx.TimeoutException:
-            self.failures += 1
+            self._count(failures=1)
             raise RemoteFailed(f"{params.url}: no answer within {params.timeout_ms:g} ms") from None
         except httpx.HTTPError as exc:
-            self.failures += 1
+            self._count(failures=1)
             raise RemoteFailed(f"{params.url}: {type(exc).__name__}: {exc}") from None
         self.latency.add(resp.elapsed.total_seconds() * 1000)
-        if 400 <= resp.status_code < 500 and resp.status_code not in (404, 408, 429):
+        if resp.status_code in CALLER_FAULTS:
             raise BadInput(f"{params.url} refused the input: {resp.text[:300]}", step=self.name)
         if resp.status_code != 200:
-            self.failures += 1
+            self._count(failures=1)
             raise RemoteFailed(f"{params.url} answered {resp.status_code}: {resp.text[:300]}")
         try:
             return self._scores(resp.json(), given.rows)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
-            self.failures += 1
+            self._count(failures=1)
             raise RemoteFailed(f"{params.url}: an answer this step cannot read: {exc}") from None
 
     def _scores(self, doc: dict[str, Any], rows: int) -> Value:
@@ -139,10 +152,12 @@ class HttpStep(Step):
         return Value(kind="scores", rows=rows, x=x, labels=self.labels)
 
     def stats(self) -> dict[str, Any]:
+        with self._lock:
+            calls, failures = self.calls, self.failures
         return {
             "url": self.params.url,
-            "calls": self.calls,
-            "failures": self.failures,
+            "calls": calls,
+            "failures": failures,
             "latency_ms": self.latency.summary(),
         }
 

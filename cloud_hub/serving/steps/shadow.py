@@ -7,6 +7,11 @@ prediction log with `role: "shadow"` under the same request id (the primary's is
 time) mirrors only that share of the requests; at most `max_pending` mirrored calls run at once,
 past that a request is not mirrored (counted as `dropped`), so a slow candidate cannot pile work
 up behind the served traffic. `GET /api/v1/endpoints/{name}/reports/shadow` compares them.
+
+The candidates run in a fork of the request's context: what they tag or count (a candidate
+behind a threshold or a breaker) never shows in the answer's tags, counters or steps. An
+endpoint retired (updated, deleted, the hub stopping) waits up to `DRAIN_S` for the mirrored
+calls in flight before its steps close, so their records still reach the log.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from cloud_hub.serving.values import Value
 
 # the primary's own latency, in the answer's tags: the report compares it with the candidates'
 PRIMARY_MS_TAG = "shadow_primary_ms"
+# how long closing the step waits for the mirrored calls in flight
+DRAIN_S = 10.0
 
 
 class ShadowParams(StepParams):
@@ -64,6 +71,7 @@ class ShadowStep(Step):
         self.fanout: Executor = env.fanout
         self.random = random.Random()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when nothing is pending
         self._pending = 0
         self._counts: dict[str, Counter[str]] = {c: Counter() for c in params.candidates}
         self._latency = {c: Latencies() for c in params.candidates}
@@ -103,11 +111,21 @@ class ShadowStep(Step):
             self._primary_latency.add(primary_ms)
             ctx.tag(PRIMARY_MS_TAG, f"{primary_ms:.3f}")
             try:
-                self.fanout.submit(self._mirror, ctx, value)
+                self.fanout.submit(self._mirror, ctx.fork(), value)
             except RuntimeError:  # the pool is shut down (the engine is closing)
-                with self._lock:
-                    self._pending -= 1
+                self._end_one()
         return value
+
+    def _end_one(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            if self._pending <= 0:
+                self._idle.notify_all()
+
+    def close(self) -> None:
+        """Wait (up to DRAIN_S) for the mirrored calls in flight: they log their answers."""
+        with self._lock:
+            self._idle.wait_for(lambda: self._pending <= 0, timeout=DRAIN_S)
 
     def _mirror(self, ctx: RunContext, primary: Value) -> None:
         """Every candidate, one after the other, each logged as it ends."""
@@ -141,8 +159,7 @@ class ShadowStep(Step):
                     counts["rows"] += primary.rows
                     counts["agree"] += same
         finally:
-            with self._lock:
-                self._pending -= 1
+            self._end_one()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -269,3 +269,18 @@ def test_metrics_expose_endpoint_and_step_counters(client: TestClient) -> None:
     ]
     assert hits and float(hits[0].rsplit(" ", 1)[1]) == 4.0, hits
     assert 'ep_prediction_log_records_total{fate="written"}' in text
+
+
+def test_a_killed_model_is_not_served_from_the_prediction_cache(client: TestClient) -> None:
+    spec = example("prediction_cache.json")
+    assert client.post(API, json=spec).status_code == 201
+    url = f"{API}/{spec['name']}"
+    x, _ = digits_rows()
+    row = {"inputs": x[:1].tolist()}
+    assert client.post(f"{url}/predict", json=row).json()["cache"]["misses"] == 1
+    assert client.post(f"{url}/predict", json=row).json()["cache"]["hits"] == 1
+    assert client.put(f"{url}/params", json={"kill": ["mlp"]}).status_code == 200
+    killed = client.post(f"{url}/predict", json=row)
+    assert killed.status_code == 503 and "'mlp' is switched off" in killed.json()["detail"]
+    client.put(f"{url}/params", json={})
+    assert client.post(f"{url}/predict", json=row).json()["cache"]["hits"] == 1

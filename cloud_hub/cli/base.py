@@ -1,0 +1,67 @@
+"""What every `edgepilot` command shares: the per-invocation state (the hub, opened on first
+use), `--json`, and turning a user's mistake into a message and exit code 2 (no traceback).
+
+Its own module, so that the command modules import it directly (`cloud_hub.cli.main` imports
+them to register their commands).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from cloud_hub.cli import render
+from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
+from cloud_hub.hub import Hub
+from cloud_hub.settings import HubSettings, resolve_data_dir
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+class State:
+    def __init__(self, data_dir: Path | None) -> None:
+        self.data_dir = data_dir
+        self._hub: Hub | None = None
+
+    def settings(self, **overrides: Any) -> HubSettings:
+        return HubSettings(data_dir=resolve_data_dir(self.data_dir, os.environ), **overrides)
+
+    @property
+    def hub(self) -> Hub:
+        if self._hub is None:
+            self._hub = Hub.open(self.settings())
+        return self._hub
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    render.err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into a message and a non-zero exit code."""
+    try:
+        yield
+    except (NotFound, AlreadyExists, InvalidInput, RegistryError) as exc:
+        raise fail(str(exc)) from None
+    except ValidationError as exc:
+        msgs = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'input'}: "
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        raise fail(msgs) from None
+
+
+def state(ctx: typer.Context) -> State:
+    """The invocation's State (made by the main callback)."""
+    found = ctx.obj
+    assert isinstance(found, State)
+    return found

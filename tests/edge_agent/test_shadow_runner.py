@@ -1,0 +1,142 @@
+"""ShadowRunner on its own: its stop never hangs on a slow shadow, its totals belong to the pair
+of versions loaded now, and the kill switch's answers are logged once and never reach it. A
+stand-in manager (what ShadowRunner and InferenceService use of ModelManager) and a real outbox."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+
+from edge_agent.inference import InferenceService, ServingDisabled
+from edge_agent.model_manager import ModelManager, Prediction
+from edge_agent.outbox import BatchWriter, Outbox
+from edge_agent.shadow import ShadowRunner
+from edge_agent.telemetry import LatencyTracker
+from edge_agent.wire import ServingParams
+
+
+@dataclass(frozen=True)
+class _Installed:
+    version_id: int
+
+
+class _Manager:
+    def __init__(self, active: int, shadow: int) -> None:
+        self.active: Any = _Installed(active)
+        self.shadow: Any = _Installed(shadow)
+        self.gate = threading.Event()  # the shadow's predictions wait for it
+        self.started = threading.Event()
+
+    def predict_shadow(self, x: np.ndarray) -> Prediction:
+        self.started.set()
+        self.gate.wait(30)
+        scores = np.tile(np.asarray([[0.2, 0.8]], np.float32), (len(x), 1))
+        return Prediction(scores=scores, version_id=self.shadow.version_id, latency_ms=1.0)
+
+
+def _submit(runner: ShadowRunner, request_id: str, active_version: int = 1) -> bool:
+    x = np.zeros((1, 4), np.float32)
+    return runner.submit(
+        x,
+        request_id=request_id,
+        active_version=active_version,
+        active_scores=np.asarray([[0.9, 0.1]], np.float32),
+        active_latency_ms=0.5,
+        digests=["d"],
+        source="test",
+    )
+
+
+def test_stop_does_not_wait_for_a_slow_shadow_to_empty_a_full_queue(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    writer = BatchWriter(outbox)
+    manager = _Manager(1, 2)
+    runner = ShadowRunner(cast(ModelManager, manager), writer, queue_size=4)
+    runner.start()
+    try:
+        assert _submit(runner, "r0")
+        assert manager.started.wait(5)  # the thread is busy with r0
+        assert all(_submit(runner, f"r{i}") for i in range(1, 5))  # the queue is full
+        assert not _submit(runner, "r5")
+        stopper = threading.Thread(target=runner.stop, kwargs={"timeout": 0.5})
+        began = time.monotonic()
+        stopper.start()
+        stopper.join(5)
+        assert not stopper.is_alive(), "stop() hung on the shadow's full queue"
+        assert time.monotonic() - began < 3
+        manager.gate.set()  # r0 finishes; r1..r4 were never run on the shadow
+        runner._thread.join(5)
+        assert not runner._thread.is_alive()
+        stats = runner.window(reset=False)
+        assert stats is not None
+        assert (stats.compared, stats.dropped) == (1, 5)
+    finally:
+        manager.gate.set()
+        writer.close()
+    logs = [r.payload for r in outbox.pending(100)]
+    assert [(r["request_id"], r["role"]) for r in logs] == [("r0", "shadow")]
+    outbox.close()
+
+
+def test_totals_are_of_the_pair_loaded_now(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    writer = BatchWriter(outbox)
+    manager = _Manager(1, 3)
+    manager.gate.set()
+    runner = ShadowRunner(cast(ModelManager, manager), writer)
+    runner.start()
+    try:
+        assert _submit(runner, "a")
+        assert runner.drain(5)
+        totals = runner.totals()
+        assert totals is not None and totals["active_version"] == 1 and totals["compared"] == 1
+        manager.active = _Installed(2)  # a new active model, the same shadow beside it
+        assert runner.totals() is None  # nothing compared between 2 and 3 yet
+        assert _submit(runner, "b", active_version=2)
+        assert runner.drain(5)
+        totals = runner.totals()
+        assert totals is not None and totals["active_version"] == 2 and totals["compared"] == 1
+    finally:
+        runner.stop()
+        writer.close()
+        outbox.close()
+
+
+def test_the_kill_switch_logs_each_sample_once_and_never_reaches_the_shadow(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    writer = BatchWriter(outbox)
+    manager = _Manager(1, 2)
+    manager.gate.set()
+    runner = ShadowRunner(cast(ModelManager, manager), writer)
+    runner.start()
+    params = ServingParams(disabled=True, default_label="off")
+    service = InferenceService(
+        cast(ModelManager, manager), writer, LatencyTracker(), params=lambda: params, shadow=runner
+    )
+    try:
+        x = np.zeros((3, 4), np.float32)
+        result = service.infer(x, request_id="k")
+        assert result.disabled and len(result.seqs) == 3
+        service.infer(x[:1], request_id="f", wait=False)  # a frame source's call
+        service.flush(5)
+        params = ServingParams(disabled=True)  # ... and with no default answer: refused
+        with pytest.raises(ServingDisabled):
+            service.infer(x[:1], request_id="refused")
+        assert runner.drain(5)
+    finally:
+        runner.stop()
+        writer.close()
+    logs = [r.payload for r in outbox.pending(100)]
+    assert [r["request_id"] for r in logs] == ["k/0", "k/1", "k/2", "f"]
+    assert all(r["model_version"] is None and r.get("role", "active") == "active" for r in logs)
+    assert all(r["output"] == {"disabled": True, "label": "off"} for r in logs)
+    assert runner.window() is None  # the shadow saw nothing
+    outbox.close()

@@ -1,0 +1,86 @@
+"""The wire between agents and hubs of other releases: what each side sends parses on the other."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from edge_agent.wire import DesiredState, LogRecord, Report, TelemetryRecord, WireError
+
+REF = {
+    "version_id": 3,
+    "ref": "demo/iris:3",
+    "format": "onnx",
+    "precision": "fp32",
+    "sha256": "ab" * 32,
+    "size": 10,
+    "signature": "c2ln",
+}
+
+
+def test_a_desired_state_of_an_older_hub_parses() -> None:
+    # Before typed serving parameters a hub sent any dict; no shadow field at all.
+    doc = {"v": 1, "device_id": "pi", "deployment_id": 4, "model": REF, "params": {"fps": 5}}
+    desired = DesiredState.loads(json.dumps(doc).encode())
+    assert desired.model is not None and desired.shadow is None
+    assert desired.params.model_dump() == {
+        "min_score": None,
+        "default_label": None,
+        "disabled": False,
+    }
+
+
+def test_unknown_params_are_left_out_and_known_ones_still_validated() -> None:
+    doc = {
+        "v": 1,
+        "device_id": "pi",
+        "model": REF,
+        "params": {"min_score": 0.7, "max_rate": 3},  # a newer hub's key
+    }
+    assert DesiredState.loads(json.dumps(doc).encode()).params.min_score == 0.7
+    doc["params"] = {"min_score": 1.5, "max_rate": 3}
+    with pytest.raises(WireError, match="min_score"):
+        DesiredState.loads(json.dumps(doc).encode())
+
+
+def test_records_and_reports_of_an_older_agent_parse() -> None:
+    log = LogRecord.model_validate(
+        {
+            "seq": 1,
+            "request_id": "r",
+            "model_version": 3,
+            "input_digest": "d",
+            "output": [0.1, 0.9],
+            "latency_ms": 1.0,
+            "ts": 1.0,
+        }
+    )
+    assert (log.role, log.thresholded, log.features) == ("active", False, None)
+    assert TelemetryRecord.model_validate({"seq": 2, "ts": 1.0}).shadow is None
+    report = Report.loads(
+        json.dumps(
+            {"v": 1, "device_id": "pi", "deployment_id": 4, "version_id": 3, "state": "active"}
+        ).encode()
+    )
+    assert report.role == "model"
+
+
+def test_a_log_record_with_a_non_finite_latency_or_time_is_refused() -> None:
+    """The hub stores both NOT NULL: a batch it could not store would be resent forever."""
+    good = {
+        "seq": 1,
+        "request_id": "r",
+        "model_version": 1,
+        "input_digest": "ab",
+        "output": [0.5, 0.5],
+        "latency_ms": 1.0,
+        "ts": 1.0,
+    }
+    assert LogRecord.model_validate(good).latency_ms == 1.0
+    for field in ("latency_ms", "ts"):
+        for bad in (math.nan, math.inf):
+            with pytest.raises(ValidationError, match=field):
+                LogRecord.model_validate({**good, field: bad})
