@@ -1,15 +1,16 @@
 """Benchmark: the hub's serving engine against a minimal FastAPI + onnxruntime endpoint.
 
-Trains the digits CNN into a hub data directory once (or reuses `--hub-data`), then starts four
+Trains the digits CNN into a hub data directory once (or reuses `--hub-data`), then starts five
 HTTP servers on loopback, each in its own process, all run by uvicorn with the same settings
 (access log off): (a) a minimal FastAPI + onnxruntime endpoint written here, the baseline;
-(b) the hub's app (`create_app`) with an endpoint posted over REST, batching off; (c) the same
-with adaptive batching; (z) (a) without the model (same body parsed, a fixed answer of the same
-shape): the ceiling of any Python HTTP endpoint here, whatever its model step costs. One lean
-load generator (asyncio, raw HTTP/1.1 keep-alive, one connection per concurrent caller, requests
-prepared before the clock starts) drives each server at concurrency 1, 16 and 64, in interleaved
-rounds (the order rotates every round) so that load from elsewhere on the machine hits all alike.
-Also: the prediction cache's hit latency against a miss, on the hub.
+(b) the hub's app (`create_app`) with an endpoint posted over REST, batching off, and the same
+with the prediction log and its monitor off (what logging every prediction costs); (c) the
+same with adaptive batching; (z) (a) without the model (same body parsed, a fixed answer of the
+same shape): the ceiling of any Python HTTP endpoint here, whatever its model step costs. One
+lean load generator (asyncio, raw HTTP/1.1 keep-alive, one connection per concurrent caller,
+requests prepared before the clock starts) drives each server at concurrency 1, 16 and 64, in
+interleaved rounds (the order rotates every round) so that load from elsewhere on the machine
+hits all alike. Also: the prediction cache's hit latency against a miss, on the hub.
 
 Then, with the servers gone, the engine in process (no HTTP): `ServingEngine.predict` called by
 1 and 64 threads, batching off against on, for the digits CNN and for a heavy MLP registered by
@@ -48,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 SERVERS = {
     "a": "(a) FastAPI + onnxruntime",
     "b": "(b) hub endpoint, no batching",
+    "bn": "(b) without the prediction log",
     "c": "(c) hub endpoint, adaptive batching",
     "z": "(z) FastAPI, same body, no model",
     "b0": "(b) before the fixes",
@@ -133,8 +135,12 @@ def serve(kind: str, port: int, hub_data: Path, model: Path | None, labels: str)
         from cloud_hub.hub import Hub
         from cloud_hub.settings import HubSettings
 
-        hub = Hub.open(HubSettings(data_dir=hub_data, run_scheduler=False))
-        app = create_app(hub, scheduler=False, fleet=False)
+        # "hub-nolog": the prediction log (and the monitor reading it) off, to show their cost
+        logged = kind == "hub"
+        settings = HubSettings(
+            data_dir=hub_data, run_scheduler=False, prediction_log=logged, monitor=logged
+        )
+        app = create_app(Hub.open(settings), scheduler=False, fleet=False)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -729,7 +735,9 @@ def main() -> None:
     parser.add_argument("--inproc-callers", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--no-http", action="store_true", help="only the in-process section")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
-    parser.add_argument("--serve", choices=["baseline", "nomodel", "hub"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve", choices=["baseline", "nomodel", "hub", "hub-nolog"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--labels", default="[]", help=argparse.SUPPRESS)
@@ -764,7 +772,9 @@ def main() -> None:
         b = stack.enter_context(start_server("b", hub_args, nobatch, health))
         c = stack.enter_context(start_server("c", hub_args, batch, health))
         z = stack.enter_context(start_server("z", z_args, "/predict", "/health"))
-        servers = {"a": a, "b": b, "c": c, "z": z}
+        nolog_args = ["hub-nolog", *hub_args[1:]]
+        bn = stack.enter_context(start_server("bn", nolog_args, nobatch, health))
+        servers = {"a": a, "b": b, "bn": bn, "c": c, "z": z}
         if args.before_src is not None:
             src = args.before_src.resolve()
             servers["b0"] = stack.enter_context(start_server("b0", hub_args, nobatch, health, src))

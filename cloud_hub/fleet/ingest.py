@@ -14,6 +14,7 @@ import json
 import sqlite3
 
 from cloud_hub.db import Database
+from edge_agent.features import encode as encode_features
 from edge_agent.wire import LogBatch, TelemetryBatch
 
 _SEQS_ABOVE = (
@@ -58,7 +59,7 @@ class Ingest:
                         r.source,
                         r.role,
                         int(r.thresholded),
-                        None if r.features is None else json.dumps(r.features),
+                        None if r.features is None else encode_features(r.features),
                     )
                     for r in batch.records
                 ],

@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 from cloud_hub.db import Database
 from cloud_hub.monitoring import stats
 from cloud_hub.monitoring.baseline import DECIMALS, Baseline, BaselineStore
+from edge_agent.features import decode as decode_features
 
 By = Literal["version", "endpoint", "device"]
 BY: tuple[By, ...] = ("version", "endpoint", "device")
@@ -88,7 +89,7 @@ class Rec:
     label: str | None
     output: str | None
     latency_ms: float | None
-    features: str | None
+    features: bytes | str | None  # edge_agent.features.encode (or JSON text)
 
 
 _PRED = (
@@ -111,16 +112,6 @@ def top_label(output: Any, labels: Sequence[str]) -> str | None:
         return None
     top = max(range(len(flat)), key=flat.__getitem__)
     return labels[top] if top < len(labels) else str(top)
-
-
-def _feature_row(text: str) -> np.ndarray | None:
-    """A logged feature summary as a float32 row; None when it is not a flat list of numbers
-    (one damaged record is left out of the drift, it does not fail the window)."""
-    try:
-        row = np.asarray(json.loads(text), dtype=np.float32)
-    except (ValueError, TypeError):
-        return None
-    return row if row.ndim == 1 else None
 
 
 class WindowReader:
@@ -314,14 +305,14 @@ class WindowReader:
         return out
 
     def _drift(
-        self, baseline: Baseline, logged: Iterable[str | None]
+        self, baseline: Baseline, logged: Iterable[bytes | str | None]
     ) -> tuple[Drift | None, str | None]:
         width = len(baseline.features)
         rows, other, bad = [], 0, 0
         for text in logged:
             if text is None:
                 continue
-            values = _feature_row(text)
+            values = decode_features(text)
             if values is None:
                 bad += 1
             elif len(values) != width:

@@ -18,11 +18,13 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.db import Database
 from cloud_hub.errors import InvalidInput
 from cloud_hub.predlog.writer import COLUMNS
+from edge_agent.features import decode as decode_features
 
 Origin = Literal["endpoint", "device"]
 
@@ -182,9 +184,12 @@ class LogReader:
 
     def _record(self, row: sqlite3.Row) -> dict[str, Any]:
         rec = {name: row[name] for name in FIELDS}
-        rec["output"] = json.loads(rec["output"]) if rec["output"] else None
+        rec["output"] = _output(rec["output"])
         rec["tags"] = json.loads(rec["tags"]) if rec["tags"] else {}
-        rec["features"] = json.loads(rec["features"]) if rec["features"] else None
+        summary = decode_features(rec["features"])
+        rec["features"] = (
+            None if summary is None else np.round(summary.astype(np.float64), 4).tolist()
+        )
         if rec["origin"] == "device" and rec["label"] is None:
             _label_device_record(rec, self._labels(rec["model_version"]))
         return rec
@@ -239,3 +244,16 @@ def _version_labels(db: Database, version_id: int | None) -> tuple[str, ...]:
         row = db.conn.execute("SELECT labels FROM versions WHERE id = ?", [version_id]).fetchone()
         labels = _LABELS[key] = tuple(json.loads(row[0])) if row else ()
     return labels
+
+
+def _output(stored: bytes | str | None) -> Any:
+    """An endpoint record's scores (float32 bytes) or a device's output (JSON text)."""
+    if stored is None:
+        return None
+    if isinstance(stored, bytes):
+        scores = decode_features(stored)
+        return None if scores is None else np.round(scores.astype(np.float64), 6).tolist()
+    try:
+        return json.loads(stored)
+    except ValueError:
+        return None

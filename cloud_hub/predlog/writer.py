@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from edge_agent.features import encode as encode_floats
 
 if TYPE_CHECKING:
     from cloud_hub.db import Database
@@ -52,7 +52,7 @@ _INSERT = (
 Row = tuple[Any, ...]  # in COLUMNS order
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LogEntry:
     """One record: one row of one answer (the returned one, or a shadow's) to one request."""
 
@@ -88,18 +88,13 @@ class LogEntry:
             self.input_digest,
             self.label,
             self.score,
-            None if self.output is None else json.dumps(self.output),
+            None if self.output is None else encode_floats(self.output),
             self.latency_ms,
             self.outcome,
             self.error,
             json.dumps(self.tags) if self.tags else None,
-            None if self.features is None else json.dumps(_rounded(self.features)),
+            None if self.features is None else encode_floats(self.features),
         )
-
-
-def _rounded(values: Any) -> list[float]:
-    out: list[float] = np.round(np.asarray(values, dtype=np.float64), 4).tolist()
-    return out
 
 
 class PredictionLogWriter:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -330,7 +330,7 @@ class ServingEngine:
         endpoint's output or to `step`. Steps it defers (time-differential) are queued as a
         job, whose id the response carries."""
         started = time.perf_counter()
-        rid = request.request_id or uuid.uuid4().hex
+        rid = request.request_id or os.urandom(16).hex()  # as uuid4().hex, cheaper
         endpoint = self._acquire(name)
         try:
             response, deferred = endpoint.run_deferring(request, step, request_id=rid)
