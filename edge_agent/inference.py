@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import threading
 import time
 import uuid
@@ -121,6 +122,7 @@ class InferenceService:
         self._params = params or ServingParams
         self.shadow = shadow
         self._count_lock = threading.Lock()
+        self._sampler = random.Random()  # which requests go to the shadow (`shadow_sample`)
         self.count = 0
         self._unflushed: deque[Future[int]] = deque()  # logs submitted with wait=False
         self._unflushed_lock = threading.Lock()
@@ -182,7 +184,8 @@ class InferenceService:
             )
             for i in range(len(x))
         ]
-        if self.shadow is not None:  # runs while this request waits for its logs' commit
+        mirror = params.shadow_sample >= 1 or self._sampler.random() < params.shadow_sample
+        if self.shadow is not None and mirror:  # runs while this request waits for its commit
             self.shadow.submit(
                 x,
                 request_id=request_id,

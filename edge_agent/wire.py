@@ -144,6 +144,8 @@ class ServingParams(BaseModel):
     - `default_label`: the answer below the threshold, and while the kill switch is on.
     - `disabled`: the kill switch. The model is not run: each sample is answered with
       `default_label` (`disabled` true) or, without one, refused (HTTP 503).
+    - `shadow_sample`: the share of requests also run on the deployment's shadow (1: all);
+      a busy device bounds what the shadow costs it.
 
     Unknown keys are refused where parameters are set (a misspelt kill switch must not be
     ignored silently); in a DesiredState, from a hub of another release, they are left out.
@@ -154,6 +156,7 @@ class ServingParams(BaseModel):
     min_score: float | None = Field(default=None, ge=0, le=1)
     default_label: str | None = Field(default=None, min_length=1, max_length=200)
     disabled: bool = False
+    shadow_sample: float = Field(default=1.0, ge=0, le=1)
 
 
 class DesiredState(Message):

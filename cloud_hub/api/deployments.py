@@ -43,8 +43,9 @@ def promote_deployment(deployment_id: int, hub: HubDep) -> Deployment:
 
 @router.put("/deployments/{deployment_id}/params")
 def set_deployment_params(deployment_id: int, body: ServingParams, hub: HubDep) -> Deployment:
-    """Replace the deployment's serving parameters (min_score, default_label, disabled). Its
-    devices apply them with their next desired state, same model, no transfer."""
+    """Replace the deployment's serving parameters (min_score, default_label, disabled,
+    shadow_sample). Its devices apply them with their next desired state, same model, no
+    transfer."""
     return hub.fleet.deployments.set_params(deployment_id, body)
 
 

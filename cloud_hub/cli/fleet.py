@@ -413,7 +413,8 @@ def deploy(
     param: Annotated[
         list[str] | None,
         typer.Option(
-            help="A serving parameter KEY=VALUE (min_score, default_label, disabled); repeatable."
+            help="A serving parameter KEY=VALUE (min_score, default_label, disabled, "
+            "shadow_sample); repeatable."
         ),
     ] = None,
     watch: Annotated[bool, typer.Option(help="Follow the rollout until it finishes.")] = False,
@@ -552,8 +553,8 @@ def deployments_params(
         list[str] | None,
         typer.Option(
             "--set",
-            help="KEY=VALUE: min_score (0..1), default_label (text), disabled (true/false); "
-            "KEY=null unsets; repeatable.",
+            help="KEY=VALUE: min_score (0..1), default_label (text), disabled (true/false), "
+            "shadow_sample (0..1); KEY=null unsets; repeatable.",
         ),
     ] = None,
     clear: Annotated[bool, typer.Option(help="Start from no parameters.")] = False,

@@ -108,8 +108,8 @@ class DeploymentCreate(BaseModel):
     )
     params: ServingParams = Field(
         default_factory=ServingParams,
-        description="serving parameters (min_score, default_label, disabled), applied on the "
-        "device without a model transfer; change them later with PUT .../params",
+        description="serving parameters (min_score, default_label, disabled, shadow_sample), "
+        "applied on the device without a model transfer; change them later with PUT .../params",
     )
     shadow: ShadowCreate | None = Field(
         default=None,

@@ -46,7 +46,12 @@ def test_model_delivered_verified_active_and_serving(
     assert doc["model_version"] == 1 and doc["predictions"][0]["label"] == "setosa"
     status = agent.status()
     assert status["active_version"] == 1 and status["loaded_versions"] == [1]
-    assert status["params"] == {"min_score": 0.2, "default_label": None, "disabled": False}
+    assert status["params"] == {
+        "min_score": 0.2,
+        "default_label": None,
+        "disabled": False,
+        "shadow_sample": 1.0,
+    }
     assert status["deployment"]["state"] == "active"
     wait_until(
         lambda: any(s.state == "online" and s.active_version == 1 for s in hub.statuses),

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -199,3 +200,42 @@ def test_params_threshold_and_kill_switch_take_effect_without_a_transfer(
     assert report.state == "failed" and report.reason and "min_score" in report.reason
     assert agent.status()["params"]["min_score"] is None
     assert agent.predict(X[high].tolist())[0] == 200
+
+
+def test_shadow_sample_bounds_the_share_of_requests_run_on_the_shadow(
+    make_hub: Any, make_agent: Any, mosquitto: Any, device_id: str, iris_models: IrisModels
+) -> None:
+    hub = make_hub(mosquitto, device_id)
+    agent: AgentProc = make_agent(device_id, mosquitto)
+    active, candidate = hub.ref(iris_models.a, 1), hub.ref(iris_models.b, 2)
+    shadow = (candidate, iris_models.b)
+    hub.deploy(active, iris_models.a, 40, shadow=shadow, params={"shadow_sample": 0})
+    hub.wait_report(40, "active")
+    _shadow_report(hub, 40, "active")
+    fetches = len(hub.fetches)
+    X = iris_models.X
+
+    def mirrored() -> int:
+        """Samples the shadow ran (or dropped), once its queue is empty: two reads agree."""
+        last = -1
+        while True:
+            stats = agent.status()["shadow"] or {}
+            now = int(stats.get("compared", 0) + stats.get("dropped", 0) + stats.get("errors", 0))
+            if now == last:
+                return now
+            last = now
+            time.sleep(0.3)
+
+    for i in range(40):
+        assert agent.predict(X[i : i + 1].tolist())[0] == 200
+    assert mirrored() == 0  # sample 0: the shadow sees nothing, though it is loaded
+    assert agent.status()["shadow_version"] == 2
+
+    # a new share, in force without a transfer: about half of the requests from now on
+    hub.deploy(active, iris_models.a, 40, shadow=shadow, params={"shadow_sample": 0.5})
+    wait_until(lambda: agent.status()["params"]["shadow_sample"] == 0.5, 10, "params applied")
+    for i in range(300):
+        assert agent.predict(X[i % 150 : i % 150 + 1].tolist())[0] == 200
+    share = mirrored() / 300
+    assert 0.35 <= share <= 0.65, share  # binomial(300, 0.5): ±0.15 is over 5 sigma
+    assert len(hub.fetches) == fetches

@@ -30,6 +30,7 @@ def test_a_desired_state_of_an_older_hub_parses() -> None:
         "min_score": None,
         "default_label": None,
         "disabled": False,
+        "shadow_sample": 1.0,
     }
 
 
