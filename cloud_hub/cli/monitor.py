@@ -3,7 +3,7 @@
 They read and write the hub's database directly, as the other registry commands do: `monitor`
 computes the windows in this process; `alerts rules add|delete` take effect at the running
 hub's next evaluation (every `monitor_interval_s`); `alerts evaluate` runs one pass here (the
-alerts it opens or resolves are stored; the hub's monitor publishes only its own).
+alerts it opens or resolves are stored, and published on MQTT with `--mqtt HOST:PORT`).
 """
 
 from __future__ import annotations
@@ -151,12 +151,27 @@ def alerts(
 
 
 @alerts_app.command("evaluate")
-def evaluate(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+def evaluate(
+    ctx: typer.Context,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of the fleet's broker: publish what opened or resolved on "
+            "{root}/alerts, as the hub's monitor does."
+        ),
+    ] = None,
+    topic_root: Annotated[str, typer.Option(help="MQTT topic root.")] = "ep",
+    json_out: JsonOpt = False,
+) -> None:
     """Evaluate the rules now, in this process: the alerts that opened or resolved."""
     from cloud_hub.monitoring import Monitor
 
-    hub = _state(ctx).hub
-    events = Monitor(hub.db, max_records=hub.settings.monitor_max_records).evaluate()
+    state = _state(ctx)
+    if mqtt is None:
+        hub = state.hub
+        events = Monitor(hub.db, max_records=hub.settings.monitor_max_records).evaluate()
+    else:
+        events = _evaluate_and_publish(state, mqtt, topic_root)
     if json_out:
         render.print_json(events)
         return
@@ -164,6 +179,36 @@ def evaluate(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         render.console.print(f"{event.event}: #{event.alert.id} {event.alert.message}")
     if not events:
         render.console.print("nothing opened or resolved")
+
+
+def _evaluate_and_publish(state: Any, address: str, topic_root: str) -> list[Any]:
+    from cloud_hub.cli.fleet import parse_address
+    from cloud_hub.hub import Hub
+    from cloud_hub.monitoring.service import MonitorService
+    from cloud_hub.serving.notify import MqttPublisher
+
+    with user_errors():
+        host, port = parse_address(address, "--mqtt")
+        settings = state.settings(mqtt_host=host, mqtt_port=port, topic_root=topic_root)
+    hub = Hub.open(settings)
+    publisher = MqttPublisher(settings).start(wait_s=5.0)
+    try:
+        if not publisher.connected:
+            raise fail(f"no MQTT broker answered at {host}:{port}")
+        service = MonitorService(
+            hub.db,
+            interval_s=settings.monitor_interval_s,
+            max_records=settings.monitor_max_records,
+            topic_root=topic_root,
+            publisher=publisher,
+        )
+        events = service.evaluate()
+        if not publisher.flush(10.0):
+            raise fail(f"the broker at {host}:{port} did not acknowledge the alerts")
+        return events
+    finally:
+        publisher.stop()
+        hub.close()
 
 
 def rules_table(rules: list[AlertRule]) -> Table:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from typing import Any, Protocol
 
@@ -78,6 +79,8 @@ class MqttPublisher:
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         self.client.max_inflight_messages_set(1000)
         self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self._sent: list[mqtt.MQTTMessageInfo] = []  # QoS 1 publishes not yet acknowledged
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.keepalive = settings.mqtt_keepalive_s
@@ -91,6 +94,10 @@ class MqttPublisher:
     def _on_disconnect(self, *args: Any) -> None:
         self._connected.clear()
 
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
     def start(self, wait_s: float = 5.0) -> MqttPublisher:
         self.client.connect_async(self.host, self.port, self.keepalive)
         self.client.loop_start()
@@ -102,6 +109,26 @@ class MqttPublisher:
         info = self.client.publish(topic, payload, qos=1)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise RuntimeError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        with self._lock:
+            self._sent = [i for i in self._sent if not i.is_published()] + [info]
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until the broker has acknowledged what was published (a short-lived process,
+        the CLI, before it disconnects); False when it did not within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            sent, self._sent = self._sent, []
+        for info in sent:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    return False
+                info.wait_for_publish(left)
+            except (RuntimeError, ValueError):  # never queued: no connection
+                return False
+            if not info.is_published():
+                return False
+        return True
 
     def stop(self) -> None:
         self.client.disconnect()

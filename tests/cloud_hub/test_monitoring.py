@@ -667,3 +667,49 @@ def test_a_baseline_that_cannot_be_computed_does_not_fail_the_training_step(
         }
         assert "error" in save_training_baseline(hub.db, version.id, {})  # no training split
         assert BaselineStore(hub.db).get(version.id) == before  # the saved one is untouched
+
+
+def test_alerts_evaluated_from_the_cli_are_published_on_mqtt(
+    trained: Path, tmp_path: Path, mosquitto: tuple[str, int]
+) -> None:
+    """`edgepilot alerts evaluate --mqtt` announces what it opens, as the hub's monitor does
+    (without it, subscribers would only ever see those alerts resolve)."""
+    host, port = mosquitto
+    root = f"cli{time.monotonic_ns()}"
+    sub = Subscriber(host, port, f"{root}/alerts")
+    data_dir = tmp_path / "hub"
+    try:
+        with monitored(trained, data_dir) as (hub, client):
+            version = hub.registry.resolve_version(REF)
+            assert client.post(f"{API}/devices", json={"id": "cam-cli"}).status_code == 201
+            noise = np.random.default_rng(6).random((300, 64)).astype(np.float32)
+            _store_device_logs(hub, "cam-cli", version.id, noise, 1)
+        done = cli(
+            data_dir,
+            "alerts",
+            "evaluate",
+            "--mqtt",
+            f"{host}:{port}",
+            "--topic-root",
+            root,
+            "--json",
+        )
+        assert done.returncode == 0, done.stderr
+        events = json.loads(done.stdout)
+        opened = [e for e in events if e["event"] == "opened" and e["alert"]["scope"] == "device"]
+        assert [e["alert"]["target"] for e in opened] == ["cam-cli"]
+
+        def published() -> list[dict[str, Any]]:
+            with sub._lock:
+                return [m for _, m in sub.messages]
+
+        got = wait_for(published, lambda m: len(m) >= len(events), what="the alerts on MQTT")
+        assert sorted((m["event"], m["alert"]["id"]) for m in got) == sorted(
+            (e["event"], e["alert"]["id"]) for e in events
+        )
+
+        unreachable = cli(data_dir, "alerts", "evaluate", "--mqtt", "127.0.0.1:1")
+        assert unreachable.returncode == 2
+        assert "no MQTT broker answered at 127.0.0.1:1" in unreachable.stderr
+    finally:
+        sub.close()
