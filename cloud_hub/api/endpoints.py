@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
 from cloud_hub.hub import Hub
 from cloud_hub.serving import (
@@ -27,6 +24,7 @@ from cloud_hub.serving import (
 from cloud_hub.serving.errors import ModelOff
 from cloud_hub.serving.params import EndpointParams
 from cloud_hub.serving.reports import AbReport, Metric, ShadowReport
+from cloud_hub.serving.values import parse_body
 
 router = APIRouter(tags=["endpoints"])
 
@@ -142,26 +140,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _parse(body: bytes, content_type: str) -> PredictRequest:
-    if content_type.startswith("image/"):
-        return PredictRequest(image_b64=base64.b64encode(body).decode())
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"the body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadInput('the body must be a JSON object: {"inputs": [...]}, {"image_b64": ...}')
-    try:
-        return PredictRequest.model_validate(data)
-    except ValidationError as exc:
-        msgs = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: "
-            + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors()
-        )
-        raise BadInput(msgs) from None
-
-
 _PREDICT_BODY = {
     "requestBody": {
         "required": True,
@@ -177,15 +155,17 @@ _PREDICT_BODY = {
 @router.post(
     "/endpoints/{name}/predict", response_model=PredictResponse, openapi_extra=_PREDICT_BODY
 )
-async def predict(name: str, request: Request, engine: EngineDep) -> Response:
+async def predict(name: str, request: Request) -> Response:
     """Body: `{"inputs": [[...], ...]}` (rows), `{"image_b64": "..."}` / `{"images_b64": [...]}`,
     `{"id": "..."}` / `{"ids": [...]}` (an endpoint with a data cache), or an image itself
     (`Content-Type: image/png`). Answers labels and scores per row, the steps that ran and the
     cache hits and misses."""
-    hub = cast(Hub, request.app.state.hub)  # not a `def` dependency: no thread hop
+    # the hot path: the engine and settings from the app's state, no dependency to solve
+    engine = await get_engine(request)
+    hub = cast(Hub, request.app.state.hub)
     limit = engine.max_body_bytes(name, hub.settings.serving_max_body_bytes)
     body = await _read_body(request, limit)
-    parsed = _parse(body, request.headers.get("content-type", ""))
+    parsed = parse_body(body, request.headers.get("content-type", ""))
     parsed.headers = dict(request.headers)  # Starlette gives the names in lower case
     if parsed.request_id is None:
         parsed.request_id = request.headers.get("x-request-id") or None

@@ -15,9 +15,10 @@ from typing import Annotated, cast
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
 from cloud_hub.api.deps import HubDep
-from cloud_hub.api.endpoints import _PREDICT_BODY, EngineDep, _parse, _read_body
+from cloud_hub.api.endpoints import _PREDICT_BODY, EngineDep, _read_body
 from cloud_hub.serving.batch import BatchRequest, BatchRunner, BatchView, StoredPrediction, check
 from cloud_hub.serving.jobs import Job, JobQueue, JobState
+from cloud_hub.serving.values import parse_body
 
 router = APIRouter(tags=["jobs"])
 
@@ -45,7 +46,7 @@ async def submit_job(
     """Queue a prediction (the body of a predict call); answers at once with the job."""
     engine.store.get(name)  # 404 for an unknown endpoint
     limit = engine.max_body_bytes(name, hub.settings.serving_max_body_bytes)
-    parsed = _parse(await _read_body(request, limit), request.headers.get("content-type", ""))
+    parsed = parse_body(await _read_body(request, limit), request.headers.get("content-type", ""))
     parsed.to_value()  # 422 now for what can be checked now: ragged rows, NaN, bad base64
     return queue.submit("predict", name, parsed.model_dump(mode="json", exclude_none=True))
 

@@ -18,7 +18,6 @@ onnxruntime (or LiteRT) and OpenCV, no more.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from cloud_hub.errors import InvalidInput, NotFound
 from cloud_hub.schemas import Version
@@ -36,7 +35,7 @@ from cloud_hub.serving.endpoint import CompiledEndpoint
 from cloud_hub.serving.errors import BadInput, PayloadTooLarge, SpecError
 from cloud_hub.serving.graph import StepFailed
 from cloud_hub.serving.spec import EndpointSpec
-from cloud_hub.serving.values import PredictRequest
+from cloud_hub.serving.values import PredictRequest, parse_body
 
 log = logging.getLogger("edgepilot.image_server")
 
@@ -82,28 +81,6 @@ def load_bundle(root: Path | str, *, fanout_threads: int = 16) -> CompiledEndpoi
     source = BundleSource(Path(root))
     fanout = ThreadPoolExecutor(max_workers=fanout_threads, thread_name_prefix="fanout")
     return CompiledEndpoint(source.spec, source, fanout=fanout, base_dir=Path(root))
-
-
-def parse_body(body: bytes, content_type: str) -> PredictRequest:
-    """The hub's predict bodies: JSON (`inputs`, `image_b64`, ...) or an image itself."""
-    if content_type.startswith("image/"):
-        return PredictRequest(image_b64=base64.b64encode(body).decode())
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"the body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadInput('the body must be a JSON object: {"inputs": [...]}, {"image_b64": ...}')
-    try:
-        return PredictRequest.model_validate(data)
-    except ValidationError as exc:
-        raise BadInput(
-            "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: "
-                + e["msg"].removeprefix("Value error, ")
-                for e in exc.errors()
-            )
-        ) from None
 
 
 class BundleServer(ThreadingHTTPServer):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cloud_hub.serving.errors import BadInput
 
@@ -182,3 +182,30 @@ def parse_rows(rows: list[Any]) -> np.ndarray:
         row = int(np.argwhere(~finite)[0][0])
         raise BadInput(f"inputs row {row} contains NaN or infinity")
     return x.astype(np.float32)
+
+
+def parse_body(body: bytes, content_type: str) -> PredictRequest:
+    """A predict call's HTTP body: JSON (`inputs`, `image_b64`, ...) or an image itself. The
+    JSON is parsed and validated in one pass (pydantic's parser, about three times faster than
+    `json.loads` and a second validation); each mistake is a BadInput saying what is wrong."""
+    if content_type.startswith("image/"):
+        return PredictRequest(image_b64=base64.b64encode(body).decode())
+    try:
+        return PredictRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        if first["type"] == "json_invalid":
+            reason = first["msg"].removeprefix("Invalid JSON: ")
+            raise BadInput(f"the body is not JSON: {reason}") from None
+        if first["type"] == "model_type" and not first["loc"]:
+            raise BadInput(
+                'the body must be a JSON object: {"inputs": [...]}, {"image_b64": ...}'
+            ) from None
+        raise BadInput(
+            "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: "
+                + e["msg"].removeprefix("Value error, ")
+                for e in errors
+            )
+        ) from None
