@@ -18,22 +18,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import _servers as servers  # noqa: E402  (bench/, the script's own folder)
+from _servers import Server  # noqa: E402
 
 from cloud_hub.loadtest import LoadTestResult, Payload, Target, run_load  # noqa: E402
 
@@ -99,49 +98,8 @@ def serve(kind: str, port: int, hub_data: Path | None) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Server:
-    key: str
-    port: int
-    path: str
-    proc: subprocess.Popen[bytes]
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def start_server(key: str, args: list[str], path: str) -> Iterator[Server]:
-    port = free_port()
-    cmd = [sys.executable, str(ROOT / "bench" / "loadtest.py"), "--serve", *args]
-    proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server {key} exited with {proc.returncode}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server {key} did not start")
-            time.sleep(0.2)
-        yield Server(key, port, path, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def start_server(key: str, args: list[str], path: str) -> contextlib.AbstractContextManager[Server]:
+    return servers.start_server(ROOT / "bench" / "loadtest.py", key, args, path)
 
 
 # -- setup ------------------------------------------------------------------------------------

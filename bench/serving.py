@@ -29,13 +29,11 @@ import contextlib
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,9 @@ from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import _servers as servers  # noqa: E402  (bench/, the script's own folder)
+from _servers import Server  # noqa: E402
 
 SERVERS = {
     "a": "(a) FastAPI + onnxruntime",
@@ -144,58 +145,12 @@ def serve(kind: str, port: int, hub_data: Path, model: Path | None, labels: str)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Server:
-    key: str
-    port: int
-    path: str
-    proc: subprocess.Popen[bytes]
-
-    def cpu_s(self) -> float:
-        """User + system CPU seconds of the server process so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
 def start_server(
     key: str, args: list[str], path: str, health: str, src: Path = ROOT
-) -> Iterator[Server]:
+) -> contextlib.AbstractContextManager[Server]:
     """A server process; `src`: the source tree it runs (this one, or an older copy)."""
-    port = free_port()
-    cmd = [sys.executable, str(src / "bench" / "serving.py"), "--serve", *args]
-    proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=src)
-    server = Server(key, port, path, proc)
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server {key} exited with {proc.returncode}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server {key} did not start")
-            time.sleep(0.2)
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    script = src / "bench" / "serving.py"
+    return servers.start_server(script, key, args, path, health=health, cwd=src)
 
 
 # -- the load generator -----------------------------------------------------------------------
