@@ -349,4 +349,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX alerts_opened ON alerts (opened_at)",
         ),
     ),
+    Migration(
+        9,
+        "auth: API tokens (hashed), their role, expiry and last use",
+        (
+            f"""CREATE TABLE api_tokens (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+                token_hash TEXT NOT NULL UNIQUE,
+                prefix TEXT NOT NULL,
+                expires_at TEXT,
+                last_used_at TEXT,
+                revoked_at TEXT,
+                created_at TEXT NOT NULL DEFAULT {NOW})""",
+        ),
+    ),
 )
