@@ -355,7 +355,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             f"""CREATE TABLE api_tokens (
                 id INTEGER PRIMARY KEY,
-                name TEXT NOT NULL UNIQUE,
+                name TEXT NOT NULL,
                 role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
                 token_hash TEXT NOT NULL UNIQUE,
                 prefix TEXT NOT NULL,
@@ -363,6 +363,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 last_used_at TEXT,
                 revoked_at TEXT,
                 created_at TEXT NOT NULL DEFAULT {NOW})""",
+            "CREATE UNIQUE INDEX api_tokens_live_name ON api_tokens (name) "
+            "WHERE revoked_at IS NULL",
         ),
     ),
 )
