@@ -29,7 +29,9 @@ from typing import Any
 import httpx
 import numpy as np
 
+from cloud_hub.auth.tokens import read_token_file
 from cloud_hub.local_broker import BrokerChoice, LocalBroker, free_port
+from cloud_hub.settings import HubSettings
 
 __all__ = ["DEMO_DEVICES", "DemoDevice", "DemoError", "DemoFigures", "DemoRunner", "DemoSettings"]
 
@@ -278,6 +280,11 @@ class DemoRunner:
                 return False
 
         _wait("the hub's REST API", up, 60, self._check)
+        # the hub wrote its admin token into its data dir on start: the demo is its operator
+        token = read_token_file(HubSettings(data_dir=hub_dir).admin_token_path)
+        if token is None:
+            raise RuntimeError(f"the hub started without an admin token in {hub_dir}")
+        client.headers["Authorization"] = f"Bearer {token}"
         self.figures.hub_url = url
         return client
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud_hub.artifact_store import ArtifactStore
+from cloud_hub.auth.tokens import TokenStore, ensure_local_admin
 from cloud_hub.db import Database
 from cloud_hub.fleet.fleet import Fleet
 from cloud_hub.registry import Registry
@@ -30,7 +31,17 @@ class Hub:
         db = Database(settings.db_path)
         registry = Registry(db, ArtifactStore(settings.artifacts_dir))
         registry.fail_orphaned_runs()  # a killed process's runs become resumable failures
+        ensure_local_admin(TokenStore(db), settings.admin_token_path)
         return cls(settings, db, registry, ArtifactStore(settings.cache_dir))
+
+    @property
+    def tokens(self) -> TokenStore:
+        return TokenStore(self.db)
+
+    @property
+    def admin_token(self) -> str:
+        """The hub machine's admin token (made by `open` if it was missing)."""
+        return ensure_local_admin(self.tokens, self.settings.admin_token_path)
 
     @property
     def fleet(self) -> Fleet:

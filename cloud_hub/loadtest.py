@@ -70,6 +70,7 @@ class Target:
     host: str
     port: int
     path: str
+    token: str | None = None  # sent as `Authorization: Bearer`
 
     @classmethod
     def parse(cls, url: str, default_path: str = "/") -> Target:
@@ -98,9 +99,10 @@ class Target:
 
     def encode(self, payload: Payload) -> bytes:
         host = f"[{self.host}]" if ":" in self.host else self.host
+        auth = "" if self.token is None else f"Authorization: Bearer {self.token}\r\n"
         head = (
             f"POST {self.path} HTTP/1.1\r\nHost: {host}:{self.port}\r\n"
-            f"User-Agent: {USER_AGENT}\r\nContent-Type: {payload.content_type}\r\n"
+            f"User-Agent: {USER_AGENT}\r\nContent-Type: {payload.content_type}\r\n{auth}"
             f"Content-Length: {len(payload.body)}\r\n\r\n"
         )
         return head.encode("latin-1") + payload.body

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
 
+from cloud_hub.api.auth import OPERATOR, VIEWER
 from cloud_hub.api.deps import HubDep
 from cloud_hub.monitoring import Alert, AlertEvent, AlertRule, AlertRuleIn, Monitor, RuleStore
 from cloud_hub.monitoring.alerts import AlertStore
@@ -13,13 +14,13 @@ from cloud_hub.monitoring.alerts import AlertStore
 router = APIRouter(tags=["alerts"])
 
 
-@router.get("/alerts/rules")
+@router.get("/alerts/rules", dependencies=[VIEWER])
 def list_rules(hub: HubDep) -> list[AlertRule]:
     """The rules in force: those created, or the default rules while none is."""
     return RuleStore(hub.db).active()
 
 
-@router.post("/alerts/rules", status_code=status.HTTP_201_CREATED)
+@router.post("/alerts/rules", status_code=status.HTTP_201_CREATED, dependencies=[OPERATOR])
 def create_rule(rule: AlertRuleIn, hub: HubDep) -> AlertRule:
     """A rule: `metric` (latency_p99_ms, error_rate, psi_max, output_shift) over `threshold`
     for `scope` (all, version, endpoint, device; `target`: one of them). A bad rule is refused
@@ -27,14 +28,16 @@ def create_rule(rule: AlertRuleIn, hub: HubDep) -> AlertRule:
     return RuleStore(hub.db).create(rule)
 
 
-@router.delete("/alerts/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/alerts/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[OPERATOR]
+)
 def delete_rule(rule_id: int, hub: HubDep) -> Response:
     """Delete a rule; its open alerts resolve at the next evaluation."""
     RuleStore(hub.db).delete(rule_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/alerts/evaluate")
+@router.post("/alerts/evaluate", dependencies=[OPERATOR])
 def evaluate(request: Request, hub: HubDep) -> list[AlertEvent]:
     """Evaluate the rules now (the hub also does every `monitor_interval_s`): the alerts that
     opened or resolved, also published on MQTT `{root}/alerts` by a running monitor."""
@@ -45,7 +48,7 @@ def evaluate(request: Request, hub: HubDep) -> list[AlertEvent]:
     return Monitor(hub.db, max_records=hub.settings.monitor_max_records).evaluate()
 
 
-@router.get("/alerts")
+@router.get("/alerts", dependencies=[VIEWER])
 def list_alerts(
     hub: HubDep,
     state: Annotated[Literal["open", "resolved", "all"], Query()] = "all",
@@ -56,6 +59,6 @@ def list_alerts(
     return AlertStore(hub.db).list(state, limit=limit)
 
 
-@router.get("/alerts/{alert_id}")
+@router.get("/alerts/{alert_id}", dependencies=[VIEWER])
 def get_alert(alert_id: int, hub: HubDep) -> Alert:
     return AlertStore(hub.db).get(alert_id)

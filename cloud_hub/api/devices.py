@@ -6,30 +6,31 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
+from cloud_hub.api.auth import ADMIN, DEVICE_SELF, VIEWER
 from cloud_hub.api.deps import HubDep
 from cloud_hub.fleet.schemas import Device, DeviceCreate, DeviceRegistration, InferenceLog
 
 router = APIRouter(tags=["fleet"])
 
 
-@router.post("/devices", status_code=status.HTTP_201_CREATED)
+@router.post("/devices", status_code=status.HTTP_201_CREATED, dependencies=[ADMIN])
 def register_device(body: DeviceCreate, hub: HubDep) -> DeviceRegistration:
     """Register a device. The response carries its broker password: it is shown only once
     (the hub keeps a hash)."""
     return hub.fleet.devices.register(body)
 
 
-@router.get("/devices")
+@router.get("/devices", dependencies=[VIEWER])
 def list_devices(hub: HubDep, tag: str | None = None, group: str | None = None) -> list[Device]:
     return hub.fleet.devices.all(tag=tag, group=group)
 
 
-@router.get("/devices/{device_id}")
+@router.get("/devices/{device_id}", dependencies=[DEVICE_SELF])
 def get_device(device_id: str, hub: HubDep) -> Device:
     return hub.fleet.devices.get(device_id)
 
 
-@router.get("/devices/{device_id}/logs")
+@router.get("/devices/{device_id}/logs", dependencies=[VIEWER])
 def device_logs(
     device_id: str, hub: HubDep, limit: Annotated[int, Query(ge=1, le=10000)] = 100
 ) -> list[InferenceLog]:

@@ -14,6 +14,7 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
+from cloud_hub.api.auth import OPERATOR, VIEWER
 from cloud_hub.api.deps import HubDep
 from cloud_hub.api.endpoints import _PREDICT_BODY, EngineDep, _read_body
 from cloud_hub.serving.batch import BatchRequest, BatchRunner, BatchView, StoredPrediction, check
@@ -39,6 +40,7 @@ NO_REQUEST = {"request"}
     status_code=status.HTTP_202_ACCEPTED,
     response_model_exclude=NO_REQUEST,
     openapi_extra=_PREDICT_BODY,
+    dependencies=[VIEWER],
 )
 async def submit_job(
     name: str, request: Request, engine: EngineDep, queue: QueueDep, hub: HubDep
@@ -51,7 +53,7 @@ async def submit_job(
     return queue.submit("predict", name, parsed.model_dump(mode="json", exclude_none=True))
 
 
-@router.get("/jobs", response_model_exclude=NO_REQUEST)
+@router.get("/jobs", response_model_exclude=NO_REQUEST, dependencies=[VIEWER])
 def list_jobs(
     queue: QueueDep,
     endpoint: str | None = None,
@@ -61,21 +63,23 @@ def list_jobs(
     return queue.find(endpoint=endpoint, state=state, limit=limit)
 
 
-@router.get("/jobs/{job_id}", response_model_exclude=NO_REQUEST)
+@router.get("/jobs/{job_id}", response_model_exclude=NO_REQUEST, dependencies=[VIEWER])
 def get_job(job_id: str, queue: QueueDep) -> Job:
     """`queued` or `running` until done; then `succeeded` with `result`, or `failed` with
     `error` (after its retries). `early`: a time-differential endpoint's fast answer."""
     return queue.get(job_id)
 
 
-@router.delete("/jobs/{job_id}", response_model_exclude=NO_REQUEST)
+@router.delete("/jobs/{job_id}", response_model_exclude=NO_REQUEST, dependencies=[OPERATOR])
 def cancel_job(job_id: str, queue: QueueDep) -> Job:
     """Cancel a queued job (422 once it runs or has finished)."""
     return queue.cancel(job_id)
 
 
 # -- batches ------------------------------------------------------------------------------------
-@router.post("/endpoints/{name}/batches", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/endpoints/{name}/batches", status_code=status.HTTP_202_ACCEPTED, dependencies=[OPERATOR]
+)
 def submit_batch(
     name: str, body: BatchRequest, engine: EngineDep, queue: QueueDep, hub: HubDep
 ) -> BatchView:
@@ -88,19 +92,19 @@ def submit_batch(
     return BatchView.of(queue.submit("batch", name, body.model_dump(mode="json")))
 
 
-@router.get("/endpoints/{name}/batches")
+@router.get("/endpoints/{name}/batches", dependencies=[VIEWER])
 def list_batches(name: str, queue: QueueDep, engine: EngineDep) -> list[BatchView]:
     engine.store.get(name)
     return [BatchView.of(j) for j in queue.find(endpoint=name, kind="batch")]
 
 
-@router.get("/batches/{batch_id}")
+@router.get("/batches/{batch_id}", dependencies=[VIEWER])
 def get_batch(batch_id: str, queue: QueueDep) -> BatchView:
     """Progress (`done` of `total` rows), state, and when finished the summary in `result`."""
     return BatchView.of(queue.get(batch_id, kind="batch"))
 
 
-@router.get("/batches/{batch_id}/predictions")
+@router.get("/batches/{batch_id}/predictions", dependencies=[VIEWER])
 def batch_predictions(
     batch_id: str,
     queue: QueueDep,
@@ -113,7 +117,7 @@ def batch_predictions(
     return BatchRunner(queue, hub.db, Path.cwd()).results(job, limit=limit, offset=offset)
 
 
-@router.delete("/batches/{batch_id}")
+@router.delete("/batches/{batch_id}", dependencies=[OPERATOR])
 def cancel_batch(batch_id: str, queue: QueueDep) -> BatchView:
     """Cancel a queued batch: a scheduled batch's next run, which ends the schedule."""
     return BatchView.of(queue.cancel(batch_id, kind="batch"))

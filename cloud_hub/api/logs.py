@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
+from cloud_hub.api.auth import VIEWER
 from cloud_hub.hub import Hub
 from cloud_hub.predlog.query import LogFilter, LogPage, LogReader
 
@@ -48,7 +49,7 @@ def _reader(request: Request) -> LogReader:
     return LogReader(hub.db)
 
 
-@router.get("/logs")
+@router.get("/logs", dependencies=[VIEWER])
 def list_logs(
     request: Request,
     f: FilterDep,
@@ -61,7 +62,7 @@ def list_logs(
     return _reader(request).page(f, limit=limit, cursor=cursor)
 
 
-@router.get("/logs/export")
+@router.get("/logs/export", dependencies=[VIEWER])
 def export_logs(
     request: Request,
     f: FilterDep,

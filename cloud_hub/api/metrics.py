@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cloud_hub.api.auth import METRICS
 from cloud_hub.serving import ServingEngine
 
 router = APIRouter(tags=["meta"])
@@ -99,7 +100,7 @@ class EngineCollector(Collector):
             )
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", include_in_schema=False, dependencies=[METRICS])
 def metrics(request: Request) -> Response:
     engine = getattr(request.app.state, "engine", None)
     if engine is None:

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud_hub.api.auth import OPERATOR, VIEWER
 from cloud_hub.api.deps import HubDep
 from cloud_hub.errors import NotFound
 from cloud_hub.hub import Hub
@@ -29,7 +30,7 @@ def _reader(hub: Hub) -> WindowReader:
     return WindowReader(hub.db, max_records=hub.settings.monitor_max_records)
 
 
-@router.get("/monitoring")
+@router.get("/monitoring", dependencies=[VIEWER])
 def list_windows(
     hub: HubDep,
     by: Annotated[By, Query(description="version, endpoint or device")] = "version",
@@ -40,7 +41,7 @@ def list_windows(
     return _reader(hub).windows(by, window_s=window_s, last_n=last_n)
 
 
-@router.get("/monitoring/versions/{version_id}")
+@router.get("/monitoring/versions/{version_id}", dependencies=[VIEWER])
 def version_window(
     version_id: int, hub: HubDep, window_s: WindowQ = 300.0, last_n: LastQ = None
 ) -> WindowStats:
@@ -52,7 +53,7 @@ def _known(hub: Hub, sql: str, key: str) -> bool:
     return hub.db.conn.execute(sql, [key]).fetchone() is not None
 
 
-@router.get("/monitoring/endpoints/{name}")
+@router.get("/monitoring/endpoints/{name}", dependencies=[VIEWER])
 def endpoint_window(
     name: str, hub: HubDep, window_s: WindowQ = 300.0, last_n: LastQ = None
 ) -> WindowStats:
@@ -65,7 +66,7 @@ def endpoint_window(
     return _reader(hub).window("endpoint", name, window_s=window_s, last_n=last_n)
 
 
-@router.get("/monitoring/devices/{device_id}")
+@router.get("/monitoring/devices/{device_id}", dependencies=[VIEWER])
 def device_window(
     device_id: str, hub: HubDep, window_s: WindowQ = 300.0, last_n: LastQ = None
 ) -> WindowStats:
@@ -78,7 +79,7 @@ def device_window(
     return _reader(hub).window("device", device_id, window_s=window_s, last_n=last_n)
 
 
-@router.get("/versions/{version_id}/baseline")
+@router.get("/versions/{version_id}/baseline", dependencies=[VIEWER])
 def get_baseline(version_id: int, hub: HubDep) -> Baseline:
     """The version's baseline: saved when it was trained, or computed by POST."""
     hub.registry.get_version_by_id(version_id)
@@ -93,7 +94,9 @@ class BaselineBody(BaseModel):
     label_column: str | None = None
 
 
-@router.post("/versions/{version_id}/baseline", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/versions/{version_id}/baseline", status_code=status.HTTP_201_CREATED, dependencies=[OPERATOR]
+)
 def create_baseline(version_id: int, body: BaselineBody, hub: HubDep) -> Baseline:
     """Compute the version's baseline from a dataset (prepared with its preprocessing spec,
     answered by its fp32 artifact), replacing any it had: for an uploaded version."""

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel
 
+from cloud_hub.api.auth import OPERATOR, VIEWER
 from cloud_hub.api.deps import HubDep, RegistryDep
 from cloud_hub.errors import InvalidInput
 from cloud_hub.schemas import Run
@@ -19,7 +20,7 @@ class RerunBody(BaseModel):
     from_step: str
 
 
-@router.post("/runs", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/runs", status_code=status.HTTP_202_ACCEPTED, dependencies=[OPERATOR])
 def start_run(body: TrainRequest, hub: HubDep) -> Run:
     """Start a training pipeline. Bad data is refused here (422); the run then goes on in the
     background: poll `GET /runs/{id}` for its steps and status."""
@@ -29,7 +30,7 @@ def start_run(body: TrainRequest, hub: HubDep) -> Run:
     return run
 
 
-@router.get("/runs")
+@router.get("/runs", dependencies=[VIEWER])
 def list_runs(
     registry: RegistryDep,
     project: str | None = None,
@@ -39,13 +40,13 @@ def list_runs(
     return registry.list_runs(project=project, status=run_status, limit=limit)
 
 
-@router.get("/runs/{run}")
+@router.get("/runs/{run}", dependencies=[VIEWER])
 def get_run(run: str, registry: RegistryDep) -> Run:
     """A run by id or by name (PROJECT.EXPERIMENT.N)."""
     return registry.get_run(run)
 
 
-@router.post("/runs/{run}/resume", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/runs/{run}/resume", status_code=status.HTTP_202_ACCEPTED, dependencies=[OPERATOR])
 def resume_run(run: str, hub: HubDep) -> Run:
     """Continue a failed run from the step that failed, reusing the cached earlier steps."""
     found = hub.registry.get_run(run)
@@ -55,7 +56,7 @@ def resume_run(run: str, hub: HubDep) -> Run:
     return hub.registry.get_run(found.id)
 
 
-@router.post("/runs/{run}/rerun", status_code=status.HTTP_201_CREATED)
+@router.post("/runs/{run}/rerun", status_code=status.HTTP_201_CREATED, dependencies=[OPERATOR])
 def rerun(run: str, body: RerunBody, hub: HubDep) -> Run:
     """A new run reusing this run's cached outputs before `from_step` (runs to completion)."""
     return hub.pipeline().rerun(run, body.from_step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 
+from cloud_hub.api.auth import OPERATOR, VIEWER
 from cloud_hub.api.deps import RegistryDep
 from cloud_hub.schemas import NAME_PATTERN, Run, Schedule
 from cloud_hub.training.request import TrainRequest
@@ -21,7 +22,7 @@ class ScheduleCreate(BaseModel):
     backoff_s: float = Field(default=30.0, ge=0)
 
 
-@router.post("/schedules", status_code=status.HTTP_201_CREATED)
+@router.post("/schedules", status_code=status.HTTP_201_CREATED, dependencies=[OPERATOR])
 def add_schedule(body: ScheduleCreate, registry: RegistryDep) -> Schedule:
     return create_schedule(
         registry,
@@ -33,22 +34,24 @@ def add_schedule(body: ScheduleCreate, registry: RegistryDep) -> Schedule:
     )
 
 
-@router.get("/schedules")
+@router.get("/schedules", dependencies=[VIEWER])
 def list_schedules(registry: RegistryDep) -> list[Schedule]:
     return registry.list_schedules()
 
 
-@router.get("/schedules/{schedule}")
+@router.get("/schedules/{schedule}", dependencies=[VIEWER])
 def get_schedule(schedule: str, registry: RegistryDep) -> Schedule:
     return registry.get_schedule(schedule)
 
 
-@router.get("/schedules/{schedule}/runs")
+@router.get("/schedules/{schedule}/runs", dependencies=[VIEWER])
 def schedule_runs(schedule: str, registry: RegistryDep) -> list[Run]:
     return registry.list_runs(schedule_id=registry.get_schedule(schedule).id)
 
 
-@router.delete("/schedules/{schedule}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/schedules/{schedule}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[OPERATOR]
+)
 def delete_schedule(schedule: str, registry: RegistryDep) -> Response:
     registry.delete_schedule(schedule)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
 from pydantic import BaseModel, Field
 
+from cloud_hub.api.auth import ARTIFACT, OPERATOR, VIEWER
 from cloud_hub.api.deps import HubDep, RegistryDep
 from cloud_hub.errors import InvalidInput
 from cloud_hub.schemas import Version
@@ -18,12 +19,12 @@ router = APIRouter(tags=["versions"])
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
 
 
-@router.get("/projects/{project}/models/{model}/versions")
+@router.get("/projects/{project}/models/{model}/versions", dependencies=[VIEWER])
 def list_versions(project: str, model: str, registry: RegistryDep) -> list[Version]:
     return registry.list_versions(project, model)
 
 
-@router.get("/projects/{project}/models/{model}/versions/{number}")
+@router.get("/projects/{project}/models/{model}/versions/{number}", dependencies=[VIEWER])
 def get_version(project: str, model: str, number: str, registry: RegistryDep) -> Version:
     """A version by its number within the model, or `latest`."""
     if not (number.isdigit() or number == "latest"):
@@ -31,7 +32,7 @@ def get_version(project: str, model: str, number: str, registry: RegistryDep) ->
     return registry.get_version(project, model, number)
 
 
-@router.get("/versions/{version_id}")
+@router.get("/versions/{version_id}", dependencies=[VIEWER])
 def get_version_by_id(version_id: int, registry: RegistryDep) -> Version:
     return registry.get_version_by_id(version_id)
 
@@ -45,7 +46,11 @@ def _json_field(name: str, text: str | None) -> Any:
         raise InvalidInput(f"form field {name!r} is not valid JSON: {exc}") from None
 
 
-@router.post("/projects/{project}/models/{model}/versions", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/projects/{project}/models/{model}/versions",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[OPERATOR],
+)
 async def upload_version(
     project: str,
     model: str,
@@ -89,7 +94,9 @@ class QuantizeBody(BaseModel):
     threshold: float = Field(default=0.99, ge=0, le=1)
 
 
-@router.post("/versions/{version_id}/quantize", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/versions/{version_id}/quantize", status_code=status.HTTP_201_CREATED, dependencies=[OPERATOR]
+)
 def quantize(version_id: int, body: QuantizeBody, registry: RegistryDep) -> Version:
     """int8 ONNX from this version's ONNX fp32 artifact, calibrated and checked on the dataset
     (prepared with the version's preprocessing spec), registered as a new child version."""
@@ -126,7 +133,7 @@ def _artifact_response(data: bytes, sha256: str, fmt: str) -> Response:
     )
 
 
-@router.get("/artifacts/{sha256}", response_class=Response)
+@router.get("/artifacts/{sha256}", response_class=Response, dependencies=[ARTIFACT])
 def download_artifact(sha256: str, registry: RegistryDep) -> Response:
     """The artifact's bytes; the `X-Content-SHA256` header carries its digest."""
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -135,7 +142,11 @@ def download_artifact(sha256: str, registry: RegistryDep) -> Response:
     return _artifact_response(data, sha256, "")
 
 
-@router.get("/versions/{version_id}/artifacts/{fmt}/{precision}", response_class=Response)
+@router.get(
+    "/versions/{version_id}/artifacts/{fmt}/{precision}",
+    response_class=Response,
+    dependencies=[VIEWER],
+)
 def download_version_artifact(
     version_id: int, fmt: str, precision: str, registry: RegistryDep
 ) -> Response:

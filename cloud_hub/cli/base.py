@@ -22,6 +22,17 @@ from cloud_hub.hub import Hub
 from cloud_hub.settings import HubSettings, resolve_data_dir
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+TOKEN_ENV = "EDGEPILOT_TOKEN"
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar=TOKEN_ENV,
+        show_envvar=True,
+        help="API token for the hub (or a device's local API) [default: the hub machine's "
+        "admin token in the data dir, when there is one]",
+    ),
+]
 
 
 class State:
@@ -31,6 +42,15 @@ class State:
 
     def settings(self, **overrides: Any) -> HubSettings:
         return HubSettings(data_dir=resolve_data_dir(self.data_dir, os.environ), **overrides)
+
+    def token(self, explicit: str | None) -> str | None:
+        """The token an HTTP command sends: --token / EDGEPILOT_TOKEN, else the admin token
+        this machine's hub keeps in its data dir (None when neither exists)."""
+        if explicit:
+            return explicit
+        from cloud_hub.auth.tokens import read_token_file
+
+        return read_token_file(self.settings().admin_token_path)
 
     @property
     def hub(self) -> Hub:

@@ -16,13 +16,17 @@ import typer
 from rich.table import Table
 
 from cloud_hub.cli import render
-from cloud_hub.cli.base import fail
+from cloud_hub.cli.base import TokenOpt, fail, state
 
 DEFAULT_HUB = "http://127.0.0.1:8000"  # `edgepilot hub serve`'s default address
 AGENT_PATH = "/v1/predict"
 
 
-def _hub_endpoint(hub: str, name: str, timeout_s: float) -> dict[str, Any]:
+def _auth(token: str | None) -> dict[str, str]:
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def _hub_endpoint(hub: str, name: str, timeout_s: float, token: str | None) -> dict[str, Any]:
     """GET the endpoint's description from the hub: exit 2 if the hub cannot be reached or
     does not have it."""
     import httpx
@@ -35,9 +39,14 @@ def _hub_endpoint(hub: str, name: str, timeout_s: float) -> dict[str, Any]:
         raise fail(f"--hub {exc}") from None
     url = f"{base}/api/v1/endpoints/{name}"
     try:
-        resp = httpx.get(url, timeout=timeout_s)
+        resp = httpx.get(url, timeout=timeout_s, headers=_auth(token))
     except httpx.HTTPError as exc:
         raise fail(f"cannot reach the hub at {base}: {exc or type(exc).__name__}") from None
+    if resp.status_code in (401, 403):
+        raise fail(
+            f"the hub at {base} refused the token ({resp.status_code}): give one with a viewer "
+            "role or higher (--token or EDGEPILOT_TOKEN)"
+        )
     if resp.status_code == 404:
         raise fail(f"endpoint {name!r} not found on the hub at {base}")
     if resp.status_code != 200:
@@ -48,7 +57,7 @@ def _hub_endpoint(hub: str, name: str, timeout_s: float) -> dict[str, Any]:
     return info
 
 
-def _probe(url: str, payload: Any, timeout_s: float, derived: bool) -> None:
+def _probe(url: str, payload: Any, timeout_s: float, derived: bool, token: str | None) -> None:
     """One request before the clock starts: the URL answers, and the body is taken."""
     import httpx
 
@@ -56,13 +65,18 @@ def _probe(url: str, payload: Any, timeout_s: float, derived: bool) -> None:
         resp = httpx.post(
             url,
             content=payload.body,
-            headers={"Content-Type": payload.content_type},
+            headers={"Content-Type": payload.content_type, **_auth(token)},
             timeout=timeout_s,
         )
     except httpx.HTTPError as exc:
         raise fail(f"cannot reach {url}: {exc or type(exc).__name__}") from None
     if resp.status_code == 404:
         raise fail(f"{url}: 404 not found ({resp.text[:200]})")
+    if resp.status_code in (401, 403):
+        raise fail(
+            f"{url} refused the request ({resp.status_code}): give a token it takes (for a hub "
+            "endpoint --token or EDGEPILOT_TOKEN, for a --url --agent-token)"
+        )
     if resp.status_code >= 400:
         message = f"the first request to {url} got {resp.status_code}: {resp.text[:300]}"
         if derived:
@@ -71,6 +85,7 @@ def _probe(url: str, payload: Any, timeout_s: float, derived: bool) -> None:
 
 
 def loadtest(
+    ctx: typer.Context,
     endpoint: Annotated[
         str | None, typer.Argument(help="A hub endpoint's name (or give --url instead).")
     ] = None,
@@ -106,6 +121,16 @@ def loadtest(
         float, typer.Option(help="A request sent later than this after its time is late.")
     ] = 10.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    token: TokenOpt = None,
+    agent_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGEPILOT_AGENT_TOKEN",
+            show_envvar=True,
+            help="With --url: the token sent there, e.g. a device's local API token ([http] "
+            "token in its agent.toml); --token (the hub's) is never sent to a --url.",
+        ),
+    ] = None,
 ) -> None:
     """Send requests at a fixed rate (open loop: on schedule, however slowly the server
     answers) and report latency p50/p90/p99, achieved rate, success ratio and status codes.
@@ -136,6 +161,8 @@ def loadtest(
         raise fail("give an ENDPOINT of the hub, or --url URL (e.g. a device's local API)")
     if body is not None and inputs is not None:
         raise fail("give --body FILE or --inputs FILE, not both")
+    # a device's local API has its own token: the hub's is not sent there
+    token = agent_token if url is not None else state(ctx).token(token)
     try:
         if url is not None:
             target = Target.parse(url, default_path=AGENT_PATH)
@@ -143,6 +170,7 @@ def loadtest(
             assert endpoint is not None
             target = Target.parse(hub, default_path="/")
             target = Target(target.host, target.port, f"/api/v1/endpoints/{endpoint}/predict")
+        target = Target(target.host, target.port, target.path, token)
     except LoadTestError as exc:
         raise fail(str(exc)) from None
 
@@ -153,15 +181,15 @@ def loadtest(
         elif inputs is not None:
             payloads = payloads_from_rows(read_rows(inputs), rows)
         elif endpoint is not None:
-            payloads = payloads_for_endpoint(_hub_endpoint(hub, endpoint, timeout), rows)
+            payloads = payloads_for_endpoint(_hub_endpoint(hub, endpoint, timeout, token), rows)
             derived = True
         else:
             raise LoadTestError(
                 "give --body FILE or --inputs FILE: a device's API does not describe its input"
             )
         if endpoint is not None and not derived:
-            _hub_endpoint(hub, endpoint, timeout)  # an unknown endpoint: a message, not 404s
-        _probe(target.url, payloads[0], timeout, derived)
+            _hub_endpoint(hub, endpoint, timeout, token)  # unknown endpoint: a message, not 404s
+        _probe(target.url, payloads[0], timeout, derived, token)
         result = _run(
             run_load,
             target,

@@ -316,6 +316,12 @@ class ServingEngine:
                 return endpoint
             # retired between the lookup and acquire: the new one is installed; look again
 
+    def is_public(self, name: str) -> bool:
+        """Whether the live endpoint `name` takes predictions without a token."""
+        with self._lock:
+            endpoint = self._live.get(name)
+        return endpoint is not None and endpoint.spec.public
+
     def max_body_bytes(self, name: str, default: int) -> int:
         with self._lock:
             endpoint = self._live.get(name)

@@ -66,6 +66,11 @@ class EndpointSpec(BaseModel):
     max_body_bytes: int | None = Field(
         default=None, gt=0, description="request body limit [default: the hub's]"
     )
+    public: bool = Field(
+        default=False,
+        description="POST /endpoints/{name}/predict without a token; everything else about the "
+        "endpoint (its jobs too) still needs one",
+    )
 
     @model_validator(mode="after")
     def _unique_steps(self) -> EndpointSpec:

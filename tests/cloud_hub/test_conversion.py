@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from cloud_hub.api.app import create_app
 from cloud_hub.hub import Hub
 from cloud_hub.training.request import TrainRequest
-from tests.conftest import run_cli
+from tests.conftest import admin_headers, run_cli
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -195,7 +195,7 @@ def test_quantize_through_the_api(hub: Hub) -> None:
     run = hub.pipeline().start(
         TrainRequest(project="digits", dataset="digits", model_type="mlp", quantize=False)
     )
-    with TestClient(create_app(hub, scheduler=False)) as client:
+    with TestClient(create_app(hub, scheduler=False), headers=admin_headers(hub)) as client:
         resp = client.post(
             f"/api/v1/versions/{run.version_id}/quantize",
             json={"dataset": "digits", "method": "dynamic"},

@@ -21,12 +21,12 @@ from cloud_hub.settings import HubSettings
 from edge_agent.signing import verify_model
 from edge_agent.wire import LogBatch, LogRecord
 from tests.cloud_hub.conftest import Device, register_model, unique, wait_until
-from tests.conftest import BIN, REPO, free_port, run_cli, wait_for_port
+from tests.conftest import BIN, REPO, admin_headers, free_port, run_cli, wait_for_port
 
 
 @pytest.fixture
 def client(hub: Hub) -> Iterator[TestClient]:
-    with TestClient(create_app(hub, scheduler=False)) as c:
+    with TestClient(create_app(hub, scheduler=False), headers=admin_headers(hub)) as c:
         yield c
 
 

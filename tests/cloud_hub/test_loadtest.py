@@ -18,6 +18,8 @@ import httpx
 import numpy as np
 import pytest
 
+from cloud_hub.auth.roles import Role
+from cloud_hub.auth.tokens import TokenCreate
 from cloud_hub.hub import Hub
 from cloud_hub.loadtest import (
     LoadTestError,
@@ -29,7 +31,7 @@ from cloud_hub.loadtest import (
 )
 from tests.agent_processes import AgentProc
 from tests.cloud_hub.serving.conftest import digits_rows, example, serving_hub  # noqa: F401
-from tests.conftest import BIN, REPO, free_port, run_cli, wait_for_port
+from tests.conftest import BIN, REPO, admin_headers, free_port, run_cli, wait_for_port
 from tests.edge_agent.conftest import (  # noqa: F401
     IrisModels,
     device_id,
@@ -170,10 +172,13 @@ def hub_url(serving_hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Itera
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_port(port, timeout=60, proc=proc)
-        resp = httpx.post(f"{base}/api/v1/endpoints", json=example("sync.json"), timeout=60)
+        auth = admin_headers(serving_hub)
+        resp = httpx.post(
+            f"{base}/api/v1/endpoints", json=example("sync.json"), timeout=60, headers=auth
+        )
         assert resp.status_code == 201, resp.text
         yield base
-        httpx.delete(f"{base}/api/v1/endpoints/digits-sync", timeout=30)
+        httpx.delete(f"{base}/api/v1/endpoints/digits-sync", timeout=30, headers=auth)
     finally:
         proc.terminate()
         try:
@@ -181,6 +186,12 @@ def hub_url(serving_hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Itera
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def cli_env(cli_env: dict[str, str], serving_hub: Hub) -> dict[str, str]:  # noqa: F811
+    """A remote CLI: its own data dir, the hub's token in EDGEPILOT_TOKEN."""
+    return {**cli_env, "EDGEPILOT_TOKEN": serving_hub.admin_token}
 
 
 def loadtest(args: list[str], env: dict[str, str]) -> tuple[int, dict[str, Any], str]:
@@ -192,6 +203,7 @@ def loadtest(args: list[str], env: dict[str, str]) -> tuple[int, dict[str, Any],
 def test_hub_endpoint_at_a_fixed_rate_with_the_default_body(
     hub_url: str, cli_env: dict[str, str]
 ) -> None:
+    token = cli_env["EDGEPILOT_TOKEN"]
     code, doc, out = loadtest(
         ["digits-sync", "--hub", hub_url, "--rate", "100", "--duration", "3", "--json"], cli_env
     )
@@ -208,7 +220,10 @@ def test_hub_endpoint_at_a_fixed_rate_with_the_default_body(
     assert doc["lag_ms"]["p50"] < 10, doc["lag_ms"]
     assert set(doc["connections"]) == {"opened", "peak_busy", "max"}
     assert doc["generator_cpu_s"] > 0
-    stats = httpx.get(f"{hub_url}/api/v1/endpoints/digits-sync/stats").json()
+    stats = httpx.get(
+        f"{hub_url}/api/v1/endpoints/digits-sync/stats",
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()
     assert stats["requests"] >= 301  # and the probe
 
 
@@ -255,12 +270,10 @@ def test_cli_errors_are_messages_with_exit_code_2(
     body = tmp_path / "ok.json"
     body.write_text('{"inputs": [[1.0]]}')
     cases.append((["--url", dead, "--body", str(body)], "cannot reach http://127.0.0.1"))
-    cases.append(
-        (
-            ["--url", f"{hub_url}/api/v1/endpoints/nope/predict", "--body", str(body)],
-            "404 not found",
-        )
-    )
+    nope = f"{hub_url}/api/v1/endpoints/nope/predict"
+    cases.append((["--url", nope, "--body", str(body)], "refused the request (401)"))
+    token = cli_env["EDGEPILOT_TOKEN"]
+    cases.append((["--url", nope, "--body", str(body), "--agent-token", token], "404 not found"))
     for args, message in cases:
         done = run_cli(["loadtest", "--duration", "1", *args], cli_env)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
@@ -418,3 +431,18 @@ def test_a_bad_late_threshold_is_refused(cli_env: dict[str, str]) -> None:
     args = ["--url", "http://127.0.0.1:9", "--late-ms", "-5", "--body", "x.json"]
     done = run_cli(["loadtest", *args], cli_env)
     assert done.returncode == 2 and "--late-ms" in done.stderr, done.stderr
+
+
+def test_a_remote_cli_without_a_token_is_told_so(
+    hub_url: str,
+    cli_env: dict[str, str],
+    serving_hub: Hub,  # noqa: F811
+) -> None:
+    args = ["digits-sync", "--hub", hub_url, "--rate", "10", "--duration", "1"]
+    no_token = {k: v for k, v in cli_env.items() if k != "EDGEPILOT_TOKEN"}
+    code, _, out = loadtest(args, no_token)
+    assert code == 2 and "refused the token (401)" in out and "EDGEPILOT_TOKEN" in out
+    viewer = serving_hub.tokens.create(TokenCreate(name="loadtest-viewer", role=Role.viewer))
+    code, doc, out = loadtest([*args, "--json", "--token", viewer.token], no_token)
+    assert code == 0, out
+    assert doc["status_codes"] == {"200": 10}

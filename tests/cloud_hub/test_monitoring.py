@@ -35,7 +35,7 @@ from cloud_hub.training.request import TrainRequest
 from edge_agent.features import summary_lists
 from edge_agent.wire import LogBatch, LogRecord
 from tests.cloud_hub.serving.conftest import Subscriber, digits_rows, wait_for
-from tests.conftest import run_cli
+from tests.conftest import admin_headers, run_cli
 
 API = "/api/v1"
 REF = "digits/digits-logreg:1"
@@ -69,7 +69,9 @@ def monitored(trained: Path, data_dir: Path, **settings: Any) -> Iterator[tuple[
     defaults: dict[str, Any] = {"run_scheduler": False, "monitor_interval_s": 3600.0}
     hub = Hub.open(HubSettings(data_dir=data_dir, **{**defaults, **settings}))
     try:
-        with TestClient(create_app(hub, scheduler=False, fleet=False)) as client:
+        with TestClient(
+            create_app(hub, scheduler=False, fleet=False), headers=admin_headers(hub)
+        ) as client:
             yield hub, client
     finally:
         hub.close()

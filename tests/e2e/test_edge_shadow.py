@@ -24,7 +24,7 @@ from cloud_hub.hub import Hub
 from cloud_hub.registry import NewArtifact
 from cloud_hub.schemas import Version
 from tests.agent_processes import AgentProc, wait_until
-from tests.conftest import REPO
+from tests.conftest import REPO, admin_headers
 from tests.e2e.test_fleet_loop import Fleet
 
 EXAMPLES = REPO / "examples" / "deployments"
@@ -90,7 +90,9 @@ def line(
         agents = [fleet.add_agent(d, tags=["line-1"]) for d in LINE]
         versions = [_register(fleet.hub, data) for data in iris.onnx]
         assert [v.ref for v in versions] == ["iris/iris-mlp:1", "iris/iris-mlp:2"]
-        with TestClient(create_app(fleet.hub, scheduler=False, fleet=False)) as client:
+        with TestClient(
+            create_app(fleet.hub, scheduler=False, fleet=False), headers=admin_headers(fleet.hub)
+        ) as client:
             yield fleet, client, agents, versions
     finally:
         fleet.close()

@@ -21,6 +21,7 @@ from cloud_hub.hub import Hub
 from cloud_hub.registry import NewArtifact
 from cloud_hub.settings import HubSettings
 from cloud_hub.training.request import TrainRequest
+from tests.conftest import admin_headers
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples" / "endpoints"
@@ -29,7 +30,10 @@ EXAMPLES = REPO / "examples" / "endpoints"
 @pytest.fixture(scope="session")
 def serving_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     data_dir = tmp_path_factory.mktemp("serving-hub")
-    hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False))
+    # REST callers name files inside the data roots: the examples' (relative to the repository)
+    # and the tests' own temporary files
+    roots = [REPO, tmp_path_factory.getbasetemp()]
+    hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False, data_roots=roots))
     for model in ("mlp", "logreg"):
         run = hub.pipeline().start(
             TrainRequest(
@@ -91,7 +95,9 @@ def example(name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def client(serving_hub: Hub) -> Iterator[TestClient]:
-    with TestClient(create_app(serving_hub, scheduler=False, fleet=False)) as c:
+    with TestClient(
+        create_app(serving_hub, scheduler=False, fleet=False), headers=admin_headers(serving_hub)
+    ) as c:
         yield c
         for endpoint in c.get("/api/v1/endpoints").json():
             c.delete(f"/api/v1/endpoints/{endpoint['name']}")
@@ -144,7 +150,9 @@ def hub_app(
     a hub restart is leaving this and entering it again (`keep`: leave its endpoints stored)."""
     hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False, **settings))
     try:
-        with TestClient(create_app(hub, scheduler=False, fleet=False)) as c:
+        with TestClient(
+            create_app(hub, scheduler=False, fleet=False), headers=admin_headers(hub)
+        ) as c:
             try:
                 yield hub, c
             finally:

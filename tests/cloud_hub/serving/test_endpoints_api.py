@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from cloud_hub.api.app import create_app
 from cloud_hub.hub import Hub
 from tests.cloud_hub.serving.conftest import digits_rows, example
+from tests.conftest import admin_headers
 
 API = "/api/v1/endpoints"
 
@@ -257,9 +258,13 @@ def test_put_swaps_under_traffic_with_no_failed_request(client: TestClient) -> N
 
 def test_endpoints_survive_a_hub_restart(serving_hub: Hub) -> None:
     x, _ = digits_rows()
-    with TestClient(create_app(serving_hub, scheduler=False, fleet=False)) as first:
+    with TestClient(
+        create_app(serving_hub, scheduler=False, fleet=False), headers=admin_headers(serving_hub)
+    ) as first:
         assert first.post(API, json=example("sync.json")).status_code == 201
-    with TestClient(create_app(serving_hub, scheduler=False, fleet=False)) as second:
+    with TestClient(
+        create_app(serving_hub, scheduler=False, fleet=False), headers=admin_headers(serving_hub)
+    ) as second:
         got = second.get(f"{API}/digits-sync").json()
         assert got["status"] == "ready"
         resp = second.post(f"{API}/digits-sync/predict", json={"inputs": x[:1].tolist()})
@@ -276,7 +281,9 @@ def test_an_endpoint_that_cannot_be_built_at_start_is_reported_broken(
     spec = EndpointSpec.model_validate({**example("sync.json"), "name": "ghost"})
     spec.models["mlp"] = "digits/digits-gone:1"
     EndpointStore(serving_hub.db).create(spec)  # stored behind the engine's back
-    with TestClient(create_app(serving_hub, scheduler=False, fleet=False)) as c:
+    with TestClient(
+        create_app(serving_hub, scheduler=False, fleet=False), headers=admin_headers(serving_hub)
+    ) as c:
         got = c.get(f"{API}/ghost").json()
         assert got["status"] == "broken" and "digits-gone" in got["error"]
         resp = c.post(f"{API}/ghost/predict", json={"inputs": [[0.0] * 64]})
