@@ -140,7 +140,14 @@ class Agent:
                 status=self.status,
                 health=self.health,
                 on_inferred=self.forwarder.wake,
+                token=http.token,
             )
+            if http.token is None and not _is_loopback(http.host):
+                log.warning(
+                    "the local HTTP API listens on %s without a token: anyone who reaches it "
+                    "may predict and read the device's status; set [http] token",
+                    http.host,
+                )
             self.http.start()
             port_file = self.settings.data_dir / "http.port"
             tmp = port_file.with_suffix(".tmp")
@@ -325,3 +332,14 @@ class Agent:
                 if self._stop.is_set():
                     return
                 log.warning("telemetry sample failed: %s", exc)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

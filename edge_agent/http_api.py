@@ -7,7 +7,11 @@
     GET  /v1/health    → 200 {"status": "ok", "active_version", "mqtt_connected"}
     GET  /v1/status    → 200 device id, versions, counts, outbox, params, last deployment
 
-Errors are JSON `{"error": ..., "detail": ...}`: 400 malformed request, 404 unknown path, 405 wrong
+With a `token` (the config's `[http] token`), every route but /v1/health needs
+`Authorization: Bearer <token>`: 401 without it or with another.
+
+Errors are JSON `{"error": ..., "detail": ...}`: 400 malformed request, 401 no or wrong token,
+404 unknown path, 405 wrong
 method, 411 no Content-Length, 413 body over the limit (read from Content-Length, before the body),
 415 unsupported content type, 422 input the model cannot take (shape, dtype, non-numeric, NaN, not
 an image), 503 no active model (or the deployment's kill switch is on without a default answer),
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import logging
 import threading
@@ -71,8 +76,10 @@ class HttpApi:
         status: Callable[[], dict[str, Any]],
         health: Callable[[], dict[str, Any]],
         on_inferred: Callable[[], None] = lambda: None,
+        token: str | None = None,
     ) -> None:
         self.service = service
+        self._token = None if token is None else f"Bearer {token}".encode()
         self.max_body_bytes = max_body_bytes
         self._preprocessing = preprocessing
         self._status = status
@@ -94,6 +101,12 @@ class HttpApi:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def authorized(self, header: str | None) -> bool:
+        """Whether a request with this Authorization header may call a guarded route."""
+        if self._token is None:
+            return True
+        return header is not None and hmac.compare_digest(header.encode(), self._token)
 
     # -- request handling -----------------------------------------------------------------------
     def predict(self, content_type: str, body: bytes) -> dict[str, Any]:
@@ -166,10 +179,21 @@ class HttpApi:
             def _error(self, exc: ApiError, close: bool = False) -> None:
                 self._send(exc.status, {"error": exc.error, "detail": exc.detail}, close)
 
+            def _refused(self, close: bool = False) -> bool:
+                """Answer 401 when the route needs the token and the request lacks it."""
+                if api.authorized(self.headers.get("Authorization")):
+                    return False
+                self._error(
+                    ApiError(401, "unauthorized", "send Authorization: Bearer <token>"), close
+                )
+                return True
+
             def do_GET(self) -> None:  # noqa: N802
                 path = self.path.split("?", 1)[0]
                 if path == "/v1/health":
                     self._send(200, api._health())
+                elif self._refused():
+                    return
                 elif path == "/v1/status":
                     self._send(200, api._status())
                 elif path == "/v1/predict":
@@ -182,6 +206,8 @@ class HttpApi:
                 length_text = self.headers.get("Content-Length")
                 if path != "/v1/predict":
                     self._error(ApiError(404, "not found", f"no route {path}"), close=True)
+                    return
+                if self._refused(close=True):  # before the body is read
                     return
                 if length_text is None:
                     self._error(ApiError(411, "length required", "send Content-Length"), True)

@@ -177,9 +177,11 @@ def test_cli_deployment_reaches_a_device_through_hub_serve(
     try:
         wait_for_port(api_port, proc=proc)
         dev_id = unique("pi")
+        auth = {"Authorization": f"Bearer {(data_dir / 'admin-token').read_text().strip()}"}
         reg = httpx.post(
             f"http://127.0.0.1:{api_port}/api/v1/devices",
             json={"id": dev_id, "runtimes": ["onnxruntime"]},
+            headers=auth,
         )
         assert reg.status_code == 201, reg.text
         dev = Device(mosquitto, "ep", dev_id)
@@ -207,9 +209,9 @@ def test_cli_deployment_reaches_a_device_through_hub_serve(
         assert json.loads(out)["status"] == "completed"
         wait_until(
             lambda: (
-                httpx.get(f"http://127.0.0.1:{api_port}/api/v1/devices/{dev_id}").json()[
-                    "active_version_id"
-                ]
+                httpx.get(
+                    f"http://127.0.0.1:{api_port}/api/v1/devices/{dev_id}", headers=auth
+                ).json()["active_version_id"]
                 == version.id
             )
         )

@@ -60,10 +60,16 @@ def test_cli_trains_the_cnn_and_hub_serve_answers_the_same_version(
     try:
         wait_for_port(port, proc=hub)
         base = f"http://127.0.0.1:{port}/api/v1"
-        served = httpx.get(f"{base}/projects/digits/models/digits-cnn/versions/1").json()
+        # the admin token the hub wrote into its data dir on first start: the CLI's, on this
+        # machine; a caller without it is refused
+        token = (data_dir / "admin-token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        url = f"{base}/projects/digits/models/digits-cnn/versions/1"
+        assert httpx.get(url).status_code == 401
+        served = httpx.get(url, headers=auth).json()
         assert served == version
         art = int8["tflite"]
-        blob = httpx.get(f"http://127.0.0.1:{port}{art['download_url']}")
+        blob = httpx.get(f"http://127.0.0.1:{port}{art['download_url']}", headers=auth)
         assert blob.headers["x-content-sha256"] == art["sha256"] == sha256_hex(blob.content)
         assert httpx.get(f"http://127.0.0.1:{port}/docs").status_code == 200
     finally:

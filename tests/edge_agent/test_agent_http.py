@@ -165,3 +165,24 @@ def test_frame_source_reads_a_video_file_and_loops(tmp_path: Path) -> None:
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     levels = [round(float(x.mean()), 1) for x, _ in seen[:7]]
     assert levels[:3] == levels[3:6], levels  # the clip played again
+
+
+def test_a_token_guards_the_local_api_but_not_its_health(
+    make_hub: Any, make_agent: Any, mosquitto: Any, device_id: str, iris_models: IrisModels
+) -> None:
+    token = "lan-secret-0123456789"
+    hub = make_hub(mosquitto, device_id)
+    agent: AgentProc = make_agent(device_id, mosquitto, http={"token": token})
+    hub.deploy(hub.ref(iris_models.a, 1), iris_models.a, deployment_id=1)
+    hub.wait_report(1, "active")
+    body = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+    good = {**JSON, "Authorization": f"Bearer {token}"}
+    for headers in (JSON, {**JSON, "Authorization": "Bearer wrong-token-0000000"}):
+        code, doc = agent.request("POST", "/v1/predict", body, headers)
+        assert code == 401 and doc["error"] == "unauthorized"
+        assert token not in json.dumps(doc)
+        assert agent.request("GET", "/v1/status", None, headers)[0] == 401
+    code, doc = agent.request("POST", "/v1/predict", body, good)
+    assert code == 200 and doc["predictions"][0]["class"] == 0
+    assert agent.request("GET", "/v1/status", None, good)[0] == 200
+    assert agent.get("/v1/health")[0] == 200  # liveness probes need no token

@@ -289,3 +289,27 @@ def test_an_endpoint_that_cannot_be_built_at_start_is_reported_broken(
         resp = c.post(f"{API}/ghost/predict", json={"inputs": [[0.0] * 64]})
         assert resp.status_code == 503 and "broken" in resp.json()["detail"]
         c.delete(f"{API}/ghost")
+
+
+def test_a_public_endpoint_predicts_without_a_token_and_nothing_else_opens(
+    client: TestClient,
+) -> None:
+    x, _ = digits_rows()
+    body = {"inputs": x[:2].tolist()}
+    anon = TestClient(client.app)  # same app, no Authorization header
+    closed = {**example("sync.json"), "name": "digits-closed"}
+    opened = {**example("sync.json"), "name": "digits-open", "public": True}
+    for spec in (closed, opened):
+        assert client.post(API, json=spec).status_code == 201
+    refused = anon.post(f"{API}/digits-closed/predict", json=body)
+    assert refused.status_code == 401 and "viewer" in refused.json()["detail"]
+    answered = anon.post(f"{API}/digits-open/predict", json=body)
+    assert answered.status_code == 200, answered.text
+    assert len(answered.json()["predictions"]) == 2
+    # the endpoint's other routes still need a token: public is for predicting only
+    assert anon.get(f"{API}/digits-open").status_code == 401
+    assert anon.get(f"{API}/digits-open/stats").status_code == 401
+    assert anon.post(f"{API}/digits-open/jobs", json=body).status_code == 401
+    assert anon.put(f"{API}/digits-open", json={**opened, "public": False}).status_code == 401
+    assert client.put(f"{API}/digits-open", json={**opened, "public": False}).status_code == 200
+    assert anon.post(f"{API}/digits-open/predict", json=body).status_code == 401
