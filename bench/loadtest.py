@@ -103,8 +103,11 @@ def start_server(key: str, args: list[str], path: str) -> contextlib.AbstractCon
 
 
 # -- setup ------------------------------------------------------------------------------------
+TOKEN: list[str] = []  # the hub data dir's admin token, once prepare_hub has opened it
+
+
 def prepare_hub(hub_data: Path) -> None:
-    """The digits MLP in the registry (trained now if missing), ONNX fp32."""
+    """The digits MLP in the registry (trained now if missing), ONNX fp32; its admin token."""
     from cloud_hub.errors import NotFound
     from cloud_hub.hub import Hub
     from cloud_hub.settings import HubSettings
@@ -126,6 +129,7 @@ def prepare_hub(hub_data: Path) -> None:
             )
             if run.status != "succeeded":
                 raise RuntimeError(f"training failed: {run.error}") from None
+        TOKEN[:] = [hub.admin_token]
     finally:
         hub.close()
 
@@ -135,8 +139,9 @@ def post_endpoint(port: int) -> None:
 
     spec = json.loads((ROOT / "examples" / "endpoints" / "sync.json").read_text())
     base = f"http://127.0.0.1:{port}/api/v1/endpoints"
-    httpx.delete(f"{base}/{spec['name']}", timeout=30)
-    resp = httpx.post(base, json=spec, timeout=60)
+    auth = {"Authorization": f"Bearer {TOKEN[0]}"}
+    httpx.delete(f"{base}/{spec['name']}", timeout=30, headers=auth)
+    resp = httpx.post(base, json=spec, timeout=60, headers=auth)
     resp.raise_for_status()
 
 
@@ -150,7 +155,7 @@ def digit_payloads() -> list[Payload]:
 
 
 def warm(server: Server, payloads: list[Payload]) -> None:
-    target = Target("127.0.0.1", server.port, server.path)
+    target = Target("127.0.0.1", server.port, server.path, TOKEN[0] if TOKEN else None)
     run_load(target, payloads, rate=200, duration_s=1.0)
 
 
@@ -169,7 +174,7 @@ def measure(
 ) -> tuple[LoadTestResult, float, float | None]:
     """The result, the server's CPU (cores), and the rate the server saw: arrivals over their
     span, (n - 1) / (last - first) (trivial server only)."""
-    target = Target("127.0.0.1", server.port, server.path)
+    target = Target("127.0.0.1", server.port, server.path, TOKEN[0] if TOKEN else None)
     server_arrivals(server)
     srv0, wall0 = server.cpu_s(), time.perf_counter()
     result = run_load(target, payloads, rate=rate, duration_s=seconds)

@@ -153,10 +153,22 @@ def start_server(
     return servers.start_server(script, key, args, path, health=health, cwd=src)
 
 
+# -- the hub's token ----------------------------------------------------------------------------
+AUTH: dict[str, str] = {}  # the hub data dir's admin token (prepare_hub), sent to every server
+
+
+def use_token(hub_data: Path) -> None:
+    from cloud_hub.settings import HubSettings
+
+    token = HubSettings(data_dir=hub_data).admin_token_path.read_text().strip()
+    AUTH["Authorization"] = f"Bearer {token}"
+
+
 # -- the load generator -----------------------------------------------------------------------
 def request_bytes(port: int, path: str, body: bytes) -> bytes:
+    auth = "".join(f"{k}: {v}\r\n" for k, v in AUTH.items())
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -322,6 +334,7 @@ def prepare_hub(hub_data: Path) -> tuple[Path, list[str], float]:
         artifact = next(a for a in version.artifacts if (a.format, a.precision) == ("onnx", "fp32"))
         model = hub_data / "bench-cnn.onnx"
         model.write_bytes(hub.registry.artifact_blob(artifact.sha256))
+        use_token(hub_data)  # Hub.open made it
         return model, list(version.labels), train_s
     finally:
         hub.close()
@@ -350,8 +363,8 @@ def post_endpoint(port: int, spec: dict[str, Any]) -> None:
     import httpx
 
     base = f"http://127.0.0.1:{port}/api/v1/endpoints"
-    httpx.delete(f"{base}/{spec['name']}", timeout=30)
-    response = httpx.post(base, json=spec, timeout=60)
+    httpx.delete(f"{base}/{spec['name']}", timeout=30, headers=AUTH)
+    response = httpx.post(base, json=spec, timeout=60, headers=AUTH)
     if response.status_code != 201:
         raise RuntimeError(f"creating {spec['name']}: {response.status_code} {response.text}")
 
@@ -374,7 +387,7 @@ def check_same_answers(servers: dict[str, Server], bodies: list[bytes]) -> None:
             r = httpx.post(
                 f"http://127.0.0.1:{s.port}{s.path}",
                 content=body,
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", **AUTH},
                 timeout=30,
             )
             r.raise_for_status()
@@ -838,7 +851,9 @@ def ceiling_lines(cells: dict[tuple[str, int], Cell], levels: list[int]) -> str:
 def _batch_stats(port: int) -> dict[str, Any]:
     import httpx
 
-    stats = httpx.get(f"http://127.0.0.1:{port}/api/v1/endpoints/bench-batch/stats").json()
+    stats = httpx.get(
+        f"http://127.0.0.1:{port}/api/v1/endpoints/bench-batch/stats", headers=AUTH
+    ).json()
     snap: dict[str, Any] = stats.get("batching", {}).get("cnn", {})
     return {k: snap.get(k) for k in ("batches", "rows", "mean_batch_size", "max_batch_size")}
 
