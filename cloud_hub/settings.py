@@ -86,7 +86,18 @@ class HubSettings(BaseModel):
         default=None, description="default: the hub user of `edgepilot hub broker-config`"
     )
     mqtt_password: str | None = None
-    mqtt_client_id: str = "edgepilot-hub"
+    mqtt_client_id: str = Field(
+        default="edgepilot-hub",
+        description="asked for; a broker from `edgepilot hub broker-config` uses the username",
+    )
+    mqtt_tls: bool = Field(
+        default=False, description="TLS to the broker (1.2+), its certificate and name checked"
+    )
+    mqtt_ca_file: Path | None = Field(
+        default=None,
+        description="CA the broker's certificate is checked against [default: the fleet CA "
+        "`{data_dir}/mosquitto/ca.crt` when there is one, else the system's CAs]",
+    )
     mqtt_keepalive_s: int = Field(default=30, ge=5)
     mqtt_session_expiry_s: int = Field(
         default=24 * 3600, ge=0, description="MQTT 5: the broker keeps the hub's queue this long"
@@ -95,6 +106,10 @@ class HubSettings(BaseModel):
         default=None, description="broker address given to devices [default: mqtt_host]"
     )
     device_broker_port: int | None = Field(default=None, ge=1, le=65535)
+    device_broker_tls: bool | None = Field(
+        default=None,
+        description="devices use TLS (their agent.toml gets the fleet CA) [default: mqtt_tls]",
+    )
     topic_root: str = Field(default="ep", pattern=r"^[A-Za-z0-9._-]+$")
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1024, le=64 * 1024 * 1024)
     fleet_poll_s: float = Field(default=0.5, gt=0)

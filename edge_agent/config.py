@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.signing import InvalidPublicKey, check_public_key
 
@@ -32,6 +39,12 @@ class _Section(BaseModel):
 
 
 class MqttSettings(_Section):
+    """The broker connection. With `tls = true` the agent speaks TLS (1.2 or newer) and checks
+    the broker's certificate and host name against `ca_file` (a PEM file; relative to the config
+    file) or `ca_pem` (the PEM text itself, as the hub writes it into agent.toml), else against
+    the system's trusted CAs. A CA without `tls = true` is refused: it would silently not be used.
+    """
+
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
@@ -41,6 +54,24 @@ class MqttSettings(_Section):
     max_inflight: int = Field(default=64, ge=1)
     reconnect_min_s: int = Field(default=1, ge=1)
     reconnect_max_s: int = Field(default=10, ge=1)
+    tls: bool = False
+    ca_file: Path | None = None
+    ca_pem: str | None = None
+
+    @field_validator("ca_pem")
+    @classmethod
+    def _pem(cls, value: str | None) -> str | None:
+        if value is not None and "-----BEGIN CERTIFICATE-----" not in value:
+            raise ValueError("not a PEM certificate (no BEGIN CERTIFICATE line)")
+        return value
+
+    @model_validator(mode="after")
+    def _ca_needs_tls(self) -> MqttSettings:
+        if (self.ca_file is not None or self.ca_pem is not None) and not self.tls:
+            raise ValueError("a CA (ca_file or ca_pem) is given but tls is false")
+        if self.ca_file is not None and self.ca_pem is not None:
+            raise ValueError("give ca_file or ca_pem, not both")
+        return self
 
 
 class HttpSettings(_Section):
@@ -121,6 +152,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
 }
 _TOP_LEVEL = [name for name in AgentSettings.model_fields if name not in _SECTIONS]
+_SECRET_LOCS = ("mqtt", "mqtt.password")
 
 
 def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
@@ -169,10 +201,18 @@ def load_settings(path: Path, env: Mapping[str, str] | None = None) -> AgentSett
                 lines.append(f"{path}: {where}: unknown key")
             else:
                 shown = repr(error.get("input"))
-                if where == "mqtt.password" or len(shown) > 60:
-                    shown = shown[:57] + "..." if where != "mqtt.password" else "***"
+                if where in _SECRET_LOCS:  # the whole [mqtt] table holds the password too
+                    lines.append(f"{path}: {where}{source}: {error['msg']}")
+                    continue
+                if len(shown) > 60:
+                    shown = shown[:57] + "..."
                 lines.append(f"{path}: {where}{source}: {error['msg']} (got {shown})")
         raise ConfigError("\n".join(lines)) from None
     if not settings.data_dir.is_absolute():
         settings.data_dir = (path.parent / settings.data_dir).resolve()
+    ca_file = settings.mqtt.ca_file
+    if ca_file is not None and not ca_file.is_absolute():
+        settings.mqtt.ca_file = (path.parent / ca_file).resolve()
+    if settings.mqtt.ca_file is not None and not settings.mqtt.ca_file.is_file():
+        raise ConfigError(f"{path}: mqtt.ca_file: no such file {settings.mqtt.ca_file}")
     return settings

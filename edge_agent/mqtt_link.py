@@ -5,6 +5,11 @@ backoff. On every (re)connect the link publishes the retained online status and 
 device's inbound topics; handlers registered with `on(kind, fn)` get the raw payloads, and
 `on_connect` listeners hear about each new session (to re-request what was in flight).
 Handlers run on paho's thread: they must be quick (hand real work to another thread).
+
+The broker knows the agent by its username: a broker configured by `edgepilot hub
+broker-config` replaces the client id the agent asks for with it (`use_username_as_clientid`),
+so nothing here relies on that id. With `tls = true` the link speaks TLS 1.2 or newer and checks
+the broker's certificate and host name (`tls_context`).
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_agent.config import MqttSettings
 from edge_agent.wire import DeviceStatus, TopicKind, Topics
 
-__all__ = ["MqttLink", "make_client"]
+__all__ = ["MqttLink", "make_client", "tls_context"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,21 @@ def make_client(device_id: str) -> mqtt.Client:
         protocol=mqtt.MQTTv311,
         clean_session=True,
     )
+
+
+def tls_context(ca_file: Path | None = None, ca_pem: str | None = None) -> ssl.SSLContext:
+    """A client context that verifies the broker: its chain against `ca_file` or `ca_pem` (else
+    the system's CAs) and its host name against the certificate; TLS 1.2 at least."""
+    if ca_file is not None or ca_pem is not None:
+        ctx = ssl.create_default_context(
+            cafile=str(ca_file) if ca_file is not None else None, cadata=ca_pem
+        )
+    else:
+        ctx = ssl.create_default_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def tcp_no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -81,6 +103,8 @@ class MqttLink:
         s = self.settings
         if s.username:
             c.username_pw_set(s.username, s.password)
+        if s.tls:
+            c.tls_set_context(tls_context(s.ca_file, s.ca_pem))
         c.max_inflight_messages_set(s.max_inflight)
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(s.reconnect_min_s, max(s.reconnect_min_s, s.reconnect_max_s))
@@ -129,7 +153,8 @@ class MqttLink:
             return
         self.connections += 1
         log.info(
-            "connected to mqtt://%s:%d (session %d)",
+            "connected to %s://%s:%d (session %d)",
+            "mqtts" if self.settings.tls else "mqtt",
             self.settings.host,
             self.settings.port,
             self.connections,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,90 @@ def _one_blas_thread() -> Iterator[None]:
 
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+class SecureMosquitto:
+    """A real Mosquitto configured by `edgepilot hub broker-config` for a hub's data dir: its
+    passwords, the direction-specific ACL, the username as client id, the packet size limit and
+    (`tls`) a TLS-only listener with the fleet CA's certificate for 127.0.0.1 and localhost.
+
+    The only line added to the generated config sends the broker's log to `log` (tests read
+    what it did: who connected as whom, whom it disconnected and why). `configure()` runs the
+    CLI again (after registrations: `reload()` sends SIGHUP for the password and ACL files).
+    """
+
+    def __init__(
+        self, data_dir: Path, workdir: Path, *, tls: bool = True, args: tuple[str, ...] = ()
+    ) -> None:
+        self.data_dir = data_dir
+        self.workdir = workdir
+        self.tls = tls
+        self.args = args
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.conf = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
+        self.ca_file = data_dir / "mosquitto" / "ca.crt"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def configure(self) -> None:
+        listen = f"{self.host}:{self.port}"
+        cmd = ["hub", "broker-config", "--no-persistence", "-o", str(self.conf)]
+        if self.tls:
+            cmd += ["--tls", "--tls-listen", listen, "--tls-host", "127.0.0.1"]
+            cmd += ["--tls-host", "localhost"]
+        else:
+            cmd += ["--listen", listen]
+        env = {**os.environ, "EDGEPILOT_DATA_DIR": str(self.data_dir), "COLUMNS": "200"}
+        done = run_cli([*cmd, *self.args], env, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"broker-config failed ({done.returncode}): {done.stderr}")
+        with self.conf.open("a") as fh:
+            fh.write(f"log_dest file {self.log}\n")
+
+    def start(self) -> SecureMosquitto:
+        if not self.conf.exists():
+            self.configure()
+        self.proc = subprocess.Popen(
+            [_mosquitto(), "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto reads the password and ACL files again, keeping its clients."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def secure_mosquitto(tmp_path: Path) -> Iterator[Callable[..., SecureMosquitto]]:
+    """`secure_mosquitto(hub_data_dir, tls=True, args=())`: a started SecureMosquitto for the
+    hub of that data dir (register its devices first, or `configure()` and `reload()` after)."""
+    brokers: list[SecureMosquitto] = []
+
+    def make(data_dir: Path, *, tls: bool = True, args: tuple[str, ...] = ()) -> SecureMosquitto:
+        broker = SecureMosquitto(
+            data_dir, _mkdir(tmp_path / f"secure-broker-{len(brokers)}"), tls=tls, args=args
+        )
+        brokers.append(broker)
+        return broker.start()
+
+    yield make
+    for broker in brokers:
+        broker.stop()

@@ -26,8 +26,8 @@ from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, State, fail, user_errors
 from cloud_hub.cli.base import state as _state
 from cloud_hub.errors import InvalidInput
+from cloud_hub.fleet.broker_auth import DEFAULT_MAX_PACKET_SIZE
 from cloud_hub.fleet.schemas import (
-    BrokerInfo,
     Deployment,
     DeploymentCreate,
     Device,
@@ -237,6 +237,12 @@ def agent_config(reg: DeviceRegistration, *, data_dir: str = "./agent-data") -> 
         f"username = {_toml_str(reg.username)}",
         f"password = {_toml_str(reg.password)}",
         f"topic_root = {_toml_str(reg.broker.topic_root)}",
+    ]
+    if reg.broker.tls:
+        lines.append("tls = true  # the broker's certificate and name are checked")
+        if reg.broker.ca_pem is not None:  # PEM is base64 and dashes: a literal string holds it
+            lines.append(f"ca_pem = '''\n{reg.broker.ca_pem.strip()}\n'''")
+    lines += [
         "",
         "[http]",
         'host = "127.0.0.1"',
@@ -269,6 +275,13 @@ def devices_register(
         str | None, typer.Option(help="HOST:PORT of the broker, as the device reaches it.")
     ] = None,
     topic_root: Annotated[str | None, typer.Option(help="MQTT topic root [default: ep].")] = None,
+    broker_tls: Annotated[
+        bool | None,
+        typer.Option(
+            help="The device connects with TLS; its agent config gets the fleet CA "
+            "(`edgepilot hub broker-config --tls` makes it)."
+        ),
+    ] = None,
     write_config: Annotated[
         Path | None, typer.Option(help="Write the agent's config file (TOML) here.")
     ] = None,
@@ -290,9 +303,18 @@ def devices_register(
         )
         fleet = state.hub.fleet
         info = fleet.devices.broker
-        if broker is not None or topic_root is not None:
+        if broker is not None or topic_root is not None or broker_tls is not None:
             host, port = parse_address(broker, "--broker") if broker else (info.host, info.port)
-            info = BrokerInfo(host=host, port=port, topic_root=topic_root or info.topic_root)
+            tls = info.tls if broker_tls is None else broker_tls
+            info = info.model_copy(
+                update={
+                    "host": host,
+                    "port": port,
+                    "topic_root": topic_root or info.topic_root,
+                    "tls": tls,
+                    "ca_pem": info.ca_pem if tls else None,
+                }
+            )
         reg = fleet.devices.register(body, broker=info)
     if write_config is not None:
         _write_secret(write_config, agent_config(reg, data_dir=agent_data_dir))
@@ -574,22 +596,150 @@ def deployments_params(
 
 
 # -- broker config ------------------------------------------------------------------------------
+def _parse_infer_client(text: str) -> tuple[str, tuple[str, ...] | None]:
+    """NAME or NAME:DEVICE,DEVICE (the devices it may call; none given: all)."""
+    name, sep, devices = text.partition(":")
+    if not sep:
+        return name, None
+    listed = tuple(d for d in (p.strip() for p in devices.split(",")) if d)
+    if not listed:
+        raise InvalidInput(f"--infer-client {text!r}: expected NAME or NAME:DEVICE,DEVICE")
+    return name, listed
+
+
+def _tls_hosts(
+    explicit: list[str], listen_host: str, settings_hosts: list[str | None]
+) -> list[str]:
+    if explicit:
+        return explicit
+    import socket
+
+    hosts = [h for h in settings_hosts if h]
+    if listen_host not in ("0.0.0.0", "::", ""):
+        hosts.append(listen_host)
+    hosts += [socket.gethostname(), "localhost", "127.0.0.1"]
+    return list(dict.fromkeys(hosts))
+
+
 def broker_config(
     ctx: typer.Context,
-    listen: Annotated[str, typer.Option(help="HOST:PORT the broker listens on.")] = "0.0.0.0:1883",
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of a plain (no TLS) listener [default: 0.0.0.0:1883 without --tls, "
+            "none with it]."
+        ),
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write mosquitto.conf here.")
     ] = None,
     persistence: Annotated[bool, typer.Option(help="Keep retained state across restarts.")] = True,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="Add a TLS listener: makes the fleet CA (ca.key, ca.crt) once and a server "
+            "certificate for --tls-host (server.key, server.crt) in the auth files' directory.",
+        ),
+    ] = False,
+    tls_listen: Annotated[
+        str, typer.Option(help="HOST:PORT of the TLS listener (with --tls).")
+    ] = "0.0.0.0:8883",
+    tls_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A name or IP address devices and the hub dial (the certificate's SANs); "
+            "repeatable [default: the TLS host, this machine's name, localhost, 127.0.0.1]."
+        ),
+    ] = None,
+    max_packet_size: Annotated[
+        int,
+        typer.Option(
+            min=1024,
+            help="The largest MQTT packet a client may send; the client is disconnected above "
+            "it. The default holds a model chunk, a log batch of 250 records and an 8 MiB "
+            "inference request.",
+        ),
+    ] = DEFAULT_MAX_PACKET_SIZE,
+    viewer: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Add a read-only account NAME (status, reports, logs, telemetry, alerts); "
+            "repeatable. Its password goes to account-NAME.password (0600)."
+        ),
+    ] = None,
+    infer_client: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Add an account NAME or NAME:DEV,DEV that may publish inference requests to "
+            "devices (all, or those listed) and read their results; repeatable."
+        ),
+    ] = None,
+    remove_account: Annotated[
+        list[str] | None, typer.Option(help="Remove an account added before; repeatable.")
+    ] = None,
 ) -> None:
-    """A mosquitto.conf using the fleet's password and ACL files (written into the data dir;
-    each device may touch only its own topics). Run: mosquitto -c FILE."""
-    from cloud_hub.fleet.broker_auth import mosquitto_conf
+    """A mosquitto.conf using the fleet's password and ACL files (written into the data dir's
+    mosquitto/ folder): direction-specific rights per device, the username as client id, a
+    packet size limit, and with --tls a TLS listener. Run: mosquitto -c FILE.
 
+    Accounts added here are kept (accounts.json) and written again with every device
+    registration; `kill -HUP` the broker to reload passwords and ACL, restart it for a new
+    config or certificate."""
+    from cloud_hub.fleet.broker_auth import (
+        Account,
+        add_account,
+        min_packet_size,
+        mosquitto_conf,
+    )
+    from cloud_hub.fleet.broker_auth import remove_account as drop_account
+    from cloud_hub.fleet.tls import ensure_server_certificate
+
+    state = _state(ctx)
+    added: list[Path] = []
     with user_errors():
-        host, port = parse_address(listen, "--listen")
-        files = _state(ctx).hub.fleet.devices.write_broker_files()
-        text = mosquitto_conf(files, host=host, port=port, persistence=persistence)
+        settings = state.hub.settings
+        if max_packet_size < min_packet_size(settings.chunk_size):
+            raise InvalidInput(
+                f"--max-packet-size {max_packet_size} is too small for the hub's model chunks "
+                f"of {settings.chunk_size} bytes: at least {min_packet_size(settings.chunk_size)}"
+            )
+        plain = parse_address(listen, "--listen") if listen else None
+        if plain is None and not tls:
+            plain = ("0.0.0.0", 1883)
+        secure = parse_address(tls_listen, "--tls-listen") if tls else None
+        devices = state.hub.fleet.devices
+        for name in remove_account or []:
+            if not drop_account(devices.files, name):
+                raise InvalidInput(f"no broker account {name!r}")
+        for name in viewer or []:
+            added.append(add_account(devices.files, Account(name, "viewer")))
+        for text in infer_client or []:
+            name, listed = _parse_infer_client(text)
+            added.append(add_account(devices.files, Account(name, "infer", listed)))
+        files = devices.write_broker_files()
+        issued = False
+        if secure is not None:
+            hosts = _tls_hosts(
+                tls_host or [], secure[0], [settings.device_broker_host, settings.mqtt_host]
+            )
+            issued = ensure_server_certificate(files.tls, hosts)
+        text = mosquitto_conf(
+            files,
+            host=plain[0] if plain else None,
+            port=plain[1] if plain else None,
+            tls_host=secure[0] if secure else None,
+            tls_port=secure[1] if secure else None,
+            persistence=persistence,
+            max_packet_size=max_packet_size,
+        )
+    for secret in added:
+        render.err_console.print(f"account password in {secret}")
+    if secure is not None:
+        render.err_console.print(
+            f"fleet CA {files.tls.ca_cert} (agents and the hub verify the broker with it)"
+            + ("; new server certificate: restart the broker" if issued else "")
+        )
     if output is None:
         print(text, end="")
     else:

@@ -610,9 +610,25 @@ def hub_serve(
             "saves about 50 µs of CPU a request."
         ),
     ] = True,
+    mqtt_tls: Annotated[
+        bool,
+        typer.Option(
+            help="TLS to the broker, checked against --mqtt-ca-file or the fleet CA of "
+            "`hub broker-config --tls`; devices registered by this hub use TLS too."
+        ),
+    ] = False,
+    mqtt_ca_file: Annotated[
+        Path | None, typer.Option(help="CA file the broker's certificate is checked against.")
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="Serve HTTPS with this certificate (PEM; with its chain)."),
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The certificate's private key.")] = None,
 ) -> None:
     """Serve the REST API (docs at /docs), run scheduled training and, with --mqtt, the
-    fleet's MQTT service (desired state, model transfer, logs and telemetry)."""
+    fleet's MQTT service (desired state, model transfer, logs and telemetry). With
+    --tls-cert/--tls-key the API is served over HTTPS only."""
     import uvicorn
 
     from cloud_hub.api.app import create_app
@@ -624,6 +640,14 @@ def hub_serve(
 
         with user_errors():
             broker["mqtt_host"], broker["mqtt_port"] = parse_address(mqtt, "--mqtt")
+    if mqtt_tls or mqtt_ca_file is not None:
+        broker["mqtt_tls"] = True
+        broker["mqtt_ca_file"] = mqtt_ca_file
+    if (tls_cert is None) != (tls_key is None):
+        raise fail("--tls-cert and --tls-key go together")
+    for path in (tls_cert, tls_key, mqtt_ca_file):
+        if path is not None and not path.is_file():
+            raise fail(f"no such file: {path}")
     settings = state.settings(
         host=host,
         port=port,
@@ -634,11 +658,19 @@ def hub_serve(
         **broker,
     )
     hub = Hub.open(settings)
+    scheme = "https" if tls_cert is not None else "http"
     render.err_console.print(
-        f"EdgePilot hub on http://{host}:{port}  (data: {settings.data_dir}, docs: /docs)"
+        f"EdgePilot hub on {scheme}://{host}:{port}  (data: {settings.data_dir}, docs: /docs)"
     )
     try:
-        uvicorn.run(create_app(hub), host=host, port=port, log_level="info")
+        uvicorn.run(
+            create_app(hub),
+            host=host,
+            port=port,
+            log_level="info",
+            ssl_certfile=str(tls_cert) if tls_cert is not None else None,
+            ssl_keyfile=str(tls_key) if tls_key is not None else None,
+        )
     finally:
         hub.close()
 

@@ -1,38 +1,124 @@
 """Mosquitto authentication for the fleet: password hashes, the password and ACL files, a config.
 
-Each device logs in to the broker as its own user and may touch only `{root}/dev/{its id}/#`;
-the hub's user may touch everything under `{root}/`. The files are written atomically into
-`{data_dir}/mosquitto/` and regenerated from the devices table on every registration (Mosquitto
-re-reads them on SIGHUP or restart).
+Every client logs in as its own user, and the generated mosquitto.conf makes the broker use that
+username as the client id (`use_username_as_clientid`): a credential can only ever displace a
+connection of its own account, never the hub's or another device's. Rights are per direction
+(`acl_rules`, the wire contract's topic kinds):
+
+    account                      may publish                          may read (subscribe)
+    device {id}                  {root}/dev/{id}/status report logs   {root}/dev/{id}/desired
+                                 telemetry fetch result               chunk ack infer
+    edgepilot-hub (fleet)        {root}/dev/+/desired chunk ack       {root}/dev/+/status report
+                                                                      logs telemetry fetch
+    edgepilot-hub-events-N       {root}/jobs/+, {root}/alerts         nothing
+    inference client (`infer`)   {root}/dev/{d}/infer                 {root}/dev/{d}/result
+                                 (d: its devices, or + for all)
+    viewer                       nothing                              {root}/dev/+/status report
+                                                                      logs telemetry, alerts
+
+Mosquitto applies `read` to subscriptions and to each delivery (retained messages included) and
+`write` to publishes and to a client's last will (checked when it connects): a device cannot
+forge its own desired state, acks or chunks, and its will can only say `status`. A publish the
+ACL refuses is acknowledged and dropped (MQTT 3.1.1 has no way to say no).
+
+Accounts and their secrets, all in `{data_dir}/mosquitto/` (files 0600):
+- `hub-password`: the hub's; the same password opens the `edgepilot-hub-events-N` accounts,
+  which the hub's publishers (job completions, alerts) claim one per client
+  (`claim_events_account`), so that they never share the fleet service's persistent session.
+- devices: a fresh password each at registration (only the hash is kept, in the database).
+- inference clients and viewers: `accounts.json` lists them (name, role, devices) and
+  `account-{name}.password` holds each one's password, made when the account is added
+  (`edgepilot hub broker-config --viewer NAME --infer-client NAME[:DEVICE,...]`) and kept.
+
+The password and ACL files are written atomically and regenerated from the devices table and
+the accounts on every registration and every `broker-config` (Mosquitto re-reads them on SIGHUP
+without dropping anyone; a changed mosquitto.conf or certificate needs a restart).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import getpass
 import hashlib
 import hmac
+import json
 import os
+import re
 import secrets
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Literal
+
+from cloud_hub.errors import InvalidInput
+from cloud_hub.fleet.tls import TlsFiles
+from cloud_hub.settings import HubSettings
+from edge_agent.wire import TopicKind, Topics
 
 __all__ = [
+    "DEFAULT_MAX_PACKET_SIZE",
+    "EVENTS_ACCOUNTS",
     "HUB_USER",
+    "Account",
     "BrokerFiles",
+    "EventsAccount",
+    "Grant",
+    "acl_rules",
+    "add_account",
+    "account_password",
+    "claim_events_account",
+    "events_users",
     "hash_password",
+    "hub_ca_file",
     "hub_password",
+    "load_accounts",
+    "min_packet_size",
     "mosquitto_conf",
     "new_password",
+    "remove_account",
     "verify_password",
     "write_auth_files",
 ]
 
 HUB_USER = "edgepilot-hub"
+EVENTS_PREFIX = "edgepilot-hub-events-"
+EVENTS_ACCOUNTS = 16  # publisher clients (hub processes, workers, CLI) that may run at once
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd writes by default
 _SALT_BYTES = 12
+
+# The largest MQTT packet the broker takes from any client. What has to fit:
+# - a model chunk: min(hub chunk_size, agent transfer.chunk_size) bytes plus a ~200-byte header
+#   (defaults 256 KiB and 64 KiB; `min_packet_size` checks the hub's against the flag);
+# - a LogBatch: forwarder.batch_size records (250) of about 1.7 KB plus 10 bytes per output
+#   score: 250 records of 3,000 scores is about 7.9 MB;
+# - an inference request on `infer`: the agent's HTTP API takes bodies up to 8 MiB, MQTT the same.
+# A client that sends more is disconnected at the packet's header, before its payload is read.
+DEFAULT_MAX_PACKET_SIZE = 8 * 2**20
+PACKET_OVERHEAD = 64 * 1024  # topic, chunk header and MQTT framing, generously
+MOSQUITTO_MAX_PACKET = 268_435_455  # what MQTT's remaining-length field can say
+
+# Directions, per topic kind of the wire contract (tests check they cover every kind).
+DEVICE_PUBLISHES: tuple[TopicKind, ...] = (
+    "status",
+    "report",
+    "logs",
+    "telemetry",
+    "fetch",
+    "result",
+)
+DEVICE_READS: tuple[TopicKind, ...] = ("desired", "chunk", "ack", "infer")
+HUB_PUBLISHES: tuple[TopicKind, ...] = ("desired", "chunk", "ack")
+HUB_READS: tuple[TopicKind, ...] = ("status", "report", "logs", "telemetry", "fetch")
+INFER_PUBLISHES: tuple[TopicKind, ...] = ("infer",)
+INFER_READS: tuple[TopicKind, ...] = ("result",)
+VIEWER_READS: tuple[TopicKind, ...] = ("status", "report", "logs", "telemetry")
+
+Role = Literal["viewer", "infer"]
+ROLES: tuple[Role, ...] = ("viewer", "infer")
+_ACCOUNT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 
 
 def new_password() -> str:
@@ -72,6 +158,18 @@ class BrokerFiles:
     def hub_secret(self) -> Path:
         return self.directory / "hub-password"
 
+    @property
+    def accounts_file(self) -> Path:
+        return self.directory / "accounts.json"
+
+    def account_secret(self, name: str) -> Path:
+        return self.directory / f"account-{name}.password"
+
+    @property
+    def tls(self) -> TlsFiles:
+        """The CA and the broker's certificate (`cloud_hub.fleet.tls`), beside these files."""
+        return TlsFiles(self.directory)
+
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> BrokerFiles:
         return cls(data_dir / "mosquitto")
@@ -99,44 +197,274 @@ def hub_password(files: BrokerFiles) -> str:
     return files.hub_secret.read_text().strip()
 
 
+def hub_ca_file(settings: HubSettings) -> Path | None:
+    """The CA the hub's clients check the broker against (`mqtt_tls`): `mqtt_ca_file`, else the
+    fleet CA that `edgepilot hub broker-config --tls` made, else None (the system's CAs)."""
+    if settings.mqtt_ca_file is not None:
+        return settings.mqtt_ca_file
+    fleet_ca = BrokerFiles.in_data_dir(settings.data_dir).tls.ca_cert
+    return fleet_ca if fleet_ca.is_file() else None
+
+
+def events_users() -> list[str]:
+    """The accounts the hub's publishers (job completions, alerts) log in with."""
+    return [f"{EVENTS_PREFIX}{i}" for i in range(EVENTS_ACCOUNTS)]
+
+
+def _reserved(name: str) -> bool:
+    return name == HUB_USER or name.startswith(EVENTS_PREFIX)
+
+
+# -- inference-client and viewer accounts -----------------------------------------------------
+@dataclass(frozen=True)
+class Account:
+    """An account that is neither the hub nor a device. `devices` (role `infer` only): the
+    devices it may send inference requests to; None: all of them."""
+
+    name: str
+    role: Role
+    devices: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not _ACCOUNT_RE.match(self.name) or _reserved(self.name):
+            raise InvalidInput(
+                f"account name {self.name!r} is invalid: use 1-64 letters, digits, '.', '_' or "
+                f"'-', starting with a letter, and not {HUB_USER!r} or {EVENTS_PREFIX}*"
+            )
+        if self.role not in ROLES:
+            raise InvalidInput(f"account role {self.role!r}: choose from {list(ROLES)}")
+        if self.devices is not None:
+            if self.role != "infer":
+                raise InvalidInput("only an inference client is limited to devices")
+            for dev in self.devices:
+                if not _ACCOUNT_RE.match(dev):
+                    raise InvalidInput(f"device id {dev!r} is not a valid topic level")
+
+
+def load_accounts(files: BrokerFiles) -> list[Account]:
+    if not files.accounts_file.exists():
+        return []
+    raw = json.loads(files.accounts_file.read_text())
+    accounts = []
+    for entry in raw.get("accounts", []):
+        devices = entry.get("devices")
+        accounts.append(
+            Account(
+                name=str(entry["name"]),
+                role=entry["role"],
+                devices=None if devices is None else tuple(str(d) for d in devices),
+            )
+        )
+    return accounts
+
+
+def _save_accounts(files: BrokerFiles, accounts: Iterable[Account]) -> None:
+    doc = {
+        "accounts": [
+            {
+                "name": a.name,
+                "role": a.role,
+                "devices": None if a.devices is None else list(a.devices),
+            }
+            for a in sorted(accounts, key=lambda a: a.name)
+        ]
+    }
+    _write_private(files.accounts_file, json.dumps(doc, indent=2) + "\n")
+
+
+def add_account(files: BrokerFiles, account: Account) -> Path:
+    """Add (or change the role/devices of) an account; its password is made once and kept in
+    the returned 0600 file. Rewrite the auth files afterwards (`write_auth_files`)."""
+    others = [a for a in load_accounts(files) if a.name != account.name]
+    secret = files.account_secret(account.name)
+    if not secret.exists():
+        _write_private(secret, new_password() + "\n")
+    _save_accounts(files, [*others, account])
+    return secret
+
+
+def remove_account(files: BrokerFiles, name: str) -> bool:
+    """Drop an account and its password file; False when there was none."""
+    accounts = load_accounts(files)
+    kept = [a for a in accounts if a.name != name]
+    files.account_secret(name).unlink(missing_ok=True)
+    if len(kept) == len(accounts):
+        return False
+    _save_accounts(files, kept)
+    return True
+
+
+def account_password(files: BrokerFiles, name: str) -> str:
+    return files.account_secret(name).read_text().strip()
+
+
+# -- the ACL ----------------------------------------------------------------------------------
+def event_topics(topic_root: str) -> tuple[str, str]:
+    """(job completions filter, alerts topic) the hub's publishers write: the serving and
+    monitoring packages' `job_topic(root, "+")` and `alerts_topic(root)`, which the fleet may not
+    import (they are its peers); a test holds the two spellings together."""
+    return f"{topic_root}/jobs/+", f"{topic_root}/alerts"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One ACL line: `topic read|write TOPIC`."""
+
+    access: Literal["read", "write"]
+    topic: str
+
+
+def acl_rules(
+    device_ids: Iterable[str], accounts: Iterable[Account], *, topic_root: str
+) -> dict[str, list[Grant]]:
+    """Username → what it may read and write (see the module's table)."""
+    t = Topics(topic_root)
+    jobs, alerts = event_topics(topic_root)
+
+    def grants(dev: str, write: Sequence[TopicKind], read: Sequence[TopicKind]) -> list[Grant]:
+        return [Grant("write", t.device(dev, k)) for k in write] + [
+            Grant("read", t.device(dev, k)) for k in read
+        ]
+
+    rules: dict[str, list[Grant]] = {HUB_USER: grants("+", HUB_PUBLISHES, HUB_READS)}
+    for user in events_users():
+        rules[user] = [Grant("write", jobs), Grant("write", alerts)]
+    for dev in sorted(device_ids):
+        rules[dev] = grants(dev, DEVICE_PUBLISHES, DEVICE_READS)
+    for acc in sorted(accounts, key=lambda a: a.name):
+        if acc.role == "viewer":
+            rules[acc.name] = grants("+", (), VIEWER_READS) + [Grant("read", alerts)]
+        else:
+            rules[acc.name] = [
+                g
+                for dev in (acc.devices or ("+",))
+                for g in grants(dev, INFER_PUBLISHES, INFER_READS)
+            ]
+    return rules
+
+
 def write_auth_files(
     files: BrokerFiles, devices: Iterable[tuple[str, str]], *, topic_root: str
 ) -> None:
-    """Password and ACL files for the hub user and each (device id, password hash)."""
+    """Password and ACL files for the hub's accounts, each (device id, password hash) and the
+    accounts of `accounts.json`. A device id that is also an account's name is refused."""
     devices = sorted(devices)
-    hub_hash = hash_password(hub_password(files))
-    passwd = [f"{HUB_USER}:{hub_hash}"] + [f"{dev}:{hashed}" for dev, hashed in devices]
-    acl = [f"user {HUB_USER}", f"topic readwrite {topic_root}/#", ""]
-    for dev, _ in devices:
-        acl += [f"user {dev}", f"topic readwrite {topic_root}/dev/{dev}/#", ""]
+    accounts = load_accounts(files)
+    taken = {HUB_USER, *events_users(), *(a.name for a in accounts)}
+    clash = sorted(dev for dev, _ in devices if dev in taken)
+    if clash:
+        raise InvalidInput(f"device id(s) {clash} are the names of broker accounts")
+    hub_secret = hub_password(files)
+    passwd = [f"{HUB_USER}:{hash_password(hub_secret)}"]
+    passwd += [f"{user}:{hash_password(hub_secret)}" for user in events_users()]
+    passwd += [f"{dev}:{hashed}" for dev, hashed in devices]
+    passwd += [f"{a.name}:{hash_password(account_password(files, a.name))}" for a in accounts]
+    rules = acl_rules([dev for dev, _ in devices], accounts, topic_root=topic_root)
+    acl = ["# written by EdgePilot (cloud_hub.fleet.broker_auth): regenerated, do not edit", ""]
+    for user, user_grants in rules.items():
+        acl.append(f"user {user}")
+        acl += [f"topic {g.access} {g.topic}" for g in user_grants]
+        acl.append("")
     _write_private(files.password_file, "\n".join(passwd) + "\n")
     _write_private(files.acl_file, "\n".join(acl))
+
+
+# -- the hub's publisher accounts ---------------------------------------------------------------
+@dataclass
+class EventsAccount:
+    """An `edgepilot-hub-events-N` account held by this client until `release()`."""
+
+    username: str
+    password: str
+    _lock: IO[bytes] | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                self._lock.close()  # closing drops the flock
+            self._lock = None
+
+
+def claim_events_account(files: BrokerFiles) -> EventsAccount:
+    """One of the publisher accounts no other client on this data directory holds (an exclusive
+    flock on `locks/events-N`, dropped when released or when the process ends).
+
+    The broker takes the username as client id, so two publishers on one account would
+    disconnect each other in turn; the hub's fleet service has an account of its own for the
+    same reason. When all are held, the last one is shared (and a warning is the caller's)."""
+    password = hub_password(files)
+    locks = files.directory / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    users = events_users()
+    for user in users:
+        fh = (locks / user).open("ab")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        return EventsAccount(user, password, fh)
+    return EventsAccount(users[-1], password, None)
+
+
+# -- mosquitto.conf ---------------------------------------------------------------------------
+def min_packet_size(chunk_size: int) -> int:
+    """The smallest `max_packet_size` through which the hub's chunks of `chunk_size` pass."""
+    return chunk_size + PACKET_OVERHEAD
 
 
 def mosquitto_conf(
     files: BrokerFiles,
     *,
-    host: str,
-    port: int,
+    host: str | None = None,
+    port: int | None = None,
+    tls_host: str | None = None,
+    tls_port: int | None = None,
     persistence: bool = True,
     user: str | None = None,
+    max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
 ) -> str:
-    """A mosquitto.conf that authenticates with the fleet's files.
+    """A mosquitto.conf that authenticates with the fleet's files: a plain listener on
+    host:port and/or a TLS one on tls_host:tls_port (the CA's server certificate, TLS 1.2 or
+    newer; `cloud_hub.fleet.tls.ensure_server_certificate` must have written it).
 
-    The queue limits are raised: Mosquitto's default `max_queued_messages 1000` silently drops
-    QoS 1 messages to a slow subscriber, e.g. a hub ingesting an offline device's backlog.
-    `user` (default: whoever runs this, who owns the 0600 files) is the account Mosquitto
-    switches to when started as root; otherwise it would become `mosquitto` and not read them.
+    Every listener takes the username as client id. `max_packet_size` bounds what one client
+    may send (see DEFAULT_MAX_PACKET_SIZE). The queue limits are raised: Mosquitto's default
+    `max_queued_messages 1000` silently drops QoS 1 messages to a slow subscriber, e.g. a hub
+    ingesting an offline device's backlog. `set_tcp_nodelay`: without it every ack waits on
+    Nagle's algorithm. `user` (default: whoever runs this, who owns the 0600 files) is the
+    account Mosquitto switches to when started as root; otherwise it would become `mosquitto`
+    and not read them.
     """
-    lines = [
-        "# written by `edgepilot hub broker-config`",
-        f"listener {port} {host}",
+    if (host is None) != (port is None) or (tls_host is None) != (tls_port is None):
+        raise ValueError("a listener needs both a host and a port")
+    if port is None and tls_port is None:
+        raise ValueError("no listener: give host/port, tls_host/tls_port or both")
+    if not 1024 <= max_packet_size <= MOSQUITTO_MAX_PACKET:
+        raise ValueError(f"max_packet_size must be 1024..{MOSQUITTO_MAX_PACKET} bytes")
+    lines = ["# written by `edgepilot hub broker-config`"]
+    if port is not None:
+        lines += [f"listener {port} {host}", "use_username_as_clientid true"]
+    if tls_port is not None:
+        tls = files.tls
+        lines += [
+            f"listener {tls_port} {tls_host}",
+            "use_username_as_clientid true",
+            f"cafile {tls.ca_cert}",
+            f"certfile {tls.server_cert}",
+            f"keyfile {tls.server_key}",
+            "tls_version tlsv1.2",
+        ]
+    lines += [
+        "",
         f"user {user or getpass.getuser()}",
         "allow_anonymous false",
         f"password_file {files.password_file}",
         f"acl_file {files.acl_file}",
+        f"max_packet_size {max_packet_size}",
         "max_queued_messages 100000",
         "max_inflight_messages 1000",
+        "set_tcp_nodelay true",
     ]
     if persistence:
         lines += ["persistence true", f"persistence_location {files.directory}/"]

@@ -108,9 +108,16 @@ class DeviceStore:
             device=self.get(body.id),
             username=body.id,
             password=password,
-            broker=broker or self.broker,
+            broker=self._with_ca(broker or self.broker),
             hub_public_key=self.hub_public_key,
         )
+
+    def _with_ca(self, broker: BrokerInfo) -> BrokerInfo:
+        """A TLS broker's info with the fleet CA, when it was made after this store opened."""
+        ca = self.files.tls.ca_cert
+        if broker.tls and broker.ca_pem is None and ca.is_file():
+            return broker.model_copy(update={"ca_pem": ca.read_text()})
+        return broker
 
     def write_broker_files(self) -> BrokerFiles:
         rows = self.db.conn.execute("SELECT id, password_hash FROM devices").fetchall()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from cloud_hub.db import Database
+from cloud_hub.fleet.broker_auth import hub_ca_file
 from cloud_hub.fleet.deployments import DeploymentStore
 from cloud_hub.fleet.devices import DeviceStore
 from cloud_hub.fleet.schemas import BrokerInfo
@@ -15,11 +17,19 @@ from cloud_hub.signing import HubSigner
 
 def device_broker(settings: HubSettings) -> BrokerInfo:
     """The broker address handed to devices at registration."""
+    tls = settings.mqtt_tls if settings.device_broker_tls is None else settings.device_broker_tls
     return BrokerInfo(
         host=settings.device_broker_host or settings.mqtt_host or "127.0.0.1",
         port=settings.device_broker_port or settings.mqtt_port,
         topic_root=settings.topic_root,
+        tls=tls,
+        ca_pem=_read_ca(hub_ca_file(settings)) if tls else None,
     )
+
+
+def _read_ca(path: Path | None) -> str | None:
+    """The fleet CA's PEM (None: there is none yet, `DeviceStore.register` looks again)."""
+    return path.read_text() if path is not None and path.is_file() else None
 
 
 @dataclass

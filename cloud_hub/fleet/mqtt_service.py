@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from cloud_hub.artifact_store import ArtifactStore
 from cloud_hub.db import Database
-from cloud_hub.fleet.broker_auth import HUB_USER, BrokerFiles, hub_password
+from cloud_hub.fleet.broker_auth import HUB_USER, BrokerFiles, hub_ca_file, hub_password
 from cloud_hub.fleet.desired import DesiredStates
 from cloud_hub.fleet.errors import Rejected
 from cloud_hub.fleet.ingest import Ingest
@@ -44,7 +44,7 @@ from cloud_hub.fleet.rollout import Assignment, Rollout
 from cloud_hub.registry import Registry
 from cloud_hub.settings import HubSettings
 from cloud_hub.signing import HubSigner
-from edge_agent.mqtt_link import tcp_no_delay
+from edge_agent.mqtt_link import tcp_no_delay, tls_context
 from edge_agent.wire import (
     Ack,
     Chunk,
@@ -69,7 +69,12 @@ PUBLISH_TIMEOUT_S = 10.0
 
 def build_client(settings: HubSettings) -> mqtt.Client:
     """The hub's paho client (`mqtt_protocol`), with credentials: the settings' own, else the
-    hub user of the broker files that `edgepilot hub broker-config` writes."""
+    hub user of the broker files that `edgepilot hub broker-config` writes; with `mqtt_tls`,
+    TLS checked against `hub_ca_file`.
+
+    The session is persistent whatever the broker calls it: a broker configured by
+    `broker-config` replaces the client id asked for (`mqtt_client_id`) by the username and
+    keys the session on that, which only the hub's own account can take."""
     if settings.mqtt_protocol == "5":
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id, protocol=mqtt.MQTTv5
@@ -87,6 +92,8 @@ def build_client(settings: HubSettings) -> mqtt.Client:
         username = HUB_USER
         password = password or hub_password(BrokerFiles.in_data_dir(settings.data_dir))
     client.username_pw_set(username, password)
+    if settings.mqtt_tls:
+        client.tls_set_context(tls_context(hub_ca_file(settings)))
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     return client
 

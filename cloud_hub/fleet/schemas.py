@@ -65,6 +65,10 @@ class BrokerInfo(BaseModel):
     host: str
     port: int
     topic_root: str
+    tls: bool = Field(default=False, description="the device connects with TLS")
+    ca_pem: str | None = Field(
+        default=None, description="with tls: the CA the device checks the broker against (PEM)"
+    )
 
 
 class DeviceRegistration(BaseModel):

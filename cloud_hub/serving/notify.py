@@ -69,13 +69,26 @@ class MqttPublisher:
                 protocol=mqtt.MQTTv311,
                 clean_session=True,
             )
-        username, password = settings.mqtt_username, settings.mqtt_password
-        if username is None:
-            from cloud_hub.fleet.broker_auth import HUB_USER, BrokerFiles, hub_password
+        from cloud_hub.fleet.broker_auth import (
+            BrokerFiles,
+            EventsAccount,
+            claim_events_account,
+            hub_ca_file,
+        )
+        from edge_agent.mqtt_link import tls_context
 
-            username = HUB_USER
-            password = password or hub_password(BrokerFiles.in_data_dir(settings.data_dir))
+        username, password = settings.mqtt_username, settings.mqtt_password
+        self._account: EventsAccount | None = None
+        if username is None:
+            # Not the fleet service's account: the broker takes the username as client id, and
+            # a second client on it would take over the hub's session. One publisher account
+            # per client (see broker_auth.claim_events_account).
+            self._account = claim_events_account(BrokerFiles.in_data_dir(settings.data_dir))
+            username = self._account.username
+            password = password or self._account.password
         self.client.username_pw_set(username, password)
+        if settings.mqtt_tls:
+            self.client.tls_set_context(tls_context(hub_ca_file(settings)))
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         self.client.max_inflight_messages_set(1000)
         self._connected = threading.Event()
@@ -133,3 +146,5 @@ class MqttPublisher:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        if self._account is not None:
+            self._account.release()

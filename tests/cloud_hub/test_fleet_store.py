@@ -87,7 +87,8 @@ def test_broker_config_authenticates_devices_and_confines_them(hub: Hub, tmp_pat
     b = hub.fleet.devices.register(DeviceCreate(id="dev-b"))
     files = hub.fleet.devices.write_broker_files()
     acl = files.acl_file.read_text()
-    assert "user dev-a\ntopic readwrite ep/dev/dev-a/#" in acl
+    assert "user dev-a\ntopic write ep/dev/dev-a/status\n" in acl
+    assert "topic read ep/dev/dev-a/desired\n" in acl and "readwrite" not in acl
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(mosquitto_conf(files, host="127.0.0.1", port=port, persistence=False))
