@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, Field
@@ -28,6 +28,10 @@ def resolve_data_dir(explicit: Path | None, env: Mapping[str, str]) -> Path:
     return default_data_dir()
 
 
+def _default_data_roots(data: dict[str, Any]) -> list[Path]:
+    return [Path(data["data_dir"]) / "datasets"]
+
+
 class HubSettings(BaseModel):
     data_dir: Path
     host: str = "127.0.0.1"
@@ -35,6 +39,15 @@ class HubSettings(BaseModel):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     scheduler_poll_s: float = Field(default=1.0, gt=0)
     run_scheduler: bool = True
+    # -- input hygiene (REST) ------------------------------------------------------------------
+    data_roots: list[Path] = Field(
+        default_factory=_default_data_roots,
+        description="the folders a REST caller may name files in (datasets, batch sources, "
+        "data caches); a relative path starts at the first [default: {data_dir}/datasets]",
+    )
+    max_json_body_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="JSON request body limit (413 above)"
+    )
     # -- serving endpoints ---------------------------------------------------------------------
     serving_max_body_bytes: int = Field(
         default=16 * 1024 * 1024, gt=0, description="predict request body limit (413 above)"

@@ -153,10 +153,11 @@ class ServingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_score: float | None = Field(default=None, ge=0, le=1)
+    # strict: a number, never a bool or a numeric string (`"shadow_sample": false` is a mistake)
+    min_score: float | None = Field(default=None, ge=0, le=1, strict=True)
     default_label: str | None = Field(default=None, min_length=1, max_length=200)
     disabled: bool = False
-    shadow_sample: float = Field(default=1.0, ge=0, le=1)
+    shadow_sample: float = Field(default=1.0, ge=0, le=1, strict=True)
 
 
 class DesiredState(Message):

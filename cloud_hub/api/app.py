@@ -14,6 +14,7 @@ from cloud_hub.api import (
     deployments,
     devices,
     endpoints,
+    hygiene,
     jobs,
     logs,
     metrics,
@@ -122,6 +123,7 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
 
     for module in (monitoring, alerts):
         app.include_router(module.router, prefix=API_PREFIX)
+    hygiene.install(app, hub.settings)  # error body, body limits, query and path checks: last
     return app
 
 

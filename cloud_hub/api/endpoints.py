@@ -7,6 +7,7 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
+from cloud_hub.api.hygiene import error_response
 from cloud_hub.hub import Hub
 from cloud_hub.serving import (
     BadInput,
@@ -179,14 +180,12 @@ async def predict(name: str, request: Request) -> Response:
 
 
 def _with_step(code: int, exc: Exception, step: str | None) -> JSONResponse:
-    content: dict[str, Any] = {"detail": str(exc), "error": type(exc).__name__}
-    if step is not None:
-        content["step"] = step
-    return JSONResponse(status_code=code, content=content)
+    return error_response(code, str(exc), type(exc).__name__, step=step)
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    """Serving errors as JSON that names the step at fault."""
+    """Serving errors as the API's error body (cloud_hub.api.hygiene.ErrorBody), naming the step
+    at fault."""
 
     @app.exception_handler(SpecError)
     async def spec_error(_: Request, exc: SpecError) -> JSONResponse:

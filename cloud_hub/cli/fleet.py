@@ -402,7 +402,10 @@ def deploy(
         int | None,
         typer.Argument(metavar="[ID]", help="With `promote`: the deployment.", show_default=False),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="Target one device.")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Target one device (several: give them a tag and deploy with --tag)."),
+    ] = None,
     tag: Annotated[str | None, typer.Option(help="Target every device with this tag.")] = None,
     group: Annotated[str | None, typer.Option(help="Target every device of this group.")] = None,
     artifact: Annotated[

@@ -745,6 +745,9 @@ _register_loadtest()
 def main() -> None:
     # TensorFlow's C++ logging is on by default and floods the terminal during conversion.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from cloud_hub.cli.strict import refuse_repeated_options
+
+    refuse_repeated_options(app)  # here: every command is registered by now
     try:
         app()
     except KeyboardInterrupt:

@@ -43,7 +43,9 @@ class BatchSource(BaseModel):
 
     kind: Literal["csv", "images", "table"]
     path: str | None = Field(
-        default=None, description="csv: the file; images: the folder (relative: the hub's dir)"
+        default=None,
+        description="csv: the file; images: the folder. Over REST it must lie inside the hub's "
+        "data roots (a relative path starts at the first); the CLI reads local paths",
     )
     table: str | None = Field(default=None, description="table: a table of the hub database")
     id_column: str = Field(default="id", description="csv/table: the column of row ids")

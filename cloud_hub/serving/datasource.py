@@ -19,7 +19,10 @@ class SourceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["folder", "csv"]
-    path: str = Field(description="folder or CSV file; relative paths from the hub's directory")
+    path: str = Field(
+        description="folder or CSV file. Over REST it must lie inside the hub's data roots (a "
+        "relative path starts at the first); from the CLI, relative to its working directory"
+    )
     id_column: str = Field(default="id", description="CSV: the column holding the ids")
     columns: list[str] | None = Field(
         default=None, description="CSV: feature columns, in order [default: all but the id]"

@@ -1,7 +1,9 @@
 """Built-in data sources: scikit-learn's bundled digits and iris, a CSV file, a folder of images.
 
 Every loader returns raw values plus what the preprocessing step needs to describe them; nothing
-is downloaded. Problems in the data raise `DatasetError` naming the file, column or row.
+is downloaded. Problems in the data raise `DatasetError` naming the file, line and column by
+position, never by what the file holds: an error travels to REST callers, and the file may be
+one they should not read (its content is no part of a message).
 """
 
 from __future__ import annotations
@@ -57,8 +59,11 @@ def _check_classes(name: str, y: np.ndarray, labels: list[str]) -> None:
         raise DatasetError(f"dataset {name!r} has {len(labels)} class(es); at least 2 are needed")
     counts = np.bincount(y, minlength=len(labels))
     if counts.min() < 2:
-        rare = labels[int(counts.argmin())]
-        raise DatasetError(f"dataset {name!r}: class {rare!r} has fewer than 2 samples")
+        rare = int(counts.argmin())
+        raise DatasetError(
+            f"dataset {name!r}: class {rare + 1} of {len(labels)} (in sorted order) has fewer "
+            "than 2 samples"
+        )
 
 
 def load_digits() -> Dataset:
@@ -106,7 +111,7 @@ def load_csv(path: Path, label_column: str | None) -> Dataset:
         if label_column not in header:
             raise DatasetError(
                 f"CSV file {str(path)!r} has no label column {label_column!r} "
-                f"(columns: {', '.join(header)})"
+                f"(its header has {len(header)} column{'s' if len(header) != 1 else ''})"
             )
         label_at = header.index(label_column)
         features = [h for i, h in enumerate(header) if i != label_at]
@@ -130,12 +135,11 @@ def load_csv(path: Path, label_column: str | None) -> Dataset:
                     value = float(cell)
                 except ValueError:
                     raise DatasetError(
-                        f"CSV file {str(path)!r} line {line_no}: column {header[i]!r} is not "
-                        f"numeric: {cell!r}"
+                        f"CSV file {str(path)!r} line {line_no}: column {i + 1} is not numeric"
                     ) from None
                 if not np.isfinite(value):
                     raise DatasetError(
-                        f"CSV file {str(path)!r} line {line_no}: column {header[i]!r} is {cell!r}"
+                        f"CSV file {str(path)!r} line {line_no}: column {i + 1} is not finite"
                     )
                 values.append(value)
             rows.append(values)

@@ -18,7 +18,11 @@ class TrainRequest(BaseModel):
     model_type: str = Field(description=f"one of {', '.join(MODEL_TYPES)}")
     model_name: str | None = Field(default=None, pattern=NAME_PATTERN)
     experiment: str | None = Field(default=None, pattern=NAME_PATTERN)
-    path: str | None = Field(default=None, description="CSV file or image folder")
+    path: str | None = Field(
+        default=None,
+        description="CSV file or image folder; over REST inside the hub's data roots (a relative "
+        "path starts at the first)",
+    )
     label_column: str | None = None
     image_size: tuple[int, int] | None = None
     color: Literal["gray", "rgb"] = "gray"

@@ -165,7 +165,8 @@ def test_bad_training_requests(client: TestClient, tmp_path: Path) -> None:
         "/api/v1/runs", json={"project": "p", "dataset": "iris", "model_type": "svm"}
     )
     assert kind.status_code == 422 and "unknown model type 'svm'" in kind.text
-    csv = tmp_path / "x.csv"
+    csv = tmp_path / "hub" / "datasets" / "x.csv"  # inside the hub's data roots
+    csv.parent.mkdir(parents=True)
     csv.write_text("a,b\n1,2\n")
     missing = client.post(
         "/api/v1/runs",
@@ -178,7 +179,9 @@ def test_bad_training_requests(client: TestClient, tmp_path: Path) -> None:
         },
     )
     assert missing.status_code == 422
-    assert missing.json()["detail"].endswith("has no label column 'label' (columns: a, b)")
+    assert missing.json()["detail"].endswith(
+        "has no label column 'label' (its header has 2 columns)"
+    )
     assert client.get("/api/v1/runs").json() == []
     assert client.get("/api/v1/projects").json() == []
 

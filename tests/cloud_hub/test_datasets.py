@@ -39,8 +39,9 @@ def test_csv_with_string_labels(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "label", "message"),
     [
-        ("a,b,y\n1,2,0\n3,4,1\n", "kind", "no label column 'kind' (columns: a, b, y)"),
-        ("a,b,y\n1,x,0\n3,4,1\n1,2,0\n3,4,1\n", "y", "line 2: column 'b' is not numeric: 'x'"),
+        ("a,b,y\n1,2,0\n3,4,1\n", "kind", "no label column 'kind' (its header has 3 columns)"),
+        ("a,b,y\n1,x,0\n3,4,1\n1,2,0\n3,4,1\n", "y", "line 2: column 2 is not numeric"),
+        ("a,b,y\n1,inf,0\n3,4,1\n", "y", "line 2: column 2 is not finite"),
         ("a,b,y\n1,2,0\n3,4\n", "y", "line 3: 2 fields, header has 3"),
         ("", "y", "is empty"),
         ("a,y\n", "y", "no rows"),
@@ -52,6 +53,22 @@ def test_bad_csv_files_are_named(tmp_path: Path, text: str, label: str, message:
     with pytest.raises(DatasetError) as err:
         load_dataset("csv", path=csv, label_column=label)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hub:$7$101$SECRET==\n",  # a broker password file, named as a dataset
+        "a,SECRET\n1,0\n",
+        "a,y\nSECRET,0\n",
+        "a,y\n1,SECRET\n2,SECRET\n3,other\n",
+    ],
+)
+def test_errors_never_echo_what_the_file_holds(tmp_path: Path, text: str) -> None:
+    csv = write_csv(tmp_path / "f.csv", text)
+    with pytest.raises(DatasetError) as err:
+        load_dataset("csv", path=csv, label_column="y")
+    assert "SECRET" not in str(err.value)
 
 
 def test_missing_csv_file(tmp_path: Path) -> None:

@@ -343,3 +343,33 @@ def test_cli_deploy_promote_as_the_issue_writes_it(
     assert doc["version"] == v2.ref and doc["promoted_from"] == dep.id
     extra = run_cli(["deploy", v1.ref, "7", "--device", "cam-2"], cli_env)
     assert extra.returncode == 2 and "unexpected argument 7" in extra.stderr, extra.stderr
+
+
+def test_a_repeated_single_valued_option_is_refused_not_half_obeyed(
+    cli_env: dict[str, str], onnx_bytes: bytes
+) -> None:
+    """`deploy --device dev-a --device dev-b` used to deploy to dev-b alone, without a word."""
+    hub = Hub.open(HubSettings(data_dir=Path(cli_env["EDGEPILOT_DATA_DIR"]), run_scheduler=False))
+    version = register_model(hub, onnx_bytes)
+    for device_id in ("dev-a", "dev-b"):
+        hub.fleet.devices.register(DeviceCreate(id=device_id, tags=["lab"]))
+    hub.close()
+    twice = run_cli(["deploy", version.ref, "--device", "dev-a", "--device", "dev-b"], cli_env)
+    assert twice.returncode == 2
+    assert "--device was given 2 times" in twice.stderr
+    assert json.loads(run_cli(["deployments", "list", "--json"], cli_env).stdout) == []
+    both = run_cli(
+        ["deploy", version.ref, "--tag", "lab", "--artifact", "best", "--artifact", "onnx/fp32"],
+        cli_env,
+    )
+    assert both.returncode == 2 and "--artifact was given 2 times" in both.stderr
+    # options that take a list stay repeatable, flags may be said twice
+    ok = run_cli(
+        ["deploy", version.ref, "--tag", "lab", "--param", "min_score=0.5", "--param",
+         "default_label=unsure", "--json", "--json"],
+        cli_env,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    dep = json.loads(ok.stdout)
+    assert sorted(d["device_id"] for d in dep["devices"]) == ["dev-a", "dev-b"]
+    assert dep["params"] == {"min_score": 0.5, "default_label": "unsure"}

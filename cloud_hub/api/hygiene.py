@@ -1,0 +1,472 @@
+"""Input hygiene for the hub's REST API: one error body, body limits, strict query strings,
+text that can be stored, and file paths confined to the hub's data roots.
+
+`install(app, settings)` is called once by `create_app`, after every router is included:
+
+- **One error body** (`ErrorBody`: `detail`, `error`, and `step` / `errors` where they apply)
+  for every error the API answers: registry and serving errors, `HTTPException`s (404 for an
+  unknown route, 405, 401/403 of authentication), request validation (FastAPI's handler is
+  replaced: its body echoed the whole input) and unexpected failures (500, no exception text).
+  Messages are cut to a short excerpt: an error never carries more than `MAX_DETAIL` characters
+  of anything a caller sent. The OpenAPI document names the error codes of every operation with
+  this schema.
+- **Body limits**, enforced while the body is read (a `Content-Length` over the limit is refused
+  before a byte of it is read; a chunked body is counted): `max_json_body_bytes` for a route whose
+  body FastAPI parses as JSON, `max_upload_bytes` (and a little for the form's other fields) for
+  a form upload, which is streamed to a temporary file. A route that reads its body itself (the
+  predict and job routes) keeps its own limit (`serving_max_body_bytes`, per endpoint). 413, with
+  the error body; the route never runs, so nothing is stored.
+- **Text that can be stored**: a JSON body's strings and keys, the path and the query string may
+  not hold a lone surrogate (`"\\ud800"`: no UTF-8 for it) or a NUL: 422 naming the field.
+- **Query parameters the operation does not document** are refused with 422 naming them
+  (`?device=` where the parameter is `device_id` used to be ignored: every log came back).
+- **File paths**: in a JSON body, a string field named `path` names a file or folder on the hub
+  (a dataset, a batch source, a data cache's source). It is resolved, symbolic links included,
+  and must lie inside one of the settings' `data_roots` (a relative path starts at the first);
+  the body then carries the resolved absolute path, so that workers and later runs read that very
+  file. Outside the roots: 422 naming the path and the roots, nothing read. Only REST callers are
+  confined: the CLI runs on the hub machine and reads the local paths its user names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import parse_qsl
+
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.params import Form
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
+from cloud_hub.settings import HubSettings
+
+MAX_DETAIL = 500  # characters of an error's `detail`
+MAX_MSG = 200  # characters of one validation error's `msg`
+MAX_LOC = 64  # characters of one part of its `loc`
+MAX_ITEMS = 20  # validation errors listed
+FORM_MARGIN = 1024 * 1024  # a form upload's fields beside the file
+PATH_FIELD = "path"
+
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+# -- the error body ---------------------------------------------------------------------------
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="where: body/query/path, then the field's path")
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers (4xx and 5xx)."""
+
+    detail: str = Field(description="what went wrong, for a person")
+    error: str = Field(description="its kind: NotFound, AlreadyExists, ValidationError, ...")
+    step: str | None = Field(default=None, description="serving errors: the endpoint step at fault")
+    errors: list[ErrorItem] | None = Field(
+        default=None, description="validation errors: one per field (the first 20)"
+    )
+
+
+def excerpt(text: str, limit: int = MAX_DETAIL) -> str:
+    """`text`, cut to `limit` characters (an ellipsis saying it was), lone surrogates written
+    as escapes (an error about one must still be JSON)."""
+    cut = text if len(text) <= limit else text[: limit - 1] + "…"
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def error_response(
+    code: int,
+    detail: str,
+    error: str,
+    *,
+    step: str | None = None,
+    errors: list[ErrorItem] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorBody(detail=excerpt(detail), error=error, step=step, errors=errors)
+    return JSONResponse(
+        body.model_dump(mode="json", exclude_none=True), status_code=code, headers=headers
+    )
+
+
+def _status_name(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase.replace(" ", "").replace("-", "")
+    except ValueError:
+        return "HTTPError"
+
+
+def _items(errors: Sequence[Any]) -> list[ErrorItem]:
+    items = []
+    for e in errors[:MAX_ITEMS]:
+        loc = [p if isinstance(p, int) else excerpt(str(p), MAX_LOC) for p in e.get("loc", ())]
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        items.append(ErrorItem(loc=loc, msg=excerpt(msg, MAX_MSG), type=str(e.get("type", ""))))
+    return items
+
+
+def _summary(items: list[ErrorItem], total: int) -> str:
+    text = "; ".join(f"{'.'.join(str(p) for p in i.loc) or 'request'}: {i.msg}" for i in items)
+    return text + (f" (and {total - len(items)} more)" if total > len(items) else "")
+
+
+def validation_response(errors: Sequence[Any]) -> JSONResponse:
+    items = _items(errors)
+    return error_response(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        _summary(items, len(errors)),
+        "ValidationError",
+        errors=items,
+    )
+
+
+class RequestRefused(HTTPException):
+    """Raised while a request is read: 413 (too large) or 422 (`errors`: the fields at fault)."""
+
+    def __init__(self, code: int, detail: str, errors: list[ErrorItem] | None = None) -> None:
+        super().__init__(code, detail)
+        self.errors = errors
+        too_large = code == status.HTTP_413_CONTENT_TOO_LARGE
+        self.error = "PayloadTooLarge" if too_large else "ValidationError"
+
+
+def _refused(loc: list[str | int], msg: str, kind: str) -> RequestRefused:
+    items = _items([{"loc": loc, "msg": msg, "type": kind}])
+    return RequestRefused(status.HTTP_422_UNPROCESSABLE_CONTENT, _summary(items, 1), items)
+
+
+def _check_text(text: str, loc: list[str | int]) -> None:
+    found = _BAD_TEXT.search(text)
+    if found is None:
+        return
+    if found.group() == "\x00":
+        raise _refused(loc, "a NUL character is not allowed", "string_nul")
+    raise _refused(
+        loc,
+        f"a lone surrogate (\\u{ord(found.group()):04x}) is not text: it has no UTF-8",
+        "string_surrogate",
+    )
+
+
+# -- data roots ---------------------------------------------------------------------------------
+class PathRefused(InvalidInput):
+    """A path outside the hub's data roots (422)."""
+
+
+def confine(raw: str, roots: Sequence[Path]) -> Path:
+    """`raw` resolved (symbolic links included) inside one of `roots`; a relative path starts at
+    the first root. PathRefused naming the path and the roots otherwise."""
+    shown = repr(excerpt(raw, MAX_MSG // 2))
+    if not roots:
+        raise PathRefused(f"path {shown}: this hub takes no file paths (no data roots)")
+    named = ", ".join(str(r) for r in roots)
+    try:
+        given = Path(raw)
+        resolved = (given if given.is_absolute() else roots[0] / given).resolve()
+        inside = any(resolved.is_relative_to(root.resolve()) for root in roots)
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL
+        inside = False
+    if not inside:
+        raise PathRefused(f"path {shown} is outside the hub's data roots ({named})")
+    return resolved
+
+
+def _scan_json(doc: Any, roots: Sequence[Path]) -> bool:
+    """Refuse bad text anywhere in `doc`, confine and rewrite its `path` fields (in place);
+    whether a path was rewritten. Iterative: a deeply nested body costs no recursion."""
+    changed = False
+    stack: list[tuple[list[str | int], Any]] = [(["body"], doc)]
+    while stack:
+        loc, node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                where = [*loc, key]
+                _check_text(key, where)
+                if key == PATH_FIELD and isinstance(value, str):
+                    _check_text(value, where)
+                    try:
+                        fixed = str(confine(value, roots))
+                    except PathRefused as exc:
+                        raise _refused(where, str(exc), "path_outside_roots") from None
+                    if fixed != value:
+                        node[key] = fixed
+                        changed = True
+                else:
+                    stack.append((where, value))
+        elif isinstance(node, list):
+            stack.extend(([*loc, i], v) for i, v in enumerate(node))
+        elif isinstance(node, str):
+            _check_text(node, loc)
+    return changed
+
+
+# -- the middleware -----------------------------------------------------------------------------
+_PASS, _JSON, _FORM = "pass", "json", "form"
+
+
+def _body_kind(scope: Scope) -> str:
+    """How the matched route reads its body: FastAPI parses it (JSON or a form), or the route
+    reads it itself (and limits it itself), or it is no route of the API."""
+    route = scope.get("route")
+    if route is None or not hasattr(route, "dependant"):
+        return _PASS
+    field = getattr(route, "body_field", None)
+    if field is None:
+        return _PASS
+    return _FORM if isinstance(field.field_info, Form) else _JSON
+
+
+def _is_json(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            media = value.decode("latin-1").split(";", 1)[0].strip().lower()
+            return media == "application/json" or (
+                media.startswith("application/") and media.endswith("+json")
+            )
+    return False
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _too_large(limit: int) -> RequestRefused:
+    return RequestRefused(
+        status.HTTP_413_CONTENT_TOO_LARGE, f"request body is larger than {limit} bytes"
+    )
+
+
+class _Body:
+    """The request's `receive`, limited and checked once the router has picked the route."""
+
+    def __init__(self, scope: Scope, receive: Receive, settings: HubSettings) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.settings = settings
+        self.kind: str | None = None
+        self.limit = 0
+        self.seen = 0
+        self.done = False
+
+    async def __call__(self) -> Message:
+        if self.kind is None:
+            self.kind = _body_kind(self.scope)
+            self.limit = (
+                self.settings.max_upload_bytes + FORM_MARGIN
+                if self.kind == _FORM
+                else self.settings.max_json_body_bytes
+            )
+            length = _content_length(self.scope)
+            if self.kind != _PASS and length is not None and length > self.limit:
+                raise _too_large(self.limit)  # before a byte of it is read
+        if self.kind == _PASS or self.done:
+            return await self.receive()
+        if self.kind == _FORM:
+            message = await self.receive()
+            self._count(message)
+            return message
+        return await self._json()
+
+    def _count(self, message: Message) -> None:
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            if self.seen > self.limit:
+                raise _too_large(self.limit)
+
+    async def _json(self) -> Message:
+        """The whole body (it is small: the limit), checked, as one message."""
+        body = bytearray()
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":
+                return message  # the client went away
+            self._count(message)
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        self.done = True
+        data = bytes(body)
+        if data and _is_json(self.scope):
+            try:
+                doc = json.loads(data)
+            except (ValueError, RecursionError):
+                doc = None  # FastAPI answers it (422 for bad JSON)
+            if doc is not None and _scan_json(doc, self.settings.data_roots):
+                data = json.dumps(doc).encode()
+        return {"type": "http.request", "body": data, "more_body": False}
+
+
+class _Operations:
+    """The query parameters each operation of the OpenAPI document declares, by path and
+    method: a request's query string is checked against its operation's."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._table: list[tuple[re.Pattern[str], str, frozenset[str]]] | None = None
+
+    def table(self) -> list[tuple[re.Pattern[str], str, frozenset[str]]]:
+        if self._table is None:
+            rows = []
+            for path, item in self.app.openapi().get("paths", {}).items():
+                regex = compile_path(path)[0]
+                for method, op in item.items():
+                    if not isinstance(op, dict) or "responses" not in op:
+                        continue
+                    names = frozenset(
+                        p["name"] for p in op.get("parameters", ()) if p.get("in") == "query"
+                    )
+                    rows.append((regex, method.upper(), names))
+            self._table = rows
+        return self._table
+
+    def query_names(self, path: str, method: str) -> frozenset[str] | None:
+        """The operation's query parameters; None when no documented operation matches."""
+        method = "GET" if method == "HEAD" else method
+        for regex, verb, names in self.table():
+            if verb == method and regex.match(path):
+                return names
+        return None
+
+
+class HygieneMiddleware:
+    def __init__(self, app: ASGIApp, *, settings: HubSettings, operations: _Operations) -> None:
+        self.app = app
+        self.settings = settings
+        self.operations = operations
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            self._check_url(scope)
+        except RequestRefused as exc:
+            answer = error_response(exc.status_code, exc.detail, exc.error, errors=exc.errors)
+            await answer(scope, receive, send)
+            return
+        await self.app(scope, _Body(scope, receive, self.settings), send)
+
+    def _check_url(self, scope: Scope) -> None:
+        path: str = scope["path"]
+        _check_text(path, ["path"])
+        query: bytes = scope.get("query_string", b"")
+        if not query:
+            return
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        for name, value in pairs:
+            _check_text(name, ["query", name])
+            _check_text(value, ["query", name])
+        root = scope.get("root_path", "")
+        declared = self.operations.query_names(path.removeprefix(root) or "/", scope["method"])
+        if declared is None:
+            return
+        unknown = sorted({name for name, _ in pairs} - declared)
+        if unknown:
+            takes = ", ".join(sorted(declared)) or "none"
+            msg = f"unknown query parameter (this operation takes: {takes})"
+            items = _items(
+                [{"loc": ["query", n], "msg": msg, "type": "extra_forbidden"} for n in unknown]
+            )
+            raise RequestRefused(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, _summary(items, len(unknown)), items
+            )
+
+
+# -- the OpenAPI document ----------------------------------------------------------------------
+def _document_errors(schema: dict[str, Any]) -> None:
+    """Every operation answers its errors with ErrorBody: 400, 404, 409, 422, 500 and 503; 413
+    when it takes a body; 401 and 403 when it names a security requirement."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    body_schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(body_schema.pop("$defs", {}))
+    components["ErrorBody"] = body_schema
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    for item in schema.get("paths", {}).values():
+        for op in item.values():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            codes = [400, 404, 409, 422, 500, 503]
+            if "requestBody" in op:
+                codes.append(413)
+            if op.get("security"):
+                codes += [401, 403]
+            for code in sorted(codes):
+                op["responses"][str(code)] = {
+                    "description": HTTPStatus(code).phrase,
+                    "content": {"application/json": {"schema": ref}},
+                }
+    text = json.dumps(schema["paths"])
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if f'/{unused}"' not in text:
+            components.pop(unused, None)
+
+
+# -- install ------------------------------------------------------------------------------------
+Handler = Callable[[Request, Any], Awaitable[JSONResponse]]
+
+
+def _registry_handler(code: int) -> Handler:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(code, str(exc), type(exc).__name__)
+
+    return handle
+
+
+def install(app: FastAPI, settings: HubSettings) -> None:
+    """The error body, its OpenAPI document, the body limits and the URL checks (see the module
+    docstring). Once, after every router is included."""
+    for cls, code in (
+        (NotFound, status.HTTP_404_NOT_FOUND),
+        (AlreadyExists, status.HTTP_409_CONFLICT),
+        (InvalidInput, status.HTTP_422_UNPROCESSABLE_CONTENT),
+        (RegistryError, status.HTTP_400_BAD_REQUEST),
+    ):
+        app.add_exception_handler(cls, _registry_handler(code))
+
+    async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_response(exc.errors())
+
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, RequestRefused):
+            errors, error = exc.errors, exc.error
+        else:
+            errors, error = None, _status_name(exc.status_code)
+        return error_response(
+            exc.status_code, str(exc.detail), error, errors=errors, headers=exc.headers
+        )
+
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, "internal server error", "InternalServerError")
+
+    app.add_exception_handler(RequestValidationError, cast(Handler, validation))
+    app.add_exception_handler(StarletteHTTPException, cast(Handler, http_error))
+    app.add_exception_handler(Exception, unexpected)
+
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = base_openapi()
+            _document_errors(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(HygieneMiddleware, settings=settings, operations=_Operations(app))
