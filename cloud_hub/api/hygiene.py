@@ -18,8 +18,12 @@ text that can be stored, and file paths confined to the hub's data roots.
   the error body; the route never runs, so nothing is stored.
 - **Text that can be stored**: a JSON body's strings and keys, the path and the query string may
   not hold a lone surrogate (`"\\ud800"`: no UTF-8 for it) or a NUL: 422 naming the field.
-- **Query parameters the operation does not document** are refused with 422 naming them
-  (`?device=` where the parameter is `device_id` used to be ignored: every log came back).
+- **The documented operations, checked before routing**: a query parameter the operation does
+  not declare is refused with 422 naming it (`?device=` where the parameter is `device_id` used
+  to be ignored: every log came back); an integer path or query parameter must fit SQLite's
+  64 bits (422; past that the database raised); a method the path does not document is 405
+  with `Allow` listing the ones it does (a concrete path wins over a template, as in OpenAPI:
+  `GET /alerts/evaluate` is 405, not a bad alert id).
 - **File paths**: in a JSON body, a string field named `path` names a file or folder on the hub
   (a dataset, a batch source, a data cache's source). It is resolved, symbolic links included,
   and must lie inside one of the settings' `data_roots` (a relative path starts at the first);
@@ -33,6 +37,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, cast
@@ -132,13 +137,20 @@ def validation_response(errors: Sequence[Any]) -> JSONResponse:
 
 
 class RequestRefused(HTTPException):
-    """Raised while a request is read: 413 (too large) or 422 (`errors`: the fields at fault)."""
+    """A request refused before its route runs: 405, 413 (too large) or 422 (`errors`: the
+    fields at fault)."""
 
-    def __init__(self, code: int, detail: str, errors: list[ErrorItem] | None = None) -> None:
-        super().__init__(code, detail)
+    def __init__(
+        self,
+        code: int,
+        detail: str,
+        errors: list[ErrorItem] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(code, detail, headers=headers)
         self.errors = errors
-        too_large = code == status.HTTP_413_CONTENT_TOO_LARGE
-        self.error = "PayloadTooLarge" if too_large else "ValidationError"
+        names = {413: "PayloadTooLarge", 405: "MethodNotAllowed"}
+        self.error = names.get(code, "ValidationError")
 
 
 def _refused(loc: list[str | int], msg: str, kind: str) -> RequestRefused:
@@ -221,10 +233,10 @@ def _body_kind(scope: Scope) -> str:
     route = scope.get("route")
     if route is None or not hasattr(route, "dependant"):
         return _PASS
-    field = getattr(route, "body_field", None)
-    if field is None:
+    body = getattr(route, "body_field", None)
+    if body is None:
         return _PASS
-    return _FORM if isinstance(field.field_info, Form) else _JSON
+    return _FORM if isinstance(body.field_info, Form) else _JSON
 
 
 def _is_json(scope: Scope) -> bool:
@@ -313,36 +325,82 @@ class _Body:
         return {"type": "http.request", "body": data, "more_body": False}
 
 
+INT64 = (-(2**63), 2**63 - 1)  # what SQLite stores as an integer
+
+
+@dataclass(frozen=True)
+class _Operation:
+    query: frozenset[str]  # the query parameters it declares
+    integers: frozenset[tuple[str, str]]  # ("path" | "query", name) declared as integers
+
+
+@dataclass
+class _PathItem:
+    regex: re.Pattern[str]
+    literals: int  # segments without a parameter: the more, the more specific
+    operations: dict[str, _Operation] = field(default_factory=dict)  # by method
+
+
+def _is_integer(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "integer" or any(
+        _is_integer(s) for s in schema.get("anyOf", ()) if isinstance(s, dict)
+    )
+
+
 class _Operations:
-    """The query parameters each operation of the OpenAPI document declares, by path and
-    method: a request's query string is checked against its operation's."""
+    """The OpenAPI document's paths and operations, to check a request against before it is
+    routed. A concrete path wins over a templated one (`/alerts/evaluate` over
+    `/alerts/{alert_id}`), as OpenAPI says."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
-        self._table: list[tuple[re.Pattern[str], str, frozenset[str]]] | None = None
+        self._exact: dict[str, _PathItem] | None = None
+        self._templated: dict[int, list[_PathItem]] = {}
 
-    def table(self) -> list[tuple[re.Pattern[str], str, frozenset[str]]]:
-        if self._table is None:
-            rows = []
-            for path, item in self.app.openapi().get("paths", {}).items():
-                regex = compile_path(path)[0]
-                for method, op in item.items():
-                    if not isinstance(op, dict) or "responses" not in op:
-                        continue
-                    names = frozenset(
-                        p["name"] for p in op.get("parameters", ()) if p.get("in") == "query"
-                    )
-                    rows.append((regex, method.upper(), names))
-            self._table = rows
-        return self._table
+    def _build(self) -> dict[str, _PathItem]:
+        exact: dict[str, _PathItem] = {}
+        for path, item in self.app.openapi().get("paths", {}).items():
+            segments = path.strip("/").split("/")
+            literals = sum(1 for seg in segments if "{" not in seg)
+            entry = _PathItem(compile_path(path)[0], literals)
+            for method, op in item.items():
+                if not isinstance(op, dict) or "responses" not in op:
+                    continue
+                params = [p for p in op.get("parameters", ()) if isinstance(p, dict)]
+                entry.operations[method.upper()] = _Operation(
+                    query=frozenset(p["name"] for p in params if p.get("in") == "query"),
+                    integers=frozenset(
+                        (p["in"], p["name"])
+                        for p in params
+                        if p.get("in") in ("path", "query") and _is_integer(p.get("schema", {}))
+                    ),
+                )
+            if literals == len(segments):
+                exact[path] = entry
+            else:
+                self._templated.setdefault(len(segments), []).append(entry)
+        return exact
 
-    def query_names(self, path: str, method: str) -> frozenset[str] | None:
-        """The operation's query parameters; None when no documented operation matches."""
-        method = "GET" if method == "HEAD" else method
-        for regex, verb, names in self.table():
-            if verb == method and regex.match(path):
-                return names
-        return None
+    def find(self, path: str) -> _PathItem | None:
+        """The documented path `path` is an instance of; None: not one of the API's."""
+        if self._exact is None:
+            self._exact = self._build()
+        found = self._exact.get(path)
+        if found is not None:
+            return found
+        best: _PathItem | None = None
+        for item in self._templated.get(len(path.strip("/").split("/")), ()):
+            if item.regex.match(path) and (best is None or item.literals > best.literals):
+                best = item
+        return best
+
+
+def _out_of_range(text: str) -> bool:
+    try:
+        value = int(text)
+    except ValueError:
+        return False  # not an integer: FastAPI says so
+    return not INT64[0] <= value <= INT64[1]
 
 
 class HygieneMiddleware:
@@ -358,7 +416,9 @@ class HygieneMiddleware:
         try:
             self._check_url(scope)
         except RequestRefused as exc:
-            answer = error_response(exc.status_code, exc.detail, exc.error, errors=exc.errors)
+            answer = error_response(
+                exc.status_code, exc.detail, exc.error, errors=exc.errors, headers=exc.headers
+            )
             await answer(scope, receive, send)
             return
         await self.app(scope, _Body(scope, receive, self.settings), send)
@@ -367,19 +427,41 @@ class HygieneMiddleware:
         path: str = scope["path"]
         _check_text(path, ["path"])
         query: bytes = scope.get("query_string", b"")
-        if not query:
-            return
-        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True) if query else []
         for name, value in pairs:
             _check_text(name, ["query", name])
             _check_text(value, ["query", name])
-        root = scope.get("root_path", "")
-        declared = self.operations.query_names(path.removeprefix(root) or "/", scope["method"])
-        if declared is None:
-            return
-        unknown = sorted({name for name, _ in pairs} - declared)
+        path = path.removeprefix(scope.get("root_path", "")) or "/"
+        item = self.operations.find(path)
+        if item is None:
+            return  # no route of the documented API: the router answers
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        op = item.operations.get(method)
+        if op is None:
+            allow = ", ".join(sorted(item.operations))
+            raise RequestRefused(
+                status.HTTP_405_METHOD_NOT_ALLOWED,
+                f"{excerpt(scope['method'], MAX_LOC)} is not a method of this path (it has: "
+                f"{allow})",
+                headers={"Allow": allow},
+            )
+        self._check_query(op, pairs)
+        match = item.regex.match(path)
+        values = [("path", k, v) for k, v in (match.groupdict() if match else {}).items()]
+        values += [("query", k, v) for k, v in pairs]
+        for where, name, value in values:
+            if (where, name) in op.integers and _out_of_range(value):
+                raise _refused(
+                    [where, name],
+                    f"an integer from {INT64[0]} to {INT64[1]} (what the hub can store)",
+                    "int_out_of_range",
+                )
+
+    @staticmethod
+    def _check_query(op: _Operation, pairs: list[tuple[str, str]]) -> None:
+        unknown = sorted({name for name, _ in pairs} - op.query)
         if unknown:
-            takes = ", ".join(sorted(declared)) or "none"
+            takes = ", ".join(sorted(op.query)) or "none"
             msg = f"unknown query parameter (this operation takes: {takes})"
             items = _items(
                 [{"loc": ["query", n], "msg": msg, "type": "extra_forbidden"} for n in unknown]
@@ -452,11 +534,20 @@ def install(app: FastAPI, settings: HubSettings) -> None:
             exc.status_code, str(exc.detail), error, errors=errors, headers=exc.headers
         )
 
+    async def overflow(_: Request, exc: OverflowError) -> JSONResponse:
+        # a number past what SQLite stores, where no declared parameter said so (a body field)
+        return error_response(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"a number of the request is too large to store (at most {INT64[1]})",
+            "ValidationError",
+        )
+
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         return error_response(500, "internal server error", "InternalServerError")
 
     app.add_exception_handler(RequestValidationError, cast(Handler, validation))
     app.add_exception_handler(StarletteHTTPException, cast(Handler, http_error))
+    app.add_exception_handler(OverflowError, cast(Handler, overflow))
     app.add_exception_handler(Exception, unexpected)
 
     base_openapi = app.openapi

@@ -62,7 +62,20 @@ def list_logs(
     return _reader(request).page(f, limit=limit, cursor=cursor)
 
 
-@router.get("/logs/export", dependencies=[VIEWER])
+_EXPORT = {
+    200: {
+        "description": "the records, one a line",
+        "content": {
+            "application/x-ndjson": {"schema": {"type": "string"}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+@router.get(
+    "/logs/export", dependencies=[VIEWER], response_class=StreamingResponse, responses=_EXPORT
+)
 def export_logs(
     request: Request,
     f: FilterDep,

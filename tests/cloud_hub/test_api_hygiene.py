@@ -264,3 +264,22 @@ def test_a_bool_is_not_a_number_in_serving_params(client: TestClient) -> None:
         error = assert_error_body(resp, 422)
         assert error["errors"][0]["loc"] == ["body", next(iter(body))]
     assert client.put(f"{API}/deployments/1/params", json={"min_score": 1}).status_code == 404
+
+
+def test_a_method_the_path_does_not_document_is_405_with_its_methods(client: TestClient) -> None:
+    resp = client.options(f"{API}/alerts/rules")
+    assert_error_body(resp, 405)
+    assert resp.headers["allow"] == "GET, POST"  # two routes: the router named only the first
+    resp = client.get(f"{API}/alerts/evaluate")  # not alert id "evaluate": a concrete path
+    assert_error_body(resp, 405)
+    assert resp.headers["allow"] == "POST"
+
+
+def test_integers_past_what_the_database_holds_are_refused(client: TestClient) -> None:
+    resp = client.get(f"{API}/versions/{2**63}/baseline")
+    error = assert_error_body(resp, 422)
+    assert error["errors"][0]["loc"] == ["path", "version_id"]
+    resp = client.get(f"{API}/logs", params={"model_version": -(2**64)})
+    error = assert_error_body(resp, 422)
+    assert error["errors"][0]["loc"] == ["query", "model_version"]
+    assert client.get(f"{API}/versions/{2**63 - 1}/baseline").status_code == 404
