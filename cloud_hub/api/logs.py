@@ -3,7 +3,7 @@ paged, or exported whole as JSON lines or CSV."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -62,7 +62,7 @@ def list_logs(
     return _reader(request).page(f, limit=limit, cursor=cursor)
 
 
-_EXPORT = {
+_EXPORT: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "the records, one a line",
         "content": {
