@@ -66,9 +66,11 @@ def config(hub: Hub) -> SchemathesisConfig:
                 # NUL is refused by design (422 naming the field, tests/cloud_hub/
                 # test_api_hygiene.py): without it the generated strings reach further
                 "allow-x00": False,
+                "database": "none",
             },
             "workers": 1,
             "seed": 9,
+            "cache": {"enabled": False},  # no state across runs (nor a folder in the tree)
         }
     )
 
