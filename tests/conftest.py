@@ -212,7 +212,13 @@ class SecureMosquitto:
     def reload(self) -> None:
         """SIGHUP: Mosquitto reads the password and ACL files again, keeping its clients."""
         assert self.proc is not None
+        before = self.log_text().count("Reloading config")
         self.proc.send_signal(signal.SIGHUP)
+        wait_for_log = time.monotonic() + 10
+        while self.log_text().count("Reloading config") == before:
+            if time.monotonic() > wait_for_log:
+                raise TimeoutError("the broker did not reload its config")
+            time.sleep(0.05)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

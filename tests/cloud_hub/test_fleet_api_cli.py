@@ -151,7 +151,8 @@ def test_cli_register_list_deploy(
     assert conf.returncode == 0, conf.stderr
     assert "listener 1999 127.0.0.1" in conf.stdout and "max_queued_messages" in conf.stdout
     acl = (data_dir / "mosquitto" / "acl").read_text()
-    assert "topic readwrite ep/dev/pi-01/#" in acl
+    assert "user pi-01\ntopic write ep/dev/pi-01/status\n" in acl
+    assert "topic read ep/dev/pi-01/desired\n" in acl and "readwrite" not in acl
 
 
 def test_cli_deployment_reaches_a_device_through_hub_serve(
