@@ -21,8 +21,10 @@ from cloud_hub.api import (
     projects,
     runs,
     schedules,
+    tokens,
     versions,
 )
+from cloud_hub.api.auth import PUBLIC, Authenticator
 from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
 from cloud_hub.hub import Hub
 from cloud_hub.serving import ServingEngine
@@ -79,10 +81,14 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
     app = FastAPI(
         title="EdgePilot hub",
         version=__version__,
-        description="Registry, training, conversion and fleet API for EdgePilot.",
+        description="Registry, training, conversion and fleet API for EdgePilot. Every route "
+        "but the health check needs a credential: an API token (`Authorization: Bearer ep_...`) "
+        "with the role the route names (viewer < operator < admin), or, for what a device reads "
+        "about itself, the device's broker credentials (HTTP Basic).",
         lifespan=lifespan,
     )
     app.state.hub = hub
+    app.state.authenticator = Authenticator(hub)
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
@@ -100,7 +106,7 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
     async def other(_: Request, exc: RegistryError) -> JSONResponse:
         return _error(status.HTTP_400_BAD_REQUEST, exc)
 
-    @app.get("/api/v1/health", tags=["meta"])
+    @app.get("/api/v1/health", tags=["meta"], dependencies=[PUBLIC])
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
@@ -117,6 +123,7 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
         schedules,
         devices,
         deployments,
+        tokens,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     from cloud_hub.api import alerts, monitoring  # prediction monitoring and its alerts

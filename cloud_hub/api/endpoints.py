@@ -7,6 +7,7 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
+from cloud_hub.api.auth import OPERATOR, PREDICT, VIEWER
 from cloud_hub.api.hygiene import error_response
 from cloud_hub.hub import Hub
 from cloud_hub.serving import (
@@ -43,49 +44,49 @@ async def get_engine(request: Request) -> ServingEngine:
 EngineDep = Annotated[ServingEngine, Depends(get_engine)]
 
 
-@router.post("/endpoints", status_code=status.HTTP_201_CREATED)
+@router.post("/endpoints", status_code=status.HTTP_201_CREATED, dependencies=[OPERATOR])
 def create_endpoint(spec: EndpointSpec, engine: EngineDep) -> EndpointInfo:
     """Build the endpoint (models loaded, graph checked: 422 naming the step if it cannot be),
     store it, and start serving it."""
     return engine.create(spec)
 
 
-@router.get("/endpoints")
+@router.get("/endpoints", dependencies=[VIEWER])
 def list_endpoints(engine: EngineDep) -> list[EndpointInfo]:
     return engine.list()
 
 
-@router.get("/endpoints/{name}")
+@router.get("/endpoints/{name}", dependencies=[VIEWER])
 def get_endpoint(name: str, engine: EngineDep) -> EndpointInfo:
     return engine.get(name)
 
 
-@router.put("/endpoints/{name}")
+@router.put("/endpoints/{name}", dependencies=[OPERATOR])
 def update_endpoint(name: str, spec: EndpointSpec, engine: EngineDep) -> EndpointInfo:
     """Build the new version fully, then swap it in: requests in flight finish on the old one."""
     return engine.update(name, spec)
 
 
-@router.delete("/endpoints/{name}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/endpoints/{name}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[OPERATOR])
 def delete_endpoint(name: str, engine: EngineDep) -> Response:
     engine.delete(name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/endpoints/{name}/params")
+@router.get("/endpoints/{name}/params", dependencies=[VIEWER])
 def get_params(name: str, engine: EngineDep) -> EndpointParams:
     """The endpoint's run-time parameters: kill switches and per-step values in force."""
     return engine.get_params(name)
 
 
-@router.put("/endpoints/{name}/params")
+@router.put("/endpoints/{name}/params", dependencies=[OPERATOR])
 def put_params(name: str, params: EndpointParams, engine: EngineDep) -> EndpointParams:
     """Replace the run-time parameters: checked against the running endpoint (422 naming the
     step and field), in force from the next request, with no rebuild and no redeploy."""
     return engine.set_params(name, params)
 
 
-@router.get("/endpoints/{name}/stats")
+@router.get("/endpoints/{name}/stats", dependencies=[VIEWER])
 def endpoint_stats(name: str, engine: EngineDep) -> dict[str, Any]:
     """Requests, errors, rows, latency, step runs, cache hits/misses and batch sizes."""
     return engine.stats(name)
@@ -100,7 +101,7 @@ def _variant_order(spec: EndpointSpec) -> list[str]:
     return names
 
 
-@router.get("/endpoints/{name}/reports/ab")
+@router.get("/endpoints/{name}/reports/ab", dependencies=[VIEWER])
 def ab_report(
     name: str,
     engine: EngineDep,
@@ -115,7 +116,7 @@ def ab_report(
     return reports.ab_report(engine.store.db, name, metric, since=since, order=order)
 
 
-@router.get("/endpoints/{name}/reports/shadow")
+@router.get("/endpoints/{name}/reports/shadow", dependencies=[VIEWER])
 def shadow_report(
     name: str,
     engine: EngineDep,
@@ -154,7 +155,10 @@ _PREDICT_BODY = {
 
 
 @router.post(
-    "/endpoints/{name}/predict", response_model=PredictResponse, openapi_extra=_PREDICT_BODY
+    "/endpoints/{name}/predict",
+    response_model=PredictResponse,
+    openapi_extra=_PREDICT_BODY,
+    dependencies=[PREDICT],
 )
 async def predict(name: str, request: Request) -> Response:
     """Body: `{"inputs": [[...], ...]}` (rows), `{"image_b64": "..."}` / `{"images_b64": [...]}`,
