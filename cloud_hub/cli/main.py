@@ -742,6 +742,15 @@ def _register_loadtest() -> None:
 _register_loadtest()
 
 
+def _register_tokens() -> None:
+    from cloud_hub.cli.tokens import tokens_app
+
+    app.add_typer(tokens_app, name="tokens")
+
+
+_register_tokens()
+
+
 def main() -> None:
     # TensorFlow's C++ logging is on by default and floods the terminal during conversion.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
