@@ -1,9 +1,17 @@
 """The agent's local outbox: every inference log and telemetry sample, durable, in sequence order.
 
 Records wait in one SQLite file (WAL mode) until the hub has acknowledged them. Each record gets
-a per-device sequence number from one sequence shared by logs and telemetry; the next number is
-kept in a meta table and committed in the same transaction as the record, so a number is never
-issued twice: not after deletes, not after a restart, not after kill -9 or a power cut.
+a sequence number from one sequence shared by logs and telemetry; the next number is kept in a
+meta table and committed in the same transaction as the record, so a number is never issued
+twice: not after deletes, not after a restart, not after kill -9 or a power cut.
+
+The numbers belong to the file's *epoch*: a random id made when the file is created (or when a
+file of schema 1, from before epochs, is first opened). A wiped data directory or a re-flashed
+card makes a new file, hence a new epoch, and its numbers start again at 1 without meeting the old
+file's numbers at the hub, which keys what it stores on (device, epoch, seq).
+
+An ack is checked before it deletes anything: one for another epoch, or above the last number
+issued, deletes nothing (the hub cannot have stored what was never issued).
 
 The outbox is bounded by record count and by payload bytes. Its overflow policy is "drop oldest":
 an append that would exceed a bound first deletes the oldest records, counts them in a persisted
@@ -22,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -50,7 +59,8 @@ log = logging.getLogger(__name__)
 RecordKind = Literal["log", "telemetry"]
 RECORD_KINDS: tuple[RecordKind, ...] = get_args(RecordKind)
 
-SCHEMA_VERSION = 1
+# 1: meta and records. 2: meta_text with the outbox's epoch (added in place to a file of 1).
+SCHEMA_VERSION = 2
 # Drops are logged at once the first time, then at most this often (a full outbox drops on
 # every append, and the log would otherwise repeat itself on the hot path).
 DROP_WARNING_INTERVAL_S = 10.0
@@ -84,6 +94,7 @@ class OutboxRecord:
 
 @dataclass(frozen=True)
 class OutboxStats:
+    epoch: str
     pending: int
     pending_bytes: int
     dropped_total: int
@@ -105,6 +116,10 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta_text (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY,
@@ -161,6 +176,12 @@ class Outbox:
             log.warning("outbox %s: WAL mode unavailable (journal_mode=%s)", self.path, mode)
         self._db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
         with self._transaction():
+            version = self._schema_version()
+            if version > SCHEMA_VERSION:
+                raise OutboxError(
+                    f"outbox {self.path} has schema {version}; this agent understands up to "
+                    f"{SCHEMA_VERSION}"
+                )
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
@@ -169,12 +190,27 @@ class Outbox:
                 "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
                 [(key, initial.get(key, 0)) for key in _META_KEYS],
             )
-            version = self._meta()["schema_version"]
-        if version > SCHEMA_VERSION:
-            raise OutboxError(
-                f"outbox {self.path} has schema {version}; this agent understands up to "
-                f"{SCHEMA_VERSION}"
+            # A new file, or one of schema 1 (in-place upgrade): its epoch starts here. Its
+            # records keep their numbers; the hub sees them in the new epoch from now on.
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta_text (key, value) VALUES ('epoch', ?)",
+                [secrets.token_hex(8)],
             )
+            self._set_meta(schema_version=SCHEMA_VERSION)
+            (epoch,) = self._db.execute(
+                "SELECT value FROM meta_text WHERE key = 'epoch'"
+            ).fetchone()
+        self.epoch: str = str(epoch)
+
+    def _schema_version(self) -> int:
+        """The file's schema (0: a new, empty file), read before anything is created."""
+        has_meta = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if has_meta is None:
+            return 0
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row is not None else 0
 
     # -- writing -----------------------------------------------------------------------------
     def append(self, kind: RecordKind, payload: dict[str, Any]) -> int:
@@ -273,19 +309,34 @@ class Outbox:
         self._drops_unreported = 0
         self._last_drop_warning = now
 
-    def ack(self, upto: int) -> int:
-        """Delete every record with seq <= upto; how many were deleted. Idempotent."""
+    def ack(self, upto: int, epoch: str = "") -> int:
+        """Delete every record with seq <= upto; how many were deleted. Idempotent.
+
+        An ack for another epoch, or above the last number issued, deletes nothing (it is logged
+        and 0 returned): it is not about this file's records. Epoch "" is a hub from before
+        epochs, whose acks are about this file's numbers."""
         if upto < 0:
             raise ValueError(f"ack upto must be >= 0, not {upto}")
+        if epoch and epoch != self.epoch:
+            log.warning(
+                "outbox %s: ignoring an ack for epoch %r (this outbox is %r)",
+                self.path,
+                epoch,
+                self.epoch,
+            )
+            return 0
         with self._locked(), self._transaction():
             meta = self._meta()
+            issued = meta["next_seq"] - 1
+            if upto > issued:
+                log.warning(
+                    "outbox %s: ignoring an ack up to %d: only %d issued", self.path, upto, issued
+                )
+                return 0
             count, size = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE seq <= ?", (upto,)
             ).fetchone()
-            issued = meta["next_seq"] - 1
-            if upto > issued:
-                log.warning("outbox %s: ack up to %d, but only %d issued", self.path, upto, issued)
-            acked_upto = max(meta["acked_upto"], min(upto, issued))
+            acked_upto = max(meta["acked_upto"], upto)
             if count:
                 self._db.execute("DELETE FROM records WHERE seq <= ?", (upto,))
             self._set_meta(
@@ -308,6 +359,12 @@ class Outbox:
             OutboxRecord(seq, kind, json.loads(text), created) for seq, kind, text, created in rows
         ]
 
+    def issued(self) -> int:
+        """The last sequence number issued (0 before the first record)."""
+        with self._locked():
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+        return int(row[0]) - 1
+
     def floor(self) -> int:
         """The lowest seq still held (next_seq when empty); all below it is acked or dropped."""
         with self._locked(), self._snapshot():
@@ -319,6 +376,7 @@ class Outbox:
             meta = self._meta()
             oldest = self._db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
         return OutboxStats(
+            epoch=self.epoch,
             pending=meta["pending"],
             pending_bytes=meta["bytes"],
             dropped_total=meta["dropped_total"],

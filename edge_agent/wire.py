@@ -14,6 +14,15 @@ chunks, which are binary: a small JSON header and the bytes. Topic root is confi
     {root}/dev/{id}/ack        hub → agent: highest contiguous sequence stored at the hub
     {root}/dev/{id}/infer      any client → agent: an inference request (InferRequest)
     {root}/dev/{id}/result     agent → requester: its answer (InferResult), same request_id
+
+Logs and telemetry are numbered by the agent's outbox: one sequence for both, inside the outbox's
+*epoch* (a random id made with the outbox file; a wiped or re-flashed device has a new one and
+starts again at 1). The hub stores them unique on (device, epoch, seq), and acknowledges, per
+epoch, the highest sequence below which it holds everything (or was told by the batch's `floor`
+that the agent no longer holds it). An agent ignores an ack for another epoch or above what it
+issued. A batch reaches at most `SEQ_WINDOW` past the last ack the agent accepted (its floor and
+its records); every hub accepts that much (see cloud_hub.fleet.ingest for the hub's rules).
+Documents from releases before epochs have none: `epoch` "" is that legacy epoch.
 """
 
 from __future__ import annotations
@@ -25,9 +34,16 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 WIRE_VERSION: Literal[1] = 1
 DEFAULT_ROOT = "ep"
@@ -278,20 +294,40 @@ class TelemetryRecord(BaseModel):
     shadow: ShadowStats | None = None
 
 
+# How far past the last ack it accepted an agent lets a batch reach (floor and records); a hub
+# accepts at least this much (HubSettings.fleet_seq_window). An agent whose outbox dropped more
+# than this under overflow, unseen by the hub, steps its floor in record-less batches.
+SEQ_WINDOW = 100_000
+# The most records an agent puts in one batch (ForwarderSettings.batch_size is at most this).
+MAX_BATCH_RECORDS = 10_000
+# An outbox epoch: secrets.token_hex(8) from an agent, "" (legacy) from releases before epochs.
+Epoch = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")]
+_BATCH_EPOCH = "the outbox epoch the sequence numbers belong to; '' from agents before epochs"
+
+
 class LogBatch(Message):
     device_id: str
-    floor: int = Field(ge=1, description="lowest sequence the agent still holds")
-    records: list[LogRecord]
+    epoch: Epoch = Field(default="", description=_BATCH_EPOCH)
+    floor: int = Field(
+        ge=1, description="lowest sequence the agent still holds: all below is acked or dropped"
+    )
+    records: list[LogRecord] = Field(description="may be empty: a batch that only moves the floor")
 
 
 class TelemetryBatch(Message):
     device_id: str
-    floor: int = Field(ge=1, description="lowest sequence the agent still holds")
+    epoch: Epoch = Field(default="", description=_BATCH_EPOCH)
+    floor: int = Field(
+        ge=1, description="lowest sequence the agent still holds: all below is acked or dropped"
+    )
     records: list[TelemetryRecord]
 
 
 class Ack(Message):
-    upto: int = Field(ge=0, description="every sequence ≤ upto is stored at the hub")
+    upto: int = Field(ge=0, description="every sequence ≤ upto of the epoch is stored at the hub")
+    epoch: Epoch = Field(
+        default="", description="the epoch of the batch acknowledged; '' from hubs before epochs"
+    )
 
 
 class InferRequest(Message):

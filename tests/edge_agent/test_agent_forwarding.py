@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.wire import InferRequest, InferResult
+from edge_agent.wire import Ack, InferRequest, InferResult
 from tests.agent_processes import AgentProc, wait_until
 from tests.edge_agent.conftest import IrisModels, WireHub
 
@@ -88,6 +88,38 @@ def test_hub_away_agent_keeps_inferring_and_10k_logs_drain_when_it_returns(
     assert sample["memory_rss_mb"] and "1" in {
         k for r in hub.telemetry.values() for k in r["inferences"]
     }
+
+
+def test_an_ack_above_what_was_issued_or_for_another_epoch_is_ignored_and_forwarding_goes_on(
+    make_hub: Any, make_agent: Any, mosquitto: Any, device_id: str, iris_models: IrisModels
+) -> None:
+    """A hub that still remembers this device's outbox from before its data was wiped acks far
+    above what this outbox issued (so would a stray or forged message): nothing may be deleted
+    for it, and forwarding must not stop until a restart."""
+    hub = make_hub(mosquitto, device_id)
+    agent = make_agent(device_id, mosquitto)
+    _deploy(hub, iris_models)
+    ids = _predict_many(agent, iris_models.X, 5, 1)
+    wait_until(lambda: agent.status()["outbox"]["pending"] == 0, 10, "the first logs acked")
+    hub.acking = False  # the agent holds what it sends next when the bad acks come
+    ids += _predict_many(agent, iris_models.X, 5, 1)
+    wait_until(lambda: len(hub.logs) == 10, 10, "five more logs (unacknowledged)")
+    epoch = agent.status()["forwarder"]["epoch"]
+    assert isinstance(epoch, str) and len(epoch) == 16
+    hub.client.publish(hub.t("ack"), b'{"v":1,"upto":1000000}', qos=1)
+    hub.client.publish(hub.t("ack"), Ack(upto=10, epoch="f" * 16).dumps(), qos=1)
+    wait_until(lambda: agent.status()["forwarder"]["bad_acks"] == 2, 10, "two bad acks")
+    status = agent.status()
+    assert status["outbox"]["pending"] == 5, "a bad ack deleted records"
+    assert status["outbox"]["acked_upto"] == 5
+    assert status["forwarder"]["acked_upto"] == 5
+    hub.acking = True
+    ids += _predict_many(agent, iris_models.X, 10, 1)
+    wait_until(lambda: len(hub.logs) == 20, 10, "every later log forwarded")
+    wait_until(lambda: agent.status()["outbox"]["pending"] == 0, 10, "outbox drained by acks")
+    _assert_exactly_once(hub, ids)
+    assert agent.status()["forwarder"]["bad_acks"] == 2
+    assert "only 10 sequence numbers were issued" in agent.stderr()
 
 
 def test_mqtt_infer_requests_are_answered(

@@ -116,16 +116,103 @@ def test_ack_deletes_only_up_to_upto_and_is_idempotent(outbox: Outbox) -> None:
         outbox.ack(-1)
 
 
-def test_ack_beyond_what_was_issued_clears_everything_but_remembers_only_issued(
+def test_ack_beyond_what_was_issued_deletes_nothing(
     outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The hub cannot have stored what was never issued: such an ack is about another outbox
+    (this device's before its data was wiped) or forged, and must not clear this one."""
     outbox.append_many([("log", log_payload(i)) for i in range(3)])
     with caplog.at_level(logging.WARNING, logger="edge_agent.outbox"):
-        assert outbox.ack(1000) == 3
+        assert outbox.ack(1000) == 0
     assert "only 3 issued" in caplog.text
     stats = outbox.stats()
-    assert (stats.acked_upto, stats.next_seq, stats.pending, stats.pending_bytes) == (3, 4, 0, 0)
+    assert (stats.acked_upto, stats.next_seq, stats.pending) == (0, 4, 3)
+    assert seqs_held(outbox) == [1, 2, 3]
+    assert outbox.ack(3) == 3  # the exact last one issued is fine
     assert outbox.append("log", log_payload(4)) == 4
+
+
+def test_ack_for_another_epoch_deletes_nothing(outbox: Outbox) -> None:
+    outbox.append_many([("log", log_payload(i)) for i in range(3)])
+    assert outbox.ack(2, "0123456789abcdef") == 0
+    assert seqs_held(outbox) == [1, 2, 3]
+    assert outbox.ack(2, outbox.epoch) == 2
+    assert outbox.ack(3, "") == 1  # a hub before epochs sends none: about these numbers
+    assert outbox.stats().acked_upto == 3
+
+
+# -- epochs -------------------------------------------------------------------------------------
+def test_each_new_outbox_file_has_its_own_epoch_kept_across_reopens(
+    path: Path, tmp_path: Path
+) -> None:
+    with Outbox(path) as first:
+        epoch = first.epoch
+        assert len(epoch) == 16 and int(epoch, 16) >= 0
+        assert first.stats().epoch == epoch
+        first.append("log", log_payload(1))
+    with Outbox(path) as again, Outbox(path) as beside:
+        assert again.epoch == beside.epoch == epoch
+    path.unlink()  # a wiped data directory
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with Outbox(path) as fresh:
+        assert fresh.epoch != epoch
+        assert fresh.append("log", log_payload(1)) == 1  # numbers start again, in a new epoch
+    with Outbox(tmp_path / "other.db") as other:
+        assert other.epoch not in (epoch, fresh.epoch)
+
+
+def test_an_outbox_of_schema_1_is_upgraded_in_place_with_its_records(path: Path) -> None:
+    """A file written before epochs (schema 1, as that release made it) gets one on open."""
+    with sqlite3.connect(path) as raw:
+        raw.executescript(
+            """
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+            CREATE TABLE records (
+                seq INTEGER PRIMARY KEY,
+                kind TEXT NOT NULL CHECK (kind IN ('log', 'telemetry')),
+                payload TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                created_at REAL NOT NULL
+            );
+            INSERT INTO meta VALUES ('schema_version', 1), ('next_seq', 8), ('dropped_total', 2),
+                ('acked_upto', 4), ('pending', 3), ('bytes', 30);
+            INSERT INTO records VALUES (5, 'log', '{"a":1}', 10, 1.0),
+                (6, 'telemetry', '{"ts":1.0}', 10, 2.0), (7, 'log', '{"a":2}', 10, 3.0);
+            """
+        )
+    with Outbox(path) as upgraded:
+        epoch = upgraded.epoch
+        assert len(epoch) == 16
+        stats = upgraded.stats()
+        assert (stats.next_seq, stats.acked_upto, stats.pending, stats.dropped_total) == (
+            8,
+            4,
+            3,
+            2,
+        )
+        assert [(r.seq, r.kind, r.payload) for r in upgraded.pending(10)] == [
+            (5, "log", {"a": 1}),
+            (6, "telemetry", {"ts": 1.0}),
+            (7, "log", {"a": 2}),
+        ]
+        assert upgraded.append("log", log_payload(8)) == 8
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (2,)
+    with Outbox(path) as again:
+        assert again.epoch == epoch
+
+
+def test_an_outbox_of_a_newer_schema_is_refused_untouched(path: Path) -> None:
+    Outbox(path).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+        raw.execute("DROP TABLE meta_text")
+    with pytest.raises(OutboxError, match="schema 99"):
+        Outbox(path)
+    with sqlite3.connect(path) as raw:
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "meta_text" not in tables
 
 
 def test_floor_is_lowest_seq_held_or_next_seq_when_empty(outbox: Outbox) -> None:

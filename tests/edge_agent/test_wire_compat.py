@@ -6,9 +6,18 @@ import json
 import math
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from edge_agent.wire import DesiredState, LogRecord, Report, TelemetryRecord, WireError
+from edge_agent.wire import (
+    Ack,
+    DesiredState,
+    LogBatch,
+    LogRecord,
+    Report,
+    TelemetryBatch,
+    TelemetryRecord,
+    WireError,
+)
 
 REF = {
     "version_id": 3,
@@ -85,3 +94,58 @@ def test_a_log_record_with_a_non_finite_latency_or_time_is_refused() -> None:
         for bad in (math.nan, math.inf):
             with pytest.raises(ValidationError, match=field):
                 LogRecord.model_validate({**good, field: bad})
+
+
+# -- outbox epochs ------------------------------------------------------------------------------
+class _AckBeforeEpochs(BaseModel):
+    """Ack as the release before epochs declared it (an older agent parses acks with this)."""
+
+    v: int = 1
+    upto: int = Field(ge=0)
+
+
+class _LogBatchBeforeEpochs(BaseModel):
+    v: int = 1
+    device_id: str
+    floor: int = Field(ge=1)
+    records: list[LogRecord]
+
+
+LOG = {
+    "seq": 3,
+    "request_id": "r",
+    "model_version": 1,
+    "input_digest": "d",
+    "output": [0.5],
+    "latency_ms": 1.0,
+    "ts": 1.0,
+}
+
+
+def test_batches_and_acks_of_releases_before_epochs_parse_in_the_legacy_epoch() -> None:
+    old_logs = {"v": 1, "device_id": "pi", "floor": 3, "records": [LOG]}
+    logs = LogBatch.loads(json.dumps(old_logs).encode())
+    assert (logs.epoch, logs.floor, logs.records[0].seq) == ("", 3, 3)
+    old_tele = {"v": 1, "device_id": "pi", "floor": 1, "records": [{"seq": 1, "ts": 1.0}]}
+    assert TelemetryBatch.loads(json.dumps(old_tele).encode()).epoch == ""
+    assert Ack.loads(b'{"v": 1, "upto": 7}') == Ack(upto=7, epoch="")
+
+
+def test_what_this_release_sends_parses_in_the_release_before_epochs() -> None:
+    new = LogBatch(device_id="pi", epoch="0123456789abcdef", floor=3, records=[LogRecord(**LOG)])
+    old = _LogBatchBeforeEpochs.model_validate_json(new.dumps())
+    assert (old.floor, old.records[0].request_id) == (3, "r")
+    # a floor step (no records) is a valid batch there too: an older hub acks floor - 1
+    step = LogBatch(device_id="pi", epoch="0123456789abcdef", floor=9, records=[])
+    assert _LogBatchBeforeEpochs.model_validate_json(step.dumps()).records == []
+    ack = Ack(upto=5, epoch="0123456789abcdef")
+    assert _AckBeforeEpochs.model_validate_json(ack.dumps()).upto == 5
+
+
+@pytest.mark.parametrize("epoch", ["a" * 65, "has space", "x/y", "+"])
+def test_an_epoch_that_could_not_come_from_an_outbox_is_refused(epoch: str) -> None:
+    with pytest.raises(WireError, match="epoch"):
+        Ack.loads(json.dumps({"v": 1, "upto": 1, "epoch": epoch}).encode())
+    doc = {"v": 1, "device_id": "pi", "epoch": epoch, "floor": 1, "records": []}
+    with pytest.raises(WireError, match="epoch"):
+        LogBatch.loads(json.dumps(doc).encode())
