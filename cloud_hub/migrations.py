@@ -367,4 +367,63 @@ MIGRATIONS: tuple[Migration, ...] = (
             "WHERE revoked_at IS NULL",
         ),
     ),
+    Migration(
+        10,
+        "fleet: logs and telemetry keyed by (device, outbox epoch, seq), contiguous marks per "
+        "epoch (device_epochs; devices.acked_upto is no longer used)",
+        (
+            # Everything stored so far came from agents before epochs: epoch '' (legacy). A
+            # device's mark moves to its '' epoch.
+            f"""CREATE TABLE device_epochs (
+                id INTEGER PRIMARY KEY,
+                device_id TEXT NOT NULL,
+                epoch TEXT NOT NULL,
+                acked_upto INTEGER NOT NULL DEFAULT 0,
+                created_at TEXT NOT NULL DEFAULT {NOW},
+                updated_at TEXT NOT NULL DEFAULT {NOW},
+                UNIQUE (device_id, epoch))""",
+            "INSERT INTO device_epochs (device_id, epoch, acked_upto) "
+            "SELECT d.id, '', d.acked_upto FROM devices d WHERE d.acked_upto > 0 "
+            "OR EXISTS (SELECT 1 FROM inference_logs l WHERE l.device_id = d.id) "
+            "OR EXISTS (SELECT 1 FROM telemetry t WHERE t.device_id = d.id) ORDER BY d.id",
+            # SQLite cannot change a primary key: new tables, rows copied, old ones replaced.
+            """CREATE TABLE inference_logs_v10 (
+                device_id TEXT NOT NULL,
+                epoch TEXT NOT NULL DEFAULT '',
+                seq INTEGER NOT NULL,
+                request_id TEXT NOT NULL,
+                model_version INTEGER,
+                input_digest TEXT NOT NULL,
+                output TEXT NOT NULL,
+                latency_ms REAL NOT NULL,
+                ts REAL NOT NULL,
+                source TEXT NOT NULL,
+                role TEXT NOT NULL DEFAULT 'active',
+                thresholded INTEGER NOT NULL DEFAULT 0,
+                features TEXT,
+                PRIMARY KEY (device_id, epoch, seq)) WITHOUT ROWID""",
+            "INSERT INTO inference_logs_v10 (device_id, epoch, seq, request_id, model_version, "
+            "input_digest, output, latency_ms, ts, source, role, thresholded, features) "
+            "SELECT device_id, '', seq, request_id, model_version, input_digest, output, "
+            "latency_ms, ts, source, role, thresholded, features FROM inference_logs",
+            "DROP TABLE inference_logs",
+            "ALTER TABLE inference_logs_v10 RENAME TO inference_logs",
+            # the indexes migrations 6 and 7 made, which went with the old table
+            "CREATE INDEX inference_logs_request ON inference_logs (device_id, request_id)",
+            "CREATE INDEX inference_logs_ts ON inference_logs (ts)",
+            "CREATE INDEX inference_logs_version ON inference_logs (model_version, ts)",
+            "CREATE INDEX inference_logs_device_ts ON inference_logs (device_id, ts)",
+            """CREATE TABLE telemetry_v10 (
+                device_id TEXT NOT NULL,
+                epoch TEXT NOT NULL DEFAULT '',
+                seq INTEGER NOT NULL,
+                ts REAL NOT NULL,
+                data TEXT NOT NULL,
+                PRIMARY KEY (device_id, epoch, seq)) WITHOUT ROWID""",
+            "INSERT INTO telemetry_v10 (device_id, epoch, seq, ts, data) "
+            "SELECT device_id, '', seq, ts, data FROM telemetry",
+            "DROP TABLE telemetry",
+            "ALTER TABLE telemetry_v10 RENAME TO telemetry",
+        ),
+    ),
 )

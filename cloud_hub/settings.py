@@ -9,7 +9,7 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import BaseModel, Field
 
-from edge_agent.wire import DEFAULT_CHUNK_SIZE
+from edge_agent.wire import DEFAULT_CHUNK_SIZE, MAX_BATCH_RECORDS, SEQ_WINDOW
 
 DATA_DIR_ENV = "EDGEPILOT_DATA_DIR"
 
@@ -126,6 +126,21 @@ class HubSettings(BaseModel):
     topic_root: str = Field(default="ep", pattern=r"^[A-Za-z0-9._-]+$")
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1024, le=64 * 1024 * 1024)
     fleet_poll_s: float = Field(default=0.5, gt=0)
+    fleet_max_batch_records: int = Field(
+        default=MAX_BATCH_RECORDS,
+        ge=1,
+        le=SEQ_WINDOW,
+        description="records one log or telemetry batch may carry; more is refused (an agent "
+        f"sends at most its forwarder.batch_size, itself at most {MAX_BATCH_RECORDS})",
+    )
+    fleet_seq_window: int = Field(
+        default=1_000_000,
+        ge=SEQ_WINDOW,
+        description="how far past an outbox epoch's contiguous mark a batch's floor and records "
+        f"may reach; farther is refused. Agents reach at most {SEQ_WINDOW} (they step their "
+        "floor after a longer overflow); one from before epochs jumps its floor over all its "
+        "overflow dropped and is refused beyond this until upgraded (see cloud_hub.fleet.ingest)",
+    )
 
     @property
     def db_path(self) -> Path:

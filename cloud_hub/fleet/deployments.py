@@ -322,8 +322,9 @@ class DeploymentStore:
             pairs = self.db.conn.execute(
                 "SELECT a.output AS a_out, s.output AS s_out, a.latency_ms AS a_ms, "
                 "s.latency_ms AS s_ms FROM inference_logs s JOIN inference_logs a "
-                "ON a.device_id = s.device_id AND a.seq = ("
+                "ON a.device_id = s.device_id AND a.epoch = s.epoch AND a.seq = ("
                 "SELECT MAX(p.seq) FROM inference_logs p WHERE p.device_id = s.device_id "
+                "AND p.epoch = s.epoch "
                 "AND p.request_id = s.request_id AND p.input_digest = s.input_digest "
                 "AND p.role = 'active' AND p.seq < s.seq) "
                 "WHERE s.device_id = ? AND s.role = 'shadow' AND s.model_version = ? "

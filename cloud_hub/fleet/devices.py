@@ -20,10 +20,16 @@ from cloud_hub.fleet.schemas import (
 )
 from cloud_hub.registry import check_name
 
-_DEVICE_SQL = """
+# The device's current outbox epoch: the one that stored a batch last (devices.acked_upto is
+# no longer used: marks are per epoch, in device_epochs).
+_CURRENT_EPOCH = """(SELECT e.{column} FROM device_epochs e WHERE e.device_id = d.id
+        ORDER BY e.updated_at DESC, e.id DESC LIMIT 1)"""
+_DEVICE_SQL = f"""
     SELECT d.*,
         (SELECT COUNT(*) FROM inference_logs l WHERE l.device_id = d.id) AS logs_stored,
-        (SELECT COUNT(*) FROM telemetry t WHERE t.device_id = d.id) AS telemetry_stored
+        (SELECT COUNT(*) FROM telemetry t WHERE t.device_id = d.id) AS telemetry_stored,
+        {_CURRENT_EPOCH.format(column="acked_upto")} AS epoch_acked_upto,
+        {_CURRENT_EPOCH.format(column="epoch")} AS current_epoch
     FROM devices d"""
 
 
@@ -43,7 +49,8 @@ def device_from_row(row: sqlite3.Row) -> Device:
         active_version_id=d["active_version_id"],
         desired_version_id=d["desired_version_id"],
         desired_deployment_id=d["desired_deployment_id"],
-        acked_upto=d["acked_upto"],
+        acked_upto=d.get("epoch_acked_upto") or 0,
+        epoch=d.get("current_epoch"),
         logs_stored=d.get("logs_stored", 0),
         telemetry_stored=d.get("telemetry_stored", 0),
         rejected=d["rejected"],
@@ -148,12 +155,27 @@ class DeviceStore:
         return devices
 
     def logs(self, device_id: str, *, limit: int = 100) -> list[InferenceLog]:
-        """The device's newest stored inference logs, newest first."""
+        """The device's newest stored inference logs, newest first: its latest outbox epoch
+        first (a wiped device's new epoch before the old one), each by sequence."""
         self.get(device_id)
-        rows = self.db.conn.execute(
-            "SELECT * FROM inference_logs WHERE device_id = ? ORDER BY seq DESC LIMIT ?",
-            [device_id, limit],
-        ).fetchall()
+        conn = self.db.conn
+        epochs = [
+            r[0]
+            for r in conn.execute(
+                "SELECT epoch FROM device_epochs WHERE device_id = ? ORDER BY id DESC", [device_id]
+            )
+        ]
+        if "" not in epochs:  # rows written without the ingest (tests, imports) are legacy
+            epochs.append("")
+        rows: list[sqlite3.Row] = []
+        for epoch in epochs:
+            if len(rows) >= limit:
+                break
+            rows += conn.execute(
+                "SELECT * FROM inference_logs WHERE device_id = ? AND epoch = ? "
+                "ORDER BY seq DESC LIMIT ?",
+                [device_id, epoch, limit - len(rows)],
+            ).fetchall()
         return [_log(r) for r in rows]
 
 

@@ -1,54 +1,112 @@
-"""Logs and telemetry from devices' outboxes: stored idempotently, acknowledged contiguously.
+"""Logs and telemetry from devices' outboxes: checked, stored idempotently, acknowledged
+contiguously, per outbox epoch.
 
-Logs and telemetry share one per-device sequence. Each batch is stored in one transaction
-(INSERT OR IGNORE on (device, seq): a batch sent twice is stored once), then the device's
-contiguous mark `acked_upto` is advanced: first to `floor - 1` (the agent no longer holds
-anything below its floor: it was acknowledged or dropped under its overflow policy), then over
-every sequence stored just above it in either table. The caller acknowledges only after this
-returns, i.e. after the commit.
+Logs and telemetry share one sequence per outbox *epoch* (a random id the agent makes with its
+outbox file: a wiped data directory or a re-flashed card starts a new epoch at sequence 1; "" is
+the legacy epoch of agents from before epochs). Each batch is checked, then stored in one
+transaction (INSERT OR IGNORE on (device, epoch, seq): a batch sent twice is stored once), then
+the epoch's contiguous mark (`device_epochs.acked_upto`) is advanced: first to `floor - 1` (the
+agent no longer holds anything below its floor: it was acknowledged or dropped under its overflow
+policy), then over every sequence stored just above it in either table. The caller acknowledges
+the mark, with the epoch, only after this returns, i.e. after the commit: the hub never acks more
+than it stored contiguously for that epoch or than the agent said it no longer holds.
+
+What a batch may claim. With M the epoch's mark, f the batch's floor, W `seq_window` and C
+`max_batch_records`, a batch is refused (Rejected: nothing stored, mark unchanged, not acked) when
+  1. it carries more than C records;
+  2. f is above its lowest record (it would claim to have dropped records it carries);
+  3. the epoch is known and f - 1 > M + W (its floor jumps more than W past the mark);
+  4. its highest record is above max(M, f - 1) + W.
+The first batch of an epoch the hub has not seen sets the epoch's base from its floor (rule 3
+does not apply): a new outbox starts at floor 1, an outbox upgraded from before epochs at
+whatever it still holds. Rules 1, 2 and 4 still do.
+
+Why an honest agent is never refused. Its outbox holds one contiguous run [floor, next_seq); it
+sends at most `ForwarderSettings.batch_size` ≤ wire.MAX_BATCH_RECORDS = the default C records per
+batch; its floor is read before its records (so f ≤ its first record); it never lets a batch
+reach past max(A, f - 1) + wire.SEQ_WINDOW, where A ≤ M is the last ack it accepted, and W ≥
+SEQ_WINDOW (a setting cannot go lower). Its floor may legitimately jump far past M: overflow
+dropped records the hub never received (a long outage). The jump is unbounded in time, so no
+fixed bound on f could admit it; instead the agent steps: record-less batches whose floor is at
+most SEQ_WINDOW past its last ack, one per ack, until its real floor is within reach. An agent
+from before epochs does not step: after an outage that dropped more than W records it is refused
+until it is upgraded (its rejection reason says so; an upgraded agent opens a new epoch).
+
+What the bounds guarantee, and what not. Epochs keep outboxes apart: a clone, a re-flashed card
+or anyone numbering in another epoch cannot make an agent's records collide with theirs. In the
+same epoch (someone holding the device's credentials who learnt its epoch, a bug) one batch
+stores at most C rows and touches only sequences ≤ M + 2W: it cannot make the agent's later
+records vanish as "duplicates", nor push the mark out of the agent's reach in one message. A
+sender who repeats such batches can walk the mark on; the agent then ignores the acks (above
+what it issued) and counts them, and records stored over by another's are counted here as
+`conflicts` (same seq, other content) rather than passing silently as duplicates.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 
 from cloud_hub.db import Database
+from cloud_hub.fleet.errors import Rejected
+from cloud_hub.registry import utcnow
+from cloud_hub.settings import HubSettings
 from edge_agent.features import encode as encode_features
 from edge_agent.wire import LogBatch, TelemetryBatch
 
+__all__ = ["Ingest"]
+
+_DEFAULTS = HubSettings.model_fields
+
 _SEQS_ABOVE = (
-    "SELECT seq FROM inference_logs WHERE device_id = ? AND seq > ? "
-    "UNION SELECT seq FROM telemetry WHERE device_id = ? AND seq > ? ORDER BY seq"
+    "SELECT seq FROM inference_logs WHERE device_id = ? AND epoch = ? AND seq > ? "
+    "UNION SELECT seq FROM telemetry WHERE device_id = ? AND epoch = ? AND seq > ? ORDER BY seq"
 )
 
-
-def _advance(conn: sqlite3.Connection, device_id: str, floor: int) -> int:
-    (mark,) = conn.execute("SELECT acked_upto FROM devices WHERE id = ?", [device_id]).fetchone()
-    mark = max(int(mark), floor - 1)
-    for (seq,) in conn.execute(_SEQS_ABOVE, [device_id, mark, device_id, mark]):
-        if seq != mark + 1:
-            break
-        mark = seq
-    conn.execute("UPDATE devices SET acked_upto = ? WHERE id = ?", [mark, device_id])
-    return mark
+# (device id, number of records whose seq was already stored with other content)
+OnConflict = Callable[[str, int], None]
 
 
 class Ingest:
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_batch_records: int = _DEFAULTS["fleet_max_batch_records"].default,
+        seq_window: int = _DEFAULTS["fleet_seq_window"].default,
+        on_conflict: OnConflict | None = None,
+    ) -> None:
+        if max_batch_records < 1 or seq_window < 1:
+            raise ValueError("max_batch_records and seq_window must be at least 1")
         self.db = db
+        self.max_batch_records = max_batch_records
+        self.seq_window = seq_window
+        self._on_conflict = on_conflict
 
     def store_logs(self, device_id: str, batch: LogBatch) -> int:
-        """Store a log batch; returns the device's new contiguous mark."""
+        """Store a log batch; returns the epoch's new contiguous mark. Rejected: refused."""
+        records = batch.records
         with self.db.transaction() as db:
             conn = db.conn
+            self._check(conn, device_id, batch.epoch, batch.floor, [r.seq for r in records])
+            if records:
+                self._conflicts(
+                    conn,
+                    device_id,
+                    "SELECT seq, request_id || '/' || input_digest FROM inference_logs "
+                    "WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
+                    batch.epoch,
+                    {r.seq: f"{r.request_id}/{r.input_digest}" for r in records},
+                )
             conn.executemany(
-                "INSERT OR IGNORE INTO inference_logs (device_id, seq, request_id, model_version, "
-                "input_digest, output, latency_ms, ts, source, role, thresholded, features) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO inference_logs (device_id, epoch, seq, request_id, "
+                "model_version, input_digest, output, latency_ms, ts, source, role, thresholded, "
+                "features) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         device_id,
+                        batch.epoch,
                         r.seq,
                         r.request_id,
                         r.model_version,
@@ -61,20 +119,99 @@ class Ingest:
                         int(r.thresholded),
                         None if r.features is None else encode_features(r.features),
                     )
-                    for r in batch.records
+                    for r in records
                 ],
             )
-            return _advance(conn, device_id, batch.floor)
+            return self._advance(conn, device_id, batch.epoch, batch.floor)
 
     def store_telemetry(self, device_id: str, batch: TelemetryBatch) -> int:
-        """Store a telemetry batch; returns the device's new contiguous mark."""
+        """Store a telemetry batch; returns the epoch's new contiguous mark. Rejected: refused."""
+        records = batch.records
         with self.db.transaction() as db:
             conn = db.conn
+            self._check(conn, device_id, batch.epoch, batch.floor, [r.seq for r in records])
+            if records:
+                self._conflicts(
+                    conn,
+                    device_id,
+                    "SELECT seq, ts FROM telemetry "
+                    "WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
+                    batch.epoch,
+                    {r.seq: r.ts for r in records},
+                )
             conn.executemany(
-                "INSERT OR IGNORE INTO telemetry (device_id, seq, ts, data) VALUES (?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO telemetry (device_id, epoch, seq, ts, data) "
+                "VALUES (?, ?, ?, ?, ?)",
                 [
-                    (device_id, r.seq, r.ts, r.model_dump_json(exclude={"seq", "ts"}))
-                    for r in batch.records
+                    (device_id, batch.epoch, r.seq, r.ts, r.model_dump_json(exclude={"seq", "ts"}))
+                    for r in records
                 ],
             )
-            return _advance(conn, device_id, batch.floor)
+            return self._advance(conn, device_id, batch.epoch, batch.floor)
+
+    # -- the rules (module docstring) ---------------------------------------------------------
+    def _check(
+        self, conn: sqlite3.Connection, device_id: str, epoch: str, floor: int, seqs: list[int]
+    ) -> None:
+        label = f"epoch {epoch!r}" if epoch else "the legacy epoch (an agent before epochs)"
+        if len(seqs) > self.max_batch_records:
+            raise Rejected(
+                f"batch of {len(seqs)} records, more than the {self.max_batch_records} allowed"
+            )
+        if seqs and floor > min(seqs):
+            raise Rejected(f"batch floor {floor} is above its first record {min(seqs)}")
+        row = conn.execute(
+            "SELECT acked_upto FROM device_epochs WHERE device_id = ? AND epoch = ?",
+            [device_id, epoch],
+        ).fetchone()
+        mark = 0 if row is None else int(row[0])
+        if row is not None and floor - 1 > mark + self.seq_window:
+            hint = "" if epoch else "; an agent before epochs cannot step its floor: upgrade it"
+            raise Rejected(
+                f"batch floor {floor} is more than {self.seq_window} past what {label} has "
+                f"stored contiguously ({mark}){hint}"
+            )
+        base = max(mark, floor - 1)
+        if seqs and max(seqs) > base + self.seq_window:
+            raise Rejected(
+                f"batch reaches sequence {max(seqs)}, more than {self.seq_window} past "
+                f"{label}'s mark ({base})"
+            )
+
+    def _conflicts(
+        self,
+        conn: sqlite3.Connection,
+        device_id: str,
+        sql: str,
+        epoch: str,
+        incoming: dict[int, object],
+    ) -> None:
+        """Count records whose seq is stored already with other content (kept: the first)."""
+        if self._on_conflict is None:
+            return
+        stored = conn.execute(sql, [device_id, epoch, min(incoming), max(incoming)])
+        conflicts = sum(1 for seq, value in stored if seq in incoming and incoming[seq] != value)
+        if conflicts:
+            self._on_conflict(device_id, conflicts)
+
+    @staticmethod
+    def _advance(conn: sqlite3.Connection, device_id: str, epoch: str, floor: int) -> int:
+        conn.execute(
+            "INSERT OR IGNORE INTO device_epochs (device_id, epoch) VALUES (?, ?)",
+            [device_id, epoch],
+        )
+        (mark,) = conn.execute(
+            "SELECT acked_upto FROM device_epochs WHERE device_id = ? AND epoch = ?",
+            [device_id, epoch],
+        ).fetchone()
+        mark = max(int(mark), floor - 1)
+        for (seq,) in conn.execute(_SEQS_ABOVE, [device_id, epoch, mark, device_id, epoch, mark]):
+            if seq != mark + 1:
+                break
+            mark = seq
+        conn.execute(
+            "UPDATE device_epochs SET acked_upto = ?, updated_at = ? "
+            "WHERE device_id = ? AND epoch = ?",
+            [mark, utcnow(), device_id, epoch],
+        )
+        return int(mark)

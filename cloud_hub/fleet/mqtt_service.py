@@ -116,7 +116,12 @@ class FleetService:
         self.log = logger or logging.getLogger("cloud_hub.fleet")
         self.store: ArtifactStore = registry.store
         self.rollout = Rollout(db)
-        self.ingest = Ingest(db)
+        self.ingest = Ingest(
+            db,
+            max_batch_records=settings.fleet_max_batch_records,
+            seq_window=settings.fleet_seq_window,
+            on_conflict=self._seq_conflict,
+        )
         self.presence = Presence(db)
         self.desired = DesiredStates(db, registry, signer)
         self.db = db
@@ -320,14 +325,16 @@ class FleetService:
             deployment_id = self.rollout.apply_report(device_id, report)
             if deployment_id is not None:
                 self.rollout.evaluate(deployment_id)
-        elif kind == "logs":
+        elif kind == "logs":  # a batch the ingest refuses raises Rejected: it is not acked
             logs = LogBatch.loads(payload)
             self._same_device(device_id, logs.device_id)
-            self._ack(device_id, self.ingest.store_logs(device_id, logs), len(logs.records))
+            upto = self.ingest.store_logs(device_id, logs)
+            self._ack(device_id, logs.epoch, upto, len(logs.records))
         elif kind == "telemetry":
             tele = TelemetryBatch.loads(payload)
             self._same_device(device_id, tele.device_id)
-            self._ack(device_id, self.ingest.store_telemetry(device_id, tele), len(tele.records))
+            upto = self.ingest.store_telemetry(device_id, tele)
+            self._ack(device_id, tele.epoch, upto, len(tele.records))
         elif kind == "fetch":
             self._serve(device_id, FetchRequest.loads(payload))
 
@@ -336,11 +343,22 @@ class FleetService:
         if topic_id != payload_id:
             raise Rejected(f"message names device {payload_id!r} on device {topic_id!r}'s topic")
 
-    def _ack(self, device_id: str, upto: int, records: int) -> None:
-        """Acknowledge after the batch is committed (the store call has returned)."""
+    def _ack(self, device_id: str, epoch: str, upto: int, records: int) -> None:
+        """Acknowledge after the batch is committed (the store call has returned): the epoch's
+        contiguous mark, with the epoch, so an agent can tell it from another outbox's."""
         self._count("records", records)
-        self.client.publish(self.topics.device(device_id, "ack"), Ack(upto=upto).dumps(), qos=1)
+        ack = Ack(upto=upto, epoch=epoch)
+        self.client.publish(self.topics.device(device_id, "ack"), ack.dumps(), qos=1)
         self._count("acks")
+
+    def _seq_conflict(self, device_id: str, count: int) -> None:
+        """Records whose (epoch, seq) was stored already with other content: the first kept."""
+        self.log.warning(
+            "device %s sent %d record(s) whose sequence number is stored with other content",
+            device_id,
+            count,
+        )
+        self._count("seq_conflicts", count)
 
     # -- model transfer ---------------------------------------------------------------------------
     def _serve(self, device_id: str, req: FetchRequest) -> None:

@@ -41,7 +41,13 @@ class Device(BaseModel):
     active_version_id: int | None
     desired_version_id: int | None
     desired_deployment_id: int | None = None
-    acked_upto: int = Field(default=0, description="every log/telemetry seq ≤ this is stored")
+    acked_upto: int = Field(
+        default=0, description="every log/telemetry seq ≤ this is stored, in epoch `epoch`"
+    )
+    epoch: str | None = Field(
+        default=None,
+        description="the outbox epoch of the device's latest batch ('' an agent before epochs)",
+    )
     logs_stored: int = 0
     telemetry_stored: int = 0
     rejected: int = Field(default=0, description="messages from the device the hub refused")
@@ -179,6 +185,7 @@ class InferenceLog(BaseModel):
     """One inference log record as the hub stored it."""
 
     device_id: str
+    epoch: str = Field(default="", description="the outbox epoch `seq` belongs to")
     seq: int
     request_id: str
     model_version: int | None

@@ -100,8 +100,15 @@ def _device_side(f: LogFilter, conn: sqlite3.Connection) -> tuple[str, list[Any]
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
+    # the key is unique per (device, epoch, seq); the legacy epoch's keeps its earlier form
+    key = (
+        "device_id || '#' || (CASE epoch WHEN '' THEN '' ELSE epoch || '#' END) || "
+        "printf('%020d', seq)"
+        if _has_column(conn, "inference_logs", "epoch")
+        else "device_id || '#' || printf('%020d', seq)"
+    )
     sql = (
-        "SELECT 'device' AS origin, device_id || '#' || printf('%020d', seq) AS k, ts, "
+        f"SELECT 'device' AS origin, {key} AS k, ts, "
         f"request_id, NULL AS endpoint, device_id, NULL AS step, {role} AS role, model_version, "
         "NULL AS variant, 0 AS row, input_digest, NULL AS label, NULL AS score, output, "
         "latency_ms, 'ok' AS outcome, NULL AS error, json_object('source', source) AS tags, "
