@@ -699,7 +699,6 @@ def broker_config(
     from cloud_hub.fleet.tls import ensure_server_certificate
 
     state = _state(ctx)
-    added: list[Path] = []
     with user_errors():
         settings = state.hub.settings
         if max_packet_size < min_packet_size(settings.chunk_size):
@@ -715,11 +714,14 @@ def broker_config(
         for name in remove_account or []:
             if not drop_account(devices.files, name):
                 raise InvalidInput(f"no broker account {name!r}")
-        for name in viewer or []:
-            added.append(add_account(devices.files, Account(name, "viewer")))
+        wanted = [Account(name, "viewer") for name in viewer or []]
         for text in infer_client or []:
             name, listed = _parse_infer_client(text)
-            added.append(add_account(devices.files, Account(name, "infer", listed)))
+            wanted.append(Account(name, "infer", listed))
+        for account in wanted:  # before anything is saved: a clash would block registrations
+            if devices.exists(account.name):
+                raise InvalidInput(f"{account.name!r} is a device id: pick another account name")
+        added = [add_account(devices.files, account) for account in wanted]
         files = devices.write_broker_files()
         issued = False
         if secure is not None:

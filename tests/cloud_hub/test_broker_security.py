@@ -443,3 +443,28 @@ def test_a_status_will_still_reaches_the_hub(
     dev.client.loop_stop()
     dev.client.socket().close()
     wait_until(lambda: fleet.hub.fleet.devices.get("dev-a").status == "offline", 10, "the will")
+
+
+def test_accounts_are_kept_removed_and_never_clash_with_devices(tmp_path: Path) -> None:
+    env = {**os.environ, "EDGEPILOT_DATA_DIR": str(tmp_path / "hub"), "COLUMNS": "200"}
+    assert run_cli(["devices", "register", "cam-1"], env).returncode == 0
+    clash = run_cli(["hub", "broker-config", "--viewer", "cam-1"], env)
+    assert clash.returncode == 2 and "is a device id" in clash.stderr
+    reserved = run_cli(["hub", "broker-config", "--infer-client", HUB_USER], env)
+    assert reserved.returncode == 2 and "invalid" in reserved.stderr
+    added = run_cli(["hub", "broker-config", "--viewer", "ops", "--infer-client", "app:cam-1"], env)
+    assert added.returncode == 0, added.stderr
+    files = BrokerFiles.in_data_dir(tmp_path / "hub")
+    assert oct(files.account_secret("ops").stat().st_mode & 0o777) == "0o600"
+    # kept by every later registration, and a device cannot take an account's name
+    assert run_cli(["devices", "register", "cam-2"], env).returncode == 0
+    taken = run_cli(["devices", "register", "ops"], env)
+    assert taken.returncode == 2 and "names of broker accounts" in taken.stderr
+    users = [line.split(":")[0] for line in files.password_file.read_text().splitlines()]
+    assert {"ops", "app", "cam-1", "cam-2", HUB_USER} <= set(users)
+    acl = files.acl_file.read_text()
+    assert "user app\ntopic write ep/dev/cam-1/infer\ntopic read ep/dev/cam-1/result\n" in acl
+    removed = run_cli(["hub", "broker-config", "--remove-account", "ops"], env)
+    assert removed.returncode == 0, removed.stderr
+    assert "ops:" not in files.password_file.read_text()
+    assert not files.account_secret("ops").exists()
