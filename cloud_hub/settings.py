@@ -37,6 +37,16 @@ class HubSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    # -- authentication ------------------------------------------------------------------------
+    metrics_public: bool = Field(
+        default=False, description="serve GET /metrics without a token (a scraper on a LAN)"
+    )
+    token_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a verified token is trusted before the database is asked again "
+        "(a token revoked by another process stops working within this time)",
+    )
     scheduler_poll_s: float = Field(default=1.0, gt=0)
     run_scheduler: bool = True
     # -- input hygiene (REST) ------------------------------------------------------------------
@@ -154,6 +164,11 @@ class HubSettings(BaseModel):
     def cache_dir(self) -> Path:
         """Cached pipeline step outputs (content-addressed, like artifacts)."""
         return self.data_dir / "step-cache"
+
+    @property
+    def admin_token_path(self) -> Path:
+        """The hub machine's admin token (0600), made on first start, read by the CLI."""
+        return self.data_dir / "admin-token"
 
     @property
     def signing_key_path(self) -> Path:

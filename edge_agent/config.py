@@ -76,9 +76,20 @@ class MqttSettings(_Section):
 
 class HttpSettings(_Section):
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: str = Field(
+        default="127.0.0.1",
+        description="loopback by default: only this device's programs; a LAN address (or "
+        "0.0.0.0) opens it to the network, give a token then",
+    )
     port: int = Field(default=8081, ge=0, le=65535, description="0 = pick a free port")
     max_body_bytes: int = Field(default=8 * 2**20, ge=1024)
+    token: str | None = Field(
+        default=None,
+        min_length=16,
+        max_length=256,
+        description="callers must send `Authorization: Bearer <token>` (all routes but "
+        "/v1/health); none: anyone who reaches the address may call",
+    )
 
 
 class RuntimeSettings(_Section):

@@ -155,6 +155,12 @@ def _one_blas_thread() -> Iterator[None]:
         yield
 
 
+def admin_headers(hub: Hub) -> dict[str, str]:
+    """What a test's HTTP client sends to be the hub machine's admin (the token `Hub.open`
+    writes into the data dir)."""
+    return {"Authorization": f"Bearer {hub.admin_token}"}
+
+
 class SecureMosquitto:
     """A real Mosquitto configured by `edgepilot hub broker-config` for a hub's data dir: its
     passwords, the direction-specific ACL, the username as client id, the packet size limit and

@@ -14,11 +14,12 @@ from cloud_hub.api.app import create_app
 from cloud_hub.artifact_store import sha256_hex
 from cloud_hub.hub import Hub
 from cloud_hub.training.request import TrainRequest
+from tests.conftest import admin_headers
 
 
 @pytest.fixture
 def client(hub: Hub) -> Iterator[TestClient]:
-    with TestClient(create_app(hub, scheduler=False)) as c:
+    with TestClient(create_app(hub, scheduler=False), headers=admin_headers(hub)) as c:
         yield c
 
 
