@@ -5,10 +5,11 @@ a sequence number from one sequence shared by logs and telemetry; the next numbe
 meta table and committed in the same transaction as the record, so a number is never issued
 twice: not after deletes, not after a restart, not after kill -9 or a power cut.
 
-The numbers belong to the file's *epoch*: a random id made when the file is created (or when a
-file of schema 1, from before epochs, is first opened). A wiped data directory or a re-flashed
-card makes a new file, hence a new epoch, and its numbers start again at 1 without meeting the old
-file's numbers at the hub, which keys what it stores on (device, epoch, seq).
+The numbers belong to the file's *epoch*: a random id made when the file is created (a file of
+schema 1, from before epochs, keeps the legacy epoch "", which the hub's own rows from before
+epochs carry too). A wiped data directory or a re-flashed card makes a new file, hence a new
+epoch, and its numbers start again at 1 without meeting the old file's numbers at the hub, which
+keys what it stores on (device, epoch, seq).
 
 An ack is checked before it deletes anything: one for another epoch, or above the last number
 issued, deletes nothing (the hub cannot have stored what was never issued).
@@ -190,11 +191,13 @@ class Outbox:
                 "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
                 [(key, initial.get(key, 0)) for key in _META_KEYS],
             )
-            # A new file, or one of schema 1 (in-place upgrade): its epoch starts here. Its
-            # records keep their numbers; the hub sees them in the new epoch from now on.
+            # A new file gets a random epoch. A file of schema 1 (in-place upgrade) keeps the
+            # legacy epoch "": the hub holds what that file sent before under "" too (its
+            # migration 10), so records sent but not yet acked are not stored a second time
+            # under a new epoch, and the numbering simply goes on.
             self._db.execute(
                 "INSERT OR IGNORE INTO meta_text (key, value) VALUES ('epoch', ?)",
-                [secrets.token_hex(8)],
+                ["" if version == 1 else secrets.token_hex(8)],
             )
             self._set_meta(schema_version=SCHEMA_VERSION)
             (epoch,) = self._db.execute(
