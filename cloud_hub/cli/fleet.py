@@ -403,8 +403,8 @@ def deploy(
         typer.Argument(metavar="[ID]", help="With `promote`: the deployment.", show_default=False),
     ] = None,
     device: Annotated[
-        str | None,
-        typer.Option(help="Target one device (several: give them a tag and deploy with --tag)."),
+        list[str] | None,
+        typer.Option(help="Target a device; repeat for several (one rollout over all of them)."),
     ] = None,
     tag: Annotated[str | None, typer.Option(help="Target every device with this tag.")] = None,
     group: Annotated[str | None, typer.Option(help="Target every device of this group.")] = None,
@@ -462,7 +462,8 @@ def deploy(
         body = DeploymentCreate(
             version=version,
             artifact=artifact,
-            device=device,
+            device=device[0] if device and len(device) == 1 else None,
+            devices=device if device and len(device) > 1 else None,
             tag=tag,
             group=group,
             strategy=strategy,  # type: ignore[arg-type]

@@ -39,7 +39,7 @@ from cloud_hub.fleet.schemas import (
     ShadowDeviceReport,
     ShadowReport,
 )
-from cloud_hub.registry import Registry, utcnow
+from cloud_hub.registry import Registry, check_name, utcnow
 from cloud_hub.schemas import Artifact, Version
 from edge_agent.wire import ProbationPolicy, ServingParams
 
@@ -47,17 +47,32 @@ ACTIVE_STATUSES = ("canary", "rolling_out")
 
 
 def _target(body: DeploymentCreate) -> tuple[str, str]:
-    given = [(k, v) for k, v in (("device", body.device), ("tag", body.tag), ("group", body.group))]
+    """(kind, value); several devices are kind "device" with their ids joined by commas (a
+    device id cannot hold one)."""
+    several = None
+    if body.devices is not None:
+        if len(set(body.devices)) != len(body.devices):
+            dup = sorted({d for d in body.devices if body.devices.count(d) > 1})
+            raise InvalidInput(f"devices: {', '.join(dup)} given more than once")
+        for device_id in body.devices:
+            check_name("device", device_id)
+        several = ",".join(body.devices)
+    given = [
+        ("device", body.device),
+        ("devices", several),
+        ("tag", body.tag),
+        ("group", body.group),
+    ]
     named = [(k, v) for k, v in given if v is not None]
     if not named:
-        raise InvalidInput("a deployment needs one target: a device, a tag or a group")
+        raise InvalidInput("a deployment needs one target: a device, devices, a tag or a group")
     if len(named) > 1:
         raise InvalidInput(
             "a deployment has exactly one target, got " + " and ".join(k for k, _ in named)
         )
     kind, value = named[0]
     assert value is not None
-    return kind, value
+    return ("device" if kind == "devices" else kind), value
 
 
 def canary_size(body: DeploymentCreate, total: int) -> int:
@@ -80,7 +95,7 @@ class DeploymentStore:
     # -- create ---------------------------------------------------------------------------------
     def _targets(self, kind: str, value: str) -> list[Device]:
         if kind == "device":
-            return [self.devices.get(value)]
+            return [self.devices.get(d) for d in value.split(",")]
         found = self.devices.all(tag=value) if kind == "tag" else self.devices.all(group=value)
         if not found:
             raise NotFound(kind, value)  # a tag or group exists only through its devices

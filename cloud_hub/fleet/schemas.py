@@ -98,6 +98,12 @@ class DeploymentCreate(BaseModel):
     version: str = Field(description="PROJECT/MODEL[:N] or a version id")
     artifact: str = Field(default="best", description="'best' or FORMAT/PRECISION, e.g. onnx/int8")
     device: str | None = None
+    devices: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="several devices by id (the target is then these devices, as one rollout)",
+    )
     tag: str | None = None
     group: str | None = None
     strategy: Strategy = "all_at_once"
@@ -152,7 +158,9 @@ class Deployment(BaseModel):
     version: str
     artifact: str
     target_kind: TargetKind
-    target: str
+    target: str = Field(
+        description="the device id (ids, comma-separated, for several), tag or group"
+    )
     strategy: Strategy
     canary_count: int | None
     canary_percent: float | None

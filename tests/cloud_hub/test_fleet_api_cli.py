@@ -80,12 +80,22 @@ def test_rest_deployments(client: TestClient, hub: Hub, onnx_bytes: bytes) -> No
         ({"version": version.ref, "tag": "none"}, 404, "tag 'none' not found"),
         ({"version": version.ref, "device": "b", "artifact": "onnx/fp32"}, 422, "b (runs litert)"),
         ({"version": version.ref, "device": "a", "failure_threshold": 2}, 422, "less than"),
+        ({"version": version.ref, "devices": ["a", "a"]}, 422, "a given more than once"),
+        ({"version": version.ref, "devices": ["a", "zz"]}, 404, "device 'zz' not found"),
+        ({"version": version.ref, "devices": ["a"], "device": "a"}, 422, "device and devices"),
+        ({"version": version.ref, "devices": []}, 422, "at least 1"),
     ]
     for body, code, message in cases:
         resp = client.post("/api/v1/deployments", json=body)
         assert resp.status_code == code, (body, resp.text)
         assert message in json.dumps(resp.json()), (body, resp.text)
     assert len(client.get("/api/v1/deployments").json()) == 1  # nothing stored on error
+    several = client.post(
+        "/api/v1/deployments", json={"version": version.ref, "devices": ["b", "a"]}
+    )
+    assert several.status_code == 201, several.text
+    assert [d["device_id"] for d in several.json()["devices"]] == ["a", "b"]
+    assert several.json()["target"] == "b,a"
 
 
 def test_cli_register_list_deploy(
@@ -346,19 +356,31 @@ def test_cli_deploy_promote_as_the_issue_writes_it(
     assert extra.returncode == 2 and "unexpected argument 7" in extra.stderr, extra.stderr
 
 
-def test_a_repeated_single_valued_option_is_refused_not_half_obeyed(
+def test_a_repeated_option_is_honoured_or_refused_never_half_obeyed(
     cli_env: dict[str, str], onnx_bytes: bytes
 ) -> None:
-    """`deploy --device dev-a --device dev-b` used to deploy to dev-b alone, without a word."""
+    """`deploy --device dev-a --device dev-b` used to deploy to dev-b alone, without a word:
+    now it deploys to both, as one rollout; a single-valued option given twice is refused."""
     hub = Hub.open(HubSettings(data_dir=Path(cli_env["EDGEPILOT_DATA_DIR"]), run_scheduler=False))
     version = register_model(hub, onnx_bytes)
-    for device_id in ("dev-a", "dev-b"):
-        hub.fleet.devices.register(DeviceCreate(id=device_id, tags=["lab"]))
+    for device_id in ("dev-a", "dev-b", "dev-c"):
+        tags = ["lab"] if device_id != "dev-c" else []
+        hub.fleet.devices.register(DeviceCreate(id=device_id, tags=tags))
     hub.close()
-    twice = run_cli(["deploy", version.ref, "--device", "dev-a", "--device", "dev-b"], cli_env)
-    assert twice.returncode == 2
-    assert "--device was given 2 times" in twice.stderr
-    assert json.loads(run_cli(["deployments", "list", "--json"], cli_env).stdout) == []
+    twice = run_cli(
+        ["deploy", version.ref, "--device", "dev-a", "--device", "dev-b", "--json"], cli_env
+    )
+    assert twice.returncode == 0, twice.stderr
+    dep = json.loads(twice.stdout)
+    assert sorted(d["device_id"] for d in dep["devices"]) == ["dev-a", "dev-b"]
+    assert (dep["target_kind"], dep["target"]) == ("device", "dev-a,dev-b")
+    shown = run_cli(["deployments", "list"], cli_env)
+    assert "dev-a,dev-b" in shown.stdout
+    again = run_cli(["deploy", version.ref, "--device", "dev-a", "--device", "dev-a"], cli_env)
+    assert again.returncode == 2 and "dev-a given more than once" in again.stderr
+    ghost = run_cli(["deploy", version.ref, "--device", "dev-a", "--device", "ghost"], cli_env)
+    assert ghost.returncode == 2 and "device 'ghost' not found" in ghost.stderr
+    assert len(json.loads(run_cli(["deployments", "list", "--json"], cli_env).stdout)) == 1
     both = run_cli(
         ["deploy", version.ref, "--tag", "lab", "--artifact", "best", "--artifact", "onnx/fp32"],
         cli_env,
