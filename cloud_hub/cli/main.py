@@ -625,10 +625,21 @@ def hub_serve(
         typer.Option(help="Serve HTTPS with this certificate (PEM; with its chain)."),
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="The certificate's private key.")] = None,
+    data_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A folder REST callers may name files in (datasets, batch sources); "
+            "repeatable [default: DATA_DIR/datasets]."
+        ),
+    ] = None,
+    metrics_public: Annotated[
+        bool, typer.Option(help="Serve GET /metrics without a token (a scraper on a LAN).")
+    ] = False,
 ) -> None:
     """Serve the REST API (docs at /docs), run scheduled training and, with --mqtt, the
     fleet's MQTT service (desired state, model transfer, logs and telemetry). With
-    --tls-cert/--tls-key the API is served over HTTPS only."""
+    --tls-cert/--tls-key the API is served over HTTPS only. Every route but the health check
+    needs a token (`edgepilot tokens`); this machine's admin token is DATA_DIR/admin-token."""
     import uvicorn
 
     from cloud_hub.api.app import create_app
@@ -648,6 +659,12 @@ def hub_serve(
     for path in (tls_cert, tls_key, mqtt_ca_file):
         if path is not None and not path.is_file():
             raise fail(f"no such file: {path}")
+    roots: dict[str, Any] = {}
+    if data_root:
+        for root in data_root:
+            if not root.is_dir():
+                raise fail(f"--data-root {root}: not a folder")
+        roots["data_roots"] = [root.resolve() for root in data_root]
     settings = state.settings(
         host=host,
         port=port,
@@ -655,12 +672,15 @@ def hub_serve(
         serving_workers=workers,
         prediction_log=prediction_log,
         monitor=prediction_log,
+        metrics_public=metrics_public,
+        **roots,
         **broker,
     )
     hub = Hub.open(settings)
     scheme = "https" if tls_cert is not None else "http"
     render.err_console.print(
-        f"EdgePilot hub on {scheme}://{host}:{port}  (data: {settings.data_dir}, docs: /docs)"
+        f"EdgePilot hub on {scheme}://{host}:{port}  (data: {settings.data_dir}, docs: /docs)\n"
+        f"admin token: {settings.admin_token_path} (0600; `edgepilot tokens` makes others)"
     )
     try:
         uvicorn.run(

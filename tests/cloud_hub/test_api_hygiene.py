@@ -283,3 +283,37 @@ def test_integers_past_what_the_database_holds_are_refused(client: TestClient) -
     error = assert_error_body(resp, 422)
     assert error["errors"][0]["loc"] == ["query", "model_version"]
     assert client.get(f"{API}/versions/{2**63 - 1}/baseline").status_code == 404
+
+
+def test_hub_serve_takes_its_data_roots_and_opens_metrics_when_asked(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """What an operator sets on the command line is what the running hub enforces."""
+    import subprocess
+
+    import httpx
+
+    from tests.conftest import BIN, REPO, free_port, run_cli, wait_for_port
+
+    missing = run_cli(["hub", "serve", "--data-root", str(tmp_path / "nope")], cli_env)
+    assert missing.returncode == 2 and "not a folder" in missing.stderr
+    shared = tmp_path / "shared-datasets"
+    shared.mkdir()
+    port = free_port()
+    cmd = [str(BIN / "edgepilot"), "hub", "serve", "--port", str(port), "--no-scheduler",
+           "--data-root", str(shared), "--metrics-public"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=cli_env, cwd=REPO, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, timeout=60, proc=proc)
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/metrics").status_code == 200
+        token = (Path(cli_env["EDGEPILOT_DATA_DIR"]) / "admin-token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{base}{API}/projects").status_code == 401
+        outside = httpx.post(f"{base}{API}/runs", json=csv_run("/etc/passwd"), headers=auth)
+        body = assert_error_body(outside, 422)
+        assert str(shared) in body["detail"] and "root:" not in outside.text
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert b"admin-token" in err  # the start-up line says where the admin token is
