@@ -120,6 +120,13 @@ class ModelsSettings(_Section):
 
 class ForwarderSettings(_Section):
     batch_size: int = Field(default=250, ge=1, le=10_000)
+    max_batch_bytes: int = Field(
+        default=4 * 2**20,
+        ge=1024,
+        description="a batch's records hold at most this many payload bytes (at least one "
+        "record): well under the broker's packet limit (`broker-config --max-packet-size`, "
+        "8 MiB by default), which disconnects a client that sends more",
+    )
     max_in_flight: int = Field(default=8, ge=1)
     resend_after_s: float = Field(default=10.0, gt=0)
 

@@ -207,7 +207,9 @@ class Forwarder:
                 self._step_floor(acked)
                 return
             reach = max(acked, floor - 1) + self.window
-            records = [r for r in records if r.seq <= reach]
+            records = _within_bytes(
+                [r for r in records if r.seq <= reach], self.settings.max_batch_bytes
+            )
             if not records:
                 return  # the rest waits for acks
             if not self._publish(floor, records):
@@ -271,3 +273,14 @@ class Forwarder:
             "bad_acks": self.bad_acks,
             "floor_steps": self.floor_steps,
         }
+
+
+def _within_bytes(records: list[OutboxRecord], limit: int) -> list[OutboxRecord]:
+    """The first records whose payloads add up to at most `limit` bytes (at least one): a
+    batch the broker would refuse as too large would be sent again and again, forever."""
+    total = 0
+    for i, record in enumerate(records):
+        total += record.size
+        if total > limit and i > 0:
+            return records[:i]
+    return records

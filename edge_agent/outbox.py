@@ -91,6 +91,7 @@ class OutboxRecord:
     kind: RecordKind
     payload: dict[str, Any]
     created_at: float
+    size: int = 0  # the payload's JSON bytes, as stored
 
 
 @dataclass(frozen=True)
@@ -354,12 +355,13 @@ class Outbox:
             raise ValueError(f"limit must be >= 0, not {limit}")
         with self._locked():
             rows = self._db.execute(
-                "SELECT seq, kind, payload, created_at FROM records WHERE seq > ? "
+                "SELECT seq, kind, payload, created_at, size FROM records WHERE seq > ? "
                 "ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
         return [
-            OutboxRecord(seq, kind, json.loads(text), created) for seq, kind, text, created in rows
+            OutboxRecord(seq, kind, json.loads(text), created, size)
+            for seq, kind, text, created, size in rows
         ]
 
     def issued(self) -> int:

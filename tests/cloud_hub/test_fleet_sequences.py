@@ -462,3 +462,40 @@ def test_migration_10_keeps_every_row_in_the_legacy_epoch(tmp_path: Path) -> Non
         assert hub.fleet.devices.get("cam-1").acked_upto == 5
     finally:
         hub.close()
+
+
+def test_a_batch_never_holds_more_payload_bytes_than_the_forwarder_allows(
+    fleet_hub: Hub, service: FleetService, link: Callable[[str], _Link], tmp_path: Path
+) -> None:
+    """The broker disconnects a client whose packet is over `max_packet_size`; a batch of 250
+    large records could be, and would be sent again after every reconnect, forever. The
+    forwarder cuts batches by bytes too, and every record still reaches the hub once."""
+    dev_id = unique("pi")
+    _register(fleet_hub, dev_id)
+    wire = link(dev_id)
+    sizes: list[int] = []
+
+    def send(kind: str, payload: bytes) -> bool:
+        sizes.append(len(payload))
+        return wire.send(kind, payload)
+
+    limit = 16 * 1024
+    with Outbox(tmp_path / "outbox.sqlite3", durable=False) as outbox:
+        big = {**_payload(1), "output": [0.123456789] * 400}  # about 5 KB of JSON each
+        outbox.append_many([("log", big) for _ in range(40)])
+        forwarder = Forwarder(
+            dev_id,
+            outbox,
+            ForwarderSettings(batch_size=250, max_batch_bytes=limit, resend_after_s=5.0),
+            send,
+            lambda: True,
+            poll_s=0.05,
+        )
+        wire.on_ack = forwarder.on_ack
+        forwarder.start()
+        try:
+            wait_until(lambda: outbox.stats().pending == 0, 20, "the outbox drained")
+        finally:
+            forwarder.stop()
+    assert len(sizes) >= 10 and max(sizes) <= limit + 2048  # the records, and a small envelope
+    assert [s for _, s, _ in _stored(fleet_hub, dev_id)] == list(range(1, 41))
