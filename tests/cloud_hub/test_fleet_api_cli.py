@@ -38,7 +38,13 @@ def test_rest_devices(client: TestClient, hub: Hub) -> None:
     assert made.status_code == 201, made.text
     reg = made.json()
     assert reg["username"] == "pi-01" and reg["password"]
-    assert reg["broker"] == {"host": "127.0.0.1", "port": 1883, "topic_root": "ep"}
+    assert reg["broker"] == {
+        "host": "127.0.0.1",
+        "port": 1883,
+        "topic_root": "ep",
+        "tls": False,
+        "ca_pem": None,
+    }
     assert reg["hub_public_key"] == hub.fleet.signer.public_key_b64
     dup = client.post("/api/v1/devices", json={"id": "pi-01"})
     assert dup.status_code == 409 and dup.json()["detail"] == "device 'pi-01' already exists"
