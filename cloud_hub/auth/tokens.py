@@ -13,10 +13,8 @@ again if the file is missing or no longer valid (revoked, or the database was re
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import sqlite3
-import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +24,7 @@ from pydantic import BaseModel, Field
 from cloud_hub.auth.roles import Role
 from cloud_hub.db import Database
 from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound
+from cloud_hub.files import write_atomic
 from cloud_hub.registry import check_name
 
 __all__ = [
@@ -204,18 +203,6 @@ def parse_duration(text: str) -> float:
     return float(int(value) * units[unit])
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:  # mkstemp creates the file 0600
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_token_file(path: Path) -> str | None:
     try:
         return path.read_text().strip() or None
@@ -236,7 +223,7 @@ def ensure_local_admin(store: TokenStore, path: Path) -> str:
         if any(live.name == LOCAL_ADMIN for live in store.list()):
             store.revoke(LOCAL_ADMIN)
         created = store.create(TokenCreate(name=LOCAL_ADMIN, role=Role.admin))
-        _write_private(path, created.token + "\n")
+        write_atomic(path, created.token + "\n")
     return created.token
 
 

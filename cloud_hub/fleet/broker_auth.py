@@ -44,16 +44,15 @@ import getpass
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
 from cloud_hub.errors import InvalidInput
+from cloud_hub.files import write_atomic
 from cloud_hub.fleet.tls import TlsFiles
 from cloud_hub.settings import HubSettings
 from edge_agent.wire import TopicKind, Topics
@@ -175,25 +174,10 @@ class BrokerFiles:
         return cls(data_dir / "mosquitto")
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` atomically with mode 0600 (readable by the broker run as the same user)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def hub_password(files: BrokerFiles) -> str:
     """The hub's broker password, created on first use and kept in a 0600 file."""
     if not files.hub_secret.exists():
-        _write_private(files.hub_secret, new_password() + "\n")
+        write_atomic(files.hub_secret, new_password() + "\n")
     return files.hub_secret.read_text().strip()
 
 
@@ -269,7 +253,7 @@ def _save_accounts(files: BrokerFiles, accounts: Iterable[Account]) -> None:
             for a in sorted(accounts, key=lambda a: a.name)
         ]
     }
-    _write_private(files.accounts_file, json.dumps(doc, indent=2) + "\n")
+    write_atomic(files.accounts_file, json.dumps(doc, indent=2) + "\n")
 
 
 def add_account(files: BrokerFiles, account: Account) -> Path:
@@ -278,7 +262,7 @@ def add_account(files: BrokerFiles, account: Account) -> Path:
     others = [a for a in load_accounts(files) if a.name != account.name]
     secret = files.account_secret(account.name)
     if not secret.exists():
-        _write_private(secret, new_password() + "\n")
+        write_atomic(secret, new_password() + "\n")
     _save_accounts(files, [*others, account])
     return secret
 
@@ -365,8 +349,8 @@ def write_auth_files(
         acl.append(f"user {user}")
         acl += [f"topic {g.access} {g.topic}" for g in user_grants]
         acl.append("")
-    _write_private(files.password_file, "\n".join(passwd) + "\n")
-    _write_private(files.acl_file, "\n".join(acl))
+    write_atomic(files.password_file, "\n".join(passwd) + "\n")
+    write_atomic(files.acl_file, "\n".join(acl))
 
 
 # -- the hub's publisher accounts ---------------------------------------------------------------
