@@ -6,8 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request, status
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from cloud_hub import __version__
 from cloud_hub.api import (
@@ -25,7 +24,6 @@ from cloud_hub.api import (
     versions,
 )
 from cloud_hub.api.auth import PUBLIC, Authenticator
-from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
 from cloud_hub.hub import Hub
 from cloud_hub.serving import ServingEngine
 from cloud_hub.serving.service import JobService, job_queue, prediction_log
@@ -35,10 +33,6 @@ if TYPE_CHECKING:
     from cloud_hub.monitoring.service import MonitorService
 
 API_PREFIX = "/api/v1"
-
-
-def _error(code: int, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=code, content={"detail": str(exc), "error": type(exc).__name__})
 
 
 def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = None) -> FastAPI:
@@ -89,22 +83,6 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
     )
     app.state.hub = hub
     app.state.authenticator = Authenticator(hub)
-
-    @app.exception_handler(NotFound)
-    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return _error(status.HTTP_404_NOT_FOUND, exc)
-
-    @app.exception_handler(AlreadyExists)
-    async def conflict(_: Request, exc: AlreadyExists) -> JSONResponse:
-        return _error(status.HTTP_409_CONFLICT, exc)
-
-    @app.exception_handler(InvalidInput)
-    async def invalid(_: Request, exc: InvalidInput) -> JSONResponse:
-        return _error(status.HTTP_422_UNPROCESSABLE_CONTENT, exc)
-
-    @app.exception_handler(RegistryError)
-    async def other(_: Request, exc: RegistryError) -> JSONResponse:
-        return _error(status.HTTP_400_BAD_REQUEST, exc)
 
     @app.get("/api/v1/health", tags=["meta"], dependencies=[PUBLIC])
     def health() -> dict[str, str]:

@@ -138,10 +138,8 @@ class Authenticator:
 
 
 def get_authenticator(request: Request) -> Authenticator:
-    auth = getattr(request.app.state, "authenticator", None)
-    if auth is None:  # made on first use: the app's state holds the hub from create_app on
-        auth = request.app.state.authenticator = Authenticator(cast(Hub, request.app.state.hub))
-    return cast(Authenticator, auth)
+    """The app's authenticator (create_app makes it)."""
+    return cast(Authenticator, request.app.state.authenticator)
 
 
 def _unauthorized(detail: str) -> HTTPException:
