@@ -136,6 +136,11 @@ class ModelRef(Message):
     signature: str = Field(description="base64 ed25519 signature of signing_message()")
     preprocessing: dict[str, Any] | None = None
     labels: list[str] = Field(default_factory=list)
+    head: dict[str, Any] | None = Field(
+        default=None,
+        description="the version's task head (edge_agent.heads.HeadSpec as JSON); None: the "
+        "default for its signature (classification of a lone score output, else raw)",
+    )
 
 
 def signing_message(version_id: int, sha256: str, size: int, fmt: str) -> bytes:
@@ -246,7 +251,12 @@ class LogRecord(BaseModel):
     request_id: str
     model_version: int | None
     input_digest: str
-    output: list[float] | dict[str, Any]
+    output: list[float] | dict[str, Any] = Field(
+        description="the head's answer (a dict with 'task'); class scores from older agents"
+    )
+    outputs_digest: str | None = Field(
+        default=None, max_length=64, description="sha256 of the raw output tensors of this row"
+    )
     # finite: the hub stores them NOT NULL (SQLite keeps NaN as NULL), and a batch it cannot
     # store would be resent forever
     latency_ms: float = Field(allow_inf_nan=False)
@@ -334,7 +344,13 @@ class InferRequest(Message):
     """An inference asked over MQTT: model-ready tensors (a batch), answered on `result`."""
 
     request_id: str = Field(min_length=1, max_length=128)
-    inputs: list[Any] = Field(description="a batch of samples, nested lists of numbers")
+    inputs: list[Any] | dict[str, list[Any]] = Field(
+        description="a batch of samples (nested lists of numbers), or one batch per input name "
+        "for a model with several inputs"
+    )
+    outputs: bool = Field(
+        default=False, description="also answer every raw output tensor by name, with its shape"
+    )
 
 
 class InferResult(Message):
@@ -342,6 +358,9 @@ class InferResult(Message):
     ok: bool
     model_version: int | None = None
     predictions: list[dict[str, Any]] = Field(default_factory=list)
+    outputs: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="when asked: each output tensor {shape, dtype, data}"
+    )
     latency_ms: float | None = None
     error: str | None = None
 
