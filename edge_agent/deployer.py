@@ -14,7 +14,10 @@ role "shadow"), installed, and loaded beside the active model; a desired state w
 it. A shadow only ever runs beside its own deployment's active model: it is dropped while that
 model is fetched or when it fails, and when it is rolled back (reported as the shadow's
 "rolled_back"). A desired model already in the store (a promoted shadow) is activated without a
-transfer.
+transfer, and so is one whose bytes (by sha256) the store holds for another version: the file is
+hard-linked into the new version after the new ref is verified against it (size, sha256, the
+hub's signature of the new version), reported "verified" and "active" with `received_bytes` 0,
+and no chunk is fetched.
 """
 
 from __future__ import annotations
@@ -220,7 +223,9 @@ class Deployer:
         self._abandon_transfer()
         installed = self.store.get(ref.version_id)
         if installed is not None and installed.ref.sha256.lower() == sha:
-            self._activate(desired)  # verified when it was installed: no transfer
+            self._activate(desired, received=0)  # verified when it was installed: no transfer
+            return
+        if self._install_local(desired, ref, "model"):
             return
         self._remove_stale_partials(keep=sha)
         self._start_transfer(ref, desired, "model")
@@ -308,6 +313,8 @@ class Deployer:
         if installed is not None and installed.ref.sha256.lower() == sha:
             self._load_shadow(desired, installed.ref)
             return
+        if self._install_local(desired, ref, "shadow"):
+            return
         transfer = self.transfer
         if transfer is not None and transfer.sha256 == sha and self._transfer_role == "shadow":
             if transfer.deployment_id == (desired.deployment_id or 0):
@@ -317,7 +324,49 @@ class Deployer:
         self._remove_stale_partials(keep=sha)
         self._start_transfer(ref, desired, "shadow")
 
-    def _load_shadow(self, desired: DesiredState, ref: ModelRef) -> None:
+    def _install_local(
+        self, desired: DesiredState, ref: ModelRef, role: Literal["model", "shadow"]
+    ) -> bool:
+        """Install `ref` from another installed version with the same bytes, then activate it (or
+        load it as the shadow). False when the store holds no such file (or it cannot be read):
+        the caller transfers it. A ref that fails verification against the file is reported
+        failed, exactly as it would have been after a transfer."""
+        local = self.store.find_sha256(ref.sha256, exclude=ref.version_id)
+        if local is None:
+            return False
+        try:
+            data = local.path.read_bytes()
+        except OSError as exc:
+            log.warning("cannot read version %s's model file (%s): fetching", local.version_id, exc)
+            return False
+        fail = self._report if role == "model" else self._report_shadow
+        if self.transfer is not None and self.transfer.sha256 == ref.sha256.lower():
+            self._abandon_transfer()  # a shadow's transfer of these bytes: not needed now
+        try:
+            verify_model(ref, data, self.settings.hub_public_key)
+        except VerificationError as exc:
+            fail(desired, "failed", f"verification failed: {exc}", 0)
+            return True
+        log.info(
+            "version %s has the bytes of installed version %s: installing it without a transfer",
+            ref.version_id,
+            local.version_id,
+        )
+        fail(desired, "verified", None, 0)
+        try:
+            self.store.install_file(ref, local.path)
+        except (OSError, ValueError) as exc:
+            fail(desired, "failed", f"cannot install the model: {exc}", 0)
+            return True
+        if role == "shadow":
+            self._load_shadow(desired, ref, received=0)
+        else:
+            self._activate(desired, received=0)
+        return True
+
+    def _load_shadow(
+        self, desired: DesiredState, ref: ModelRef, *, received: int | None = None
+    ) -> None:
         installed = self.store.get(ref.version_id)
         if installed is None:
             self._report_shadow(desired, "failed", "the installed shadow disappeared")
@@ -325,9 +374,9 @@ class Deployer:
         try:
             self.manager.set_shadow(installed)
         except ActivationError as exc:
-            self._report_shadow(desired, "failed", exc.reason)
+            self._report_shadow(desired, "failed", exc.reason, received)
             return
-        self._report_shadow(desired, "active", None)
+        self._report_shadow(desired, "active", None, received)
 
     def _report_shadow(
         self,
@@ -412,22 +461,24 @@ class Deployer:
             fail(desired, "failed", f"cannot install the model: {exc}")
             return
         if role == "shadow":
-            self._load_shadow(desired, ref)
+            self._load_shadow(desired, ref, received=len(data))
         else:
-            self._activate(desired)
+            self._activate(desired, received=len(data))
 
-    def _activate(self, desired: DesiredState) -> None:
+    def _activate(self, desired: DesiredState, *, received: int | None = None) -> None:
+        """Activate the installed desired model; `received` is the bytes transferred for it (0
+        when it was installed from the store), reported with the outcome."""
         assert desired.model is not None
         installed = self.store.get(desired.model.version_id)
         if installed is None:
-            self._report(desired, "failed", "the installed model disappeared")
+            self._report(desired, "failed", "the installed model disappeared", received)
             return
         try:
             self.manager.activate(installed, probation=desired.probation)
         except ActivationError as exc:
-            self._report(desired, "failed", exc.reason)
+            self._report(desired, "failed", exc.reason, received)
             return
-        self._report(desired, "active", None)
+        self._report(desired, "active", None, received)
         self._on_active_change()
         try:
             self.store.prune(protect=[desired.shadow.version_id] if desired.shadow else [])
@@ -488,14 +539,18 @@ class Deployer:
         else:
             log.info("deployment %s version %s %s", deployment_id, version_id, state)
         with self._lock:
-            if sha256 is None and self.state.get("version_id") == version_id:
-                sha256 = self.state.get("sha256")
+            if self.state.get("version_id") == version_id:
+                if sha256 is None:
+                    sha256 = self.state.get("sha256")
+                if received is None:  # an acknowledgement, a rollback: what was received stands
+                    received = self.state.get("received_bytes")
             self.state.update(
                 deployment_id=deployment_id,
                 version_id=version_id,
                 sha256=sha256,
                 state=state,
                 reason=reason,
+                received_bytes=received,  # bytes transferred for it so far (0: from the store)
             )
         self._save_state()
         report = Report(

@@ -11,6 +11,10 @@ fsynced), so a power cut leaves either the old or the new file, never a torn one
 named by its digest: re-installing a version with different bytes never overwrites the file the
 current ref.json points to. Verification (signature) is the caller's job; `install` only refuses
 bytes whose sha256 is not the ref's.
+
+The same bytes published as another version (a re-deployment, a retagged build) are found by
+digest (`find_sha256`) and installed from the file already held (`install_file`: a hard link, or a
+copy where links are not possible), so the device transfers nothing for them.
 """
 
 from __future__ import annotations
@@ -88,6 +92,42 @@ class ModelStore:
                 if stale.name not in (path.name, _REF):
                     _remove(stale)
             return InstalledModel(ref=ref, path=path)
+
+    def install_file(self, ref: ModelRef, source: Path) -> InstalledModel:
+        """Install version `ref.version_id` from a file already on the device (another version's
+        model file with the same bytes): hard-linked, or copied where the filesystem cannot link.
+
+        The linked file is hashed again before ref.json is written; raises ValueError when its
+        sha256 is not `ref.sha256`, OSError when it cannot be linked nor copied.
+        """
+        digest = ref.sha256.lower()
+        with self._lock:
+            directory = self._dir(ref.version_id)
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"{digest}.{ref.format}"
+            if not (path.is_file() and _sha256_file(path) == digest):
+                _link_or_copy(Path(source), path)
+            actual = _sha256_file(path)
+            if actual != digest:
+                _remove(path)
+                raise ValueError(
+                    f"refusing to install version {ref.version_id} from {Path(source).name}: its "
+                    f"sha256 is {actual}, the ref says {ref.sha256}"
+                )
+            _atomic_write(directory / _REF, ref.dumps())
+            for stale in directory.iterdir():
+                if stale.name not in (path.name, _REF):
+                    _remove(stale)
+            return InstalledModel(ref=ref, path=path)
+
+    def find_sha256(self, sha256: str, *, exclude: int | None = None) -> InstalledModel | None:
+        """An installed version (not `exclude`) whose model file has digest `sha256`, newest
+        first; None when no installed version holds those bytes."""
+        wanted = sha256.lower()
+        for model in self.installed():
+            if model.version_id != exclude and model.ref.sha256.lower() == wanted:
+                return model
+        return None
 
     def get(self, version_id: int) -> InstalledModel | None:
         """The installed version, or None if it is not (completely) installed."""
@@ -197,6 +237,25 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _link_or_copy(source: Path, path: Path) -> None:
+    """Place `source`'s bytes at `path` atomically: a hard link (no bytes written; the store never
+    rewrites a model file in place, so the two names cannot diverge), else a copy."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # another filesystem, or one without hard links
+            shutil.copyfile(source, tmp)
+            with tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
 
