@@ -25,10 +25,12 @@ from edge_agent.deployer import Deployer
 from edge_agent.forwarder import Forwarder
 from edge_agent.http_api import HttpApi
 from edge_agent.inference import InferenceService, NoActiveModel, ServingDisabled
+from edge_agent.memory import limit_arenas
 from edge_agent.model_manager import ModelEvent, ModelManager
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.outbox import BatchWriter, Outbox
+from edge_agent.preprocess import Geometry
 from edge_agent.shadow import ShadowRunner
 from edge_agent.source import FrameSource
 from edge_agent.telemetry import LatencyTracker, SystemSampler, telemetry_record
@@ -69,6 +71,8 @@ class Agent:
     def __init__(self, settings: AgentSettings, *, mqtt_client: mqtt.Client | None = None) -> None:
         self.settings = settings
         self.device_id = settings.device_id
+        if settings.runtime.malloc_arenas:
+            limit_arenas(settings.runtime.malloc_arenas)
         data_dir = settings.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(
@@ -81,7 +85,10 @@ class Agent:
         self.tracker = LatencyTracker()
         self.sampler = SystemSampler()
         self.manager = ModelManager(
-            self.store, threads=settings.runtime.threads, on_event=self._on_model_event
+            self.store,
+            threads=settings.runtime.threads,
+            memory_arena=settings.runtime.onnx_memory_arena,
+            on_event=self._on_model_event,
         )
         self.shadow = ShadowRunner(self.manager, self.writer)
         self.service = InferenceService(
@@ -286,16 +293,18 @@ class Agent:
             log.warning("ignoring an infer request: %s", exc)
             return
         try:
-            x = np.asarray(request.inputs)
-            if x.dtype.kind not in "fiu":
-                raise ValueError(f"inputs must be numbers (got {x.dtype.name} values)")
-            result = self.service.infer(x, source="mqtt", request_id=request.request_id)
+            feeds = _feeds(request.inputs)
+            request.inputs = []  # the parsed lists go before the model runs
+            result = self.service.infer(
+                feeds, source="mqtt", request_id=request.request_id, outputs=request.outputs
+            )
             doc = result.to_json()
             answer = InferResult(
                 request_id=request.request_id,
                 ok=True,
                 model_version=result.model_version,
                 predictions=doc["predictions"],
+                outputs=doc.get("outputs"),
                 latency_ms=doc["latency_ms"],
             )
         except (NoActiveModel, ServingDisabled) as exc:
@@ -308,10 +317,12 @@ class Agent:
         self.forwarder.wake()
 
     # -- local inputs ---------------------------------------------------------------------------
-    def _infer_frame(self, x: np.ndarray, source: str) -> object:
+    def _infer_frame(self, x: np.ndarray, source: str, geometry: Geometry | None = None) -> object:
         # Nobody waits for a frame's answer: its log is committed with the next group commit
         # (at most `max_unflushed` logs behind) instead of one fsync per frame.
-        result = self.service.infer(x, source=source, wait=False)
+        result = self.service.infer(
+            x, source=source, wait=False, geometry=None if geometry is None else [geometry]
+        )
         self.forwarder.wake()
         return result
 
@@ -332,6 +343,21 @@ class Agent:
                 if self._stop.is_set():
                     return
                 log.warning("telemetry sample failed: %s", exc)
+
+
+def _feeds(inputs: Any) -> np.ndarray | dict[str, np.ndarray]:
+    """An InferRequest's inputs as arrays (a batch, or batches by input name); ValueError for
+    values that are not numbers."""
+    if isinstance(inputs, dict):
+        return {str(name): _numbers(value, f"input {name}") for name, value in inputs.items()}
+    return _numbers(inputs, "inputs")
+
+
+def _numbers(value: Any, what: str) -> np.ndarray:
+    x = np.asarray(value)
+    if x.dtype.kind not in "fiu":
+        raise ValueError(f"{what} must be numbers (got {x.dtype.name} values)")
+    return x
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,22 +1,43 @@
 """The agent's local HTTP API, on the standard library's ThreadingHTTPServer.
 
-    POST /v1/predict   {"inputs": [...]}  a batch of model-ready samples (nested numbers)
-                       {"image_b64": "..."} or a raw image/png | image/jpeg body: one image,
-                       prepared with the active model's preprocessing spec
-                       → 200 {"request_id", "model_version", "latency_ms", "predictions": [...]}
+    POST /v1/predict   a batch of model-ready samples, as JSON:
+                         {"inputs": [...]}                      nested numbers, rows first
+                         {"inputs": {"name": [...], ...}}       a model with several inputs, by name
+                       or one image: a raw image/png | image/jpeg body, or {"image_b64": "..."},
+                       prepared with the active model's preprocessing spec (its boxes and points
+                       come back in the posted image's pixels)
+                       options: `?outputs=all` or `"outputs": true` adds every raw output tensor;
+                       `?mask=png` or `"mask": true` adds a segmentation's mask as a base64 PNG
+                       → 200 {"request_id", "model_version", "latency_ms", "predictions": [...],
+                              "outputs"?: {name: {"shape", "dtype", "data", "quantization"?}}}
     GET  /v1/health    → 200 {"status": "ok", "active_version", "mqtt_connected"}
     GET  /v1/status    → 200 device id, versions, counts, outbox, params, last deployment
+
+One prediction per sample, the version's task head's answer (every one has `"task"`):
+classification `class`, `label`, `score`, `scores`, `top_k`, `thresholded`; detection
+`detections` [{box [x1, y1, x2, y2], score, class, label}]; keypoints `instances` [{points,
+...}]; segmentation `shape`, `classes` [{class, label, pixels, fraction}] (and `mask_png`);
+embedding `embedding`, `norm`; regression `values`; raw: nothing but the task (ask for the
+outputs). `outputs` holds the runtime's tensors exactly (the whole batch, rows first; a float32's
+JSON number reads back to the same float32; a quantized tensor stays integer, with its scale and
+zero point). A model with a fixed batch size takes any number of rows (run in chunks).
 
 With a `token` (the config's `[http] token`), every route but /v1/health needs
 `Authorization: Bearer <token>`: 401 without it or with another.
 
 Errors are JSON `{"error": ..., "detail": ...}`: 400 malformed request, 401 no or wrong token,
-404 unknown path, 405 wrong
-method, 411 no Content-Length, 413 body over the limit (read from Content-Length, before the body),
-415 unsupported content type, 422 input the model cannot take (shape, dtype, non-numeric, NaN, not
-an image), 503 no active model (or the deployment's kill switch is on without a default answer),
-500 a model error. Below the deployment's `min_score` a prediction has `"thresholded": true`,
-`"class": null` and the default label; with the kill switch on each has `"disabled": true`.
+404 unknown path, 405 wrong method, 411 no Content-Length, 413 body over the limit (read from
+Content-Length, before the body), 415 unsupported content type, 422 input the model cannot take
+(its message names the input and the shape it expects: a wrong shape, dtype, a missing or
+unknown input name, inputs with different numbers of rows, non-numeric values, NaN, not an
+image), 503 no active model (or the deployment's kill switch is on without a default answer), 500
+a model error. Below the deployment's `min_score` a classification has `"thresholded": true`,
+`"class": null` and the default label, and a detection loses the boxes scoring below it; with
+the kill switch on each prediction has `"disabled": true`.
+
+A large JSON body is turned into arrays and its parsed lists dropped before the model runs, and
+after a request whose body was over `memory.LARGE_BODY_BYTES` the freed memory is given back to
+the system (`memory.release_memory`), so the agent's RSS does not stay at a request's peak.
 """
 
 from __future__ import annotations
@@ -30,11 +51,19 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 import numpy as np
 
 from edge_agent.inference import InferenceService, NoActiveModel, ServingDisabled
-from edge_agent.preprocess import ImageError, decode_image, prepare_frame, require_image_spec
+from edge_agent.memory import LARGE_BODY_BYTES, release_memory
+from edge_agent.preprocess import (
+    Geometry,
+    ImageError,
+    decode_image,
+    prepare_image,
+    require_image_spec,
+)
 
 __all__ = ["HttpApi"]
 
@@ -51,17 +80,39 @@ class ApiError(Exception):
         self.detail = detail
 
 
-def to_batch(inputs: Any) -> np.ndarray:
+def to_batch(inputs: Any, name: str | None = None) -> np.ndarray:
     """A JSON batch as an array; ApiError 422 for what cannot be a numeric tensor."""
+    what = "'inputs'" if name is None else f"input {name!r}"
     if not isinstance(inputs, list) or not inputs:
-        raise ApiError(422, "invalid input", "'inputs' must be a non-empty list of samples")
+        raise ApiError(422, "invalid input", f"{what} must be a non-empty list of samples")
     try:
         x = np.asarray(inputs)
     except ValueError as exc:
-        raise ApiError(422, "invalid input", f"ragged or malformed inputs: {exc}") from None
+        raise ApiError(422, "invalid input", f"ragged or malformed {what}: {exc}") from None
     if x.dtype.kind not in "fiu":
-        raise ApiError(422, "invalid input", f"inputs must be numbers (got {x.dtype.name} values)")
+        raise ApiError(422, "invalid input", f"{what} must be numbers (got {x.dtype.name} values)")
     return x
+
+
+def to_feeds(inputs: Any) -> np.ndarray | dict[str, np.ndarray]:
+    """JSON `inputs` (a batch, or batches by input name) as arrays; ApiError 422 otherwise."""
+    if isinstance(inputs, dict):
+        if not inputs:
+            raise ApiError(422, "invalid input", "'inputs' names no input")
+        return {str(name): to_batch(value, str(name)) for name, value in inputs.items()}
+    return to_batch(inputs)
+
+
+def _flag(query: dict[str, list[str]], doc: dict[str, Any], key: str, word: str) -> bool:
+    """An option from the query string (`?key=word`) or the JSON body (`"key": true`)."""
+    value = doc.get(key, False)
+    if not isinstance(value, bool):
+        raise ApiError(400, "invalid request", f"'{key}' must be true or false")
+    for given in query.get(key, []):
+        if given.lower() not in (word, "true", "1", "false", "0"):
+            raise ApiError(400, "invalid request", f"?{key}= takes {word!r}, got {given!r}")
+        value = value or given.lower() in (word, "true", "1")
+    return value
 
 
 class HttpApi:
@@ -109,26 +160,35 @@ class HttpApi:
         return header is not None and hmac.compare_digest(header.encode(), self._token)
 
     # -- request handling -----------------------------------------------------------------------
-    def predict(self, content_type: str, body: bytes) -> dict[str, Any]:
+    def predict(self, content_type: str, body: bytes, query: str = "") -> dict[str, Any]:
+        params = parse_qs(query, keep_blank_values=True)
+        geometry: list[Geometry | None] | None = None
+        doc: dict[str, Any] = {}
         if content_type in IMAGE_TYPES:
-            x = self._image(body)
+            x, geo = self._image(body)
+            feeds: np.ndarray | dict[str, np.ndarray] = x
+            geometry = [geo]
         elif content_type in ("application/json", ""):
             try:
-                doc = json.loads(body)
+                parsed = json.loads(body)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise ApiError(400, "invalid JSON", str(exc)) from None
-            if not isinstance(doc, dict):
+            if not isinstance(parsed, dict):
                 raise ApiError(400, "invalid request", "the body must be a JSON object")
+            doc = parsed
             if "inputs" in doc:
-                x = to_batch(doc["inputs"])
+                feeds = to_feeds(doc.pop("inputs"))  # the parsed lists go now, not after the run
             elif "image_b64" in doc:
-                if not isinstance(doc["image_b64"], str):
+                encoded = doc.pop("image_b64")
+                if not isinstance(encoded, str):
                     raise ApiError(422, "not an image", "'image_b64' must be a base64 string")
                 try:
-                    data = base64.b64decode(doc["image_b64"], validate=True)
+                    data = base64.b64decode(encoded, validate=True)
                 except (binascii.Error, ValueError):
                     raise ApiError(422, "not an image", "'image_b64' is not base64") from None
-                x = self._image(data)
+                del encoded
+                feeds, geo = self._image(data)
+                geometry = [geo]
             else:
                 raise ApiError(400, "invalid request", "expected 'inputs' or 'image_b64'")
         else:
@@ -137,8 +197,13 @@ class HttpApi:
                 "unsupported content type",
                 f"{content_type!r}: send application/json, image/png or image/jpeg",
             )
+        outputs = _flag(params, doc, "outputs", "all")
+        mask = _flag(params, doc, "mask", "png")
+        del doc
         try:
-            result = self.service.infer(x, source="http")
+            result = self.service.infer(
+                feeds, source="http", geometry=geometry, outputs=outputs, mask=mask
+            )
         except NoActiveModel as exc:
             raise ApiError(503, "no active model", str(exc)) from None
         except ServingDisabled as exc:
@@ -148,10 +213,10 @@ class HttpApi:
         self._on_inferred()
         return result.to_json()
 
-    def _image(self, data: bytes) -> np.ndarray:
+    def _image(self, data: bytes) -> tuple[np.ndarray, Geometry]:
         try:
             spec = require_image_spec(self._preprocessing())
-            return prepare_frame(decode_image(data, spec), spec)
+            return prepare_image(decode_image(data, spec), spec)
         except ImageError as exc:
             raise ApiError(422, "not an image", str(exc)) from None
 
@@ -231,13 +296,21 @@ class HttpApi:
                     return
                 body = self.rfile.read(length)
                 content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+                query = self.path.split("?", 1)[1] if "?" in self.path else ""
+                answer: dict[str, Any] | None = None
                 try:
-                    self._send(200, api.predict(content_type.lower(), body))
+                    answer = api.predict(content_type.lower(), body, query)
+                    body = b""
+                    self._send(200, answer)
                 except ApiError as exc:
                     self._error(exc)
                 except Exception as exc:
                     log.exception("prediction failed")
                     self._error(ApiError(500, "prediction failed", str(exc)))
+                finally:
+                    answer, body = None, b""
+                    if length > LARGE_BODY_BYTES:
+                        release_memory()  # the body's and the answer's peak goes back
 
             def do_PUT(self) -> None:  # noqa: N802
                 self._error(ApiError(405, "method not allowed", self.path), close=True)

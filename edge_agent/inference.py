@@ -1,8 +1,13 @@
-"""One way in for every inference on the device: run the active model, log it durably.
+"""One way in for every inference on the device: run the active model, answer with its head, log.
 
-The HTTP API, the OpenCV source and the MQTT request topic all call `InferenceService.infer`.
-Each call runs the model through the ModelManager (hot-swap safe), records latency for telemetry,
-and writes one log record to the outbox before it returns, so a logged request is never lost.
+The HTTP API, the OpenCV source and the MQTT request topic all call `InferenceService.infer`
+with a batch: one array (a one-input model) or arrays by input name, and, for images, the
+`Geometry` of each row (from `preprocess.prepare_image`) so that boxes and points come back in
+the caller's image pixels. Each call runs the model through the ModelManager (hot-swap safe),
+decodes every row with the version's task head (`edge_agent.heads.decode`, outputs dequantized
+first), records latency for telemetry, and writes one log record per row to the outbox before it
+returns, so a logged request is never lost. A log's `output` is the head's result (a
+segmentation's mask PNG left out) and `outputs_digest` the sha256 of the row's raw tensors.
 
 A frame source has nobody waiting for an answer, and waiting for each frame's commit (an fsync)
 would cap it at one frame per fsync. It calls `infer(..., wait=False)`: the log is submitted to
@@ -12,10 +17,11 @@ ever left uncommitted (past that the call waits for the oldest), and `flush()` w
 them. So durability lags a source by about 10 ms; every log still lands in the outbox.
 
 Serving parameters (`wire.ServingParams`, from the desired state) are read on every call, so a
-change takes effect on the next request: below `min_score` a sample is answered with the
-default label (`thresholded`); with the kill switch on the model is not run at all (each sample
-is answered with the default label, or ServingDisabled is raised when there is none). A shadow
-(`shadow.ShadowRunner`) gets each request after the active model has answered it.
+change takes effect on the next request. `min_score`: a classification whose top score is below
+it is answered with the default label (`class` null, `thresholded` true); a detection drops the
+boxes that score below it; other tasks ignore it. With the kill switch on the model is not run
+at all (each sample is answered with the default label, or ServingDisabled is raised when there
+is none). A shadow (`shadow.ShadowRunner`) gets each request after the active model answered.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -35,30 +41,62 @@ from typing import Any
 import numpy as np
 
 from edge_agent.features import summary_lists
-from edge_agent.model_manager import ModelManager, NoActiveModel
+from edge_agent.model_manager import ModelManager, NoActiveModel, Prediction
 from edge_agent.outbox import BatchWriter
+from edge_agent.preprocess import Geometry
+from edge_agent.runtimes import TensorSpec
 from edge_agent.shadow import ShadowRunner
 from edge_agent.telemetry import LatencyTracker
 from edge_agent.wire import ServingParams
 
-__all__ = ["InferenceResult", "InferenceService", "NoActiveModel", "ServingDisabled"]
+__all__ = [
+    "HeadFailed",
+    "InferenceResult",
+    "InferenceService",
+    "NoActiveModel",
+    "ServingDisabled",
+    "tensor_json",
+]
 
 
 class ServingDisabled(Exception):
     """The deployment's kill switch is on and gives no default answer."""
 
 
+class HeadFailed(RuntimeError):
+    """The version's head could not read the model's outputs (a model error, not the input's)."""
+
+
 log = logging.getLogger(__name__)
+
+Feeds = np.ndarray | Mapping[str, np.ndarray]
+
+
+def tensor_json(value: np.ndarray, spec: TensorSpec | None = None) -> dict[str, Any]:
+    """One raw output tensor as JSON: shape, dtype and the values exactly (a float32 written as
+    the double it converts to reads back to the same float32); a quantized tensor's scale and
+    zero point with it."""
+    doc: dict[str, Any] = {
+        "shape": list(value.shape),
+        "dtype": value.dtype.name if value.dtype.kind != "O" else "str",
+        "data": value.tolist(),
+    }
+    if spec is not None and spec.quantization is not None:
+        doc["quantization"] = {
+            "scale": spec.quantization.scale,
+            "zero_point": spec.quantization.zero_point,
+        }
+    return doc
 
 
 @dataclass(frozen=True)
 class InferenceResult:
     request_id: str
     model_version: int | None  # None when the kill switch answered (no model ran)
-    scores: np.ndarray  # (N, C); (N, 0) when the kill switch answered
-    labels: list[str] | None  # top label per sample, when the model has labels
+    predictions: list[dict[str, Any]]  # the head's answer per sample (see `to_json`)
     latency_ms: float
     seqs: list[int]  # outbox sequence numbers of the logs (one per sample); [] if not waited for
+    outputs: dict[str, dict[str, Any]] | None = None  # every raw output, when asked
     thresholded: tuple[bool, ...] = ()  # per sample: below min_score, answered with the default
     default_label: str | None = None
     disabled: bool = False  # the kill switch answered every sample with the default label
@@ -71,33 +109,108 @@ class InferenceResult:
         }
         if self.disabled:
             doc["disabled"] = True
-            doc["predictions"] = [
-                {"class": None, "label": self.default_label, "score": None, "disabled": True}
-                for _ in range(len(self.scores))
-            ]
-            return doc
-        top = self.scores.argmax(axis=1)
-        predictions = []
-        for i, c in enumerate(top):
-            low = bool(self.thresholded and self.thresholded[i])
-            predictions.append(
-                {
-                    "class": None if low else int(c),
-                    "label": self.default_label
-                    if low
-                    else (self.labels[i] if self.labels else None),
-                    "score": float(self.scores[i, c]),
-                    "scores": [float(s) for s in self.scores[i]],
-                    "thresholded": low,
-                }
-            )
-        doc["predictions"] = predictions
+        doc["predictions"] = self.predictions
+        if self.outputs is not None:
+            doc["outputs"] = self.outputs
         return doc
+
+
+def _rows_of(x: Feeds) -> int:
+    first = next(iter(x.values())) if isinstance(x, Mapping) else x
+    return int(len(first)) if np.ndim(first) else 1
+
+
+def _sample(value: np.ndarray, i: int, rows: int, batched: bool) -> np.ndarray:
+    """Row i of a tensor (the whole tensor for a model without a batch dimension)."""
+    if batched and value.ndim and len(value) == rows:
+        return value[i]
+    return value
 
 
 def input_digest(x: np.ndarray) -> str:
     """A short content digest of one input sample (what was asked, without storing it)."""
     return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+
+
+def _input_digests(x: Feeds, rows: int) -> list[str]:
+    if not isinstance(x, Mapping):
+        arr = np.asarray(x)
+        if arr.dtype == np.float64:  # JSON numbers: as the float32 the model takes
+            arr = arr.astype(np.float32)
+        return [input_digest(_sample(arr, i, rows, True)) for i in range(rows)]
+    arrays = []
+    for name in sorted(x):
+        arr = np.asarray(x[name])
+        arrays.append(arr.astype(np.float32) if arr.dtype == np.float64 else arr)
+    digests = []
+    for i in range(rows):
+        h = hashlib.sha256()
+        for arr in arrays:
+            h.update(np.ascontiguousarray(_sample(arr, i, rows, True)).tobytes())
+        digests.append(h.hexdigest()[:16])
+    return digests
+
+
+def outputs_digest(outputs: Mapping[str, np.ndarray], i: int, rows: int) -> str:
+    """sha256 of row i of every raw output, in name order (what a log keeps of the tensors)."""
+    h = hashlib.sha256()
+    for name in sorted(outputs):
+        value = outputs[name]
+        row = _sample(value, i, rows, True)
+        h.update(name.encode())
+        h.update(str(row.dtype).encode())
+        h.update(repr(tuple(row.shape)).encode())
+        if row.dtype.kind == "O":
+            h.update(repr(row.tolist()).encode())
+        else:
+            h.update(np.ascontiguousarray(row).tobytes())
+    return h.hexdigest()
+
+
+def _features(x: Feeds, rows: int) -> list[list[float] | None]:
+    """Drift summaries of the (first) input, when it is numeric and has a row per sample."""
+    first = next(iter(x.values())) if isinstance(x, Mapping) else x
+    arr = np.asarray(first)
+    if arr.dtype.kind not in "fiub" or arr.ndim == 0 or len(arr) != rows:
+        return [None] * rows
+    lists: list[list[float] | None] = list(summary_lists(arr))
+    return lists
+
+
+def _check_numeric(x: Feeds) -> None:
+    items = x.items() if isinstance(x, Mapping) else [("", x)]
+    for name, value in items:
+        kind = np.asarray(value).dtype.kind
+        if kind == "b":
+            where = f"input {name}" if name else "inputs"
+            raise ValueError(f"{where} must be numbers (got bool values)")
+
+
+def _log_output(answer: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
+    """What a log keeps of an answer: the head's result as the model gave it (a detection's
+    boxes as served), without a mask PNG."""
+    out = served if answer.get("task") == "detection" else answer
+    return {k: v for k, v in out.items() if k != "mask_png"}
+
+
+def _apply_min_score(
+    answer: dict[str, Any], min_score: float | None, default_label: str | None
+) -> tuple[dict[str, Any], bool]:
+    """The answer as served under `min_score` (see the module's docstring) and whether it fell
+    below it."""
+    task = answer.get("task")
+    if task == "classification":
+        low = min_score is not None and answer["score"] < min_score
+        served = dict(answer)
+        if low:
+            served["class"] = None
+            served["label"] = default_label
+        served["thresholded"] = low
+        return served, low
+    if task == "detection" and min_score is not None:
+        kept = [d for d in answer.get("detections", []) if d["score"] >= min_score]
+        return {**answer, "detections": kept}, False
+    return answer, False
 
 
 class InferenceService:
@@ -129,24 +242,26 @@ class InferenceService:
 
     def infer(
         self,
-        x: np.ndarray,
+        x: Feeds,
         *,
         source: str = "api",
         request_id: str | None = None,
         wait: bool = True,
+        geometry: Sequence[Geometry | None] | None = None,
+        outputs: bool = False,
+        mask: bool = False,
     ) -> InferenceResult:
-        """Run a batch (N, ...) of model-ready inputs. Raises NoActiveModel, or ValueError for an
-        input the model cannot take (wrong shape or dtype); neither is logged as a model error.
+        """Run a batch of model-ready inputs (one array, or arrays by input name) and answer each
+        row with the head's result. `geometry` (one per row) maps model-input pixels to the
+        caller's image; `outputs` adds every raw output tensor; `mask` adds a segmentation's
+        mask PNG. Raises NoActiveModel, ServingDisabled, or ValueError (the runtime's
+        InputError) for an input the model cannot take; neither is logged as a model error.
 
         With `wait` (every request someone answers) the logs are committed before this returns.
         Without it (a frame source) they are submitted and committed shortly after: see the
         module's docstring; the result's `seqs` is then empty."""
         request_id = request_id or uuid.uuid4().hex
-        if x.dtype.kind not in "fiu":
-            raise ValueError(f"input dtype {x.dtype} is not numeric")
-        x = x.astype(np.float32, copy=False)
-        if not np.isfinite(x).all():
-            raise ValueError("input contains NaN or infinity")
+        _check_numeric(x)
         params = self._params()
         if params.disabled:
             return self._switched_off(x, params, source=source, request_id=request_id, wait=wait)
@@ -157,43 +272,53 @@ class InferenceService:
         except Exception:
             self.tracker.record(None, 0.0, ok=False)
             raise
+        rows = pred.rows
+        if geometry is not None and len(geometry) != rows:
+            geometry = None  # a geometry per row, or none (model-input pixels)
+        try:
+            answers = self._answers(pred, geometry, mask)
+        except Exception as exc:
+            self.tracker.record(pred.version_id, pred.latency_ms, ok=False)
+            raise HeadFailed(f"the {pred.head.task} head failed on the outputs: {exc}") from exc
         self.tracker.record(pred.version_id, pred.latency_ms)
         now = time.time()
-        if params.min_score is None:
-            thresholded = tuple(False for _ in range(len(x)))
-        else:
-            top_scores = pred.scores.max(axis=1)
-            thresholded = tuple(bool(s < params.min_score) for s in top_scores)
-        digests = [input_digest(x[i]) for i in range(len(x))]
-        features = summary_lists(x)  # what the hub compares with the training baseline
-        futures = [
-            self.writer.submit(
-                "log",
-                {
-                    "request_id": request_id if len(x) == 1 else f"{request_id}/{i}",
-                    "model_version": pred.version_id,
-                    "input_digest": digests[i],
-                    "output": [round(float(v), 6) for v in pred.scores[i]],
-                    "latency_ms": round(pred.latency_ms, 4),
-                    "ts": now,
-                    "source": source,
-                    "thresholded": thresholded[i],
-                    "features": features[i],
-                },
-                deferred=not wait,
-            )
-            for i in range(len(x))
-        ]
+        served: list[dict[str, Any]] = []
+        thresholded: list[bool] = []
+        for answer in answers:
+            one, low = _apply_min_score(answer, params.min_score, params.default_label)
+            served.append(one)
+            thresholded.append(low)
+        digests = _input_digests(x, rows)
+        features = _features(x, rows)  # what the hub compares with the training baseline
+        out_digests = [outputs_digest(pred.outputs, i, rows) for i in range(rows)]
+        futures = []
+        for i in range(rows):
+            record: dict[str, Any] = {
+                "request_id": request_id if rows == 1 else f"{request_id}/{i}",
+                "model_version": pred.version_id,
+                "input_digest": digests[i],
+                "output": _log_output(answers[i], served[i]),
+                "outputs_digest": out_digests[i],
+                "latency_ms": round(pred.latency_ms, 4),
+                "ts": now,
+                "source": source,
+                "thresholded": thresholded[i],
+            }
+            if features[i] is not None:
+                record["features"] = features[i]
+            futures.append(self.writer.submit("log", record, deferred=not wait))
         mirror = params.shadow_sample >= 1 or self._sampler.random() < params.shadow_sample
         if self.shadow is not None and mirror:  # runs while this request waits for its commit
             self.shadow.submit(
                 x,
                 request_id=request_id,
                 active_version=pred.version_id,
-                active_scores=pred.scores,
+                active_answers=answers,
                 active_latency_ms=pred.latency_ms,
                 digests=digests,
                 source=source,
+                geometry=geometry,
+                active_outputs=out_digests,
             )
         if wait:
             seqs = [f.result() for f in futures]  # durable before we answer
@@ -201,23 +326,36 @@ class InferenceService:
             seqs = []
             self._defer(futures)
         with self._count_lock:  # requests arrive on many threads (HTTP, MQTT, a source)
-            self.count += len(x)
-        labels = self._labels()
-        top = pred.scores.argmax(axis=1)
-        top_labels = [labels[c] if c < len(labels) else str(c) for c in top] if labels else None
+            self.count += rows
+        raw = None
+        if outputs:
+            specs = {spec.name: spec for spec in pred.specs}
+            raw = {name: tensor_json(v, specs.get(name)) for name, v in pred.outputs.items()}
         return InferenceResult(
             request_id,
             pred.version_id,
-            pred.scores,
-            top_labels,
+            served,
             pred.latency_ms,
             seqs,
-            thresholded=thresholded,
+            outputs=raw,
+            thresholded=tuple(thresholded),
             default_label=params.default_label,
         )
 
+    def _answers(
+        self, pred: Prediction, geometry: Sequence[Geometry | None] | None, mask: bool
+    ) -> list[dict[str, Any]]:
+        answers = pred.answers(geometry, include_mask=mask)
+        fallback = self._labels()
+        if pred.head.task == "classification" and not pred.head.labels and fallback:
+            for answer in answers:  # labels the service was given, for a head without any
+                for item in (answer, *answer.get("top_k", [])):
+                    c = item["class"]
+                    item["label"] = fallback[c] if c < len(fallback) else None
+        return answers
+
     def _switched_off(
-        self, x: np.ndarray, params: ServingParams, *, source: str, request_id: str, wait: bool
+        self, x: Feeds, params: ServingParams, *, source: str, request_id: str, wait: bool
     ) -> InferenceResult:
         """The kill switch: no model runs; each sample gets the default label, logged."""
         if params.default_label is None:
@@ -225,14 +363,16 @@ class InferenceService:
                 "serving is switched off by the deployment's parameters "
                 "(disabled, and no default_label to answer with)"
             )
+        rows = _rows_of(x)
+        digests = _input_digests(x, rows)
         now = time.time()
         futures = [
             self.writer.submit(
                 "log",
                 {
-                    "request_id": request_id if len(x) == 1 else f"{request_id}/{i}",
+                    "request_id": request_id if rows == 1 else f"{request_id}/{i}",
                     "model_version": None,
-                    "input_digest": input_digest(x[i]),
+                    "input_digest": digests[i],
                     "output": {"disabled": True, "label": params.default_label},
                     "latency_ms": 0.0,
                     "ts": now,
@@ -240,7 +380,7 @@ class InferenceService:
                 },
                 deferred=not wait,
             )
-            for i in range(len(x))
+            for i in range(rows)
         ]
         if wait:
             seqs = [f.result() for f in futures]
@@ -248,12 +388,15 @@ class InferenceService:
             seqs = []
             self._defer(futures)
         with self._count_lock:
-            self.count += len(x)
+            self.count += rows
+        predictions = [
+            {"class": None, "label": params.default_label, "score": None, "disabled": True}
+            for _ in range(rows)
+        ]
         return InferenceResult(
             request_id,
             None,
-            np.zeros((len(x), 0), dtype=np.float32),
-            None,
+            predictions,
             0.0,
             seqs,
             default_label=params.default_label,

@@ -13,6 +13,18 @@ A deployment may add a *shadow*: a candidate loaded (and warmed up) beside the a
 run by `predict_shadow` on the same inputs, never answering anyone and never on probation.
 Activating the version that is the shadow (a promotion) takes its loaded runtime: no reload.
 
+A loaded model is its runtime and its task head: the version's `ModelRef.head` checked against
+the runtime's outputs (`edge_agent.heads.check_head`), or, without one, the default for the
+signature: classification when exactly one output is a rank-2 float (class scores; a classifier
+may also output its labels), else `default_head`'s choice. A classification head without labels
+takes the version's labels (left out, with a warning, when they do not fit its classes). A head
+that does not fit fails the activation, like a corrupt file. A `Prediction` carries every raw
+output and the head; `Prediction.answers()` decodes it.
+
+Each dropped runtime (probation passed, a rollback, a shadow dropped or replaced, a newer
+version superseding one on probation) is followed by `memory.release_memory()`, so the engine's
+memory goes back to the system rather than staying in the allocator's heaps.
+
 Events (`on_event`) and the store's active pointer are written outside the serving lock; an
 automatic rollback runs them on the request thread that tripped it, so keep `on_event` quick.
 """
@@ -23,15 +35,19 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import ValidationError
 
+from edge_agent.heads import HeadError, check_head, decode, default_head, parse_head
+from edge_agent.memory import release_memory
 from edge_agent.model_store import InstalledModel, ModelStore
-from edge_agent.runtimes import Runtime, load_runtime
-from edge_agent.wire import ProbationPolicy
+from edge_agent.preprocess import Geometry
+from edge_agent.runtimes import Runtime, TensorSpec, dims, load_runtime
+from edge_agent.wire import ModelRef, ProbationPolicy
 
 __all__ = [
     "ActivationError",
@@ -46,11 +62,40 @@ log = logging.getLogger(__name__)
 WARMUP_RUNS = 3
 
 
+Feeds = np.ndarray | Mapping[str, np.ndarray]
+
+
 @dataclass(frozen=True)
 class Prediction:
-    scores: np.ndarray
+    """A model's answer to one batch: every raw output by name (the engine's dtype, rows first
+    for a batched model), the head that reads them, and how many rows were asked."""
+
+    outputs: dict[str, np.ndarray]
+    head: Any
     version_id: int
     latency_ms: float
+    rows: int = 1
+    dequantize: Callable[[str, np.ndarray], np.ndarray] | None = None
+    specs: tuple[TensorSpec, ...] = ()  # the runtime's outputs (quantization, for the JSON)
+    batched: bool = True  # whether the outputs have a row per sample first
+
+    def floats(self) -> dict[str, np.ndarray]:
+        """The outputs as the heads read them: numeric ones as float32, dequantized."""
+        out: dict[str, np.ndarray] = {}
+        for name, value in self.outputs.items():
+            if value.dtype.kind not in "fiub":
+                out[name] = value  # strings stay as they are
+            elif self.dequantize is not None:
+                out[name] = self.dequantize(name, value)
+            else:
+                out[name] = np.asarray(value, dtype=np.float32)
+        return out
+
+    def answers(
+        self, geometry: Sequence[Geometry | None] | None = None, *, include_mask: bool = False
+    ) -> list[dict[str, Any]]:
+        """The head's structured answer, one dict per row (`edge_agent.heads.decode`)."""
+        return decode(self.head, self.floats(), self.rows, geometry, include_mask=include_mask)
 
 
 @dataclass(frozen=True)
@@ -78,6 +123,7 @@ class ActivationError(Exception):
 class _Loaded:
     installed: InstalledModel
     runtime: Runtime
+    head: Any
 
     @property
     def version_id(self) -> int:
@@ -121,11 +167,13 @@ class ModelManager:
         store: ModelStore,
         *,
         threads: int = 1,
+        memory_arena: bool = True,
         on_event: Callable[[ModelEvent], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.threads = threads
+        self.memory_arena = memory_arena  # onnxruntime's CPU arena (`load_runtime`)
         self._on_event = on_event
         self._clock = clock
         self._lock = threading.Lock()  # guards the references below; held only briefly
@@ -154,6 +202,18 @@ class ModelManager:
         with self._lock:
             return self._shadow.installed if self._shadow is not None else None
 
+    @property
+    def head(self) -> Any:
+        """The active model's head (None when no model is active)."""
+        with self._lock:
+            return self._current.head if self._current is not None else None
+
+    @property
+    def runtime(self) -> Runtime | None:
+        """The active model's runtime (None when no model is active)."""
+        with self._lock:
+            return self._current.runtime if self._current is not None else None
+
     def loaded_versions(self) -> list[int]:
         """Versions with a runtime in memory: the active one first (then the shadow's)."""
         with self._lock:
@@ -162,7 +222,7 @@ class ModelManager:
             ]
 
     # -- loading --------------------------------------------------------------------------------
-    def _load(self, installed: InstalledModel, warmup_input: np.ndarray | None = None) -> _Loaded:
+    def _load(self, installed: InstalledModel, warmup_input: Feeds | None = None) -> _Loaded:
         """Load and warm up a model; ActivationError(reason) when it cannot serve."""
         version_id = installed.ref.version_id
         try:
@@ -177,11 +237,23 @@ class ModelManager:
                 f"model file is corrupted: sha256 {digest[:12]}… is not the ref's", version_id
             )
         try:
-            runtime = load_runtime(data, installed.ref.format, threads=self.threads)
+            runtime = load_runtime(
+                data, installed.ref.format, threads=self.threads, memory_arena=self.memory_arena
+            )
         except Exception as exc:  # ModelLoadError, RuntimeUnavailable, or an engine's own error
             raise ActivationError(f"cannot load model: {exc}", version_id) from exc
-        _warm_up(runtime, version_id, warmup_input)
-        return _Loaded(installed=installed, runtime=runtime)
+        del data
+        try:
+            head = resolve_head(installed.ref, runtime.outputs)
+        except HeadError as exc:
+            raise ActivationError(
+                f"the version's head does not fit the model: {exc}", version_id
+            ) from None
+        except ValidationError as exc:
+            reason = f"the version's head is not valid: {_errors(exc)}"
+            raise ActivationError(reason, version_id) from None
+        _warm_up(runtime, head, version_id, warmup_input)
+        return _Loaded(installed=installed, runtime=runtime, head=head)
 
     def _fail(self, version_id: int, exc: ActivationError) -> None:
         log.warning("version %s cannot be activated: %s", version_id, exc.reason)
@@ -192,7 +264,7 @@ class ModelManager:
         self,
         installed: InstalledModel,
         probation: ProbationPolicy | None = None,
-        warmup_input: np.ndarray | None = None,
+        warmup_input: Feeds | None = None,
     ) -> None:
         """Make `installed` the served model, loaded and warmed up beside the current one.
 
@@ -205,6 +277,7 @@ class ModelManager:
                 current = self._current
                 if current is not None and current.installed == installed:
                     return  # already serving exactly this
+                dropped = self._previous
                 if self._probation is not None:
                     # A newer version supersedes the one on probation: free its predecessor first,
                     # so loading the new one never holds three runtimes.
@@ -215,6 +288,9 @@ class ModelManager:
                     self._shadow = None  # the shadow becomes the active model: already warm
                 else:
                     promoted = None
+            if dropped is not None and self._previous is None:
+                dropped = None
+                release_memory()
             if promoted is not None:
                 loaded = promoted
                 log.info("version %s promoted from shadow (already loaded)", new_id)
@@ -224,6 +300,7 @@ class ModelManager:
                 except ActivationError as exc:
                     self._fail(new_id, exc)
                     raise
+            kept = False
             with self._lock:
                 old = self._current
                 if old is not None and old.version_id == new_id:
@@ -232,6 +309,7 @@ class ModelManager:
                 if probation is not None and old is not None:
                     self._previous = old
                     self._probation = _Probation(new_id, probation, started=self._clock())
+                    kept = True
                 else:
                     self._previous = None
                     self._probation = None
@@ -242,6 +320,9 @@ class ModelManager:
             else:
                 previous_id = None
             self._persist(new_id, previous_id)
+            if not kept and current is not None:
+                del old, current
+                release_memory()  # the runtime replaced without probation is gone
         log.info("version %s active (previous %s)", new_id, previous_id)
         self._emit(ModelEvent("activated", new_id, None))
 
@@ -322,8 +403,11 @@ class ModelManager:
                 self._current = previous
                 self._previous = None
                 self._probation = None
-            self._finish_rollback(current.version_id, previous.version_id, reason)
-            return previous.version_id
+            from_id, to_id = current.version_id, previous.version_id
+            del current, previous
+            release_memory()  # the rolled-back runtime is gone
+            self._finish_rollback(from_id, to_id, reason)
+            return to_id
 
     def _finish_rollback(self, from_id: int, to_id: int, reason: str) -> None:
         # The rolled-back version is not a rollback target any more: it is what we left.
@@ -340,29 +424,34 @@ class ModelManager:
                 current = self._shadow
                 if installed is None:
                     self._shadow = None
-                    return
                 if current is not None and current.installed == installed:
                     return
                 self._shadow = None  # free the old shadow before loading the new one
+            if current is not None:
+                del current
+                release_memory()
+            if installed is None:
+                return
             loaded = self._load(installed)
             with self._lock:
                 self._shadow = loaded
         log.info("version %s loaded as the shadow", installed.ref.version_id)
 
-    def predict_shadow(self, x: np.ndarray) -> Prediction:
-        """Scores from the shadow (NoActiveModel when there is none). Not counted anywhere."""
+    def predict_shadow(self, x: Feeds) -> Prediction:
+        """The shadow's outputs (NoActiveModel when there is none). Not counted anywhere."""
         with self._lock:
             loaded = self._shadow
         if loaded is None:
             raise NoActiveModel("no shadow is loaded")
         start = time.perf_counter()
-        scores = loaded.runtime.predict(x)
+        outputs = loaded.runtime.run(x)
         latency_ms = (time.perf_counter() - start) * 1000.0
-        return Prediction(scores=scores, version_id=loaded.version_id, latency_ms=latency_ms)
+        return _prediction(loaded, x, outputs, latency_ms)
 
     # -- serving --------------------------------------------------------------------------------
-    def predict(self, x: np.ndarray) -> Prediction:
-        """Scores from the active model. ValueError for an input the model does not accept."""
+    def predict(self, x: Feeds) -> Prediction:
+        """Every output of the active model for a batch (one array, or arrays by input name).
+        ValueError (the runtime's InputError) for a feed the model does not accept."""
         self.poll()
         with self._lock:
             loaded = self._current
@@ -370,7 +459,7 @@ class ModelManager:
             raise NoActiveModel("no model is active")
         start = time.perf_counter()
         try:
-            scores = loaded.runtime.predict(x)
+            outputs = loaded.runtime.run(x)
         except ValueError:
             raise  # the caller's input, not the model's fault
         except Exception:
@@ -378,7 +467,7 @@ class ModelManager:
             raise
         latency_ms = (time.perf_counter() - start) * 1000.0
         self._record(loaded, ok=True, latency_ms=latency_ms)
-        return Prediction(scores=scores, version_id=loaded.version_id, latency_ms=latency_ms)
+        return _prediction(loaded, x, outputs, latency_ms)
 
     def poll(self) -> None:
         """End a probation whose window has passed cleanly, freeing the previous runtime.
@@ -390,7 +479,9 @@ class ModelManager:
             if probation is None or self._clock() - probation.started < probation.policy.window_s:
                 return
             self._probation = None
-            self._previous = None
+            dropped, self._previous = self._previous, None
+        del dropped
+        release_memory()  # the predecessor's runtime is gone
         log.info("version %s passed probation", probation.version_id)
 
     def _record(self, loaded: _Loaded, *, ok: bool, latency_ms: float | None) -> None:
@@ -412,7 +503,10 @@ class ModelManager:
             self._current = previous
             self._previous = None
             self._probation = None
-        self._finish_rollback(loaded.version_id, previous.version_id, reason)
+        from_id, to_id = loaded.version_id, previous.version_id
+        del loaded, previous
+        release_memory()  # the failed version's runtime is gone (but for requests in flight)
+        self._finish_rollback(from_id, to_id, reason)
 
     # -- plumbing -------------------------------------------------------------------------------
     def _persist(self, active: int | None, previous: int | None) -> None:
@@ -436,32 +530,114 @@ class ModelManager:
             log.exception("model event handler failed for %s", event)
 
 
-def _warm_up(runtime: Runtime, version_id: int, warmup_input: np.ndarray | None) -> None:
-    """Run a few inferences and check the scores: 2-D, one row per sample, all finite."""
-    if warmup_input is None:
-        spec = runtime.input
+def _errors(exc: ValidationError) -> str:
+    """A head document's problems, one per field ("head.boxes: Field required; ...")."""
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"])
+        parts.append(f"head.{where}: {error['msg']}" if where else error["msg"])
+    return "; ".join(parts)
+
+
+def _rank2_floats(outputs: Sequence[TensorSpec]) -> list[str]:
+    return [
+        s.name
+        for s in outputs
+        if len(s.shape) == 2 and (s.dtype.startswith("float") or s.quantization is not None)
+    ]
+
+
+def resolve_head(ref: ModelRef, outputs: Sequence[TensorSpec]) -> Any:
+    """The head a version is served with (see the module's docstring). HeadError, or pydantic's
+    ValidationError for a malformed head document."""
+    labels = list(ref.labels)
+    if ref.head is None:
+        scores = _rank2_floats(outputs)
+        if len(scores) == 1:
+            head = parse_head({"task": "classification", "output": scores[0]})
+        else:
+            head = default_head(None, outputs, ())
+    else:
+        head = parse_head(ref.head)
+    if head.task != "classification" or head.labels or not labels:
+        return check_head(head, outputs)
+    try:
+        return check_head(head.model_copy(update={"labels": labels}), outputs)
+    except HeadError as exc:
+        if exc.field != "labels":
+            raise
+        log.warning("version %s: its labels are left out: %s", ref.version_id, exc.message)
+        return check_head(head, outputs)
+
+
+def _rows(runtime: Runtime, x: Feeds) -> int:
+    """How many rows a (checked) feed has: its leading dimension for a batched model, else 1."""
+    if not runtime.batched:
+        return 1
+    first = x[runtime.inputs[0].name] if isinstance(x, Mapping) else x
+    return int(len(first))
+
+
+def _prediction(
+    loaded: _Loaded, x: Feeds, outputs: dict[str, np.ndarray], latency_ms: float
+) -> Prediction:
+    return Prediction(
+        outputs=outputs,
+        head=loaded.head,
+        version_id=loaded.version_id,
+        latency_ms=latency_ms,
+        rows=_rows(loaded.runtime, x),
+        dequantize=loaded.runtime.dequantize,
+        specs=tuple(loaded.runtime.outputs),
+        batched=loaded.runtime.batched,
+    )
+
+
+def _warmup_feeds(runtime: Runtime, version_id: int) -> dict[str, np.ndarray]:
+    feeds: dict[str, np.ndarray] = {}
+    for spec in runtime.inputs:
         shape = tuple(1 if d is None else d for d in spec.shape)
+        if spec.dtype == "str":
+            feeds[spec.name] = np.full(shape, "", dtype=object)
+            continue
         try:
-            x = np.zeros(shape, dtype=np.dtype(spec.dtype))
+            feeds[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
         except TypeError as exc:
             raise ActivationError(
                 f"cannot build a warm-up input of dtype {spec.dtype}: {exc}", version_id
             ) from exc
-    else:
-        x = np.asarray(warmup_input)
+    return feeds
+
+
+def _warm_up(runtime: Runtime, head: Any, version_id: int, warmup_input: Feeds | None) -> None:
+    """Run a few inferences and check them: every output there, each float one finite, one row
+    per sample in a batched model, and the head able to read them."""
+    x: Feeds = _warmup_feeds(runtime, version_id) if warmup_input is None else warmup_input
+    rows = _rows(runtime, x)
+    outputs: dict[str, np.ndarray] = {}
     for _ in range(WARMUP_RUNS):
         try:
-            scores = runtime.predict(x)
+            outputs = runtime.run(x)
         except Exception as exc:
             raise ActivationError(f"warm-up failed: {exc}", version_id) from exc
-        if scores.ndim != 2:
+    for spec in runtime.outputs:
+        value = outputs.get(spec.name)
+        if value is None:
+            raise ActivationError(f"warm-up failed: no output {spec.name}", version_id)
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             raise ActivationError(
-                f"warm-up failed: expected (N, C) scores, got shape {scores.shape}", version_id
+                f"warm-up failed: output {spec.name} is not all finite", version_id
             )
-        if scores.shape[0] != x.shape[0]:
+        if runtime.batched and spec.shape and (value.ndim == 0 or value.shape[0] != rows):
             raise ActivationError(
-                f"warm-up failed: {x.shape[0]} samples in, {scores.shape[0]} rows of scores out",
+                f"warm-up failed: {rows} samples in, output {spec.name} {dims(spec.shape)} "
+                f"has shape {tuple(value.shape)}",
                 version_id,
             )
-        if not np.all(np.isfinite(scores)):
-            raise ActivationError("warm-up failed: the scores are not all finite", version_id)
+    prediction = Prediction(outputs, head, version_id, 0.0, rows, runtime.dequantize)
+    try:
+        prediction.answers()
+    except Exception as exc:  # a head that cannot read what the model gives
+        raise ActivationError(
+            f"warm-up failed: the {head.task} head cannot read the outputs: {exc}", version_id
+        ) from exc

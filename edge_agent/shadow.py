@@ -1,11 +1,16 @@
 """The shadow: a candidate model run on the same live inputs as the active one, answering nobody.
 
-`InferenceService.infer` hands each request (its model-ready batch, request id and the active
-model's top classes and latency) to `ShadowRunner.submit` and answers at once; one background
-thread runs the shadow on it, logs the shadow's output to the outbox under the same request id
-(LogRecord role "shadow"), and counts agreement (same top class) and both models' latencies for
-telemetry. The queue is bounded: when the shadow cannot keep up, requests are not run on it
-(counted as `dropped`), so the shadow never slows down or blocks an answer.
+`InferenceService.infer` hands each request (its model-ready batch, request id, the active
+model's head results and latency) to `ShadowRunner.submit` and answers at once; one background
+thread runs the shadow on it, decodes it with the shadow's own head, logs that result to the
+outbox under the same request id (LogRecord role "shadow"), and counts, for telemetry, both
+models' latencies and their agreement per task (`edge_agent.heads.compare`: the same class; for
+detection boxes matched at IoU >= 0.5; cosine similarity of embeddings; mean absolute difference
+of keypoints and regressions; overlap of segmentation classes): `agreed` counts the samples that
+agree, `similarity` is the mean agreement score. Two raw results agree when their tensors are
+identical; results of different tasks never agree. The queue is bounded: when the shadow cannot
+keep up, requests are not run on it (counted as `dropped`), so the shadow never slows down or
+blocks an answer.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from edge_agent.heads.compare import agreement, agrees
 from edge_agent.model_manager import ModelManager, NoActiveModel
 from edge_agent.outbox import BatchWriter
 from edge_agent.telemetry import DEFAULT_RESERVOIR, percentiles
@@ -33,15 +40,37 @@ log = logging.getLogger(__name__)
 DEFAULT_QUEUE = 64
 
 
+Feeds = np.ndarray | Mapping[str, np.ndarray]
+
+
 @dataclass(frozen=True)
 class _Job:
-    x: np.ndarray
+    x: Feeds
     request_id: str
     active_version: int
-    active_top: np.ndarray
+    active_answers: list[dict[str, Any]]
     active_latency_ms: float
     digests: list[str]
     source: str
+    geometry: Sequence[Any] | None = None
+    active_outputs: list[str] | None = None  # outputs digests, to compare raw results
+
+    @property
+    def rows(self) -> int:
+        return len(self.active_answers)
+
+
+def compare(
+    a: dict[str, Any], b: dict[str, Any], a_digest: str | None, b_digest: str | None
+) -> tuple[float, bool]:
+    """(agreement score, agrees) of two results for the same input (see the docstring)."""
+    if a.get("task") == "raw" and b.get("task") == "raw":
+        same = a_digest is not None and a_digest == b_digest
+        return (1.0 if same else 0.0), same
+    try:
+        return agreement(a, b), agrees(a, b)
+    except ValueError:  # different tasks: nothing in common to compare
+        return 0.0, False
 
 
 @dataclass
@@ -51,6 +80,8 @@ class _Counts:
     reservoir: int
     compared: int = 0
     agreed: int = 0
+    similarity_sum: float = 0.0
+    task: str | None = None
     dropped: int = 0
     errors: int = 0
     active_ms: deque[float] = field(default_factory=deque)
@@ -66,6 +97,8 @@ class _Counts:
             shadow_version=self.shadow_version,
             compared=self.compared,
             agreed=self.agreed,
+            task=self.task,
+            similarity=round(self.similarity_sum / self.compared, 6) if self.compared else None,
             dropped=self.dropped,
             errors=self.errors,
             active_latency_ms=percentiles(list(self.active_ms)) if self.active_ms else {},
@@ -127,24 +160,28 @@ class ShadowRunner:
                 if job is not None and shadow is not None:
                     with self._lock:
                         for counts in self._counts(job.active_version, shadow.version_id):
-                            counts.dropped += len(job.x)
+                            counts.dropped += job.rows
             finally:
                 self._queue.task_done()
 
     # -- the request side ------------------------------------------------------------------------
     def submit(
         self,
-        x: np.ndarray,
+        x: Feeds,
         *,
         request_id: str,
         active_version: int,
-        active_scores: np.ndarray,
+        active_answers: list[dict[str, Any]],
         active_latency_ms: float,
         digests: list[str],
         source: str,
+        geometry: Sequence[Any] | None = None,
+        active_outputs: list[str] | None = None,
     ) -> bool:
-        """Queue one request for the shadow; False (and counted as dropped) when there is no
-        room, or nothing when no shadow is loaded. Never blocks."""
+        """Queue one request for the shadow: its feeds, and the active model's head result per
+        row (`active_outputs`: the digests of its raw outputs per row, to compare raw results).
+        False (and counted as dropped) when there is no room, or nothing when no shadow is
+        loaded. Never blocks."""
         shadow = self.manager.shadow
         if shadow is None:
             return False
@@ -152,17 +189,19 @@ class ShadowRunner:
             x,
             request_id,
             active_version,
-            active_scores.argmax(axis=1),
+            active_answers,
             active_latency_ms,
             digests,
             source,
+            geometry,
+            active_outputs,
         )
         try:
             self._queue.put_nowait(job)
         except queue.Full:
             with self._lock:
                 for counts in self._counts(active_version, shadow.version_id):
-                    counts.dropped += len(x)
+                    counts.dropped += job.rows
             return False
         return True
 
@@ -233,8 +272,11 @@ class ShadowRunner:
                 self._queue.task_done()
 
     def _one(self, job: _Job) -> None:
+        from edge_agent.inference import outputs_digest  # inference imports this module
+
         try:
             pred = self.manager.predict_shadow(job.x)
+            answers = pred.answers(job.geometry)
         except NoActiveModel:
             return  # the shadow was dropped meanwhile
         except Exception as exc:
@@ -242,15 +284,25 @@ class ShadowRunner:
             if shadow is not None:
                 with self._lock:
                     for counts in self._counts(job.active_version, shadow.version_id):
-                        counts.errors += len(job.x)
+                        counts.errors += job.rows
             log.warning("the shadow failed on request %s: %s", job.request_id, exc)
             return
-        n = len(job.x)
-        agreed = int(np.count_nonzero(pred.scores.argmax(axis=1) == job.active_top))
+        n = min(job.rows, len(answers))
+        digests = [outputs_digest(pred.outputs, i, pred.rows) for i in range(n)]
+        scores = []
+        agreed = 0
+        for i in range(n):
+            theirs = job.active_outputs[i] if job.active_outputs else None
+            score, same = compare(job.active_answers[i], answers[i], theirs, digests[i])
+            scores.append(score)
+            agreed += int(same)
+        task = answers[0].get("task") if answers else None
         with self._lock:
             for counts in self._counts(job.active_version, pred.version_id):
                 counts.compared += n
                 counts.agreed += agreed
+                counts.similarity_sum += float(sum(scores))
+                counts.task = task
                 counts.active_ms.append(job.active_latency_ms)
                 counts.shadow_ms.append(pred.latency_ms)
         now = time.time()
@@ -261,7 +313,8 @@ class ShadowRunner:
                     "request_id": job.request_id if n == 1 else f"{job.request_id}/{i}",
                     "model_version": pred.version_id,
                     "input_digest": job.digests[i],
-                    "output": [round(float(v), 6) for v in pred.scores[i]],
+                    "output": {k: v for k, v in answers[i].items() if k != "mask_png"},
+                    "outputs_digest": digests[i],
                     "latency_ms": round(pred.latency_ms, 4),
                     "ts": now,
                     "source": job.source,

@@ -3,11 +3,15 @@
 `uri` is a camera index ("0"), a video file, an RTSP/HTTP URL, or a folder of images (read in
 name order, looping). A video file loops at its end; a camera or stream that fails is reopened
 with a backoff. Each frame is prepared with the active model's preprocessing spec and handed to
-`infer(x, source=name)`; errors are logged (at most every few seconds), never fatal.
+`infer(x, name, geometry)` (the geometry maps model-input pixels back to the frame's, so boxes and
+points are reported in the frame's pixels; a two-argument `infer(x, name)` is called without it);
+errors are logged (at most every few seconds), never
+fatal.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -17,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.preprocess import ImageError, prepare_frame, require_image_spec
+from edge_agent.preprocess import ImageError, prepare_image, require_image_spec
 
 __all__ = ["FrameSource", "IMAGE_SUFFIXES"]
 
@@ -32,7 +36,7 @@ class FrameSource:
         self,
         uri: str,
         fps: float,
-        infer: Callable[[np.ndarray, str], object],
+        infer: Callable[..., object],
         preprocessing: Callable[[], dict[str, Any] | None],
         *,
         name: str | None = None,
@@ -41,6 +45,7 @@ class FrameSource:
         self.interval = 1.0 / fps
         self.name = name or f"source:{uri}"
         self._infer = infer
+        self._with_geometry = _takes_three(infer)
         self._preprocessing = preprocessing
         self._stop = threading.Event()
         self._last_error = float("-inf")
@@ -71,7 +76,11 @@ class FrameSource:
     def _handle(self, frame: np.ndarray) -> None:
         try:
             spec = require_image_spec(self._preprocessing())
-            self._infer(prepare_frame(frame, spec), self.name)
+            x, geometry = prepare_image(frame, spec)
+            if self._with_geometry:
+                self._infer(x, self.name, geometry)
+            else:
+                self._infer(x, self.name)
             self.frames += 1
         except (ImageError, ValueError, RuntimeError) as exc:
             self._warn(f"{self.name}: frame not inferred: {exc}")
@@ -131,3 +140,13 @@ class FrameSource:
                     yield frame
             finally:
                 capture.release()
+
+
+def _takes_three(infer: Callable[..., object]) -> bool:
+    """Whether `infer` takes a third positional argument (the frame's geometry)."""
+    try:
+        params = list(inspect.signature(infer).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: call it as documented
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)

@@ -281,7 +281,13 @@ class ShadowStats(BaseModel):
     active_version: int
     shadow_version: int
     compared: int = Field(default=0, description="samples both models answered")
-    agreed: int = Field(default=0, description="... with the same top class")
+    agreed: int = Field(
+        default=0, description="... that agree (edge_agent.heads.compare.agrees: per task)"
+    )
+    task: str | None = Field(default=None, description="the shadow's head task")
+    similarity: float | None = Field(
+        default=None, description="mean agreement score (heads.compare.agreement) over compared"
+    )
     dropped: int = Field(default=0, description="samples not run on the shadow (queue full)")
     errors: int = 0
     active_latency_ms: dict[str, float] = Field(default_factory=dict, description="p50, p95, p99")

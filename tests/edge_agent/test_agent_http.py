@@ -135,7 +135,7 @@ def test_images_over_http_and_from_an_opencv_folder_source(
 
     wait_until(lambda: len(from_source()) >= 6, 10, "logs from the source")
     logs = from_source()
-    outputs = {tuple(np.round(r["output"], 4)) for r in logs}
+    outputs = {tuple(np.round(r["output"]["scores"], 4)) for r in logs}
     assert len(outputs) == 3  # three frames, looping
     http_logs = [r for r in hub.logs.values() if r["source"] == "http"]
     assert len(http_logs) >= 1

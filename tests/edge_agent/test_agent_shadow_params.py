@@ -83,8 +83,11 @@ def test_shadow_runs_beside_the_active_model_and_is_promoted_without_a_transfer(
     assert {r["model_version"] for r in by_role["shadow"].values()} == {2}
     assert by_role["active"].keys() == by_role["shadow"].keys()  # the same request ids
     shadow_top = [
-        int(np.argmax(by_role["shadow"][f"{request_id}/{i}"]["output"])) for i in range(150)
+        int(np.argmax(by_role["shadow"][f"{request_id}/{i}"]["output"]["scores"]))
+        for i in range(150)
     ]
+    assert all(r["output"]["task"] == "classification" for r in logs)
+    assert all(len(r["outputs_digest"]) == 64 for r in logs)
     assert shadow_top == iris_models.clf_b.predict(X).tolist()
     for rid, shadow_log in by_role["shadow"].items():
         assert shadow_log["input_digest"] == by_role["active"][rid]["input_digest"]
@@ -94,6 +97,8 @@ def test_shadow_runs_beside_the_active_model_and_is_promoted_without_a_transfer(
     stats = wait_until(lambda: agent.status()["shadow"], 5, "shadow stats")
     assert stats["compared"] == 150 and stats["agreed"] == expected < 150
     assert stats["agreement"] == round(expected / 150, 4)
+    assert stats["task"] == "classification"
+    assert stats["similarity"] == round(expected / 150, 6)
     assert stats["shadow_latency_ms"]["p50"] > 0 and stats["active_latency_ms"]["p99"] > 0
 
     def shadow_telemetry() -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
+from edge_agent.heads.spec import ClassificationHead
 from edge_agent.inference import InferenceService, ServingDisabled
 from edge_agent.model_manager import ModelManager, Prediction
 from edge_agent.outbox import BatchWriter, Outbox
@@ -37,7 +38,13 @@ class _Manager:
         self.started.set()
         self.gate.wait(30)
         scores = np.tile(np.asarray([[0.2, 0.8]], np.float32), (len(x), 1))
-        return Prediction(scores=scores, version_id=self.shadow.version_id, latency_ms=1.0)
+        return Prediction(
+            outputs={"scores": scores},
+            head=ClassificationHead(output="scores"),
+            version_id=self.shadow.version_id,
+            latency_ms=1.0,
+            rows=len(x),
+        )
 
 
 def _submit(runner: ShadowRunner, request_id: str, active_version: int = 1) -> bool:
@@ -46,7 +53,7 @@ def _submit(runner: ShadowRunner, request_id: str, active_version: int = 1) -> b
         x,
         request_id=request_id,
         active_version=active_version,
-        active_scores=np.asarray([[0.9, 0.1]], np.float32),
+        active_answers=[{"task": "classification", "class": 0, "score": 0.9}],
         active_latency_ms=0.5,
         digests=["d"],
         source="test",
@@ -96,6 +103,8 @@ def test_totals_are_of_the_pair_loaded_now(tmp_path: Path) -> None:
         assert runner.drain(5)
         totals = runner.totals()
         assert totals is not None and totals["active_version"] == 1 and totals["compared"] == 1
+        # the active model said class 0, the shadow class 1: compared per task, no agreement
+        assert (totals["task"], totals["agreed"], totals["similarity"]) == ("classification", 0, 0)
         manager.active = _Installed(2)  # a new active model, the same shadow beside it
         assert runner.totals() is None  # nothing compared between 2 and 3 yet
         assert _submit(runner, "b", active_version=2)
