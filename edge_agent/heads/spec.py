@@ -111,7 +111,8 @@ class DetectionHead(_Head):
     box_format: Literal["xyxy", "yxyx", "xywh", "cxcywh"] = "xyxy"
     normalized: bool = Field(
         default=True,
-        description="coordinates are fractions of the model's input (else its input pixels)",
+        description="coordinates are fractions of the model's input, else its input pixels "
+        "[default: true; decoder 'yolo': false; 'anchors' always decodes to fractions]",
     )
     score_activation: Literal["none", "sigmoid", "softmax"] = "none"
     score_threshold: float = Field(default=0.5, ge=0, le=1)
@@ -124,6 +125,10 @@ class DetectionHead(_Head):
         min_length=4,
         max_length=4,
         description="anchors: offsets are divided by (x, y, w, h) scale [default: input size]",
+    )
+    box_exp: bool = Field(
+        default=False,
+        description="anchors: w, h offsets are logs (exp(w / w_scale) * anchor w), as in TF SSDs",
     )
     keypoints: int = Field(
         default=0, ge=0, description="anchors: keypoints (x, y) per box after its 4 values"
