@@ -141,7 +141,7 @@ def _scores_spec(head: DetectionHead, outputs: Sequence[TensorSpec]) -> TensorSp
     return spec
 
 
-def check(head: DetectionHead, outputs: Sequence[TensorSpec]) -> DetectionHead:
+def check(head: Any, outputs: Sequence[TensorSpec]) -> Any:
     """The head with its defaults filled from the signature; HeadError naming the field when an
     output is missing or has the wrong rank or size."""
     given = head.model_fields_set
