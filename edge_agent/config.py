@@ -95,9 +95,10 @@ class HttpSettings(_Section):
 class RuntimeSettings(_Section):
     threads: int = Field(default=1, ge=1, le=64)
     onnx_memory_arena: bool = Field(
-        default=True,
-        description="onnxruntime's CPU memory arena: faster; false gives a request's tensor "
-        "memory back when it is freed (RSS follows the load, at some speed cost)",
+        default=False,
+        description="onnxruntime's CPU memory arena. Off by default: measured on a 4 MB conv "
+        "model, 300 requests of 1 and 8 rows left RSS 33 MB above the loaded figure with it and "
+        "13 MB below without, at no loss of speed (6-7 ms a request either way)",
     )
     malloc_arenas: int = Field(
         default=2,

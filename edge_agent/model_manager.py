@@ -167,7 +167,7 @@ class ModelManager:
         store: ModelStore,
         *,
         threads: int = 1,
-        memory_arena: bool = True,
+        memory_arena: bool = False,
         on_event: Callable[[ModelEvent], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -252,6 +252,9 @@ class ModelManager:
         except ValidationError as exc:
             reason = f"the version's head is not valid: {_errors(exc)}"
             raise ActivationError(reason, version_id) from None
+        except Exception as exc:  # a head module's own failure: this version cannot serve
+            reason = f"the version's head cannot be checked: {type(exc).__name__}: {exc}"
+            raise ActivationError(reason, version_id) from exc
         _warm_up(runtime, head, version_id, warmup_input)
         return _Loaded(installed=installed, runtime=runtime, head=head)
 

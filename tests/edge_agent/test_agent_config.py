@@ -48,10 +48,13 @@ def test_the_hub_file_format_and_env_overrides(tmp_path: Path, signer: HubSigner
         "EDGEPILOT_AGENT_DEVICE_ID": "pi-02",
         "EDGEPILOT_AGENT_TELEMETRY_INTERVAL_S": "5",
         "EDGEPILOT_AGENT_SOURCE_URI": "0",
+        "EDGEPILOT_AGENT_RUNTIME_ONNX_MEMORY_ARENA": "true",
     }
+    assert not settings.runtime.onnx_memory_arena and settings.runtime.malloc_arenas == 2
     settings = load_settings(path, env=env)
     assert settings.mqtt.port == 1884 and settings.device_id == "pi-02"
     assert settings.telemetry.interval_s == 5.0 and settings.source.uri == "0"
+    assert settings.runtime.onnx_memory_arena
 
 
 @pytest.mark.parametrize(
