@@ -14,7 +14,7 @@ Three decoders (`DetectionHead.decoder`):
 - `yolo`: one output of candidates, [N, K, 4 + 1 + C] (box, objectness, class scores; score =
   objectness x class score) or, `yolo.transposed`, YOLOv8's [N, 4 + C, K] with no objectness.
 
-Then: scores below `score_threshold` go, OpenCV's `cv2.dnn.NMSBoxes` suppresses overlaps at
+Then: boxes of a negative or NaN size and scores below `score_threshold` go, OpenCV's `cv2.dnn.NMSBoxes` suppresses overlaps at
 `iou_threshold` (per class when there are several), the best `max_detections` stay.
 
 Coordinates: normalized ones are fractions of the model's input size, taken from the row's
@@ -329,11 +329,7 @@ def _from_anchors(
     scores, classes = _best_class(
         raw_scores[:, 0] if raw_scores.shape[1] == 1 else raw_scores, head.score_activation
     )
-    # MediaPipe drops boxes with a negative or NaN size (b/171391719)
-    ok = (w >= 0) & (h >= 0) & ~np.isnan(w) & ~np.isnan(h)
-    return _Candidates(
-        boxes[ok], scores[ok], classes[ok], None if keypoints is None else keypoints[ok], True
-    )
+    return _Candidates(boxes, scores, classes, keypoints, True)
 
 
 def _from_yolo(head: DetectionHead, outputs: Mapping[str, np.ndarray], r: int) -> _Candidates:
@@ -386,7 +382,10 @@ def _label(head: DetectionHead, c: int) -> str | None:
 def _finish(
     head: DetectionHead, cand: _Candidates, geometry: Geometry | None
 ) -> list[dict[str, Any]]:
-    keep = np.flatnonzero(cand.scores >= head.score_threshold)
+    # as MediaPipe does (b/171391719), boxes of a negative or NaN size go
+    w, h = cand.boxes[:, 2] - cand.boxes[:, 0], cand.boxes[:, 3] - cand.boxes[:, 1]
+    sized = (w >= 0) & (h >= 0) & ~np.isnan(w) & ~np.isnan(h)
+    keep = np.flatnonzero(sized & (cand.scores >= head.score_threshold))
     boxes, scores, classes = cand.boxes[keep], cand.scores[keep], cand.classes[keep]
     keypoints = cand.keypoints[keep] if cand.keypoints is not None else None
     size = _input_size(head, geometry)
