@@ -14,8 +14,9 @@ Three decoders (`DetectionHead.decoder`):
 - `yolo`: one output of candidates, [N, K, 4 + 1 + C] (box, objectness, class scores; score =
   objectness x class score) or, `yolo.transposed`, YOLOv8's [N, 4 + C, K] with no objectness.
 
-Then: boxes of a negative or NaN size and scores below `score_threshold` go, OpenCV's `cv2.dnn.NMSBoxes` suppresses overlaps at
-`iou_threshold` (per class when there are several), the best `max_detections` stay.
+Then: boxes of a negative or NaN size and scores below `score_threshold` go, OpenCV's
+`cv2.dnn.NMSBoxes` suppresses overlaps at `iou_threshold` (per class when there are several),
+the best `max_detections` stay.
 
 Coordinates: normalized ones are fractions of the model's input size, taken from the row's
 `Geometry` (input_width/height) or, without one, from the anchors spec; when neither gives it
