@@ -25,7 +25,7 @@ from edge_agent.deployer import Deployer
 from edge_agent.forwarder import Forwarder
 from edge_agent.http_api import HttpApi
 from edge_agent.inference import InferenceService, NoActiveModel, ServingDisabled
-from edge_agent.memory import limit_arenas
+from edge_agent.memory import LARGE_BODY_BYTES, limit_arenas, release_memory
 from edge_agent.model_manager import ModelEvent, ModelManager
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import MqttLink
@@ -287,6 +287,13 @@ class Agent:
             log.warning("ignoring an infer request: the agent is stopping")
 
     def _answer_infer(self, payload: bytes) -> None:
+        large = len(payload) > LARGE_BODY_BYTES
+        self._answer(payload)
+        if large:
+            del payload
+            release_memory()  # the request's lists and tensors are gone: give the memory back
+
+    def _answer(self, payload: bytes) -> None:
         try:
             request: InferRequest = InferRequest.loads(payload)
         except Exception as exc:
@@ -309,9 +316,14 @@ class Agent:
             )
         except (NoActiveModel, ServingDisabled) as exc:
             answer = InferResult(request_id=request.request_id, ok=False, error=str(exc))
-        except Exception as exc:
+        except ValueError as exc:  # the runtime's InputError among them
             answer = InferResult(
                 request_id=request.request_id, ok=False, error=f"invalid input: {exc}"
+            )
+        except Exception as exc:
+            log.exception("an MQTT infer request failed")
+            answer = InferResult(
+                request_id=request.request_id, ok=False, error=f"model error: {exc}"
             )
         self.link.publish("result", answer.dumps())
         self.forwarder.wake()

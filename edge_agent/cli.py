@@ -19,7 +19,12 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from edge_agent.runtimes import ModelLoadError, RuntimeUnavailable, detect_format, load_runtime
+from edge_agent.runtimes import (
+    ModelLoadError,
+    RuntimeUnavailable,
+    detect_format,
+    load_runtime,
+)
 
 app = typer.Typer(
     help="EdgePilot agent: run models on the device.",
@@ -64,18 +69,40 @@ def predict(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     inputs: Annotated[Path, typer.Option("--input", help="A .npy batch of model-ready inputs.")],
     threads: Annotated[int, typer.Option(min=1, help="Runtime threads.")] = 1,
+    outputs: Annotated[
+        bool, typer.Option("--outputs", help="Print every output tensor of each sample.")
+    ] = False,
 ) -> None:
-    """Run a batch through the model; print the top class and score per sample as JSON lines."""
+    """Run a batch through the model; print one JSON line per sample: the top class and score
+    of a classifier (a model with exactly one rank-2 float output), else (or with --outputs)
+    every output of the sample by name."""
     runtime = _load(model, threads)
     try:
-        batch = np.load(inputs).astype(np.float32)
-        scores = runtime.predict(batch)
+        batch = np.load(inputs)
+        if batch.dtype == np.float64:
+            batch = batch.astype(np.float32)
+        result = runtime.run(batch)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    for row in scores:
-        top = int(row.argmax())
-        typer.echo(json.dumps({"class": top, "score": float(row[top])}))
+    scores = [  # a classifier has one output of class scores (and perhaps one of labels)
+        spec.name
+        for spec in runtime.outputs
+        if len(spec.shape) == 2 and (spec.dtype.startswith("float") or spec.quantization)
+    ]
+    score_name = scores[0] if len(scores) == 1 and not outputs else None
+    if score_name is not None:
+        for row in runtime.dequantize(score_name, result[score_name]):
+            top = int(row.argmax())
+            typer.echo(json.dumps({"class": top, "score": float(row[top])}))
+        return
+    rows = len(batch) if runtime.batched else 1
+    for i in range(rows):
+        sample = {
+            name: (value[i] if runtime.batched and value.ndim else value).tolist()
+            for name, value in result.items()
+        }
+        typer.echo(json.dumps({"outputs": sample}))
 
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The agent's TOML config file.")]

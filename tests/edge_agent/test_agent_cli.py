@@ -42,3 +42,21 @@ def test_predict_and_info(tmp_path: Path) -> None:
     junk.write_bytes(b"junk" * 10)
     refused = agent("info", str(junk))
     assert refused.returncode == 2 and "not an ONNX or TFLite model" in refused.stderr
+
+
+def test_predict_prints_every_output_of_a_model_without_class_scores(tmp_path: Path) -> None:
+    from edge_agent.runtimes import load_runtime
+    from tests.third_party import mediapipe_model
+
+    model = mediapipe_model("hand_landmark_full.tflite")  # 4 outputs: landmarks, scores, ...
+    x = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)
+    batch = tmp_path / "x.npy"
+    np.save(batch, x)
+    done = agent("predict", str(model), "--input", str(batch))
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    printed = json.loads(line)["outputs"]
+    direct = load_runtime(model, "tflite").run(x)
+    assert set(printed) == set(direct) == {"Identity", "Identity_1", "Identity_2", "Identity_3"}
+    for name, value in direct.items():
+        assert np.array_equal(np.asarray(printed[name], np.float32), value[0]), name
