@@ -143,6 +143,7 @@ def test_images_over_http_and_from_an_opencv_folder_source(
 
 def test_frame_source_reads_a_video_file_and_loops(tmp_path: Path) -> None:
     """In-process: a video file is read frame by frame, prepared with the spec, and looped."""
+    from edge_agent.preprocess import Geometry
     from edge_agent.source import FrameSource
 
     video = tmp_path / "clip.avi"
@@ -152,9 +153,13 @@ def test_frame_source_reads_a_video_file_and_loops(tmp_path: Path) -> None:
         writer.write(np.full((16, 16, 3), value, np.uint8))
     writer.release()
     seen: list[tuple[np.ndarray, str]] = []
-    source = FrameSource(
-        str(video), 100, lambda x, name: seen.append((x, name)), lambda: DIGITS_SPEC, name="clip"
-    )
+    geometries: list[Geometry] = []
+
+    def infer(x: np.ndarray, name: str, geometry: Geometry) -> None:
+        seen.append((x, name))
+        geometries.append(geometry)
+
+    source = FrameSource(str(video), 100, infer, lambda: DIGITS_SPEC, name="clip")
     source.start()
     try:
         wait_until(lambda: len(seen) >= 7, 10, "frames from the video, looping")
@@ -162,6 +167,9 @@ def test_frame_source_reads_a_video_file_and_loops(tmp_path: Path) -> None:
         source.stop()
     x, name = seen[0]
     assert name == "clip" and x.shape == (1, 64) and x.dtype == np.float32
+    # each frame's geometry: the 16x16 frame resized to the model's 8x8 (for boxes and points)
+    first = geometries[0]
+    assert (first.image_width, first.image_height, first.input_width) == (16, 16, 8)
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     levels = [round(float(x.mean()), 1) for x, _ in seen[:7]]
     assert levels[:3] == levels[3:6], levels  # the clip played again
