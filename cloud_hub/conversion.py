@@ -193,6 +193,8 @@ def _register_quantized(registry: Registry, parent: Version, result: Quantized) 
         report=result.report,
         preprocessing=parent.preprocessing,
         labels=parent.labels,
+        task=parent.task,
+        head=parent.head,  # checked again against the new artifacts' signatures
     )
 
 

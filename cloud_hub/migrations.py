@@ -426,4 +426,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE telemetry_v10 RENAME TO telemetry",
         ),
     ),
+    Migration(
+        11,
+        "registry: a version's task and task head (JSON; NULL for versions registered before: "
+        "they read as the default head of their task and signature)",
+        (
+            "ALTER TABLE versions ADD COLUMN task TEXT NOT NULL DEFAULT 'classification'",
+            "ALTER TABLE versions ADD COLUMN head TEXT",
+        ),
+    ),
 )

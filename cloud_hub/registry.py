@@ -30,6 +30,7 @@ from cloud_hub.schemas import (
     Schedule,
     Version,
 )
+from cloud_hub.signature import resolve_head, stored_head
 
 
 def process_id() -> str:
@@ -204,10 +205,17 @@ class Registry:
         report: dict[str, Any] | None = None,
         preprocessing: dict[str, Any] | None = None,
         labels: list[str] | None = None,
+        task: str | None = None,
+        head: dict[str, Any] | None = None,
     ) -> Version:
-        """Register a new version with its artifacts, all or nothing."""
+        """Register a new version with its artifacts, all or nothing. Its task and head are
+        resolved against the artifacts' signatures (`cloud_hub.signature.resolve_head`: the
+        default head when none is given); InvalidInput when the head does not fit."""
         if not artifacts:
             raise InvalidInput("a version needs at least one artifact")
+        task, head, labels = resolve_head(
+            task=task, head=head, labels=labels, signatures=[a.signature for a in artifacts]
+        )
         digests = [self.store.put(a.data) for a in artifacts]  # blobs first, rows after
         with self.db.transaction() as db:
             (latest,) = db.execute(
@@ -229,6 +237,8 @@ class Registry:
                     "report": None if report is None else _json(report),
                     "preprocessing": None if preprocessing is None else _json(preprocessing),
                     "labels": _json(labels or []),
+                    "task": task,
+                    "head": None if head is None else _json(head),
                 },
             )
             for art, digest in zip(artifacts, digests, strict=True):
@@ -252,7 +262,15 @@ class Registry:
     def register_version(self, project: str, model: str, **kwargs: Any) -> Version:
         """Add a version to PROJECT/MODEL, creating both if needed, all in one transaction:
         if anything fails, neither the project, the model nor the version is left behind."""
-        for art in kwargs.get("artifacts", []):
+        artifacts = kwargs.get("artifacts", [])
+        resolved = resolve_head(  # refused before a blob is stored
+            task=kwargs.get("task"),
+            head=kwargs.get("head"),
+            labels=kwargs.get("labels"),
+            signatures=[a.signature for a in artifacts],
+        )
+        kwargs["task"], kwargs["head"], kwargs["labels"] = resolved
+        for art in artifacts:
             self.store.put(art.data)
         with self.db.transaction():
             mod = self.ensure_model(project, model)
@@ -282,6 +300,10 @@ class Registry:
             )
             for a in arts
         ]
+        labels = json.loads(data["labels"])
+        head = _load(data["head"])
+        if head is None:  # registered before versions had heads: the default for its signature
+            head = stored_head(data["task"], labels, [a.signature for a in artifacts])
         return Version(
             id=data["id"],
             project=data["project"],
@@ -296,10 +318,39 @@ class Registry:
             metrics=json.loads(data["metrics"]),
             report=_load(data["report"]),
             preprocessing=_load(data["preprocessing"]),
-            labels=json.loads(data["labels"]),
+            labels=labels,
+            task=data["task"],
+            head=head,
             artifacts=artifacts,
             created_at=data["created_at"],
         )
+
+    def update_version_metadata(
+        self,
+        version_id: int,
+        *,
+        task: str,
+        head: dict[str, Any] | None,
+        labels: list[str],
+        preprocessing: dict[str, Any] | None,
+    ) -> Version:
+        """Store a version's new task, head, labels and preprocessing (checked by the caller:
+        `cloud_hub.uploads.update_version`); its artifacts never change."""
+        with self.db.transaction() as db:
+            cur = db.execute(
+                "UPDATE versions SET task = ?, head = ?, labels = ?, preprocessing = ? "
+                "WHERE id = ?",
+                [
+                    task,
+                    None if head is None else _json(head),
+                    _json(labels),
+                    None if preprocessing is None else _json(preprocessing),
+                    version_id,
+                ],
+            )
+            if cur.rowcount == 0:
+                raise NotFound("version", version_id)
+        return self.get_version_by_id(version_id)
 
     def get_version_by_id(self, version_id: int) -> Version:
         row = self.db.conn.execute(f"{self._VERSION_SQL} WHERE v.id = ?", [version_id]).fetchone()

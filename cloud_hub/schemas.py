@@ -59,8 +59,19 @@ class Version(BaseModel):
     kind: str | None
     metrics: dict[str, Any]
     report: dict[str, Any] | None
-    preprocessing: dict[str, Any] | None
+    preprocessing: dict[str, Any] | None = Field(
+        description="how raw input becomes the model's tensor (edge_agent.preprocess."
+        "PreprocessingSpec as JSON); None: tensors only"
+    )
     labels: list[str]
+    task: str = Field(
+        description="classification, detection, keypoints, segmentation, embedding, "
+        "regression or raw"
+    )
+    head: dict[str, Any] | None = Field(
+        description="the task head with its defaults filled (edge_agent.heads.HeadSpec as JSON: "
+        "its schema is the body of PATCH /versions/{version_id})"
+    )
     artifacts: list[Artifact]
     created_at: str
 

@@ -1,4 +1,4 @@
-"""Checks that uploaded bytes are an ONNX or TFLite model the runtimes can load."""
+"""Checks that uploaded bytes are an ONNX or TFLite model its runtime loads, and describes it."""
 
 from __future__ import annotations
 
@@ -21,22 +21,29 @@ _FORMAT_NAMES = {"onnx": "ONNX", "tflite": "TFLite"}
 
 
 class ModelFileInfo(BaseModel):
-    """What a model file holds: its format and input/output tensors."""
+    """What a model file holds: its format, every input and output tensor, and notes for the
+    uploader (an extension that did not match the content)."""
 
     model_config = ConfigDict(frozen=True)
 
     format: ModelFormat
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    notes: list[str] = []
 
 
 def inspect_model_file(data: bytes, filename: str | None = None) -> ModelFileInfo:
-    """Detect the format of `data`, load it with the real runtime and describe it.
+    """Detect the format of `data` by its content, load it with the real runtime (onnxruntime
+    for ONNX, LiteRT for TFLite) and describe it.
 
-    Raises InvalidModelFile ("<name> is not an ONNX or TFLite model: <reason>") for empty,
-    garbage or truncated bytes, for a model the runtime cannot load or that has no class-score
-    output, and when a .onnx/.tflite extension does not match the content. RuntimeUnavailable
-    (from edge_agent.runtimes) means the engine for the detected format is not installed.
+    Any model that loads is accepted, whatever its inputs and outputs are: what they mean is the
+    version's task head, not a rule of the file. The file name's extension is not trusted: a
+    TFLite file named `.onnx` is read as TFLite (and `notes` says so). Raises InvalidModelFile
+    naming the file and the reason for empty or garbage bytes ("<name> is not an ONNX or TFLite
+    model: ...") and for a model its runtime cannot load ("<name> does not load: <the runtime's
+    message>", e.g. a truncated file, or a custom op the runtime lacks, named).
+    RuntimeUnavailable (from edge_agent.runtimes) means the engine for the detected format is
+    not installed.
     """
     name = filename or "the uploaded file"
 
@@ -48,16 +55,17 @@ def inspect_model_file(data: bytes, filename: str | None = None) -> ModelFileInf
     fmt = detect_format(data)
     if fmt is None:
         raise invalid("its content is neither a TFLite flatbuffer nor an ONNX protobuf")
+    notes = []
     if filename is not None:
         suffix = PurePath(filename).suffix.lower()
         expected = EXTENSIONS.get(suffix)
         if expected is not None and expected != fmt:
-            raise invalid(
-                f"the {suffix} extension promises {_FORMAT_NAMES[expected]} but the content is "
-                f"{_FORMAT_NAMES[fmt]}"
+            notes.append(
+                f"{name}: the {suffix} extension says {_FORMAT_NAMES[expected]} but the content "
+                f"is {_FORMAT_NAMES[fmt]}: loaded as {_FORMAT_NAMES[fmt]}"
             )
     try:
         runtime = load_runtime(data, fmt)
     except ModelLoadError as exc:
-        raise invalid(str(exc)) from exc
-    return ModelFileInfo(format=fmt, inputs=runtime.inputs, outputs=runtime.outputs)
+        raise InvalidModelFile(f"{name} does not load: {exc}") from exc
+    return ModelFileInfo(format=fmt, inputs=runtime.inputs, outputs=runtime.outputs, notes=notes)

@@ -6,13 +6,15 @@ import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.auth import ARTIFACT, OPERATOR, VIEWER
 from cloud_hub.api.deps import HubDep, RegistryDep
 from cloud_hub.errors import InvalidInput
 from cloud_hub.schemas import Version
-from cloud_hub.uploads import register_upload
+from cloud_hub.uploads import register_upload, update_version
+from edge_agent.heads.spec import HeadSpec, Task
+from edge_agent.preprocess import PreprocessingSpec
 
 router = APIRouter(tags=["versions"])
 
@@ -57,10 +59,34 @@ async def upload_version(
     hub: HubDep,
     file: Annotated[UploadFile, File(description="an .onnx or .tflite model file")],
     labels: Annotated[str | None, Form(description="JSON list of class labels")] = None,
-    preprocessing: Annotated[str | None, Form(description="JSON preprocessing spec")] = None,
+    preprocessing: Annotated[
+        str | None,
+        Form(
+            description="JSON preprocessing spec (edge_agent.preprocess.PreprocessingSpec) "
+            "[default: inferred from an image-shaped input, else none]"
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        Form(
+            description="classification, detection, keypoints, segmentation, embedding, "
+            "regression or raw [default: the head's, else classification for a lone score "
+            "output, else raw]"
+        ),
+    ] = None,
+    head: Annotated[
+        str | None,
+        Form(
+            description="JSON task head (the schema of PATCH /versions/{version_id}'s `head`) "
+            "[default: the task's default head for the signature]"
+        ),
+    ] = None,
 ) -> Version:
-    """Register an external model file as a new version. It is loaded before anything is stored:
-    a file that is not a model is refused with 422 and the registry is left as it was."""
+    """Register an external model file as a new version. Every model its runtime loads is
+    accepted (ONNX or TFLite, told apart by content); it is loaded, and its head and
+    preprocessing checked against its signature, before anything is stored: a file that does
+    not load, or a head that does not fit, is refused with 422 naming the reason (the field) and
+    the registry is left as it was."""
     limit = hub.settings.max_upload_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:
@@ -75,6 +101,9 @@ async def upload_version(
     spec = _json_field("preprocessing", preprocessing)
     if spec is not None and not isinstance(spec, dict):
         raise InvalidInput("form field 'preprocessing' must be a JSON object")
+    head_doc = _json_field("head", head)
+    if head_doc is not None and not isinstance(head_doc, dict):
+        raise InvalidInput("form field 'head' must be a JSON object")
     return register_upload(
         hub.registry,
         project=project,
@@ -83,7 +112,43 @@ async def upload_version(
         filename=file.filename,
         labels=label_list,
         preprocessing=spec,
+        task=task or None,
+        head=head_doc,
     )
+
+
+class VersionUpdate(BaseModel):
+    """A version's metadata to change; a field left out (or null) is kept, except
+    `preprocessing: null`, which removes the spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task | None = Field(
+        default=None,
+        description="a new task: its default head for the signature, unless `head` is given",
+    )
+    head: HeadSpec | None = Field(default=None, description="the new task head")
+    labels: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        default=None, max_length=100_000, description="class labels, in class order"
+    )
+    preprocessing: PreprocessingSpec | None = Field(
+        default=None, description="the new preprocessing spec; null removes it"
+    )
+
+
+@router.patch("/versions/{version_id}", dependencies=[OPERATOR])
+def update_version_metadata(version_id: int, body: VersionUpdate, registry: RegistryDep) -> Version:
+    """Change a version's task, head, labels or preprocessing, checked against its signature
+    as at upload (422 naming the field: `head.boxes: the model has no output ...`). Its
+    artifacts never change."""
+    changes: dict[str, Any] = {}
+    for name in body.model_fields_set:
+        value = getattr(body, name)
+        if name == "preprocessing":
+            changes[name] = None if value is None else value.model_dump(mode="json")
+        elif value is not None:
+            changes[name] = value.model_dump(mode="json") if name == "head" else value
+    return update_version(registry, version_id, changes)
 
 
 class QuantizeBody(BaseModel):

@@ -255,33 +255,298 @@ def models_show(
         render.console.print(render.versions_table(versions))
 
 
+def _split_ref(ref: str | None, project: str | None, model: str | None) -> tuple[str, str]:
+    """PROJECT/MODEL from the positional reference or --project and --model (not both)."""
+    if ref is not None:
+        if project is not None or model is not None:
+            raise InvalidInput("give PROJECT/MODEL or --project and --model, not both")
+        proj, sep, name = ref.partition("/")
+        if not sep or not proj or not name or "/" in name:
+            raise InvalidInput(f"model reference {ref!r}: expected PROJECT/MODEL")
+        return proj, name
+    if project is None or model is None:
+        raise InvalidInput("name the model: PROJECT/MODEL (or --project and --model)")
+    return project, model
+
+
+def _read_json_object(path: Path, option: str) -> dict[str, Any]:
+    import json
+
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidInput(f"{option} {path}: cannot read it ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{option} {path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{option} {path}: must hold a JSON object")
+    return doc
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InvalidInput(f"{option} {text!r}: expected numbers separated by commas") from None
+    if not values or not all(v == v and abs(v) != float("inf") for v in values):
+        raise InvalidInput(f"{option} {text!r}: expected finite numbers")
+    return values
+
+
+def _preprocessing_from_flags(
+    file: Path | None, flags: dict[str, Any], *, base: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """A preprocessing spec from --preprocessing FILE and the flags (the flags win), on top of
+    `base`; None when nothing was given. Checked as a PreprocessingSpec (exit 2 naming the
+    field)."""
+    from cloud_hub.signature import check_preprocessing
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    if file is None and not given:
+        return None
+    doc: dict[str, Any] = dict(base or {})
+    if file is not None:
+        doc = _read_json_object(file, "--preprocessing")
+    if "size" in given:
+        h, sep, w = str(given["size"]).lower().partition("x")
+        if not (sep and h.isdigit() and w.isdigit()) or int(h) < 1 or int(w) < 1:
+            raise InvalidInput(f"--size {given['size']!r}: expected HxW, e.g. 224x224")
+        doc["size"] = [int(h), int(w)]
+    for key in ("mean", "std"):
+        if key in given:
+            doc[key] = _floats(given[key], f"--{key}")
+    for key in ("color", "layout", "dtype", "resize", "scale"):
+        if key in given:
+            doc[key] = given[key]
+    if "input_kind" not in doc:
+        doc["input_kind"] = "tabular" if doc.get("layout") == "NF" else "image"
+    return check_preprocessing(doc)
+
+
+ColorOpt = Annotated[
+    Literal["gray", "rgb", "bgr"] | None,
+    typer.Option("--color", help="Colour order the model takes.", rich_help_panel="Preprocessing"),
+]
+LayoutOpt = Annotated[
+    Literal["NHWC", "NCHW", "NF"] | None,
+    typer.Option(help="Tensor layout (NF: flattened features).", rich_help_panel="Preprocessing"),
+]
+DtypeOpt = Annotated[
+    Literal["float32", "uint8", "int8"] | None,
+    typer.Option("--dtype", help="Input tensor dtype.", rich_help_panel="Preprocessing"),
+]
+ResizeOpt = Annotated[
+    Literal["stretch", "letterbox", "crop"] | None,
+    typer.Option(help="How an image is fitted to --size.", rich_help_panel="Preprocessing"),
+]
+SizeOpt = Annotated[
+    str | None,
+    typer.Option(help="Model input size HxW, e.g. 224x224.", rich_help_panel="Preprocessing"),
+]
+PixelScaleOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Pixel values are multiplied by this (e.g. 0.00392).", rich_help_panel="Preprocessing"
+    ),
+]
+MeanOpt = Annotated[
+    str | None,
+    typer.Option(help="Per-channel mean after --scale, a,b,c.", rich_help_panel="Preprocessing"),
+]
+StdOpt = Annotated[
+    str | None,
+    typer.Option(help="Per-channel std after --scale, a,b,c.", rich_help_panel="Preprocessing"),
+]
+PreprocessingFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--preprocessing",
+        help="A JSON preprocessing spec (the flags above override its fields).",
+        exists=True,
+        dir_okay=False,
+        rich_help_panel="Preprocessing",
+    ),
+]
+TaskOpt = Annotated[
+    Literal[
+        "classification",
+        "detection",
+        "keypoints",
+        "segmentation",
+        "embedding",
+        "regression",
+        "raw",
+    ]
+    | None,
+    typer.Option(help="The version's task [default: the head's; else from the signature]."),
+]
+HeadOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--head",
+        help="A JSON task head (see examples/heads/) [default: the task's default head].",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+LabelsOpt = Annotated[str | None, typer.Option(help="Comma-separated class labels.")]
+
+
+def _labels(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    labels = [x.strip() for x in text.split(",")]
+    if not all(labels):
+        raise InvalidInput(f"--labels {text!r}: a label is empty")
+    return labels
+
+
 @models_app.command("upload")
 def models_upload(
     ctx: typer.Context,
     file: Annotated[
-        Path, typer.Argument(help="An .onnx or .tflite file.", exists=True, dir_okay=False)
+        Path,
+        typer.Argument(
+            metavar="FILE", help="An ONNX or TFLite model file.", exists=True, dir_okay=False
+        ),
     ],
-    project: Annotated[str, typer.Option()],
-    model: Annotated[str, typer.Option()],
-    labels: Annotated[str | None, typer.Option(help="Comma-separated class labels.")] = None,
+    ref: Annotated[
+        str | None, typer.Argument(metavar="PROJECT/MODEL", help="The model to register it in.")
+    ] = None,
+    project: Annotated[str | None, typer.Option(help="Project (instead of PROJECT/MODEL).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model (instead of PROJECT/MODEL).")] = None,
+    task: TaskOpt = None,
+    head: HeadOpt = None,
+    labels: LabelsOpt = None,
+    size: SizeOpt = None,
+    color: ColorOpt = None,
+    layout: LayoutOpt = None,
+    dtype: DtypeOpt = None,
+    scale: PixelScaleOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    preprocessing: PreprocessingFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Register an external model file as a new version (refused unless it loads)."""
-    from cloud_hub.uploads import register_upload
+    """Register a model file as a new version. Every model its runtime loads is accepted
+    (ONNX or TFLite, by content); its head and preprocessing are checked against its
+    signature. Without preprocessing options, an image-shaped input's spec is inferred."""
+    from cloud_hub.uploads import upload_model
 
     with user_errors():
-        version = register_upload(
+        project, model = _split_ref(ref, project, model)
+        spec = _preprocessing_from_flags(
+            preprocessing,
+            {
+                "size": size,
+                "color": color,
+                "layout": layout,
+                "dtype": dtype,
+                "scale": scale,
+                "mean": mean,
+                "std": std,
+                "resize": resize,
+            },
+        )
+        result = upload_model(
             _state(ctx).hub.registry,
             project=project,
             model=model,
             data=file.read_bytes(),
             filename=file.name,
-            labels=labels.split(",") if labels else None,
+            labels=_labels(labels),
+            preprocessing=spec,
+            task=task,
+            head=_read_json_object(head, "--head") if head is not None else None,
         )
     if json_out:
-        render.print_json(version)
+        render.print_json(result.version)
+        return
+    render.show_version(result.version)
+    for note in result.notes:
+        render.console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    if result.preprocessing_inferred:
+        render.console.print(
+            "note: preprocessing inferred from the input's shape (an image); change it with "
+            f"`edgepilot models update {result.version.id}` and the preprocessing options",
+            highlight=False,
+        )
+
+
+@models_app.command("update")
+def models_update(
+    ctx: typer.Context,
+    version_ref: Annotated[
+        str, typer.Argument(metavar="VERSION", help="A version id or PROJECT/MODEL:N.")
+    ],
+    task: TaskOpt = None,
+    head: HeadOpt = None,
+    labels: LabelsOpt = None,
+    size: SizeOpt = None,
+    color: ColorOpt = None,
+    layout: LayoutOpt = None,
+    dtype: DtypeOpt = None,
+    scale: PixelScaleOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    preprocessing: PreprocessingFileOpt = None,
+    no_preprocessing: Annotated[
+        bool,
+        typer.Option(
+            "--no-preprocessing",
+            help="Remove the preprocessing spec (tensors only).",
+            rich_help_panel="Preprocessing",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Change a version's task, head, labels or preprocessing (checked against its signature,
+    as at upload). Preprocessing flags change those fields of the current spec."""
+    from cloud_hub.uploads import update_version
+
+    registry = _state(ctx).hub.registry
+    with user_errors():
+        version = registry.resolve_version(version_ref)
+        changes: dict[str, Any] = {}
+        if task is not None:
+            changes["task"] = task
+        if head is not None:
+            changes["head"] = _read_json_object(head, "--head")
+        if labels is not None:
+            changes["labels"] = _labels(labels)
+        spec = _preprocessing_from_flags(
+            preprocessing,
+            {
+                "size": size,
+                "color": color,
+                "layout": layout,
+                "dtype": dtype,
+                "scale": scale,
+                "mean": mean,
+                "std": std,
+                "resize": resize,
+            },
+            base=version.preprocessing,
+        )
+        if no_preprocessing:
+            if spec is not None:
+                raise InvalidInput(
+                    "--no-preprocessing: give it alone, without preprocessing options"
+                )
+            changes["preprocessing"] = None
+        elif spec is not None:
+            changes["preprocessing"] = spec
+        if not changes:
+            raise InvalidInput(
+                "nothing to change: give --task, --head, --labels or preprocessing options"
+            )
+        updated = update_version(registry, version.id, changes)
+    if json_out:
+        render.print_json(updated)
     else:
-        render.show_version(version)
+        render.show_version(updated)
 
 
 @models_app.command("download")

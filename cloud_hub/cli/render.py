@@ -93,6 +93,65 @@ def artifacts_table(version: Version) -> Table:
     return table
 
 
+def _dims(shape: Sequence[Any]) -> str:
+    return "[" + ", ".join("None" if d is None else str(d) for d in shape) + "]"
+
+
+def head_summary(head: dict[str, Any] | None) -> str:
+    """A head in one line: its task and the options that are set (labels counted)."""
+    if head is None:
+        return "-"
+    parts = []
+    for key, value in head.items():
+        if key == "task" or value in (None, [], {}):
+            continue
+        if isinstance(value, list) and len(value) > 4:
+            parts.append(f"{key}=[{len(value)}]")
+        elif isinstance(value, dict):
+            parts.append(f"{key}={{...}}")
+        else:
+            parts.append(f"{key}={value}")
+    return f"{head.get('task')}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def preprocessing_summary(spec: dict[str, Any] | None) -> str:
+    """A preprocessing spec in one line (its non-default options)."""
+    if not spec:
+        return "- (tensors only)"
+    if spec.get("input_kind") != "image":
+        return f"{spec.get('input_kind')} ({spec.get('layout')})"
+    parts = [f"image {spec['size'][0]}x{spec['size'][1]}" if spec.get("size") else "image"]
+    for key in ("color", "layout", "dtype", "resize"):
+        if spec.get(key):
+            parts.append(f"{key}={spec[key]}")
+    parts.append(f"scale={spec.get('scale', 1.0):.6g}")
+    for key in ("mean", "std"):
+        if spec.get(key) is not None:
+            parts.append(f"{key}={','.join(f'{v:g}' for v in spec[key])}")
+    return ", ".join(parts)
+
+
+def contract_table(version: Version) -> Table:
+    """What the version takes and gives: task, head, inputs and outputs, preprocessing."""
+    table = Table(title=f"{version.ref}: task {version.task}", show_header=True)
+    for col in ("", "name", "shape", "dtype"):
+        table.add_column(col, no_wrap=True)
+    signature = version.artifacts[0].signature if version.artifacts else {}
+    for side in ("inputs", "outputs"):
+        for i, tensor in enumerate(signature.get(side) or []):
+            dtype = str(tensor.get("dtype"))
+            if tensor.get("quantization"):
+                q = tensor["quantization"]
+                dtype += f" (q {q['scale']:.4g}/{q['zero_point']})"
+            table.add_row(
+                side[:-1] if i == 0 else "",
+                str(tensor.get("name")),
+                _dims(tensor.get("shape") or []),
+                dtype,
+            )
+    return table
+
+
 def show_version(version: Version) -> None:
     console.print(artifacts_table(version))
     if version.status_reason:
@@ -100,7 +159,15 @@ def show_version(version: Version) -> None:
     if version.report and version.report.get("skipped"):
         for note in version.report["skipped"]:
             console.print(f"[yellow]note:[/yellow] {note}")
-    console.print(f"labels: {', '.join(version.labels) or '-'}")
+    console.print(contract_table(version))
+    console.print(f"task: {version.task}", highlight=False)
+    console.print(f"head: {head_summary(version.head)}", highlight=False, soft_wrap=True)
+    console.print(
+        f"preprocessing: {preprocessing_summary(version.preprocessing)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"labels: {', '.join(version.labels) or '-'}", highlight=False, soft_wrap=True)
 
 
 def runs_table(runs: Sequence[Run]) -> Table:

@@ -1,5 +1,6 @@
-"""A device's DesiredState document: the signed model reference (and its shadow's), how to run
-them, and the deployment's serving parameters."""
+"""A device's DesiredState document: the signed model reference (and its shadow's) with the
+version's task head (its output names filled for the artifact the device runs), labels and
+preprocessing, how to run them, and the deployment's serving parameters."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from cloud_hub.db import Database
 from cloud_hub.errors import NotFound
 from cloud_hub.registry import Registry
+from cloud_hub.signature import head_for_artifact
 from cloud_hub.signing import HubSigner
 from edge_agent.wire import DesiredState, ModelRef, ProbationPolicy, ServingParams
 
@@ -62,6 +64,7 @@ class DesiredStates:
 
     def _ref(self, version_id: int, fmt: str, precision: str, sha256: str, size: int) -> ModelRef:
         version = self.registry.get_version_by_id(version_id)
+        signature = next((a.signature for a in version.artifacts if a.sha256 == sha256), {})
         return ModelRef(
             version_id=version.id,
             ref=version.ref,
@@ -72,6 +75,7 @@ class DesiredStates:
             signature=self.signer.sign_model(version.id, sha256, size, fmt),
             preprocessing=version.preprocessing,
             labels=version.labels,
+            head=head_for_artifact(version.head, signature),
         )
 
 
