@@ -9,7 +9,7 @@ app over HTTP and the real `edgepilot` process.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
 from cloud_hub.hub import Hub
+from tests.cloud_hub.conftest import Device, unique, wait_until
 from tests.conftest import admin_headers, run_cli
 from tests.third_party import MEDIAPIPE_MODELS, all_models, mediapipe_model, onnxruntime_model
 
@@ -310,3 +311,85 @@ def test_cli_bad_flags_exit_2(cli_env: dict[str, str], flags: list[str], message
     assert message in done.stderr, done.stderr
     listed = run_cli(["models", "list", "--json"], cli_env)
     assert json.loads(listed.stdout) == []  # nothing registered
+
+
+# -- what follows the version: its device's desired state, its quantized child, old rows --------
+def test_the_desired_state_carries_the_head(
+    fleet_hub: Hub, service: Any, make_device: Callable[[str], Device]
+) -> None:
+    from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
+    from cloud_hub.uploads import upload_model
+
+    path = mediapipe_model("iris_landmark.tflite")
+    head = {"task": "regression", "output": "output_iris", "names": []}
+    version = upload_model(
+        fleet_hub.registry,
+        project="fleet",
+        model=unique("iris"),
+        data=path.read_bytes(),
+        filename=path.name,
+        head=head,
+    ).version
+    dev_id = unique("pi")
+    fleet_hub.fleet.devices.register(DeviceCreate(id=dev_id, runtimes=["litert"]))
+    dep = fleet_hub.fleet.deployments.create(DeploymentCreate(version=version.ref, device=dev_id))
+    wait_until(lambda: fleet_hub.fleet.devices.get(dev_id).desired_deployment_id == dep.id)
+    model = make_device(dev_id).desired().model
+    assert model is not None and model.format == "tflite"
+    assert model.head == head == version.head
+    assert model.preprocessing == version.preprocessing
+    assert model.preprocessing is not None and model.preprocessing["size"] == [64, 64]
+
+
+def test_a_quantized_version_inherits_task_head_and_preprocessing(client: TestClient) -> None:
+    import warnings
+
+    from sklearn.datasets import load_iris
+    from sklearn.neural_network import MLPClassifier
+
+    from converters import sklearn_to_onnx
+
+    X, y = load_iris(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not converged: irrelevant here
+        mlp = MLPClassifier(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(X, y)
+    onnx_bytes = sklearn_to_onnx(mlp, n_features=4)
+    head = {"task": "classification", "output": "probabilities", "top_k": 2}
+    pre = {"input_kind": "tabular", "layout": "NF"}
+    resp = client.post(
+        "/api/v1/projects/q/models/iris/versions",
+        files={"file": ("iris.onnx", onnx_bytes, "application/octet-stream")},
+        data={
+            "head": json.dumps(head),
+            "labels": '["s", "ve", "vi"]',
+            "preprocessing": json.dumps(pre),
+        },
+    )
+    assert resp.status_code == 201, resp.text
+    parent = resp.json()
+    assert parent["head"]["top_k"] == 2 and parent["head"]["labels"] == ["s", "ve", "vi"]
+    child = client.post(
+        f"/api/v1/versions/{parent['id']}/quantize", json={"dataset": "iris", "method": "dynamic"}
+    )
+    assert child.status_code == 201, child.text
+    got = child.json()
+    assert got["parent_id"] == parent["id"]
+    assert (got["task"], got["head"], got["preprocessing"], got["labels"]) == (
+        parent["task"],
+        parent["head"],
+        parent["preprocessing"],
+        parent["labels"],
+    )
+
+
+def test_a_version_from_before_heads_reads_as_its_default_head(
+    client: TestClient, hub: Hub
+) -> None:
+    """Migration 11 leaves a NULL head on versions registered before it: read as the default."""
+    vid = upload(client, onnxruntime_model("logreg_iris.onnx"), "old/iris", labels=["a", "b", "c"])
+    vid = vid.json()["id"]
+    with hub.db.transaction() as db:
+        db.execute("UPDATE versions SET head = NULL, task = 'classification' WHERE id = ?", [vid])
+    shown = client.get(f"/api/v1/versions/{vid}").json()
+    assert shown["task"] == "classification"
+    assert shown["head"]["output"] == "probabilities" and shown["head"]["labels"] == ["a", "b", "c"]
