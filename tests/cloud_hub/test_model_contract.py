@@ -393,3 +393,84 @@ def test_a_version_from_before_heads_reads_as_its_default_head(
     shown = client.get(f"/api/v1/versions/{vid}").json()
     assert shown["task"] == "classification"
     assert shown["head"]["output"] == "probabilities" and shown["head"]["labels"] == ["a", "b", "c"]
+
+
+# -- task heads of real models (examples/heads/) ------------------------------------------------
+EXAMPLE_HEADS = Path(__file__).resolve().parents[2] / "examples" / "heads"
+
+
+def _kept(given: Any, stored: Any) -> bool:
+    if isinstance(given, dict):
+        return isinstance(stored, dict) and all(
+            k in stored and _kept(v, stored[k]) for k, v in given.items()
+        )
+    return bool(given == stored)
+
+
+def test_example_heads_are_accepted_with_their_models(client: TestClient) -> None:
+    heads = sorted(EXAMPLE_HEADS.glob("*.json"))
+    assert len(heads) >= 7
+    for file in heads:
+        head = json.loads(file.read_text())
+        path = mediapipe_model(f"{file.stem}.tflite")
+        resp = upload(client, path, f"heads/{_model_name(file.name)}", head=head)
+        assert resp.status_code == 201, f"{file.name}: {resp.text}"
+        version = resp.json()
+        assert version["task"] == head["task"]
+        assert _kept(head, version["head"]), file.name  # what the file says, defaults filled
+        assert version["labels"] == head.get("labels", [])
+
+
+def test_detection_head_that_does_not_fit_is_refused_naming_the_field(client: TestClient) -> None:
+    head = json.loads((EXAMPLE_HEADS / "face_detection_short_range.json").read_text())
+    face = mediapipe_model("face_detection_short_range.tflite")
+    missing = upload(client, face, "det/face", head={**head, "boxes": "x"})
+    assert missing.status_code == 422
+    assert missing.json()["detail"] == (
+        "head.boxes: the model has no output 'x' (it has: regressors [1, 896, 16], "
+        "classificators [1, 896, 1])"
+    )
+    scores = upload(client, face, "det/face", head={**head, "scores": "nope"})
+    assert scores.status_code == 422
+    assert scores.json()["detail"].startswith("head.scores: the model has no output 'nope'")
+    hand = mediapipe_model("hand_landmark_lite.tflite")
+    rank = upload(
+        client,
+        hand,
+        "det/hand",
+        head={"task": "detection", "boxes": "Identity", "scores": "Identity_1"},
+    )
+    assert rank.status_code == 422
+    assert rank.json()["detail"] == (
+        "head.boxes: a boxes output Identity must have rank 3, it has shape [1, 63] (rank 2)"
+    )
+    task_only = upload(client, face, "det/face", task="detection")
+    assert task_only.status_code == 422
+    assert task_only.json()["detail"].startswith("head.boxes: a detection head must say")
+    assert client.get("/api/v1/projects/det").status_code == 404  # nothing stored
+    # PATCH is validated the same way, and changes the head when it fits
+    vid = upload(client, face, "det/face").json()["id"]
+    bad = client.patch(f"/api/v1/versions/{vid}", json={"head": {**head, "boxes": "x"}})
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("head.boxes: the model")
+    good = client.patch(f"/api/v1/versions/{vid}", json={"head": head, "labels": ["face"]})
+    assert good.status_code == 200, good.text
+    assert good.json()["task"] == "detection" and good.json()["head"]["anchors"]["num_layers"] == 4
+
+
+def test_cli_upload_with_an_example_head(cli_env: dict[str, str]) -> None:
+    head = EXAMPLE_HEADS / "palm_detection_full.json"
+    path = mediapipe_model("palm_detection_full.tflite")
+    args = ["models", "upload", str(path), "cli/palm", "--head", str(head)]
+    args += ["--size", "192x192", "--color", "rgb", "--resize", "letterbox", "--scale", "0.00392"]
+    done = run_cli(args, cli_env)
+    assert done.returncode == 0, done.stderr
+    assert "task: detection" in done.stdout and "head: detection (" in done.stdout
+    assert "boxes=Identity" in done.stdout and "decoder=anchors" in done.stdout
+    assert "preprocessing: image 192x192, color=rgb" in done.stdout
+    assert "resize=letterbox" in done.stdout and "inferred" not in done.stdout
+    bad = run_cli(
+        ["models", "upload", str(path), "cli/palm", "--task", "keypoints", "--head", str(head)],
+        cli_env,
+    )
+    assert bad.returncode == 2
+    assert "head.task: the head is for 'detection' but task is 'keypoints'" in bad.stderr
