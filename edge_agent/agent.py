@@ -231,6 +231,7 @@ class Agent:
             "hardware": self.hardware,
             "active_version": active.version_id if active is not None else None,
             "active_ref": active.ref.ref if active is not None else None,
+            "active_task": getattr(self.manager.head, "task", None),
             "loaded_versions": self.manager.loaded_versions(),
             "installed_versions": [m.version_id for m in self.store.installed()],
             "on_probation": self.manager.on_probation,
@@ -259,8 +260,7 @@ class Agent:
         return self.deployer.params
 
     def _preprocessing(self) -> dict[str, Any] | None:
-        active = self.manager.active
-        return active.ref.preprocessing if active is not None else None
+        return self.manager.preprocessing()
 
     # -- MQTT plumbing --------------------------------------------------------------------------
     def _publish_report(self, report: Report) -> None:

@@ -18,8 +18,9 @@ the runtime's outputs (`edge_agent.heads.check_head`), or, without one, the defa
 signature: classification when exactly one output is a rank-2 float (class scores; a classifier
 may also output its labels), else `default_head`'s choice. A classification head without labels
 takes the version's labels (left out, with a warning, when they do not fit its classes). A head
-that does not fit fails the activation, like a corrupt file. A `Prediction` carries every raw
-output and the head; `Prediction.answers()` decodes it.
+that does not fit fails the activation, like a corrupt file. A version without a preprocessing
+spec gets the one its signature implies, if any (an input of [1, 224, 224, 3] is an RGB image).
+A `Prediction` carries every raw output and the head; `Prediction.answers()` decodes it.
 
 Each dropped runtime (probation passed, a rollback, a shadow dropped or replaced, a newer
 version superseding one on probation) is followed by `memory.release_memory()`, so the engine's
@@ -45,7 +46,7 @@ from pydantic import ValidationError
 from edge_agent.heads import HeadError, check_head, decode, default_head, parse_head
 from edge_agent.memory import release_memory
 from edge_agent.model_store import InstalledModel, ModelStore
-from edge_agent.preprocess import Geometry
+from edge_agent.preprocess import Geometry, infer_preprocessing
 from edge_agent.runtimes import Runtime, TensorSpec, dims, load_runtime
 from edge_agent.wire import ModelRef, ProbationPolicy
 
@@ -124,6 +125,7 @@ class _Loaded:
     installed: InstalledModel
     runtime: Runtime
     head: Any
+    preprocessing: dict[str, Any] | None = None
 
     @property
     def version_id(self) -> int:
@@ -208,6 +210,12 @@ class ModelManager:
         with self._lock:
             return self._current.head if self._current is not None else None
 
+    def preprocessing(self) -> dict[str, Any] | None:
+        """How images become the active model's input: its version's spec or, without one,
+        what its signature says (`preprocess.infer_preprocessing`); None for no model."""
+        with self._lock:
+            return self._current.preprocessing if self._current is not None else None
+
     @property
     def runtime(self) -> Runtime | None:
         """The active model's runtime (None when no model is active)."""
@@ -256,7 +264,11 @@ class ModelManager:
             reason = f"the version's head cannot be checked: {type(exc).__name__}: {exc}"
             raise ActivationError(reason, version_id) from exc
         _warm_up(runtime, head, version_id, warmup_input)
-        return _Loaded(installed=installed, runtime=runtime, head=head)
+        preprocessing = installed.ref.preprocessing
+        if preprocessing is None:  # what the signature says: an image input of H x W x C
+            inferred = infer_preprocessing(runtime.inputs)
+            preprocessing = inferred.model_dump(mode="json") if inferred is not None else None
+        return _Loaded(installed, runtime, head, preprocessing)
 
     def _fail(self, version_id: int, exc: ActivationError) -> None:
         log.warning("version %s cannot be activated: %s", version_id, exc.reason)

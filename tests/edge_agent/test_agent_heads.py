@@ -27,7 +27,12 @@ import cv2
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_agent.preprocess import decode_image, prepare_image
+from edge_agent.preprocess import (
+    PreprocessingSpec,
+    decode_image,
+    infer_preprocessing,
+    prepare_image,
+)
 from edge_agent.runtimes import load_runtime
 from edge_agent.wire import InferRequest, InferResult, ModelRef
 from tests.agent_processes import AgentProc, wait_until
@@ -130,8 +135,13 @@ def test_a_hand_landmark_model_answers_with_21_points_and_all_its_outputs(
     data = path.read_bytes()
     hub = make_hub(mosquitto, device_id)
     agent: AgentProc = make_agent(device_id, mosquitto, transfer=BIG_CHUNKS)
-    ref = _ref(hub, data, 1, "tflite", preprocessing=HAND_SPEC, head=HAND_HEAD)
+    # no preprocessing spec: the agent takes the one the signature implies (an RGB 224x224
+    # image, scaled to [0, 1]), the same as HAND_SPEC
+    ref = _ref(hub, data, 1, "tflite", head=HAND_HEAD)
+    inferred = infer_preprocessing(load_runtime(path, "tflite").inputs)
+    assert inferred is not None and inferred == PreprocessingSpec.model_validate(HAND_SPEC)
     _deploy(hub, ref, data, 1)
+    assert agent.status()["active_task"] == "keypoints"
 
     rng = np.random.default_rng(7)  # a 320x240 colour image: not the model's input size
     image = cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), (31, 31), 8)
