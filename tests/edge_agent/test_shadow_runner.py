@@ -149,3 +149,56 @@ def test_the_kill_switch_logs_each_sample_once_and_never_reaches_the_shadow(
     assert all(r["output"] == {"disabled": True, "label": "off"} for r in logs)
     assert runner.window() is None  # the shadow saw nothing
     outbox.close()
+
+
+def test_a_detection_shadow_is_compared_box_by_box(tmp_path: Path) -> None:
+    """Real ModelManager and runtimes: the zoo's box detector as the active model (score
+    threshold 0.3) and, as the shadow, the same model with a threshold of 0.95."""
+    import hashlib
+
+    from edge_agent.model_store import ModelStore
+    from edge_agent.wire import ModelRef
+    from tests.model_zoo import box_detector
+
+    zoo = box_detector()
+    head = dict(zoo.head or {})
+    store = ModelStore(tmp_path / "store")
+
+    def ref(version_id: int, threshold: float) -> ModelRef:
+        return ModelRef(
+            version_id=version_id,
+            ref=f"test/boxes:{version_id}",
+            format="onnx",
+            precision="fp32",
+            sha256=hashlib.sha256(zoo.data).hexdigest(),
+            size=len(zoo.data),
+            signature="unchecked",
+            head={**head, "score_threshold": threshold},
+        )
+
+    manager = ModelManager(store)
+    manager.activate(store.install(ref(1, 0.3), zoo.data))
+    manager.set_shadow(store.install(ref(2, 0.95), zoo.data))
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    writer = BatchWriter(outbox)
+    runner = ShadowRunner(manager, writer)
+    runner.start()
+    service = InferenceService(manager, writer, LatencyTracker(), shadow=runner)
+    boxes = [[0.0, 0.0, 0.2, 0.2], [0.5, 0.5, 0.9, 0.9], [0.3, 0.0, 0.4, 0.1], [0.0, 0.6, 0.1, 0.7]]
+    # row 0: two cats for the active model, one for the shadow; row 1: one cat for both
+    row0 = [*np.ravel(boxes), 0.99, 0.0, 0.6, 0.0, 0.0, 0.1, 0.0, 0.2]
+    row1 = [*np.ravel(boxes), 0.99, 0.0, 0.1, 0.0, 0.0, 0.1, 0.0, 0.2]
+    try:
+        result = service.infer(np.asarray([row0, row1], np.float32), request_id="d")
+        assert [len(p["detections"]) for p in result.predictions] == [2, 1]
+        assert runner.drain(10)
+        totals = runner.totals()
+    finally:
+        runner.stop()
+        writer.close()
+    assert totals is not None
+    assert (totals["task"], totals["compared"], totals["agreed"]) == ("detection", 2, 1)
+    assert totals["similarity"] == 0.75  # matched boxes: 1 of 2, then 1 of 1
+    shadow_logs = [r.payload for r in outbox.pending(100) if r.payload.get("role") == "shadow"]
+    assert [len(r["output"]["detections"]) for r in shadow_logs] == [1, 1]
+    outbox.close()
