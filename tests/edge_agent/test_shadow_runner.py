@@ -1,6 +1,7 @@
 """ShadowRunner on its own: its stop never hangs on a slow shadow, its totals belong to the pair
-of versions loaded now, and the kill switch's answers are logged once and never reach it. A
-stand-in manager (what ShadowRunner and InferenceService use of ModelManager) and a real outbox."""
+of versions loaded now, the kill switch's answers are logged once and never reach it (a stand-in
+manager: what ShadowRunner and InferenceService use of ModelManager, and a real outbox), and a
+detection shadow is compared with the active model box by box (a real manager and runtimes)."""
 
 from __future__ import annotations
 
