@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -160,11 +160,19 @@ _PREDICT_BODY = {
     openapi_extra=_PREDICT_BODY,
     dependencies=[PREDICT],
 )
-async def predict(name: str, request: Request) -> Response:
+async def predict(
+    name: str,
+    request: Request,
+    outputs: Annotated[
+        Literal["all"] | None,
+        Query(description='all: also every raw output tensor by name, as `"outputs": true`'),
+    ] = None,
+) -> Response:
     """Body: `{"inputs": [[...], ...]}` (rows), `{"image_b64": "..."}` / `{"images_b64": [...]}`,
     `{"id": "..."}` / `{"ids": [...]}` (an endpoint with a data cache), or an image itself
-    (`Content-Type: image/png`). Answers labels and scores per row, the steps that ran and the
-    cache hits and misses."""
+    (`Content-Type: image/png`). Answers labels and scores per row (or the head's result per
+    row: detections, points, class counts, a vector), the steps that ran and the cache hits and
+    misses; with `?outputs=all` (or `"outputs": true`) also every raw output tensor by name."""
     # the hot path: the engine and settings from the app's state, no dependency to solve
     engine = await get_engine(request)
     hub = cast(Hub, request.app.state.hub)
@@ -172,6 +180,8 @@ async def predict(name: str, request: Request) -> Response:
     body = await _read_body(request, limit)
     parsed = parse_body(body, request.headers.get("content-type", ""))
     parsed.headers = dict(request.headers)  # Starlette gives the names in lower case
+    if outputs == "all":  # as the agent's ?outputs=all
+        parsed.outputs = True
     if parsed.request_id is None:
         parsed.request_id = request.headers.get("x-request-id") or None
     result = await engine.apredict(name, parsed)

@@ -56,12 +56,44 @@ class Baseline(BaseModel):
     prediction_distribution: dict[str, float] | None = Field(
         default=None, description="share of each class among the model's training answers"
     )
+    task: str = Field(default="classification", description="the head's task of the answers")
+    answers: dict[str, FeatureBins] = Field(
+        default_factory=dict,
+        description="the model's answers on the training inputs, per measure of its task: "
+        "detection: detections_per_frame and score; embedding: norm",
+    )
     created_at: str | None = None
 
     @property
     def class_distribution(self) -> dict[str, float]:
         """What a window's answers are compared with: the model's own answers when known."""
         return self.prediction_distribution or self.label_distribution
+
+
+def answer_measures(task: str, results: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """What monitoring measures of a task's answers, as values to bin: detection: detections
+    per frame and every detection's score; embedding: the vector's norm; other tasks: none."""
+    if task == "detection":
+        per_frame, scores = [], []
+        for r in results:
+            found = r.get("detections") or []
+            per_frame.append(float(len(found)))
+            scores += [float(d.get("score", 0.0)) for d in found]
+        return {"detections_per_frame": per_frame, "score": scores}
+    if task == "embedding":
+        return {
+            "norm": [float(r["norm"]) for r in results if isinstance(r.get("norm"), int | float)]
+        }
+    return {}
+
+
+def _bins(values: Sequence[float]) -> FeatureBins | None:
+    if not values:
+        return None
+    col = np.round(np.asarray(values, dtype=np.float32), DECIMALS)
+    edges = stats.quantile_edges(col)
+    expected = stats.proportions(edges, col)
+    return FeatureBins(edges=edges, expected=[round(float(p), 6) for p in expected])
 
 
 def _distribution(indices: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
@@ -77,9 +109,12 @@ def compute_baseline(
     labels: Sequence[str],
     y: np.ndarray | None = None,
     scores: np.ndarray | None = None,
+    task: str = "classification",
+    results: Sequence[dict[str, Any]] | None = None,
 ) -> Baseline:
     """The baseline of model inputs `X` (as the model sees them), their class indices `y` and
-    the model's class scores `scores` on them (or a subset)."""
+    the model's class scores `scores` on them (or a subset); for another task, the head's
+    `results` on them (what its output shift is measured against)."""
     if len(X) == 0:
         raise ValueError("a baseline needs at least one training input")
     summary = np.round(summarize(X), DECIMALS).astype(np.float32)
@@ -98,6 +133,12 @@ def compute_baseline(
         prediction_distribution=(
             None if scores is None else _distribution(np.asarray(scores).argmax(axis=1), labels)
         ),
+        task=task,
+        answers={
+            name: bins
+            for name, values in answer_measures(task, results or []).items()
+            if (bins := _bins(values)) is not None
+        },
     )
 
 
@@ -186,7 +227,7 @@ def dataset_baseline(
             path=Path(path) if path else None,
             label_column=label_column,
             image_size=spec.size if spec and spec.size else None,
-            color=spec.color if spec and spec.color else "gray",
+            color="gray" if spec is None or spec.color in (None, "gray") else "rgb",
         )
     except DatasetError as exc:
         raise InvalidInput(f"dataset: {exc}") from None

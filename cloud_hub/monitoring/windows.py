@@ -17,6 +17,14 @@ excluded), the share of each answer label, and, against the training baseline of
 that answered most of the window (`baseline_version`): the output shift (total variation
 distance between the window's answers and the model's answers on its training inputs) and input
 drift (PSI per feature of the logged feature summaries; max, mean and the top features).
+
+Output shift per task (the task most of the window's answers are of, `task`): classification,
+the class distribution as above; detection, the detections per frame and the distribution of
+their scores; embedding, the distribution of the vectors' norms (each binned at the deciles of
+the baseline's answers, and the shift the largest total variation distance among them);
+`answers` summarises them for the window. Other tasks (keypoints, segmentation, regression,
+raw) have no output shift, and the window's notes say so. A record's answer is a head result
+(`{"task": ..., ...}`) or, from endpoints' classifiers and older agents, class scores.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from pydantic import BaseModel, Field
 
 from cloud_hub.db import Database
 from cloud_hub.monitoring import stats
-from cloud_hub.monitoring.baseline import DECIMALS, Baseline, BaselineStore
+from cloud_hub.monitoring.baseline import DECIMALS, Baseline, BaselineStore, answer_measures
 from edge_agent.features import decode as decode_features
 
 By = Literal["version", "endpoint", "device"]
@@ -76,6 +84,12 @@ class WindowStats(BaseModel):
     )
     output_shift: float | None = None
     drift: Drift | None = None
+    task: str | None = Field(default=None, description="the task most answers are of")
+    answers: dict[str, Any] = Field(
+        default_factory=dict,
+        description="detection: detections_per_frame, score (mean and percentiles) and labels; "
+        "embedding: norm",
+    )
     notes: list[str] = Field(default_factory=list)
 
 
@@ -103,7 +117,13 @@ _DEV = (
 
 
 def top_label(output: Any, labels: Sequence[str]) -> str | None:
-    """A device's logged scores → the label of the top class (as the log's reader does)."""
+    """A device's logged answer → the label of the top class (as the log's reader does): a
+    classification result's label, or the top of class scores; None for other tasks."""
+    if isinstance(output, dict) and "task" in output:
+        if output["task"] != "classification":
+            return None
+        if isinstance(output.get("label"), str):
+            return str(output["label"])
     scores = output.get("scores") if isinstance(output, dict) else output
     if not isinstance(scores, list) or not scores:
         return None
@@ -285,6 +305,15 @@ class WindowReader:
             "versions": {str(v): c for v, c in per_version.most_common()},
             "notes": [],
         }
+        answered = [(r, _result(r)) for r in ok]
+        tasks = Counter(_task_of(r, res) for r, res in answered)
+        task = tasks.most_common(1)[0][0] if tasks else None
+        out["task"] = task
+        results = [res for r, res in answered if res is not None and res.get("task") == task]
+        if task in ("detection", "embedding"):
+            out["answers"] = _summary(task, results)
+        elif task is not None and task != "classification":
+            out["notes"].append(f"no output shift for {task} answers: it is not measured")
         base = self._base_version(r.model_version for r in ok)
         if base is None:
             if ok:
@@ -295,7 +324,16 @@ class WindowReader:
         out["baseline_version"] = base
         mine = [(r, lb) for r, lb in zip(ok, labels, strict=True) if r.model_version == base]
         answers = [lb for _, lb in mine if lb is not None]
-        if answers and baseline.class_distribution:
+        if task in ("detection", "embedding"):
+            own = [
+                res
+                for r, res in answered
+                if r.model_version == base and res is not None and res.get("task") == task
+            ]
+            out["output_shift"], note = _answer_shift(task, own, baseline)
+            if note:
+                out["notes"].append(note)
+        elif answers and baseline.class_distribution:
             out["output_shift"] = stats.total_variation(
                 stats.shares(answers), baseline.class_distribution
             )
@@ -388,3 +426,61 @@ class WindowReader:
             ).fetchone()
             self._refs[version] = f"{row[0]}/{row[1]}:{row[2]}" if row else str(version)
         return self._refs[version]
+
+
+def _result(r: Rec) -> dict[str, Any] | None:
+    """A record's head result, when its answer is one (JSON with a task), else None."""
+    if not isinstance(r.output, str) or not r.output.startswith("{"):
+        return None
+    try:
+        doc = json.loads(r.output)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("task"), str) else None
+
+
+def _task_of(r: Rec, result: dict[str, Any] | None) -> str:
+    """The task of a record's answer: a head result says it; class scores are classification."""
+    return str(result["task"]) if result is not None else "classification"
+
+
+def _described(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {"mean": round(float(np.mean(values)), 6), **stats.percentiles(list(values))}
+
+
+def _summary(task: str, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The window's answers of a detection or embedding head, described."""
+    out: dict[str, Any] = {
+        name: _described(values) for name, values in answer_measures(task, results).items()
+    }
+    if task == "detection":
+        found = [
+            str(d.get("label") if d.get("label") is not None else d.get("class"))
+            for r in results
+            for d in r.get("detections") or []
+        ]
+        out["labels"] = stats.shares(found)
+    return out
+
+
+def _answer_shift(
+    task: str, results: Sequence[dict[str, Any]], baseline: Baseline
+) -> tuple[float | None, str | None]:
+    """The largest total variation distance between the window's and the baseline's binned
+    answers (detections per frame, scores; norms), with a note when it cannot be measured."""
+    if baseline.task != task or not baseline.answers:
+        return None, f"the baseline has no {task} answers to measure the output shift against"
+    measures = answer_measures(task, results)
+    shifts = []
+    for name, bins in baseline.answers.items():
+        values = measures.get(name) or []
+        if not values:
+            continue
+        col = np.round(np.asarray(values, dtype=np.float32), DECIMALS)
+        actual = stats.proportions(bins.edges, col)
+        shifts.append(0.5 * float(np.abs(np.asarray(actual) - np.asarray(bins.expected)).sum()))
+    if not shifts:
+        return None, f"no {task} answers of the baseline's version in this window"
+    return round(max(shifts), 6), None

@@ -29,7 +29,7 @@ from edge_agent.features import decode as decode_features
 Origin = Literal["endpoint", "device"]
 
 # the writer's columns (from `step` on), after where the record came from
-FIELDS = ("origin", "ts", "request_id", "endpoint", "device_id", *COLUMNS[3:])
+FIELDS = ("origin", "ts", "request_id", "endpoint", "device_id", *COLUMNS[3:], "outputs_digest")
 
 
 class LogFilter(BaseModel):
@@ -56,7 +56,7 @@ def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
     return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
 
 
-def _endpoint_side(f: LogFilter) -> tuple[str, list[Any]] | None:
+def _endpoint_side(f: LogFilter, conn: sqlite3.Connection) -> tuple[str, list[Any]] | None:
     if f.origin == "device" or f.device_id is not None:
         return None
     where, args = [], []
@@ -74,9 +74,17 @@ def _endpoint_side(f: LogFilter) -> tuple[str, list[Any]] | None:
     sql = (
         "SELECT 'endpoint' AS origin, printf('%020d', id) AS k, ts, request_id, endpoint, "
         "NULL AS device_id, step, role, model_version, variant, row, input_digest, label, score, "
-        "output, latency_ms, outcome, error, tags, features FROM prediction_logs"
+        f"output, latency_ms, outcome, error, tags, features, {_digest(conn, 'prediction_logs')} "
+        "FROM prediction_logs"
     )
     return _with_time(sql, where, args, f)
+
+
+def _digest(conn: sqlite3.Connection, table: str) -> str:
+    """The outputs digest column where the table has it (a newer schema), else NULL."""
+    if _has_column(conn, table, "outputs_digest"):
+        return "outputs_digest"
+    return "NULL AS outputs_digest"
 
 
 def _device_side(f: LogFilter, conn: sqlite3.Connection) -> tuple[str, list[Any]] | None:
@@ -112,7 +120,7 @@ def _device_side(f: LogFilter, conn: sqlite3.Connection) -> tuple[str, list[Any]
         f"request_id, NULL AS endpoint, device_id, NULL AS step, {role} AS role, model_version, "
         "NULL AS variant, 0 AS row, input_digest, NULL AS label, NULL AS score, output, "
         "latency_ms, 'ok' AS outcome, NULL AS error, json_object('source', source) AS tags, "
-        "features FROM inference_logs"
+        f"features, {_digest(conn, 'inference_logs')} FROM inference_logs"
     )
     return _with_time(sql, where, args, f)
 
@@ -149,7 +157,7 @@ class LogReader:
         self, f: LogFilter, limit: int | None, after: tuple[float, str, str] | None
     ) -> Iterator[sqlite3.Row]:
         conn = self.db.conn
-        sides = [s for s in (_endpoint_side(f), _device_side(f, conn)) if s is not None]
+        sides = [s for s in (_endpoint_side(f, conn), _device_side(f, conn)) if s is not None]
         if not sides:
             return iter(())
         sql = " UNION ALL ".join(s for s, _ in sides)
@@ -226,8 +234,15 @@ class LogReader:
 
 
 def _label_device_record(rec: dict[str, Any], labels: tuple[str, ...]) -> None:
-    """A device logs its scores; the label and score are derived here, as for endpoints."""
+    """A device logs its answer: a head's result (`{"task": ..., ...}`), or class scores from
+    older agents; a classifier's label and score are derived here, as for endpoints."""
     out = rec["output"]
+    if isinstance(out, dict) and "task" in out:
+        if out["task"] != "classification":
+            return  # detections, points, ...: the result is the record's answer
+        if isinstance(out.get("label"), str) and isinstance(out.get("score"), int | float):
+            rec["label"], rec["score"] = out["label"], float(out["score"])
+            return
     scores = out.get("scores") if isinstance(out, dict) else out
     if not isinstance(scores, list) or not scores:
         return

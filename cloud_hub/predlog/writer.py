@@ -6,6 +6,10 @@ queue is bounded: past `max_pending` records (the database stalled for long) new
 dropped and counted (`dropped`, in the endpoint stats and /metrics), so serving never waits for
 the log. `close()` writes whatever is queued; records added after it (a shadow's answer that
 ends late) are written at once, by the caller.
+
+A record keeps the answer, not the model's raw tensors: class scores (float32, encoded), or a
+head's result (JSON: `{"task": "detection", "detections": [...]}`), and `outputs_digest`, the
+sha256 of the row's raw output tensors (written where the table has that column).
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ COLUMNS = (
 _INSERT = (
     f"INSERT INTO prediction_logs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 )
+_INSERT_DIGEST = (
+    f"INSERT INTO prediction_logs ({', '.join(COLUMNS)}, outputs_digest) "
+    f"VALUES ({', '.join('?' for _ in COLUMNS)}, ?)"
+)
 
 Row = tuple[Any, ...]  # in COLUMNS order
 
@@ -68,12 +76,13 @@ class LogEntry:
     input_digest: str | None = None
     label: str | None = None
     score: float | None = None
-    output: list[float] | None = None
+    output: list[float] | dict[str, Any] | None = None
     latency_ms: float | None = None
     error: str | None = None
     tags: dict[str, str] | None = None
     # edge_agent.features.summarize of the model input (a numpy row: rounded when written)
     features: Any = None
+    outputs_digest: str | None = None  # sha256 of the row's raw output tensors
 
     def as_row(self) -> Row:
         return (
@@ -88,13 +97,29 @@ class LogEntry:
             self.input_digest,
             self.label,
             self.score,
-            None if self.output is None else encode_floats(self.output),
+            _encode_output(self.output),
             self.latency_ms,
             self.outcome,
             self.error,
             json.dumps(self.tags) if self.tags else None,
             None if self.features is None else encode_floats(self.features),
+            self.outputs_digest,
         )
+
+
+def _encode_output(output: list[float] | dict[str, Any] | None) -> str | bytes | None:
+    if output is None:
+        return None
+    if isinstance(output, dict):
+        return json.dumps(output, separators=(",", ":"))
+    return encode_floats(output)
+
+
+def has_outputs_digest(db: Database) -> bool:
+    """Whether the log's table has the `outputs_digest` column (a newer schema)."""
+    return any(
+        r[1] == "outputs_digest" for r in db.conn.execute("PRAGMA table_info(prediction_logs)")
+    )
 
 
 class PredictionLogWriter:
@@ -120,6 +145,7 @@ class PredictionLogWriter:
         self.dropped = 0
         self.failed = 0
         self._thread: threading.Thread | None = None
+        self._digest_column: bool | None = None  # known at the first write
 
     def start(self) -> PredictionLogWriter:
         if self._thread is None:
@@ -212,8 +238,12 @@ class PredictionLogWriter:
         written = False
         try:
             rows = [e.as_row() for e in entries]
+            if self._digest_column is None:
+                self._digest_column = has_outputs_digest(self.db)
+            if not self._digest_column:
+                rows = [r[:-1] for r in rows]
             with self.db.transaction():
-                self.db.conn.executemany(_INSERT, rows)
+                self.db.conn.executemany(_INSERT_DIGEST if self._digest_column else _INSERT, rows)
             written = True
         except Exception:
             log.exception("could not write %d prediction log records", len(entries))

@@ -8,8 +8,13 @@ waits nor changes threads. It runs the batch, gives every call its rows, and han
 the oldest call still waiting (which is in the next batch), if any. If a merged batch fails,
 each call is run alone so only the bad one fails.
 
-A model must give one row of scores per row it is given. One that gives another number (a
-graph that reduces or broadcasts over the batch axis) would hand callers someone else's rows,
+A call's rows are one array, or a dict of arrays by input name (a model of several inputs); the
+answer is an array, or every output by name (`Runtime.run`): a merged batch's inputs are joined
+per name and each output split back per call. A model with a fixed batch dimension takes any
+number of rows here: its runtime runs them in chunks of its size (padding the last).
+
+A model must give one row per row it is given, in every output. One that gives another number
+(a graph that reduces or broadcasts over the batch axis) would hand callers someone else's rows,
 or none: every call of that batch fails instead with `WrongRowCount`, naming the model (the
 graph turns it into a StepFailed naming the step). Whatever happens while a batch runs, every
 call taken into it is finished (with its rows or an error), so no caller is left waiting.
@@ -20,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,12 +33,14 @@ import numpy as np
 
 from cloud_hub.serving.spec import BatchingSpec
 
-Predict = Callable[[np.ndarray], np.ndarray]
+Rows = np.ndarray | Mapping[str, np.ndarray]
+Answer = Any  # an array of rows, or a dict of them by output name
+Predict = Callable[[Any], Any]
 RECHECK_S = 0.001  # a leader waiting for others looks at the in-flight count this often
 
 
 class WrongRowCount(RuntimeError):
-    """The model gave a different number of rows of scores than it was given rows."""
+    """The model gave a different number of rows than it was given rows."""
 
 
 def _rows_of(scores: object) -> int | None:
@@ -41,19 +48,54 @@ def _rows_of(scores: object) -> int | None:
     return int(shape[0]) if shape else None
 
 
+def count_rows(x: Rows) -> int:
+    if isinstance(x, Mapping):
+        return len(next(iter(x.values()))) if x else 0
+    return len(x)
+
+
+def _join(xs: list[Rows]) -> Rows:
+    if isinstance(xs[0], Mapping):
+        return {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}
+    return np.concatenate(xs)  # type: ignore[arg-type]
+
+
+def _slice(answer: Answer, start: int, end: int) -> Answer:
+    if isinstance(answer, Mapping):
+        return {k: v[start:end] for k, v in answer.items()}
+    return answer[start:end]
+
+
+def _same_feeds(xs: list[Rows]) -> bool:
+    """Whether calls can be joined: the same input names, and rows of the same shape."""
+    first = xs[0]
+    if isinstance(first, Mapping):
+        return all(
+            isinstance(x, Mapping)
+            and set(x) == set(first)
+            and all(x[k].shape[1:] == first[k].shape[1:] for k in first)
+            for x in xs
+        )
+    return all(not isinstance(x, Mapping) and x.shape[1:] == first.shape[1:] for x in xs)
+
+
 @dataclass(eq=False)
 class _Call:
-    x: np.ndarray
-    result: np.ndarray | None = None
+    x: Rows
+    result: Answer = None
     error: BaseException | None = None
     done: bool = False
     wake: threading.Event = field(default_factory=threading.Event)
 
-    def finish(self, result: np.ndarray | None, error: BaseException | None = None) -> None:
+    @property
+    def rows(self) -> int:
+        return count_rows(self.x)
+
+    def finish(self, result: Answer, error: BaseException | None = None) -> None:
         self.result, self.error, self.done = result, error, True
         self.wake.set()
 
-    def value(self) -> np.ndarray:
+    def value(self) -> Answer:
         if self.error is not None:
             raise self.error
         assert self.result is not None
@@ -102,17 +144,17 @@ class MicroBatcher:
         self._rows_waiting = 0
         self._leading = False  # a caller is gathering or running a batch
 
-    def submit(self, x: np.ndarray) -> np.ndarray:
-        """Class scores for the rows `x` (blocks until they are computed)."""
+    def submit(self, x: Rows) -> Answer:
+        """The model's answer for the rows `x` (blocks until it is computed)."""
         if not self._spec.enabled:
             scores = self._predict(x)
-            self._check(scores, len(x), 1)
-            self.stats.add(len(x))
+            self._check(scores, count_rows(x), 1)
+            self.stats.add(count_rows(x))
             return scores
         call = _Call(x)
         with self._cond:
             self._waiting.append(call)
-            self._rows_waiting += len(x)
+            self._rows_waiting += call.rows
             lead = not self._leading
             self._leading = True
             self._cond.notify()  # a leader waiting for more may take this one
@@ -133,21 +175,25 @@ class MicroBatcher:
                 with self._cond:
                     if call in self._waiting:
                         self._waiting.remove(call)
-                        self._rows_waiting -= len(call.x)
+                        self._rows_waiting -= call.rows
                 raise
         finally:
             self._hand_over()
         assert call.done
         return call.value()
 
-    def _check(self, scores: np.ndarray, rows: int, calls: int) -> None:
-        got = _rows_of(scores)
-        if got != rows:
-            what = f"a batch of {rows} rows from {calls} requests" if calls > 1 else f"{rows} rows"
-            raise WrongRowCount(
-                f"model {self.name!r} returned {'no' if got is None else got} rows of scores "
-                f"for {what}: a model must give one row per input row"
-            )
+    def _check(self, answer: Answer, rows: int, calls: int) -> None:
+        named = answer.items() if isinstance(answer, Mapping) else [("scores", answer)]
+        for name, out in named:
+            got = _rows_of(out)
+            if got != rows:
+                what = (
+                    f"a batch of {rows} rows from {calls} requests" if calls > 1 else f"{rows} rows"
+                )
+                raise WrongRowCount(
+                    f"model {self.name!r} returned {'no' if got is None else got} rows of {name} "
+                    f"for {what}: a model must give one row per input row"
+                )
 
     def _gather(self) -> list[_Call]:
         limit = self._spec.max_batch_size
@@ -162,10 +208,14 @@ class MicroBatcher:
                 # does not, so the count is looked at again every millisecond
                 self._cond.wait(min(left, RECHECK_S))
             calls = [self._waiting.popleft()]
-            rows = len(calls[0].x)
-            while self._waiting and rows + len(self._waiting[0].x) <= limit:
+            rows = calls[0].rows
+            while (
+                self._waiting
+                and rows + self._waiting[0].rows <= limit
+                and _same_feeds([calls[0].x, self._waiting[0].x])
+            ):
                 calls.append(self._waiting.popleft())
-                rows += len(calls[-1].x)
+                rows += calls[-1].rows
             self._rows_waiting -= rows
         return calls
 
@@ -186,9 +236,9 @@ class MicroBatcher:
         if len(calls) == 1:
             self._run_one(calls[0])
             return
-        rows = sum(len(c.x) for c in calls)
+        rows = sum(c.rows for c in calls)
         try:
-            scores = self._predict(np.concatenate([c.x for c in calls]))
+            scores = self._predict(_join([c.x for c in calls]))
         except Exception:  # one bad call must not fail the others: run each alone
             for call in calls:
                 self._run_one(call)
@@ -202,18 +252,18 @@ class MicroBatcher:
         self.stats.add(rows)
         start = 0
         for call in calls:
-            end = start + len(call.x)
-            call.finish(scores[start:end])
+            end = start + call.rows
+            call.finish(_slice(scores, start, end))
             start = end
 
     def _run_one(self, call: _Call) -> None:
         try:
             result = self._predict(call.x)
-            self._check(result, len(call.x), 1)
+            self._check(result, call.rows, 1)
         except Exception as exc:
             call.finish(None, exc)
             return
-        self.stats.add(len(call.x))
+        self.stats.add(call.rows)
         call.finish(result)
 
     def close(self) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from cloud_hub.errors import InvalidInput
 from cloud_hub.predlog.writer import LogEntry, PredictionLogWriter
@@ -21,26 +21,59 @@ from cloud_hub.serving.models import LoadedModel, ModelSource, load_model
 from cloud_hub.serving.params import NO_PARAMS, ResolvedParams
 from cloud_hub.serving.spec import BatchingSpec, EndpointSpec
 from cloud_hub.serving.stats import EndpointStats
-from cloud_hub.serving.values import PredictRequest, Value
+from cloud_hub.serving.values import PredictRequest, Value, outputs_digest
 from edge_agent.features import summarize
 
 if TYPE_CHECKING:
     from cloud_hub.serving.devices import DeviceFacts
 
 
+class TensorOut(BaseModel):
+    """One row of a raw output tensor."""
+
+    shape: list[int]
+    dtype: str
+    data: Any = Field(description="the row's values, nested as its shape says")
+
+
 class Prediction(BaseModel):
-    label: str
-    score: float
-    scores: list[float]
+    """One row's answer. Class scores: `label`, `score`, `scores`. A head's result (detection,
+    keypoints, segmentation, embedding, regression): the head's own fields (`task`,
+    `detections`, `instances`, `classes`, `embedding`, `values`, ...). With `"outputs": true`
+    also every raw output tensor of the model that answered, by name."""
+
+    model_config = ConfigDict(extra="allow")
+
+    label: str | None = None
+    score: float | None = None
+    scores: list[float] | None = None
+    task: str | None = Field(default=None, description="the head's task (head results)")
     model_version: int | None = Field(
         default=None, description="the registry version that gave this answer"
     )
+    outputs: dict[str, TensorOut] | None = Field(
+        default=None, description='every raw output tensor of this row (asked: "outputs")'
+    )
+
+    # no annotations: pydantic would publish the return type as the response's schema
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler):  # type: ignore[no-untyped-def]
+        """Fields a kind of answer does not have are left out, not null (a classifier's answer
+        stays as it always was: label, score, scores, model_version)."""
+        out: dict[str, Any] = handler(self)
+        for name in ("label", "score", "scores", "task", "outputs"):
+            if out.get(name, 0) is None:
+                del out[name]
+        return out
 
 
 class PredictResponse(BaseModel):
     endpoint: str
     request_id: str = Field(default="", description="this request's id in the prediction log")
-    labels: list[str] = Field(description="class names, in the order of each row's `scores`")
+    labels: list[str] = Field(
+        description="class names, in the order of each row's `scores` (head results: the "
+        "head's labels)"
+    )
     predictions: list[Prediction]
     steps: list[str] = Field(description="the steps that ran, in the order they finished")
     cache: dict[str, int] = Field(description="prediction/data cache hits and misses")
@@ -202,39 +235,29 @@ class CompiledEndpoint:
             raise
         latency = (time.perf_counter() - start) * 1000
         self.stats.ok(out.rows, latency, run.trace, run.counters)
-        response = self._response(out, run, latency)
+        response = self._response(out, run, latency, outputs=request.outputs)
         if self.log is not None:
-            self.log.add(self._log_rows(run, response, output or self.graph.output))
+            self.log.add(self._log_rows(run, out, response, output or self.graph.output))
         return response, list(run.deferred)
 
-    def _log_rows(self, run: Run, response: PredictResponse, step: str) -> list[LogEntry]:
+    def _log_rows(
+        self, run: Run, out: Value, response: PredictResponse, step: str
+    ) -> list[LogEntry]:
         """The prediction log's records for this request: one per row of the answer, and of
         every other answer a step logged (a shadow's: also those it logs later)."""
-        now = time.time()
         digests = _digests(run)
         tags = dict(run.tags) or None
-        variant = run.tags.get("variant")
         feats = _features(run)
-        rows = [
-            LogEntry(
-                ts=now,
-                request_id=run.request_id,
-                endpoint=self.name,
-                outcome="ok",
-                step=step,
-                model_version=p.model_version,
-                variant=variant,
-                row=i,
-                input_digest=digests[i] if i < len(digests) else None,
-                label=p.label,
-                score=p.score,
-                output=p.scores,
-                latency_ms=response.latency_ms,
-                tags=tags,
-                features=feats(p.model_version, i),
-            )
-            for i, p in enumerate(response.predictions)
-        ]
+        common: dict[str, Any] = {
+            "ts": time.time(),
+            "request_id": run.request_id,
+            "endpoint": self.name,
+            "step": step,
+            "variant": run.tags.get("variant"),
+            "latency_ms": response.latency_ms,
+            "tags": tags,
+        }
+        rows = _entries(out, common, digests, feats)
         extra_rows = self._extra_rows(run, tags, digests, feats)
         log = self.log
         assert log is not None
@@ -268,50 +291,48 @@ class CompiledEndpoint:
                 "latency_ms": round(extra.latency_ms, 3),
                 "tags": tags,
             }
-            if extra.error is not None or value.x is None:
+            answered = value.x is not None or value.results is not None or value.tensors
+            if extra.error is not None or not answered:
                 return [LogEntry(outcome="failed", error=extra.error, **common)]
-            labels = value.labels or ()
-            versions = value.version
-            out = []
-            for i, (top, scores) in enumerate(
-                zip(value.winners().tolist(), value.x.tolist(), strict=True)
-            ):
-                v = None if versions is None or versions[i] < 0 else int(versions[i])
-                out.append(
-                    LogEntry(
-                        outcome="ok",
-                        model_version=v,
-                        row=i,
-                        input_digest=digests[i] if i < len(digests) else None,
-                        label=labels[top] if top < len(labels) else str(top),
-                        score=round(scores[top], 6),
-                        output=[round(s, 6) for s in scores],
-                        features=feats(v, i),
-                        **common,
-                    )
-                )
-            return out
+            return _entries(value, common, digests, feats)
 
         return extra_rows
 
-    def _response(self, out: Value, run: Run, latency_ms: float) -> PredictResponse:
-        assert out.x is not None
+    def _response(
+        self, out: Value, run: Run, latency_ms: float, *, outputs: bool = False
+    ) -> PredictResponse:
         labels = list(out.labels or ())
-        winners = out.winners()
         versions = [None] * out.rows if out.version is None else out.version.tolist()
+        tensors = out.tensors if (outputs or out.kind == "tensors") else None
         predictions = []
-        for top, row, version in zip(winners.tolist(), out.x.tolist(), versions, strict=True):
-            scores = [round(s, 6) for s in row]  # Python floats: tolist() converts in one go
-            label = labels[top] if top < len(labels) else str(top)
-            # built from known types: no need to validate them again
-            predictions.append(
-                Prediction.model_construct(
-                    label=label,
-                    score=scores[top],
-                    scores=scores,
-                    model_version=None if version is None or version < 0 else version,
+        if out.kind == "scores":
+            assert out.x is not None
+            winners = out.winners()
+            for i, (top, row, version) in enumerate(
+                zip(winners.tolist(), out.x.tolist(), versions, strict=True)
+            ):
+                scores = [round(s, 6) for s in row]  # Python floats: tolist() converts in one go
+                label = labels[top] if top < len(labels) else str(top)
+                # built from known types: no need to validate them again
+                predictions.append(
+                    Prediction.model_construct(
+                        label=label,
+                        score=scores[top],
+                        scores=scores,
+                        model_version=None if version is None or version < 0 else version,
+                        outputs=None if tensors is None else _row_tensors(tensors, i, out.rows),
+                    )
                 )
-            )
+        else:
+            results = out.results or tuple({"task": out.task or "raw"} for _ in range(out.rows))
+            for i, (result, version) in enumerate(zip(results, versions, strict=True)):
+                predictions.append(
+                    Prediction.model_construct(
+                        **result,
+                        model_version=None if version is None or version < 0 else version,
+                        outputs=None if tensors is None else _row_tensors(tensors, i, out.rows),
+                    )
+                )
         c = run.counters
         cache = {
             "hits": c.get("cache_hits", 0),
@@ -367,3 +388,64 @@ def _features(run: Run) -> Callable[[int | None, int], np.ndarray | None]:
         return got[row] if got is not None and row < len(got) else None
 
     return feats
+
+
+def _row_tensors(tensors: Mapping[str, np.ndarray], i: int, rows: int) -> dict[str, TensorOut]:
+    """Row i of every raw output tensor, by name."""
+    out = {}
+    for name, value in tensors.items():
+        arr = np.asarray(value)
+        row = arr[i] if arr.ndim and len(arr) == rows else arr
+        out[name] = TensorOut.model_construct(
+            shape=[int(d) for d in row.shape], dtype=str(row.dtype), data=row.tolist()
+        )
+    return out
+
+
+def _logged(result: dict[str, Any]) -> dict[str, Any]:
+    """A head result as the log keeps it: without the segmentation mask's PNG."""
+    return {k: v for k, v in result.items() if k != "mask_png"}
+
+
+def _entries(
+    value: Value,
+    common: dict[str, Any],
+    digests: list[str],
+    feats: Callable[[int | None, int], np.ndarray | None],
+) -> list[LogEntry]:
+    """One log record per row of an answer: the label and scores of class scores, or the
+    head's result; and the digest of the row's raw tensors (not the tensors)."""
+    versions = value.version
+    tensors = value.tensors
+    out = []
+    winners = value.winners().tolist() if value.kind == "scores" else None
+    scores = value.x.tolist() if value.kind == "scores" and value.x is not None else None
+    labels = value.labels or ()
+    for i in range(value.rows):
+        v = None if versions is None or versions[i] < 0 else int(versions[i])
+        fields: dict[str, Any] = {}
+        if winners is not None and scores is not None:
+            top = winners[i]
+            fields["label"] = labels[top] if top < len(labels) else str(top)
+            fields["score"] = round(scores[i][top], 6)
+            fields["output"] = [round(x, 6) for x in scores[i]]
+        elif value.kind == "tensors":
+            fields["output"] = {"task": "raw"}  # the tensors are the answer: their digest
+        elif value.results is not None:
+            result = value.results[i]
+            fields["output"] = _logged(result)
+            if isinstance(result.get("label"), str):
+                fields["label"] = result["label"]
+        out.append(
+            LogEntry(
+                outcome="ok",
+                model_version=v,
+                row=i,
+                input_digest=digests[i] if i < len(digests) else None,
+                outputs_digest=None if tensors is None else outputs_digest(tensors, i, value.rows),
+                features=feats(v, i),
+                **fields,
+                **common,
+            )
+        )
+    return out

@@ -22,7 +22,7 @@ from cloud_hub.serving.errors import ModelOff, SpecError
 from cloud_hub.serving.params import NO_PARAMS, ResolvedParams
 from cloud_hub.serving.spec import EndpointSpec
 from cloud_hub.serving.step import REQUEST, BuildEnv, Signature, Step, build_step
-from cloud_hub.serving.values import Value
+from cloud_hub.serving.values import ANSWER_KINDS, Value
 
 
 class StepFailed(Exception):
@@ -127,9 +127,11 @@ def compile_graph(spec: EndpointSpec, env: BuildEnv) -> Graph:
             step = steps[name]
             inputs = [sigs[i] for i in step.inputs] or [REQUEST]
             sigs[name] = step.signature(inputs, sigs.__getitem__)
-        if sigs[output].kind != "scores":
+        if sigs[output].kind not in ANSWER_KINDS:
             raise SpecError(
-                f"the output gives {sigs[output].describe()}, not class scores", step=output
+                f"the output gives {sigs[output].describe()}, not class scores, a head's "
+                "results or a model's tensors",
+                step=output,
             )
     except BaseException:
         for step in steps.values():

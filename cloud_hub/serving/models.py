@@ -1,20 +1,30 @@
 """Model load: a version's artifact fetched from the registry and loaded with the agent's
-runtime interface (onnxruntime or LiteRT) when the endpoint is built."""
+runtime interface (onnxruntime or LiteRT) when the endpoint is built, with the version's task
+head checked against the model's outputs.
+
+A version's head is its own (`Version.head`, the effective head JSON) when it has one; else, as
+before heads existed, a classification head on the first rank-2 float output when there is one,
+and `edge_agent.heads.default_head` otherwise (raw: the tensors are the answer). A raw head given
+for want of a signature (an artifact registered without one) on a model that has class scores
+answers scores, as it always did: `head: none` gives its tensors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic import ValidationError
 
 from cloud_hub.errors import NotFound, RegistryError
 from cloud_hub.schemas import Artifact, Version
 from cloud_hub.serving.batching import MicroBatcher
 from cloud_hub.serving.errors import SpecError
 from cloud_hub.serving.spec import BatchingSpec, ModelRef
+from edge_agent.heads import HeadError, check_head, default_head, parse_head
+from edge_agent.heads.spec import ClassificationHead
 from edge_agent.runtimes import ModelLoadError, Runtime, RuntimeUnavailable, load_runtime
 
 
@@ -49,16 +59,29 @@ class LoadedModel:
     runtime: Runtime
     labels: tuple[str, ...]
     classes: int | None
+    head: Any = None  # the version's head, checked against the outputs (edge_agent.heads)
     batcher: MicroBatcher | None = field(default=None, repr=False)
 
     @property
     def preprocessing(self) -> dict[str, Any] | None:
         return self.version.preprocessing
 
+    @property
+    def task(self) -> str:
+        return str(self.head.task)
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         if self.batcher is None:
             return self.runtime.predict(x)
         return self.batcher.submit(x)
+
+    def run(self, feeds: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output by name for the rows `feeds` (micro-batched with other requests when
+        the model has a batch dimension). InputError for feeds it cannot take."""
+        if self.batcher is None or not self.runtime.batched:
+            return self.runtime.run(feeds)
+        out: dict[str, np.ndarray] = self.batcher.submit(feeds)
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -111,7 +134,47 @@ def load_model(
         raise SpecError(f"{where}: {exc}", step=step) from None
     classes = _score_classes(runtime)
     labels = tuple(version.labels) or tuple(str(i) for i in range(classes or 0))
-    loaded = LoadedModel(alias, version, artifact, runtime, labels, classes)
+    try:
+        head = version_head(version, runtime, artifact)
+    except HeadError as exc:
+        raise SpecError(f"{where}: version {version.ref}'s {exc}", step=step) from None
+    if head.task == "classification" and head.labels:
+        labels = tuple(head.labels)
+    loaded = LoadedModel(alias, version, artifact, runtime, labels, classes, head)
     if batching.enabled:
-        loaded.batcher = MicroBatcher(runtime.predict, batching, pending=pending, name=alias)
+        loaded.batcher = MicroBatcher(runtime.run, batching, pending=pending, name=alias)
     return loaded
+
+
+def _has_scores(runtime: Runtime) -> bool:
+    try:
+        runtime.score_output()
+    except ValueError:
+        return False
+    return True
+
+
+def version_head(version: Version, runtime: Runtime, artifact: Artifact | None = None) -> Any:
+    """The version's head, checked against the model's outputs (HeadError if it does not fit);
+    see the module's docstring for a version without one."""
+    doc = getattr(version, "head", None)
+    blind = not getattr(artifact, "signature", None)  # the registry never saw its outputs
+    if doc and not (doc.get("task") == "raw" and blind and _has_scores(runtime)):
+        try:
+            head = parse_head(dict(doc))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field_ = ".".join(str(p) for p in first["loc"]) or "task"
+            raise HeadError(field_, first["msg"]) from None
+        return check_head(head, runtime.outputs)
+    try:
+        score = runtime.score_output()
+    except ValueError:
+        score = None
+    if score is not None:
+        classes = runtime.spec(score).shape[1]
+        labels = list(version.labels)
+        if classes is not None and len(labels) != classes:
+            labels = []  # labels that do not fit: classes are named by number, as before
+        return check_head(ClassificationHead(output=score, labels=labels), runtime.outputs)
+    return default_head(None, runtime.outputs, version.labels)

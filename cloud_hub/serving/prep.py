@@ -13,7 +13,7 @@ import numpy as np
 from cloud_hub.serving.errors import BadInput
 from cloud_hub.serving.step import Signature
 from cloud_hub.training.preprocessing import PreprocessingSpec
-from edge_agent.preprocess import ImageError, decode_image, prepare_frame
+from edge_agent.preprocess import Geometry, ImageError, decode_image, prepare_image
 
 
 def parse_spec(spec: dict[str, Any]) -> PreprocessingSpec:
@@ -41,16 +41,29 @@ def output_signature(spec: PreprocessingSpec) -> Signature:
 
 def prepare_images(images: tuple[Any, ...], spec: PreprocessingSpec) -> np.ndarray:
     """Encoded images (PNG, JPEG, ...) → one batch."""
+    return prepare_images_geometry(images, spec)[0]
+
+
+def prepare_images_geometry(
+    images: tuple[Any, ...], spec: PreprocessingSpec
+) -> tuple[np.ndarray, tuple[Geometry, ...]]:
+    """Encoded images → one batch, and how each image became its row (a detection head gives
+    boxes in the caller's image pixels with it)."""
     if spec.input_kind != "image":
         raise BadInput("this model takes no images (its preprocessing spec is tabular)")
     as_dict = spec.model_dump(mode="json")
-    out = []
+    out, geometry = [], []
     for i, data in enumerate(images):
         try:
-            out.append(prepare_frame(decode_image(bytes(data), as_dict), as_dict))
+            x, geo = prepare_image(decode_image(bytes(data), as_dict), as_dict)
         except ImageError as exc:
             raise BadInput(f"image {i}: {exc}") from None
-    return np.concatenate(out).astype(np.float32)
+        out.append(x)
+        geometry.append(geo)
+    batch = np.concatenate(out)
+    if batch.dtype.kind == "f":
+        batch = batch.astype(np.float32)
+    return batch, tuple(geometry)
 
 
 def prepare_rows(x: np.ndarray, spec: PreprocessingSpec) -> np.ndarray:

@@ -5,9 +5,10 @@
   row's top score) and `latency` (each answered request's latency), a two-proportion z-test for
   `error_rate` (each request's outcome: failed or switched off against answered; bad input is
   the caller's and left out), with its p-value and a plain verdict.
-- **Shadow** (`shadow`): per candidate, the requests it saw, how often its top label agrees
-  with the primary's on the same row (records joined on request id and row), the primary's and
-  the candidate's latency p50/p99 over the same requests, and its errors.
+- **Shadow** (`shadow`): per candidate, the requests it saw, how often its answer agrees with
+  the primary's on the same row (records joined on request id and row: the same top label, or
+  head results that agree per task as `edge_agent.heads.compare` says), the primary's and the
+  candidate's latency p50/p99 over the same requests, and its errors.
 
 Only the newest `max_records` records (or those since `since`) are read.
 """
@@ -24,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from cloud_hub.db import Database
+from edge_agent.heads import compare
 
 Metric = Literal["score", "latency", "error_rate"]
 ALPHA = 0.05
@@ -221,18 +223,40 @@ def _pct(values: list[float]) -> dict[str, float | None]:
     }
 
 
+def _result(output: Any) -> dict[str, Any] | None:
+    if not isinstance(output, str) or not output.startswith("{"):
+        return None
+    try:
+        doc = json.loads(output)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and "task" in doc else None
+
+
+def _agree(a: tuple[str | None, Any], b: tuple[str | None, Any]) -> bool:
+    """Two logged answers agree: the same top label (class scores), or head results that
+    agree per task (`edge_agent.heads.compare`: boxes at IoU 0.5, cosine of embeddings...)."""
+    ra, rb = _result(a[1]), _result(b[1])
+    if ra is not None and rb is not None and ra.get("task") != "classification":
+        try:
+            return compare.agrees(ra, rb)
+        except ValueError:
+            return False
+    return a[0] == b[0]
+
+
 def shadow_report(
     db: Database, endpoint: str, *, since: float | None = None, max_records: int = 500_000
 ) -> ShadowReport:
     where, args = _window(since)
     rows = _rows(
         db,
-        "SELECT request_id, row, step, role, label, latency_ms, outcome, tags "
+        "SELECT request_id, row, step, role, label, output, latency_ms, outcome, tags "
         f"FROM prediction_logs WHERE endpoint = ? AND role IN ('answer', 'shadow') {where}",
         [endpoint, *args],
         max_records,
     )
-    answers: dict[tuple[str, int], str | None] = {}
+    answers: dict[tuple[str, int], tuple[str | None, Any]] = {}
     primary_ms: dict[str, float] = {}
     shadows: dict[str, list[Any]] = defaultdict(list)
     for r in rows:
@@ -241,7 +265,7 @@ def shadow_report(
             continue
         if r["outcome"] != "ok":
             continue
-        answers[(r["request_id"], r["row"])] = r["label"]
+        answers[(r["request_id"], r["row"])] = (r["label"], r["output"])
         if r["row"] == 0:
             tags = json.loads(r["tags"]) if r["tags"] else {}
             ms = tags.get(PRIMARY_MS_TAG)
@@ -261,7 +285,7 @@ def shadow_report(
             key = (r["request_id"], r["row"])
             if key in answers:
                 compared += 1
-                agree += answers[key] == r["label"]
+                agree += _agree(answers[key], (r["label"], r["output"]))
         both = [rid for rid in cand_ms if rid in primary_ms]
         candidates.append(
             CandidateSummary(

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cloud_hub.serving.errors import SpecError
 from cloud_hub.serving.values import Value, ValueKind
+from edge_agent.runtimes import TensorSpec, dims
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -28,20 +29,32 @@ if TYPE_CHECKING:
     from cloud_hub.serving.spec import BatchingSpec, StepSpec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Signature:
     """What a step produces, as far as is known before any request: the value kind, its shape
-    (None for the batch dimension or anything unknown), and class names for scores."""
+    (None for the batch dimension or anything unknown), and class names for scores.
+
+    For what a model gives (tensors, scores, results) also: the head's `task`, the model's
+    `outputs` (their names, shapes, dtypes, quantization: what a head step checks its head
+    against), the version's own `head` (a head step's defaults) and the `model` ref."""
 
     kind: ValueKind
     shape: tuple[int | None, ...] | None = None
     labels: tuple[str, ...] | None = None
+    task: str | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
+    head: Any = None
+    model: str | None = None
 
     def describe(self) -> str:
+        if self.kind == "results":
+            return f"results ({self.task})"
+        if self.kind == "tensors" and self.outputs is not None:
+            return "tensors {" + ", ".join(f"{o.name} {dims(o.shape)}" for o in self.outputs) + "}"
         if self.shape is None:
             return self.kind
-        dims = ", ".join("None" if d is None else str(d) for d in self.shape)
-        return f"{self.kind} [{dims}]"
+        shape = ", ".join("None" if d is None else str(d) for d in self.shape)
+        return f"{self.kind} [{shape}]"
 
 
 REQUEST = Signature(kind="request")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -18,18 +18,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cloud_hub.serving.errors import BadInput
 
-ValueKind = Literal["request", "tensor", "scores"]
+ValueKind = Literal["request", "tensor", "tensors", "scores", "results"]
+ANSWER_KINDS: tuple[str, ...] = ("scores", "results", "tensors")  # what an endpoint may answer
 
 
 @dataclass(frozen=True, eq=False)
 class Value:
-    """N rows of one of three kinds.
+    """N rows of one of five kinds.
 
-    - `request`: what the caller sent: numeric rows in `x`, or one item per row in `raw` (image
-      bytes, or data ids when `ids` is set).
+    - `request`: what the caller sent: numeric rows in `x` (or, for a model of several inputs,
+      rows by input name in `feeds`), or one item per row in `raw` (image bytes, or data ids
+      when `ids` is set).
     - `tensor`: model-ready inputs in `x`.
+    - `tensors`: a model's raw outputs by name in `tensors`, rows first (a `head: none` model
+      step; a head step reads them).
     - `scores`: class scores (N, C) in `x`, with the class names in `labels`; `top` may override
       the per-row winning class (a vote, say), else it is the argmax.
+    - `results`: one head answer per row in `results` (the dicts `edge_agent.heads.decode`
+      gives), of the head's `task`: detection, keypoints, segmentation, embedding, regression.
+
+    A scores or results value may also carry the raw `tensors` it was decoded from (the
+    response shows them when asked: `"outputs": true`; the log keeps their digest).
     """
 
     kind: ValueKind
@@ -41,6 +50,12 @@ class Value:
     top: np.ndarray | None = None
     # scores: the registry version id that gave each row (-1: none, an aggregate of several)
     version: np.ndarray | None = None
+    feeds: Mapping[str, np.ndarray] | None = None
+    tensors: Mapping[str, np.ndarray] | None = None
+    results: tuple[dict[str, Any], ...] | None = None
+    task: str | None = None
+    # tensor: how each row's image became the model's input (a head maps points back with it)
+    geometry: tuple[Any, ...] | None = None
 
     def take(self, index: Sequence[int] | np.ndarray) -> Value:
         idx = np.asarray(index, dtype=np.int64)
@@ -52,6 +67,10 @@ class Value:
             ids=None if self.ids is None else tuple(self.ids[i] for i in idx),
             top=None if self.top is None else self.top[idx],
             version=None if self.version is None else self.version[idx],
+            feeds=None if self.feeds is None else {k: v[idx] for k, v in self.feeds.items()},
+            tensors=None if self.tensors is None else _take_tensors(self.tensors, idx, self.rows),
+            results=None if self.results is None else tuple(self.results[i] for i in idx),
+            geometry=None if self.geometry is None else tuple(self.geometry[i] for i in idx),
         )
 
     def winners(self) -> np.ndarray:
@@ -67,6 +86,15 @@ class Value:
             x = np.ascontiguousarray(self.x)
             head = f"{x.dtype.str}{x.shape[1:]}".encode()
             return [hashlib.sha256(head + row.tobytes()).hexdigest() for row in x]
+        if self.feeds is not None:
+            out = []
+            for i in range(self.rows):
+                h = hashlib.sha256()
+                for name in sorted(self.feeds):
+                    arr = np.ascontiguousarray(self.feeds[name][i])
+                    h.update(f"{name}:{arr.dtype.str}{arr.shape}".encode() + arr.tobytes())
+                out.append(h.hexdigest())
+            return out
         if self.raw is not None:
             return [hashlib.sha256(_bytes_of(item)).hexdigest() for item in self.raw]
         if self.ids is not None:
@@ -76,6 +104,13 @@ class Value:
 
 def _bytes_of(item: Any) -> bytes:
     return item if isinstance(item, bytes) else repr(item).encode()
+
+
+def _take_tensors(
+    tensors: Mapping[str, np.ndarray], idx: np.ndarray, rows: int
+) -> dict[str, np.ndarray]:
+    """Rows `idx` of each tensor that has a row per row (one that does not is kept whole)."""
+    return {k: v[idx] if v.ndim and len(v) == rows else v for k, v in tensors.items()}
 
 
 def merge_scores(parts: list[tuple[np.ndarray, Value]], rows: int) -> Value:
@@ -91,7 +126,98 @@ def merge_scores(parts: list[tuple[np.ndarray, Value]], rows: int) -> Value:
         top[index] = value.winners()
         if value.version is not None:
             version[index] = value.version
-    return Value(kind="scores", rows=rows, x=out, labels=first.labels, top=top, version=version)
+    return Value(
+        kind="scores",
+        rows=rows,
+        x=out,
+        labels=first.labels,
+        top=top,
+        version=version,
+        task=first.task,
+        tensors=_merge_tensors(parts, rows),
+    )
+
+
+def _merge_tensors(
+    parts: list[tuple[np.ndarray, Value]], rows: int
+) -> dict[str, np.ndarray] | None:
+    """The raw tensors of several values, row by row; None unless every part has the same
+    names with the same row shapes (answers from different models)."""
+    first = parts[0][1].tensors
+    if first is None:
+        return None
+    out: dict[str, np.ndarray] = {}
+    for name, arr in first.items():
+        pieces = [(index, v.tensors.get(name) if v.tensors else None) for index, v in parts]
+        if any(
+            p is None or p.shape[1:] != arr.shape[1:] or p.dtype != arr.dtype or len(p) != len(i)
+            for i, p in pieces
+        ):
+            return None
+        merged = np.empty((rows, *arr.shape[1:]), dtype=arr.dtype)
+        for index, piece in pieces:
+            assert piece is not None
+            merged[index] = piece
+        out[name] = merged
+    return out
+
+
+def merge(parts: list[tuple[np.ndarray, Value]], rows: int) -> Value:
+    """Rows from several values of one kind (scores, results or tensors), each with the row
+    indices it answers, as one value of `rows` rows, in order."""
+    first = parts[0][1]
+    if first.kind == "scores":
+        return merge_scores(parts, rows)
+    version = np.full(rows, -1, dtype=np.int64)
+    for index, value in parts:
+        if value.version is not None:
+            version[index] = value.version
+    tensors = _merge_tensors(parts, rows)
+    if first.kind == "tensors":
+        if tensors is None:
+            raise ValueError("cannot merge tensors of different shapes")
+        return Value(kind="tensors", rows=rows, tensors=tensors, version=version, task=first.task)
+    results: list[dict[str, Any]] = [{} for _ in range(rows)]
+    for index, value in parts:
+        assert value.results is not None
+        for i, result in zip(index.tolist(), value.results, strict=True):
+            results[i] = result
+    return Value(
+        kind="results",
+        rows=rows,
+        results=tuple(results),
+        labels=first.labels,
+        version=version,
+        task=first.task,
+        tensors=tensors,
+    )
+
+
+def concat(values: Sequence[Value]) -> Value:
+    """Values of one kind one after the other (a cache's hits, row by row)."""
+    total = sum(v.rows for v in values)
+    parts, start = [], 0
+    for v in values:
+        parts.append((np.arange(start, start + v.rows, dtype=np.int64), v))
+        start += v.rows
+    return merge(parts, total)
+
+
+def outputs_digest(tensors: Mapping[str, np.ndarray], i: int, rows: int) -> str:
+    """sha256 of row i of every raw output tensor, in name order: what the log keeps of the
+    tensors (the same digest as the agent's, `edge_agent.inference.outputs_digest`)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        value = np.asarray(tensors[name])
+        row = value[i] if value.ndim and len(value) == rows else value
+        h.update(name.encode())
+        h.update(str(row.dtype).encode())
+        h.update(repr(tuple(row.shape)).encode())
+        if row.dtype.kind == "O":
+            h.update(repr(row.tolist()).encode())
+        else:
+            h.update(np.ascontiguousarray(row).tobytes())
+    return h.hexdigest()
 
 
 class PredictRequest(BaseModel):
@@ -99,7 +225,10 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[Any] | None = Field(default=None, description="rows of numbers (a batch)")
+    inputs: list[Any] | dict[str, list[Any]] | None = Field(
+        default=None,
+        description="rows of numbers (a batch); for a model of several inputs, rows by input name",
+    )
     image_b64: str | None = Field(default=None, description="one image (PNG, JPEG, ...)")
     images_b64: list[str] | None = None
     id: str | None = Field(default=None, description="an item of the endpoint's data source")
@@ -123,6 +252,11 @@ class PredictRequest(BaseModel):
         default_factory=dict,
         description="the HTTP request's headers (lower-case names): filled in by the hub",
     )
+    outputs: bool = Field(
+        default=False,
+        description="also answer every raw output tensor by name (shape, dtype, data) of the "
+        "model that answered [over HTTP also ?outputs=all]",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PredictRequest:
@@ -139,6 +273,8 @@ class PredictRequest(BaseModel):
         return self
 
     def to_value(self) -> Value:
+        if isinstance(self.inputs, dict):
+            return parse_feeds(self.inputs)
         if self.inputs is not None:
             return Value(kind="request", rows=len(self.inputs), x=parse_rows(self.inputs))
         if self.image_b64 is not None or self.images_b64 is not None:
@@ -163,7 +299,7 @@ def _b64(text: str, index: int) -> bytes:
     return data
 
 
-def parse_rows(rows: list[Any]) -> np.ndarray:
+def parse_rows(rows: list[Any], *, min_ndim: int = 2) -> np.ndarray:
     """A batch of numeric rows as float32: refuses an empty batch, ragged rows, non-numbers,
     NaN and infinity, each with a message saying which."""
     if not rows:
@@ -175,13 +311,31 @@ def parse_rows(rows: list[Any]) -> np.ndarray:
         if "inhomogeneous" in text or "sequence" in text:
             raise BadInput("inputs rows have different lengths (ragged)") from None
         raise BadInput(f"inputs must be numbers: {text.splitlines()[0][:120]}") from None
-    if x.ndim < 2:
+    if x.ndim < min_ndim:
         raise BadInput(f"inputs must be a list of rows (a batch), got shape {tuple(x.shape)}")
     finite = np.isfinite(x)
     if not finite.all():
         row = int(np.argwhere(~finite)[0][0])
         raise BadInput(f"inputs row {row} contains NaN or infinity")
     return x.astype(np.float32)
+
+
+def parse_feeds(inputs: dict[str, list[Any]]) -> Value:
+    """Rows by input name (a model of several inputs): each parsed as `parse_rows` does, and
+    all with the same number of rows."""
+    if not inputs:
+        raise BadInput("inputs is an empty object: give rows for each input by name")
+    feeds: dict[str, np.ndarray] = {}
+    for name, rows in inputs.items():
+        try:
+            feeds[name] = parse_rows(rows, min_ndim=1)
+        except BadInput as exc:
+            raise BadInput(f"input {name}: {exc}") from None
+    counts = {name: len(x) for name, x in feeds.items()}
+    if len(set(counts.values())) > 1:
+        said = ", ".join(f"{n}: {c}" for n, c in counts.items())
+        raise BadInput(f"the inputs have different numbers of rows ({said})")
+    return Value(kind="request", rows=next(iter(counts.values())), feeds=feeds)
 
 
 def parse_body(body: bytes, content_type: str) -> PredictRequest:

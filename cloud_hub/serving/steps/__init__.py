@@ -5,6 +5,13 @@ from cloud_hub.serving.steps.caches import DataCacheStep, PredictionCacheStep
 from cloud_hub.serving.steps.circuit_breaker import CircuitBreakerStep
 from cloud_hub.serving.steps.compose import ParallelStep, SelectStep
 from cloud_hub.serving.steps.condition import ConditionStep
+from cloud_hub.serving.steps.heads import (
+    ClassifyStep,
+    DetectStep,
+    EmbedStep,
+    KeypointsStep,
+    SegmentStep,
+)
 from cloud_hub.serving.steps.http import HttpStep
 from cloud_hub.serving.steps.model import ModelStep
 from cloud_hub.serving.steps.preprocess import PreprocessStep
@@ -15,13 +22,18 @@ from cloud_hub.serving.steps.time_differential import TimeDifferentialStep
 __all__ = [
     "AbSplitStep",
     "CircuitBreakerStep",
+    "ClassifyStep",
     "ConditionStep",
     "DataCacheStep",
+    "DetectStep",
+    "EmbedStep",
     "HttpStep",
+    "KeypointsStep",
     "ModelStep",
     "ParallelStep",
     "PredictionCacheStep",
     "PreprocessStep",
+    "SegmentStep",
     "SelectStep",
     "ShadowStep",
     "ThresholdStep",

@@ -15,12 +15,23 @@ from cloud_hub.serving.step import Signature, Step
 from cloud_hub.serving.values import Value
 
 
-def check_same_classes(step: Step, sigs: dict[str, Signature], what: str) -> Signature:
-    """The first signature, after checking every one gives class scores with the same classes."""
+def check_same_classes(
+    step: Step, sigs: dict[str, Signature], what: str, *, results: bool = True
+) -> Signature:
+    """The first signature, after checking every one gives the same kind of answer: class
+    scores with the same classes, or (with `results`) head results of the same task."""
     first_name, first = next(iter(sigs.items()))
     for name, sig in sigs.items():
+        if results and first.kind == "results":
+            if sig.kind != "results" or sig.task != first.task:
+                raise step.fail(
+                    f"{what} {name!r} gives {sig.describe()}, not {first.describe()} as "
+                    f"{first_name!r} does"
+                )
+            continue
         if sig.kind != "scores":
-            raise step.fail(f"{what} {name!r} gives {sig.describe()}, not class scores")
+            extra = " (or a head's results)" if results else ""
+            raise step.fail(f"{what} {name!r} gives {sig.describe()}, not class scores{extra}")
         if sig.labels != first.labels:
             raise step.fail(
                 f"{what} {name!r} has classes {list(sig.labels or [])}, which differ from "

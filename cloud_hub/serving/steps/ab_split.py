@@ -169,7 +169,13 @@ class AbSplitStep(Step):
 
     def _done(self, variant: str, value: Value, ms: float) -> None:
         x = value.x
-        assert x is not None
+        if x is None:  # head results: no class score to average
+            self._latency[variant].add(ms)
+            with self._lock:
+                c = self._counts[variant]
+                c["requests"] += 1
+                c["rows"] += value.rows
+            return
         if value.top is None:
             top = (
                 sum(max(r) for r in x.tolist()) if value.rows <= 16 else float(x.max(axis=1).sum())

@@ -4,6 +4,7 @@ id from a data source, their preprocessed tensors kept; the model still runs eve
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from cloud_hub.serving.step import (
     register_step,
 )
 from cloud_hub.serving.ttl_cache import TTLCache
-from cloud_hub.serving.values import Value, merge_scores
+from cloud_hub.serving.values import Value, concat, merge
 
 
 class PredictionCacheParams(StepParams):
@@ -44,7 +45,8 @@ class PredictionCacheStep(Step):
 
     def __init__(self, name: str, inputs: list[str], params: Any, env: BuildEnv) -> None:
         super().__init__(name, inputs, params, env)
-        self.cache: TTLCache[tuple[np.ndarray, int, int]] = TTLCache(
+        # one row of the target's answer (scores or results), with the version that gave it
+        self.cache: TTLCache[tuple[Value, int]] = TTLCache(
             max_entries=params.max_entries, ttl_s=params.ttl_s
         )
         self.labels: tuple[str, ...] | None = None
@@ -54,8 +56,10 @@ class PredictionCacheStep(Step):
 
     def signature(self, inputs: list[Signature], target: Callable[[str], Signature]) -> Signature:
         sig = target(self.params.target)
-        if sig.kind != "scores":
-            raise self.fail(f"target {self.params.target!r} gives {sig.describe()}, not scores")
+        if sig.kind not in ("scores", "results"):
+            raise self.fail(
+                f"target {self.params.target!r} gives {sig.describe()}, not scores or results"
+            )
         self.labels = sig.labels
         return sig
 
@@ -72,7 +76,7 @@ class PredictionCacheStep(Step):
         found = [self.cache.get(k) for k in keys]
         # an answer cached from a model switched off since is not served: the row goes to the
         # target again, which fails or routes around the killed model
-        found = [None if f is not None and ctx.killed_version(f[2]) else f for f in found]
+        found = [None if f is not None and ctx.killed_version(f[1]) else f for f in found]
         miss = np.asarray([i for i, f in enumerate(found) if f is None], dtype=np.int64)
         hit = np.asarray([i for i, f in enumerate(found) if f is not None], dtype=np.int64)
         ctx.note("cache_hits", len(hit))
@@ -80,30 +84,18 @@ class PredictionCacheStep(Step):
         parts: list[tuple[np.ndarray, Value]] = []
         if len(miss):
             fresh = ctx.call(self.params.target, miss)
-            assert fresh.x is not None
-            winners = fresh.winners()
+            if fresh.kind == "scores":  # the winner as answered (a vote) is what is cached
+                fresh = replace(fresh, top=fresh.winners())
             versions = fresh.version if fresh.version is not None else np.full(len(miss), -1)
             for j, row in enumerate(miss):
-                entry = (fresh.x[j].copy(), int(winners[j]), int(versions[j]))
-                self.cache.put(keys[row], entry)
+                self.cache.put(keys[row], (fresh.take([j]), int(versions[j])))
             parts.append((miss, fresh))
         if len(hit):
-            cached = [f for f in found if f is not None]
-            labels = parts[0][1].labels if parts else self.labels
-            parts.append(
-                (
-                    hit,
-                    Value(
-                        kind="scores",
-                        rows=len(hit),
-                        x=np.stack([c[0] for c in cached]),
-                        labels=labels,
-                        top=np.asarray([c[1] for c in cached], dtype=np.int64),
-                        version=np.asarray([c[2] for c in cached], dtype=np.int64),
-                    ),
-                )
-            )
-        return merge_scores(parts, given.rows)
+            cached = concat([f[0] for f in found if f is not None])
+            if parts and cached.kind == "scores":
+                cached = replace(cached, labels=parts[0][1].labels)
+            parts.append((hit, cached))
+        return merge(parts, given.rows)
 
     def stats(self) -> dict[str, Any]:
         return {"cache": self.cache.snapshot()}

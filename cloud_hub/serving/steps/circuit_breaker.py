@@ -112,8 +112,15 @@ class CircuitBreakerStep(Step):
     def signature(self, inputs: list[Signature], target: Callable[[str], Signature]) -> Signature:
         sigs = {name: target(name) for name in self.targets()}
         first = check_same_classes(self, sigs, "step")
-        labels = first.labels or ()
         label = self.params.fallback.label
+        if first.kind == "results":
+            if label is not None:
+                raise self.fail(
+                    f"fallback.label: the target gives {first.describe()}, not class scores: "
+                    'fall back to another step ({"step": "..."})'
+                )
+            return first
+        labels = first.labels or ()
         if label is not None and label not in labels:
             if first.labels is None:
                 raise self.fail(f"fallback.label: the target's classes are unknown: {label!r}")

@@ -83,8 +83,10 @@ class HttpStep(Step):
             self.failures += failures
 
     def signature(self, inputs: list[Signature], target: Callable[[str], Signature]) -> Signature:
-        if inputs and inputs[0].kind == "scores":
-            raise self.fail(f"its input {self.inputs[0]!r} gives scores: send it rows or images")
+        if inputs and inputs[0].kind in ("scores", "results", "tensors"):
+            raise self.fail(
+                f"its input {self.inputs[0]!r} gives {inputs[0].kind}: send it rows or images"
+            )
         return Signature("scores", (None, len(self.labels)), self.labels)
 
     def _body(self, given: Value) -> dict[str, Any]:

@@ -9,7 +9,12 @@ from typing import Any
 from pydantic import model_validator
 
 from cloud_hub.serving.errors import BadInput
-from cloud_hub.serving.prep import output_signature, parse_spec, prepare_images, prepare_rows
+from cloud_hub.serving.prep import (
+    output_signature,
+    parse_spec,
+    prepare_images_geometry,
+    prepare_rows,
+)
 from cloud_hub.serving.step import (
     BuildEnv,
     RunContext,
@@ -57,9 +62,12 @@ class PreprocessStep(Step):
     def run(self, ctx: RunContext, inputs: list[Value]) -> Value:
         (request,) = inputs
         if request.raw is not None:
-            x = prepare_images(request.raw, self.spec)
-        elif request.x is not None:
-            x = prepare_rows(request.x, self.spec)
-        else:
-            raise BadInput("send images or rows of numbers to this endpoint, not ids")
-        return Value(kind="tensor", rows=request.rows, x=x)
+            x, geometry = prepare_images_geometry(request.raw, self.spec)
+            return Value(kind="tensor", rows=request.rows, x=x, geometry=geometry)
+        if request.x is not None:
+            return Value(kind="tensor", rows=request.rows, x=prepare_rows(request.x, self.spec))
+        if request.feeds is not None:
+            raise BadInput(
+                "this endpoint prepares one input: send 'inputs' as rows, not by input name"
+            )
+        raise BadInput("send images or rows of numbers to this endpoint, not ids")

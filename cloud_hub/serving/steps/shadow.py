@@ -6,7 +6,10 @@ prediction log with `role: "shadow"` under the same request id (the primary's is
 `answer` record); a candidate that fails is logged with its error. `sample` (changeable at run
 time) mirrors only that share of the requests; at most `max_pending` mirrored calls run at once,
 past that a request is not mirrored (counted as `dropped`), so a slow candidate cannot pile work
-up behind the served traffic. `GET /api/v1/endpoints/{name}/reports/shadow` compares them.
+up behind the served traffic. Class scores agree when the winning labels do; head results
+(detection, embeddings, ...) agree per task as `edge_agent.heads.compare` says, and the mean
+agreement score is in the stats (`similarity`). `GET /api/v1/endpoints/{name}/reports/shadow`
+compares them.
 
 The candidates run in a fork of the request's context: what they tag or count (a candidate
 behind a threshold or a breaker) never shows in the answer's tags, counters or steps. An
@@ -36,6 +39,31 @@ from cloud_hub.serving.step import (
 )
 from cloud_hub.serving.steps._routing import Latencies, check_same_classes
 from cloud_hub.serving.values import Value
+from edge_agent.heads import compare
+
+
+def agreement(primary: Value, got: Value) -> tuple[int, float]:
+    """Rows on which the candidate agrees with the primary, and the sum of their agreement
+    scores: class scores by the winning label; head results per task
+    (`edge_agent.heads.compare`: boxes matched at IoU 0.5, cosine of embeddings, ...)."""
+    if primary.kind == "results" or got.kind == "results":
+        same, total = 0, 0.0
+        for a, b in zip(primary.results or (), got.results or (), strict=True):
+            try:
+                same += compare.agrees(a, b)
+                total += compare.agreement(a, b)
+            except ValueError:  # results of different tasks: no agreement
+                continue
+        return same, total
+    top, theirs = primary.winners(), got.winners()
+    labels, other = primary.labels or (), got.labels or ()
+    same = sum(
+        1
+        for a, b in zip(top.tolist(), theirs.tolist(), strict=True)
+        if a < len(labels) and b < len(other) and labels[a] == other[b]
+    )
+    return same, float(same)
+
 
 # the primary's own latency, in the answer's tags: the report compares it with the candidates'
 PRIMARY_MS_TAG = "shadow_primary_ms"
@@ -75,6 +103,7 @@ class ShadowStep(Step):
         self._pending = 0
         self._counts: dict[str, Counter[str]] = {c: Counter() for c in params.candidates}
         self._latency = {c: Latencies() for c in params.candidates}
+        self._similarity: dict[str, float] = dict.fromkeys(params.candidates, 0.0)
         self._primary_latency = Latencies()
         self._requests = 0
         self._dropped = 0
@@ -84,12 +113,17 @@ class ShadowStep(Step):
         return [self.params.primary, *self.params.candidates]
 
     def signature(self, inputs: list[Signature], target: Callable[[str], Signature]) -> Signature:
-        # candidates may have other classes (a new model): compared by label, not by column
+        # candidates may have other classes (a new model): compared by label, not by column;
+        # head results must be of the primary's task (compared by edge_agent.heads.compare)
+        primary = target(self.params.primary)
         for name in self.params.candidates:
-            check_same_classes(self, {name: target(name)}, "candidate")
-        return check_same_classes(
-            self, {self.params.primary: target(self.params.primary)}, "primary"
-        )
+            if primary.kind == "results":
+                check_same_classes(
+                    self, {self.params.primary: primary, name: target(name)}, "candidate"
+                )
+            else:
+                check_same_classes(self, {name: target(name)}, "candidate", results=False)
+        return check_same_classes(self, {self.params.primary: primary}, "primary")
 
     def run(self, ctx: RunContext, inputs: list[Value]) -> Value:
         params: ShadowParams = ctx.params(self)
@@ -130,8 +164,6 @@ class ShadowStep(Step):
     def _mirror(self, ctx: RunContext, primary: Value) -> None:
         """Every candidate, one after the other, each logged as it ends."""
         try:
-            top = primary.winners()
-            labels = primary.labels or ()
             for name in self.params.candidates:
                 start = time.perf_counter()
                 counts = self._counts[name]
@@ -147,23 +179,19 @@ class ShadowStep(Step):
                 ms = (time.perf_counter() - start) * 1000
                 self._latency[name].add(ms)
                 ctx.log(name, "shadow", got, ms)
-                theirs = got.winners()
-                other = got.labels or ()
-                same = sum(
-                    1
-                    for a, b in zip(top.tolist(), theirs.tolist(), strict=True)
-                    if a < len(labels) and b < len(other) and labels[a] == other[b]
-                )
+                same, similarity = agreement(primary, got)
                 with self._lock:
                     counts["requests"] += 1
                     counts["rows"] += primary.rows
                     counts["agree"] += same
+                    self._similarity[name] += similarity
         finally:
             self._end_one()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
             counts = {name: dict(c) for name, c in self._counts.items()}
+            similarity = dict(self._similarity)
             out: dict[str, Any] = {
                 "requests": self._requests,
                 "skipped": self._skipped,
@@ -176,6 +204,7 @@ class ShadowStep(Step):
                 "requests": c.get("requests", 0),
                 "errors": c.get("errors", 0),
                 "agreement": round(c["agree"] / c["rows"], 4) if c.get("rows") else None,
+                "similarity": (round(similarity[name] / c["rows"], 4) if c.get("rows") else None),
                 "latency_ms": self._latency[name].summary(),
             }
             for name, c in counts.items()

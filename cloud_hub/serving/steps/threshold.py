@@ -9,6 +9,11 @@ scores are kept as the model gave them (0 for the extra class): only its answer 
 prediction log still shows what the model said. Rows thresholded are counted (`counters`,
 stats) and tagged (`thresholded`: how many rows of the request).
 
+On detection results (a model or `detect` step) the step filters boxes instead: a box whose
+score is below the bar (`per_class` by its label, else `min_score`) is dropped from its row's
+`detections`; `default_label` is not used there. Rows keep their order; boxes dropped are
+counted (`thresholded`). Other head results (keypoints, embeddings, ...) are refused.
+
 Refused at create and at `PUT .../params`, naming the field: a bar outside [0, 1], a
 `per_class` class the input never outputs, and (at run time) a `default_label` that is neither a
 class nor the spec's own default (the classes are fixed when the endpoint is built).
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
@@ -38,7 +44,11 @@ Bar = Annotated[float, Field(ge=0, le=1)]
 
 class ThresholdParams(StepParams):
     min_score: Bar | None = Field(default=None, description="rows whose top score is below")
-    default_label: str = Field(min_length=1, description="…get this answer")
+    default_label: str | None = Field(
+        default=None,
+        min_length=1,
+        description="…get this answer (class scores: required; detections: unused)",
+    )
     per_class: dict[str, Bar] = Field(
         default_factory=dict, description="class → its own bar (over min_score)"
     )
@@ -54,6 +64,8 @@ class ThresholdParams(StepParams):
         classes = type(self).classes
         if classes is None:
             return self
+        if self.default_label is None:
+            raise ValueError("default_label: required: the answer of rows below their bar")
         unknown = sorted(set(self.per_class) - set(classes))
         if unknown:
             raise ValueError(f"per_class: {unknown} are not classes of the input {list(classes)}")
@@ -83,13 +95,22 @@ class ThresholdStep(Step):
         self.by_class: dict[str, int] = {}
         self.index: dict[str, int] = {}
         self._note = f"{name}:thresholded"
+        self.detection = False  # the input gives detections: boxes are filtered
 
     def signature(self, inputs: list[Signature], target: Callable[[str], Signature]) -> Signature:
         got = inputs[0]
+        if got.kind == "results" and got.task == "detection":
+            self.detection = True
+            return got
         if got.kind != "scores" or got.labels is None:
-            raise self.fail(f"its input {self.inputs[0]!r} must give class scores with classes")
+            raise self.fail(
+                f"its input {self.inputs[0]!r} must give class scores with classes (or "
+                f"detections), it gives {got.describe()}"
+            )
         self.classes = got.labels
         default = self.params.default_label
+        if default is None:
+            raise self.fail("default_label: required: the answer of rows below their bar")
         self.labels = got.labels if default in got.labels else (*got.labels, default)
         self.index = {label: i for i, label in enumerate(self.labels)}
 
@@ -129,9 +150,40 @@ class ThresholdStep(Step):
         low = np.flatnonzero(best < bar_)
         return low.tolist(), top_[low].tolist()
 
+    def _boxes(self, ctx: RunContext, given: Value, params: ThresholdParams) -> Value:
+        """Detections below their bar dropped, row by row."""
+        assert given.results is not None
+        default = params.min_score
+        dropped = 0
+        by_label: dict[str, int] = {}
+        out = []
+        for result in given.results:
+            kept = []
+            for det in result.get("detections") or []:
+                label = det.get("label")
+                bar = params.per_class.get(str(label), default) if label is not None else default
+                if bar is not None and float(det.get("score", 0.0)) < bar:
+                    dropped += 1
+                    key = str(label if label is not None else det.get("class"))
+                    by_label[key] = by_label.get(key, 0) + 1
+                else:
+                    kept.append(det)
+            out.append({**result, "detections": kept})
+        if dropped:
+            ctx.note(self._note, dropped)
+            ctx.tag("thresholded", str(dropped))
+        with self._lock:
+            self.rows += given.rows
+            self.thresholded += dropped
+            for key, n in by_label.items():
+                self.by_class[key] = self.by_class.get(key, 0) + n
+        return replace(given, results=tuple(out))
+
     def run(self, ctx: RunContext, inputs: list[Value]) -> Value:
         (given,) = inputs
         params: ThresholdParams = ctx.params(self)
+        if self.detection:
+            return self._boxes(ctx, given, params)
         x = given.x
         assert x is not None
         rows, classes = self._low(given, params)
@@ -141,6 +193,7 @@ class ThresholdStep(Step):
         answer = given.top
         if n:
             answer = given.winners().copy()
+            assert params.default_label is not None
             answer[rows] = self.index[params.default_label]
             ctx.note(self._note, n)
             ctx.tag("thresholded", str(n))
@@ -157,6 +210,8 @@ class ThresholdStep(Step):
             labels=self.labels,
             top=answer,
             version=given.version,
+            task=given.task,
+            tensors=given.tensors,
         )
 
     def stats(self) -> dict[str, Any]:

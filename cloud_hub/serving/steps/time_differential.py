@@ -41,6 +41,10 @@ class TimeDifferentialStep(Step):
 
     def signature(self, inputs: list[Signature], target: Callable[[str], Signature]) -> Signature:
         fast, slow = target(self.params.fast), target(self.params.slow)
+        if fast.kind == "results":
+            if slow.kind != "results" or slow.task != fast.task:
+                raise self.fail(f"slow step gives {slow.describe()}, not {fast.describe()}")
+            return fast
         for role, sig in (("fast", fast), ("slow", slow)):
             if sig.kind != "scores":
                 raise self.fail(f"{role} step gives {sig.describe()}, not class scores")

@@ -199,7 +199,12 @@ def test_an_onnx_model_reducing_over_the_batch_fails_with_a_step_error(
     bad_engine: ServingEngine,
 ) -> None:
     x, _ = digits_rows()
-    with pytest.raises(StepFailed, match=r"step 'predict' failed: model 'wrong' returned 1 rows"):
+    # its output is [1, 10] whatever the batch: not micro-batched, and refused by the step
+    with pytest.raises(
+        StepFailed,
+        match=r"step 'predict' failed: model digits/test-reduce:1 returned scores of shape "
+        r"\(1, 10\) for 3 rows",
+    ):
         bad_engine.predict("bad-rows-reduce", PredictRequest(inputs=x[:3].tolist()))
     with pytest.raises(StepFailed, match=r"returned 2 rows of scores for 1 rows"):
         bad_engine.predict("bad-rows-extra_row", PredictRequest(inputs=x[:1].tolist()))

@@ -134,7 +134,7 @@ def test_parallel_branches_must_share_classes(client: TestClient) -> None:
         i="digits/digits-stack:1",
     )
     resp = client.post(API, json=spec)
-    assert resp.status_code == 201  # same classes: fine
+    assert resp.status_code == 201, resp.text  # same classes: fine
     client.delete(f"{API}/checked")
     spec["steps"][2]["params"]["branches"] = ["a", "a"]
     spec["steps"][1] = {"name": "b", "kind": "preprocess", "params": {"model": "m"}}
