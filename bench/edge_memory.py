@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -207,11 +208,23 @@ def main() -> None:
     parser.add_argument("--probation-s", type=float, default=8.0)
     parser.add_argument("--quick", action="store_true", help="100 requests, 4 s probation")
     parser.add_argument("--only", help="run only the cases whose name contains this")
+    parser.add_argument(
+        "--preload-cv2",
+        action="store_true",
+        help="the agents import OpenCV at start (a sitecustomize on PYTHONPATH): what the "
+        "figures are when its import is paid up front instead of at the first image",
+    )
     args = parser.parse_args()
     if args.quick:
         args.requests, args.probation_s = 100, 4.0
     info = machine()
     root = Path(tempfile.mkdtemp(prefix="edge-memory-"))
+    if args.preload_cv2:
+        (root / "preload").mkdir()
+        (root / "preload" / "sitecustomize.py").write_text("import cv2  # noqa: F401\n")
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(root / "preload"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
     (root / "broker").mkdir()
     broker = Mosquitto(root / "broker")
     try:
@@ -232,6 +245,8 @@ def main() -> None:
         print()
         print_machine(info)
         print(f"load average at the end: {machine()['loadavg']}")
+        if args.preload_cv2:
+            print("agents started with OpenCV imported (--preload-cv2)")
         print(
             f"model: {MODEL} ({len(cases[0].data) / 1e6:.1f} MB tflite; ONNX by tf2onnx in "
             f"{converted_s:.0f} s, {len(onnx_bytes) / 1e6:.1f} MB)"
