@@ -25,7 +25,7 @@ from edge_agent.deployer import Deployer
 from edge_agent.forwarder import Forwarder
 from edge_agent.http_api import HttpApi
 from edge_agent.inference import InferenceService, NoActiveModel, ServingDisabled
-from edge_agent.memory import LARGE_BODY_BYTES, limit_arenas, release_memory
+from edge_agent.memory import LARGE_BODY_BYTES, configure_allocator, release_memory
 from edge_agent.model_manager import ModelEvent, ModelManager
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import MqttLink
@@ -71,8 +71,7 @@ class Agent:
     def __init__(self, settings: AgentSettings, *, mqtt_client: mqtt.Client | None = None) -> None:
         self.settings = settings
         self.device_id = settings.device_id
-        if settings.runtime.malloc_arenas:
-            limit_arenas(settings.runtime.malloc_arenas)
+        configure_allocator(settings.runtime.malloc_arenas)
         data_dir = settings.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(

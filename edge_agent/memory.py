@@ -7,8 +7,12 @@ without help RSS only ever grows to its peak. `release_memory()` runs the garbag
 runtime may sit in a reference cycle) and then glibc's `malloc_trim(0)`, which returns the free
 pages of every heap. The agent calls it after it drops a runtime (probation passed, rollback, a
 shadow dropped or replaced) and after a request whose body was large (`LARGE_BODY_BYTES`).
-`limit_arenas(n)` caps how many heaps glibc makes (`M_ARENA_MAX`), so memory freed by one
-request thread is reused by the next instead of sitting in a heap of its own.
+`configure_allocator(arenas)` caps how many heaps glibc makes (`M_ARENA_MAX`), so memory freed
+by one request thread is reused by the next instead of sitting in a heap of its own, and fixes
+the size from which a block gets its own mapping (`M_MMAP_THRESHOLD`, `MMAP_THRESHOLD`): glibc
+otherwise raises that threshold each time such a block is freed, until a decoded frame or a
+request's tensor (megabytes) lands in a heap and stays there; a mapped block goes back to the
+system the moment it is freed.
 
 Both are no-ops where glibc is not the allocator (macOS, musl): nothing fails there.
 """
@@ -23,14 +27,18 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["LARGE_BODY_BYTES", "limit_arenas", "release_memory"]
+__all__ = ["LARGE_BODY_BYTES", "MMAP_THRESHOLD", "configure_allocator", "release_memory"]
 
 log = logging.getLogger(__name__)
 
 #: A request body above this size is followed by `release_memory()`.
 LARGE_BODY_BYTES = 1 << 20
 
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+#: Blocks of this size or more are mapped on their own (and unmapped when freed).
+MMAP_THRESHOLD = 256 * 1024
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers
+_M_ARENA_MAX = -8
 _libc: Any = None
 _looked_up = False
 _lock = threading.Lock()
@@ -67,15 +75,18 @@ def release_memory() -> bool:
     return True
 
 
-def limit_arenas(count: int) -> bool:
-    """Cap glibc's malloc heaps at `count` (call it early, before threads allocate). Returns
-    whether it was applied."""
-    if count < 1:
-        raise ValueError(f"count must be at least 1, not {count}")
+def configure_allocator(arenas: int) -> bool:
+    """Cap glibc's malloc heaps at `arenas` (0: leave glibc's default) and fix the mapping
+    threshold at `MMAP_THRESHOLD`; call it early, before threads allocate. Returns whether glibc
+    took the settings (False where the allocator is not glibc)."""
+    if arenas < 0:
+        raise ValueError(f"arenas must be 0 or more, not {arenas}")
     libc = _glibc()
     if libc is None:
         return False
-    ok = bool(libc.mallopt(_M_ARENA_MAX, count))
+    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    if arenas:
+        ok = bool(libc.mallopt(_M_ARENA_MAX, arenas)) and ok
     if not ok:
-        log.debug("mallopt(M_ARENA_MAX, %d) was refused", count)
+        log.debug("glibc refused a mallopt setting (arenas %d)", arenas)
     return ok

@@ -316,7 +316,6 @@ class ModelManager:
                 except ActivationError as exc:
                     self._fail(new_id, exc)
                     raise
-            kept = False
             with self._lock:
                 old = self._current
                 if old is not None and old.version_id == new_id:
@@ -325,7 +324,6 @@ class ModelManager:
                 if probation is not None and old is not None:
                     self._previous = old
                     self._probation = _Probation(new_id, probation, started=self._clock())
-                    kept = True
                 else:
                     self._previous = None
                     self._probation = None
@@ -336,9 +334,9 @@ class ModelManager:
             else:
                 previous_id = None
             self._persist(new_id, previous_id)
-            if not kept and current is not None:
-                del old, current
-                release_memory()  # the runtime replaced without probation is gone
+            del old, current, promoted, loaded  # a runtime replaced without probation goes now
+        # what loading left behind (the file's bytes, the engine's copies), and that runtime
+        release_memory()
         log.info("version %s active (previous %s)", new_id, previous_id)
         self._emit(ModelEvent("activated", new_id, None))
 
@@ -380,6 +378,7 @@ class ModelManager:
                     if wanted is not None:
                         reason = "active version could not be restored: " + "; ".join(reasons)
                         self._emit(ModelEvent("rolled_back", wanted, reason, version_id))
+                release_memory()  # what loading it left behind
                 log.info("restored version %s", version_id)
                 return version_id
         if reasons:
