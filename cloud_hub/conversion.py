@@ -159,8 +159,15 @@ def _quantize_checked(
 ) -> Quantized:
     """Quantize ONNX fp32 bytes and check fp32 and int8 on the data; nothing is stored."""
     from converters import QuantizationUnsupported, quantize_onnx
-    from edge_agent.runtimes import load_runtime
+    from edge_agent.runtimes import NoScoreOutput, load_runtime
 
+    runtime = load_runtime(fp32, "onnx")
+    try:
+        runtime.score_output()
+    except NoScoreOutput as exc:
+        raise InvalidInput(
+            f"cannot quantize {name}: the check compares class scores, and {exc}"
+        ) from None
     data = EvalData(
         _fit_inputs(data.calibration, signature), _fit_inputs(data.X, signature), data.y
     )
@@ -168,7 +175,7 @@ def _quantize_checked(
         quantized = quantize_onnx(fp32, data.calibration, method)
     except QuantizationUnsupported as exc:
         raise InvalidInput(f"cannot quantize {name}: {exc}") from None
-    reference = load_runtime(fp32, "onnx").predict(data.X)
+    reference = runtime.predict(data.X)
     report, artifacts, reason = _report_and_artifacts(
         [("onnx", "fp32", fp32, None), ("onnx", "int8", quantized.data, quantized.method)],
         data=data,

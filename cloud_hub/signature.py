@@ -86,24 +86,6 @@ def inferred_preprocessing(signature: dict[str, Any]) -> dict[str, Any] | None:
     return None if spec is None else spec.model_dump(mode="json")
 
 
-def _guess_task(outputs: Sequence[TensorSpec]) -> str | None:
-    """classification for a scikit-learn style classifier (one rank-2 float score output beside
-    rank-1 integer label outputs); None: let `default_head` decide."""
-    scores = [
-        s
-        for s in outputs
-        if len(s.shape) == 2 and (s.dtype.startswith("float") or s.quantization is not None)
-    ]
-    others = [s for s in outputs if s not in scores]
-    if (
-        len(scores) == 1
-        and others
-        and all(len(s.shape) == 1 and s.dtype.startswith(("int", "uint")) for s in others)
-    ):
-        return "classification"
-    return None
-
-
 def _head_for(
     task: str | None, head: dict[str, Any] | None, labels: Sequence[str], outputs: list[TensorSpec]
 ) -> dict[str, Any]:
@@ -111,7 +93,7 @@ def _head_for(
 
     try:
         if head is None:
-            effective = default_head(task or _guess_task(outputs), outputs, labels)
+            effective = default_head(task, outputs, labels)
         else:
             effective = check_head(parse_head(head), outputs)
     except HeadError as exc:

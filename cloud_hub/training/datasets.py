@@ -32,7 +32,7 @@ class Dataset:
     labels: list[str]
     feature_names: list[str] = field(default_factory=list)
     value_max: float = 1.0  # image pixel scale: 255 for 8-bit images (digits included)
-    color: Literal["gray", "rgb"] = "gray"
+    color: Literal["gray", "rgb", "bgr"] = "gray"
 
     def summary(self) -> dict[str, object]:
         return {
@@ -160,7 +160,10 @@ def load_csv(path: Path, label_column: str | None) -> Dataset:
 
 
 def load_image_folder(
-    path: Path, *, size: tuple[int, int] | None = None, color: Literal["gray", "rgb"] = "gray"
+    path: Path,
+    *,
+    size: tuple[int, int] | None = None,
+    color: Literal["gray", "rgb", "bgr"] = "gray",
 ) -> Dataset:
     """A folder with one sub-folder per class, read with OpenCV and resized to `size` (H, W)."""
     import cv2
@@ -213,7 +216,7 @@ def load_dataset(
     path: Path | None = None,
     label_column: str | None = None,
     image_size: tuple[int, int] | None = None,
-    color: Literal["gray", "rgb"] = "gray",
+    color: Literal["gray", "rgb", "bgr"] = "gray",
 ) -> Dataset:
     if name == "digits":
         return load_digits()

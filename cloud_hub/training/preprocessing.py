@@ -20,7 +20,7 @@ def fit_spec(
     kind: Literal["tabular", "image"],
     X_train: np.ndarray,
     value_max: float,
-    color: Literal["gray", "rgb"],
+    color: Literal["gray", "rgb", "bgr"],
     flatten: bool,
     feature_names: list[str],
 ) -> PreprocessingSpec:

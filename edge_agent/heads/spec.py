@@ -250,6 +250,20 @@ def _score_output(outputs: Sequence[TensorSpec]) -> str | None:
     return None
 
 
+def _is_classifier(outputs: Sequence[TensorSpec]) -> bool:
+    """A lone rank-2 float output, or a scikit-learn classifier's: one rank-2 float score output
+    beside rank-1 integer label outputs."""
+    scores = [
+        s
+        for s in outputs
+        if len(s.shape) == 2 and (s.dtype.startswith("float") or s.quantization is not None)
+    ]
+    others = [s for s in outputs if s not in scores]
+    return len(scores) == 1 and all(
+        len(s.shape) == 1 and s.dtype.startswith(("int", "uint")) for s in others
+    )
+
+
 def check_head(head: Any, outputs: Sequence[TensorSpec]) -> Any:
     """The head, its defaults filled from the signature; HeadError when it does not fit."""
     task = head.task
@@ -288,13 +302,11 @@ def default_head(
     task: str | None, outputs: Sequence[TensorSpec], labels: Sequence[str] = ()
 ) -> Any:
     """The head a version gets when its uploader names only a task (or nothing): classification
-    when a rank-2 float output holds scores and no task is given, else raw. HeadError when the
+    when a rank-2 float output holds the scores (alone, or beside a scikit-learn classifier's
+    integer labels), else raw. HeadError when the
     task needs options the signature cannot give (detection: which outputs are boxes)."""
     if task is None:
-        if _score_output(outputs) is not None and len(outputs) == 1:
-            task = "classification"
-        else:
-            task = "raw"
+        task = "classification" if _is_classifier(outputs) else "raw"
     doc: dict[str, Any] = {"task": task}
     if task in ("classification", "segmentation") and labels:
         doc["labels"] = list(labels)
