@@ -31,8 +31,10 @@ def output_signature(spec: PreprocessingSpec) -> Signature:
     """The tensor shape the spec produces, as far as it says."""
     shape = image_shape(spec)
     if shape is not None:
-        if spec.flatten:
+        if spec.flatten or spec.layout == "NF":
             return Signature("tensor", (None, shape[0] * shape[1] * shape[2]))
+        if spec.layout == "NCHW":
+            return Signature("tensor", (None, shape[2], shape[0], shape[1]))
         return Signature("tensor", (None, *shape))
     if spec.input_kind == "tabular" and spec.feature_names:
         return Signature("tensor", (None, len(spec.feature_names)))

@@ -445,3 +445,122 @@ def test_device_logs_with_head_results_and_old_score_lists_are_both_read(zoo_hub
     window = WindowReader(zoo_hub.db).window("device", "cam-1", window_s=600)
     assert window.output == {"2": 0.666667, "1": 0.333333}
     assert window.task == "classification"  # three of the four answers
+
+
+# -- images through a head: keypoints in the caller's pixels, a class map ----------------------
+def _png(width: int, rgb: tuple[int, int, int]) -> str:
+    import base64
+
+    import cv2
+
+    image = np.zeros((width, width, 3), np.uint8)
+    image[:] = rgb[::-1]  # OpenCV's BGR
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    return base64.b64encode(buf.tobytes()).decode()
+
+
+def test_keypoints_and_segmentation_answer_an_image(zoo_hub: Hub, client: TestClient) -> None:
+    """A 64x64 image of one colour (r, g, b): the keypoint model's points are (r, g, b) / 255 x
+    32 in its 32x32 input, so (2x, 2y) in the image; the segmentation's class map is one class
+    everywhere, the argmax of the 1x1 convolution of the colour."""
+    from tests.model_zoo import SEG_BIAS, SEG_WEIGHTS, keypoint_model, segmentation_model
+
+    for zoo in (keypoint_model(), segmentation_model()):
+        register_upload(
+            zoo_hub.registry,
+            project="zoo",
+            model=zoo.name,
+            data=zoo.data,
+            filename=f"{zoo.name}.onnx",
+            head=zoo.head,
+            preprocessing=zoo.preprocessing,
+        )
+    r, g, b = 64, 128, 192
+    _create(
+        client,
+        "points",
+        {"k": "zoo/keypoint_model:1"},
+        [
+            {"name": "pre", "kind": "preprocess", "params": {"model": "k"}},
+            {"name": "k", "kind": "model", "inputs": ["pre"], "params": {"model": "k"}},
+        ],
+    )
+    resp = client.post(f"{API}/points/predict", json={"image_b64": _png(64, (r, g, b))})
+    assert resp.status_code == 200, resp.text
+    (pred,) = resp.json()["predictions"]
+    assert pred["task"] == "keypoints"
+    (instance,) = pred["instances"]
+    x, y = r / 255 * 32, g / 255 * 32
+    for point in instance["points"]:
+        assert point[0] == pytest.approx(2 * x, abs=1e-3)
+        assert point[1] == pytest.approx(2 * y, abs=1e-3)
+    # the presence logit is the 16th value (a red one): sigmoid(r / 255)
+    assert instance["score"] == pytest.approx(1 / (1 + np.exp(-r / 255)), abs=1e-5)
+
+    _create(
+        client,
+        "seg",
+        {"s": "zoo/segmentation_model:1"},
+        [
+            {"name": "pre", "kind": "preprocess", "params": {"model": "s"}},
+            {
+                "name": "s",
+                "kind": "model",
+                "inputs": ["pre"],
+                "params": {"model": "s", "head": "none"},
+            },
+            {"name": "seg", "kind": "segment", "inputs": ["s"], "params": {"include_mask": True}},
+        ],
+    )
+    resp = client.post(f"{API}/seg/predict", json={"image_b64": _png(16, (r, g, b))})
+    assert resp.status_code == 200, resp.text
+    (pred,) = resp.json()["predictions"]
+    logits = SEG_WEIGHTS @ (np.array([r, g, b], np.float32) / 255) + SEG_BIAS
+    winner = int(logits.argmax())
+    assert pred["task"] == "segmentation" and pred["shape"] == [16, 16]
+    found = {c["class"]: c for c in pred["classes"] if c["pixels"]}
+    assert list(found) == [winner] and found[winner]["fraction"] == 1.0
+    assert found[winner]["label"] == ["red", "green", "dark"][winner]
+    assert isinstance(pred["mask_png"], str) and pred["mask_png"]
+
+
+def test_concurrent_rows_of_a_fixed_batch_model_are_batched_and_split_back(
+    client: TestClient, zoo_hub: Hub
+) -> None:
+    """Single rows from concurrent callers join one micro-batch of a [3, 2] model (y = 2x + 1,
+    chunked and padded by the runtime); each caller gets its own row back, exactly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.model_zoo import fixed_batch_model
+
+    zoo = fixed_batch_model()
+    register_upload(
+        zoo_hub.registry,
+        project="zoo",
+        model="fixed",
+        data=zoo.data,
+        filename="fixed.onnx",
+        task="raw",
+    )
+    _create(
+        client,
+        "fixed",
+        {"f": "zoo/fixed:1"},
+        [{"name": "f", "kind": "model", "params": {"model": "f"}}],
+        batching={"enabled": True, "max_wait_ms": 50},
+    )
+    rows = np.arange(16, dtype=np.float32).reshape(8, 2) / 4
+
+    def call(i: int) -> Any:
+        return client.post(f"{API}/fixed/predict", json={"inputs": [rows[i].tolist()]})
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, range(8)))
+    want = zoo.reference({"x": rows})["y"]
+    for i, resp in enumerate(answers):
+        assert resp.status_code == 200, resp.text
+        (pred,) = resp.json()["predictions"]
+        assert np.array_equal(_tensor(pred["outputs"]["y"]), want[i])
+    stats = client.get(f"{API}/fixed/stats").json()["batching"]["f"]
+    assert stats["rows"] == 8
