@@ -423,8 +423,18 @@ def test_device_logs_with_head_results_and_old_score_lists_are_both_read(zoo_hub
     scorer = zoo_hub.registry.resolve_version("zoo/scorer:1")
     now = time.time()
     old = [0.1, 0.7, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0]
-    new = {"task": "classification", "class": 2, "label": "2", "score": 0.8, "scores": old}
-    boxes = {"task": "detection", "detections": [{"box": [0, 0, 1, 1], "score": 0.9}] * 2}
+    new: dict[str, Any] = {
+        "task": "classification",
+        "class": 2,
+        "label": "2",
+        "score": 0.8,
+        "scores": old,
+    }
+    boxes: dict[str, Any] = {
+        "task": "detection",
+        "detections": [{"box": [0, 0, 1, 1], "score": 0.9}] * 2,
+    }
+    outputs: list[list[float] | dict[str, Any]] = [old, new, new, boxes]
     records = [
         LogRecord(
             seq=i + 1,
@@ -436,7 +446,7 @@ def test_device_logs_with_head_results_and_old_score_lists_are_both_read(zoo_hub
             latency_ms=1.0,
             ts=now - 1 + i / 100,
         )
-        for i, out in enumerate([old, new, new, boxes])
+        for i, out in enumerate(outputs)
     ]
     Ingest(zoo_hub.db).store_logs("cam-1", LogBatch(device_id="cam-1", floor=1, records=records))
     got = LogReader(zoo_hub.db).page(LogFilter(device_id="cam-1")).records
