@@ -319,6 +319,14 @@ def test_cache_and_shadow_work_on_embeddings(client: TestClient, zoo_hub: Hub) -
     (cand,) = report["candidates"]
     assert cand["candidate"] == "emb" and cand["rows_compared"] == 4
     assert cand["agreement"] == 1.0
+    # monitoring describes the endpoint's answers by their norms (no baseline: no shift)
+    from cloud_hub.monitoring.windows import WindowReader
+
+    window = WindowReader(zoo_hub.db).window("endpoint", "emb", window_s=3600)
+    norms = [p["norm"] for p in first["predictions"] + again["predictions"]]
+    assert window.task == "embedding" and window.output_shift is None
+    assert window.answers["norm"]["mean"] == pytest.approx(float(np.mean(norms)), rel=1e-5)
+    assert "no training baseline for the versions in this window" in window.notes
 
 
 def _poll_shadow(client: TestClient) -> dict[str, Any]:
