@@ -128,11 +128,37 @@ class BatchView(BaseModel):
 
 class StoredPrediction(BaseModel):
     row_id: str
-    label: str
+    label: str = Field(description="the top class ('' for a head result without one)")
     score: float
     scores: list[float]
+    result: dict[str, Any] | None = Field(
+        default=None, description="a head's result (detections, points, ...): its own fields"
+    )
     job_id: str
     created_at: str
+
+
+def _stored(p: Any) -> tuple[str, float, str]:
+    """(label, score, scores JSON) of an answer as the table keeps it: a head's result goes
+    whole into the scores column (a JSON object), with no label and a score of 0."""
+    if p.scores is not None:
+        return p.label, p.score, json.dumps(p.scores)
+    result = p.model_dump(mode="json", exclude={"model_version", "outputs"})
+    return p.label or "", p.score or 0.0, json.dumps(result)
+
+
+def _loaded(r: Any) -> StoredPrediction:
+    scores = json.loads(r["scores"])
+    result = scores if isinstance(scores, dict) else None
+    return StoredPrediction(
+        row_id=r["row_id"],
+        label=r["label"],
+        score=r["score"],
+        scores=[] if result is not None else scores,
+        result=result,
+        job_id=r["job_id"],
+        created_at=r["created_at"],
+    )
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -321,15 +347,7 @@ class BatchRunner:
                     "(source, endpoint, row_id, job_id, label, score, scores) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (
-                            rows.key,
-                            job.endpoint,
-                            row_id,
-                            job.id,
-                            p.label,
-                            p.score,
-                            json.dumps(p.scores),
-                        )
+                        (rows.key, job.endpoint, row_id, job.id, *_stored(p))
                         for row_id, p in answers
                     ],
                 )
@@ -376,14 +394,4 @@ class BatchRunner:
             "ORDER BY row_id LIMIT ? OFFSET ?",
             [key, job.endpoint, limit, offset],
         ).fetchall()
-        return [
-            StoredPrediction(
-                row_id=r["row_id"],
-                label=r["label"],
-                score=r["score"],
-                scores=json.loads(r["scores"]),
-                job_id=r["job_id"],
-                created_at=r["created_at"],
-            )
-            for r in found
-        ]
+        return [_loaded(r) for r in found]

@@ -31,7 +31,13 @@ API = "/api/v1/endpoints"
 
 @pytest.fixture(scope="module")
 def zoo_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    hub = Hub.open(HubSettings(data_dir=tmp_path_factory.mktemp("heads-hub"), run_scheduler=False))
+    hub = Hub.open(
+        HubSettings(
+            data_dir=tmp_path_factory.mktemp("heads-hub"),
+            run_scheduler=False,
+            data_roots=[tmp_path_factory.getbasetemp()],  # a batch's CSV file
+        )
+    )
     reg = hub.registry
     mul = onnxruntime_model("mul_1.onnx").read_bytes()
     register_upload(reg, project="zoo", model="mul", data=mul, filename="mul_1.onnx")
@@ -582,3 +588,43 @@ def test_concurrent_rows_of_a_fixed_batch_model_are_batched_and_split_back(
         assert np.array_equal(_tensor(pred["outputs"]["y"]), want[i])
     stats = client.get(f"{API}/fixed/stats").json()["batching"]["f"]
     assert stats["rows"] == 8
+
+
+def test_a_batch_over_a_detector_stores_each_rows_detections(
+    client: TestClient, tmp_path: Path
+) -> None:
+    import csv
+
+    from tests.cloud_hub.serving.conftest import wait_for
+
+    _create(
+        client,
+        "boxes-batch",
+        {"d": "zoo/box_detector:1"},
+        [{"name": "d", "kind": "model", "params": {"model": "d"}}],
+    )
+    x = _detector_input()
+    table = tmp_path / "frames.csv"
+    with table.open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["id", *(f"v{i}" for i in range(24))])
+        for i, row in enumerate(x):
+            out.writerow([f"f{i}", *row.tolist()])
+    resp = client.post(
+        f"{API}/boxes-batch/batches", json={"source": {"kind": "csv", "path": str(table)}}
+    )
+    assert resp.status_code == 202, resp.text
+    batch_id = resp.json()["id"]
+    done = wait_for(
+        lambda: client.get(f"/api/v1/batches/{batch_id}").json(),
+        lambda b: b["state"] in ("succeeded", "failed", "cancelled"),
+        30,
+        what="the batch",
+    )
+    assert done["state"] == "succeeded", done
+    stored = client.get(f"/api/v1/batches/{batch_id}/predictions").json()
+    assert [p["row_id"] for p in stored] == ["f0", "f1"]
+    for p, want in zip(stored, _decode_by_hand(x, 0.3), strict=True):
+        assert p["result"]["task"] == "detection" and p["label"] == ""
+        got = [(d["box"], d["score"], d["label"]) for d in p["result"]["detections"]]
+        _same(got, want)
