@@ -7,7 +7,9 @@ record with its digests and features) and every frame's log committed durably in
 source's does: PNG bytes decoded (OpenCV, `decode_image`), prepared with the model's
 preprocessing spec (`prepare_image`: resize, colour, scale), then `infer(x, wait=False,
 geometry=[g])` like `Agent._infer_frame`. The baseline is a bare `Runtime.run` loop over the same
-frames already decoded and prepared (the model alone). Two more modes explain the gap: the
+frames already decoded and prepared (the model alone). glibc's malloc is configured as the
+agent configures it at start (`configure_allocator`: heaps capped, mmap threshold fixed;
+`--glibc-default` leaves it alone). Two more modes explain the gap: the
 service alone on prepared frames (infer, head, log), and the same PNG path split in two stages
 (one thread decodes and prepares a frame ahead, queue of 2, while the caller infers: what a
 frame source could do with a second core). Each round runs every mode for --seconds, the order
@@ -41,7 +43,9 @@ from _fleet import machine, median, print_machine
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_agent.config import RuntimeSettings  # noqa: E402
 from edge_agent.inference import InferenceService  # noqa: E402
+from edge_agent.memory import configure_allocator  # noqa: E402
 from edge_agent.model_manager import ModelManager  # noqa: E402
 from edge_agent.model_store import ModelStore  # noqa: E402
 from edge_agent.outbox import BatchWriter, Outbox  # noqa: E402
@@ -172,9 +176,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--quick", action="store_true", help="3 rounds of 1 s")
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc's malloc as it is (the agent caps its heaps and fixes the mmap "
+        "threshold at start: `configure_allocator`, done here too unless this is given)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds = 3, 1.0
+    if not args.glibc_default:
+        configure_allocator(RuntimeSettings().malloc_arenas)  # as `edgepilot-agent run` does
     info = machine()
     data = mediapipe_model(args.model).read_bytes()
     bare = load_runtime(data, "tflite", threads=1)
@@ -230,6 +242,8 @@ def main() -> None:
             )
         print_machine(info)
         print(f"load average at the end: {machine()['loadavg']}")
+        allocator = "glibc default" if args.glibc_default else "configured as the agent's"
+        print(f"malloc: {allocator}")
         print(
             f"model: {args.model} (LiteRT, 1 thread), "
             f"{1e3 / median(rows[0][2]):.2f} ms a frame bare"
