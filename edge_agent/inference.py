@@ -155,15 +155,9 @@ def outputs_digest(outputs: Mapping[str, np.ndarray], i: int, rows: int) -> str:
     """sha256 of row i of every raw output, in name order (what a log keeps of the tensors)."""
     h = hashlib.sha256()
     for name in sorted(outputs):
-        value = outputs[name]
-        row = _sample(value, i, rows, True)
+        row = _sample(outputs[name], i, rows, True)
         h.update(name.encode())
-        h.update(str(row.dtype).encode())
-        h.update(repr(tuple(row.shape)).encode())
-        if row.dtype.kind == "O":
-            h.update(repr(row.tolist()).encode())
-        else:
-            h.update(np.ascontiguousarray(row).tobytes())
+        h.update(repr(row.tolist()).encode() if row.dtype.kind == "O" else row.tobytes())
     return h.hexdigest()
 
 
@@ -188,8 +182,18 @@ def _check_numeric(x: Feeds) -> None:
 
 def _log_output(answer: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
     """What a log keeps of an answer: the head's result as the model gave it (a detection's
-    boxes as served), without a mask PNG."""
-    out = served if answer.get("task") == "detection" else answer
+    boxes as served), without a mask PNG; a classification's class, label, score and scores (to
+    6 decimals, as before heads: its top k is in its scores)."""
+    task = answer.get("task")
+    if task == "classification":
+        return {
+            "task": task,
+            "class": answer["class"],
+            "label": answer["label"],
+            "score": answer["score"],
+            "scores": [round(v, 6) for v in answer["scores"]],
+        }
+    out = served if task == "detection" else answer
     return {k: v for k, v in out.items() if k != "mask_png"}
 
 
