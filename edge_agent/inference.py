@@ -180,7 +180,7 @@ def _check_numeric(x: Feeds) -> None:
             raise ValueError(f"{where} must be numbers (got bool values)")
 
 
-def _log_output(answer: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
+def log_output(answer: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
     """What a log keeps of an answer: the head's result as the model gave it (a detection's
     boxes as served), without a mask PNG; a classification's class, label, score and scores (to
     6 decimals, as before heads: its top k is in its scores)."""
@@ -301,7 +301,7 @@ class InferenceService:
                 "request_id": request_id if rows == 1 else f"{request_id}/{i}",
                 "model_version": pred.version_id,
                 "input_digest": digests[i],
-                "output": _log_output(answers[i], served[i]),
+                "output": log_output(answers[i], served[i]),
                 "outputs_digest": out_digests[i],
                 "latency_ms": round(pred.latency_ms, 4),
                 "ts": now,

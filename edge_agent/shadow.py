@@ -272,7 +272,7 @@ class ShadowRunner:
                 self._queue.task_done()
 
     def _one(self, job: _Job) -> None:
-        from edge_agent.inference import outputs_digest  # inference imports this module
+        from edge_agent.inference import log_output, outputs_digest  # it imports this module
 
         try:
             pred = self.manager.predict_shadow(job.x)
@@ -313,7 +313,7 @@ class ShadowRunner:
                     "request_id": job.request_id if n == 1 else f"{job.request_id}/{i}",
                     "model_version": pred.version_id,
                     "input_digest": job.digests[i],
-                    "output": {k: v for k, v in answers[i].items() if k != "mask_png"},
+                    "output": log_output(answers[i], answers[i]),
                     "outputs_digest": digests[i],
                     "latency_ms": round(pred.latency_ms, 4),
                     "ts": now,
