@@ -435,4 +435,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE versions ADD COLUMN head TEXT",
         ),
     ),
+    Migration(
+        12,
+        "logs: the sha256 of each answer's raw output tensors (the tensors themselves are not "
+        "kept); NULL for records from before and from agents that do not send it",
+        (
+            "ALTER TABLE prediction_logs ADD COLUMN outputs_digest TEXT",
+            "ALTER TABLE inference_logs ADD COLUMN outputs_digest TEXT",
+        ),
+    ),
 )

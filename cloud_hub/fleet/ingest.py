@@ -102,7 +102,7 @@ class Ingest:
             conn.executemany(
                 "INSERT OR IGNORE INTO inference_logs (device_id, epoch, seq, request_id, "
                 "model_version, input_digest, output, latency_ms, ts, source, role, thresholded, "
-                "features) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "features, outputs_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         device_id,
@@ -118,6 +118,7 @@ class Ingest:
                         r.role,
                         int(r.thresholded),
                         None if r.features is None else encode_features(r.features),
+                        r.outputs_digest,
                     )
                     for r in records
                 ],

@@ -74,17 +74,10 @@ def _endpoint_side(f: LogFilter, conn: sqlite3.Connection) -> tuple[str, list[An
     sql = (
         "SELECT 'endpoint' AS origin, printf('%020d', id) AS k, ts, request_id, endpoint, "
         "NULL AS device_id, step, role, model_version, variant, row, input_digest, label, score, "
-        f"output, latency_ms, outcome, error, tags, features, {_digest(conn, 'prediction_logs')} "
+        "output, latency_ms, outcome, error, tags, features, outputs_digest "
         "FROM prediction_logs"
     )
     return _with_time(sql, where, args, f)
-
-
-def _digest(conn: sqlite3.Connection, table: str) -> str:
-    """The outputs digest column where the table has it (a newer schema), else NULL."""
-    if _has_column(conn, table, "outputs_digest"):
-        return "outputs_digest"
-    return "NULL AS outputs_digest"
 
 
 def _device_side(f: LogFilter, conn: sqlite3.Connection) -> tuple[str, list[Any]] | None:
@@ -120,7 +113,7 @@ def _device_side(f: LogFilter, conn: sqlite3.Connection) -> tuple[str, list[Any]
         f"request_id, NULL AS endpoint, device_id, NULL AS step, {role} AS role, model_version, "
         "NULL AS variant, 0 AS row, input_digest, NULL AS label, NULL AS score, output, "
         "latency_ms, 'ok' AS outcome, NULL AS error, json_object('source', source) AS tags, "
-        f"features, {_digest(conn, 'inference_logs')} FROM inference_logs"
+        f"features, outputs_digest FROM inference_logs"
     )
     return _with_time(sql, where, args, f)
 

@@ -50,9 +50,6 @@ COLUMNS = (
     "features",
 )
 _INSERT = (
-    f"INSERT INTO prediction_logs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
-)
-_INSERT_DIGEST = (
     f"INSERT INTO prediction_logs ({', '.join(COLUMNS)}, outputs_digest) "
     f"VALUES ({', '.join('?' for _ in COLUMNS)}, ?)"
 )
@@ -115,13 +112,6 @@ def _encode_output(output: list[float] | dict[str, Any] | None) -> str | bytes |
     return encode_floats(output)
 
 
-def has_outputs_digest(db: Database) -> bool:
-    """Whether the log's table has the `outputs_digest` column (a newer schema)."""
-    return any(
-        r[1] == "outputs_digest" for r in db.conn.execute("PRAGMA table_info(prediction_logs)")
-    )
-
-
 class PredictionLogWriter:
     def __init__(
         self,
@@ -145,7 +135,6 @@ class PredictionLogWriter:
         self.dropped = 0
         self.failed = 0
         self._thread: threading.Thread | None = None
-        self._digest_column: bool | None = None  # known at the first write
 
     def start(self) -> PredictionLogWriter:
         if self._thread is None:
@@ -238,12 +227,8 @@ class PredictionLogWriter:
         written = False
         try:
             rows = [e.as_row() for e in entries]
-            if self._digest_column is None:
-                self._digest_column = has_outputs_digest(self.db)
-            if not self._digest_column:
-                rows = [r[:-1] for r in rows]
             with self.db.transaction():
-                self.db.conn.executemany(_INSERT_DIGEST if self._digest_column else _INSERT, rows)
+                self.db.conn.executemany(_INSERT, rows)
             written = True
         except Exception:
             log.exception("could not write %d prediction log records", len(entries))

@@ -203,23 +203,6 @@ def concat(values: Sequence[Value]) -> Value:
     return merge(parts, total)
 
 
-def outputs_digest(tensors: Mapping[str, np.ndarray], i: int, rows: int) -> str:
-    """sha256 of row i of every raw output tensor, in name order: what the log keeps of the
-    tensors (the same digest as the agent's, `edge_agent.inference.outputs_digest`)."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        value = np.asarray(tensors[name])
-        row = value[i] if value.ndim and len(value) == rows else value
-        h.update(name.encode())
-        h.update(str(row.dtype).encode())
-        h.update(repr(tuple(row.shape)).encode())
-        if row.dtype.kind == "O":
-            h.update(repr(row.tolist()).encode())
-        else:
-            h.update(np.ascontiguousarray(row).tobytes())
-    return h.hexdigest()
-
-
 class PredictRequest(BaseModel):
     """One predict call: exactly one of `inputs`, `image_b64` / `images_b64`, `id` / `ids`."""
 
