@@ -15,8 +15,8 @@ Activating the version that is the shadow (a promotion) takes its loaded runtime
 
 A loaded model is its runtime and its task head: the version's `ModelRef.head` checked against
 the runtime's outputs (`edge_agent.heads.check_head`), or, without one, the default for the
-signature: classification when exactly one output is a rank-2 float (class scores; a classifier
-may also output its labels), else `default_head`'s choice. A classification head without labels
+signature (`default_head`: classification of a lone rank-2 float output, or of one beside a
+scikit-learn classifier's integer labels; else raw). A classification head without labels
 takes the version's labels (left out, with a warning, when they do not fit its classes). A head
 that does not fit fails the activation, like a corrupt file. A version without a preprocessing
 spec gets the one its signature implies, if any (an input of [1, 224, 224, 3] is an RGB image).
@@ -554,26 +554,11 @@ def _errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _rank2_floats(outputs: Sequence[TensorSpec]) -> list[str]:
-    return [
-        s.name
-        for s in outputs
-        if len(s.shape) == 2 and (s.dtype.startswith("float") or s.quantization is not None)
-    ]
-
-
 def resolve_head(ref: ModelRef, outputs: Sequence[TensorSpec]) -> Any:
     """The head a version is served with (see the module's docstring). HeadError, or pydantic's
     ValidationError for a malformed head document."""
     labels = list(ref.labels)
-    if ref.head is None:
-        scores = _rank2_floats(outputs)
-        if len(scores) == 1:
-            head = parse_head({"task": "classification", "output": scores[0]})
-        else:
-            head = default_head(None, outputs, ())
-    else:
-        head = parse_head(ref.head)
+    head = default_head(None, outputs, ()) if ref.head is None else parse_head(ref.head)
     if head.task != "classification" or head.labels or not labels:
         return check_head(head, outputs)
     try:
