@@ -30,7 +30,7 @@ from cloud_hub.schemas import (
     Schedule,
     Version,
 )
-from cloud_hub.signature import resolve_head, stored_head
+from cloud_hub.signature import resolve_head, signature_from_model, stored_head
 
 
 def process_id() -> str:
@@ -88,6 +88,14 @@ class NewArtifact:
     method: str | None = None
     signature: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _fill_signatures(artifacts: list[NewArtifact]) -> None:
+    """Every ready artifact gets its signature: one its maker did not give is read from the
+    model (so its head is resolved against the real outputs, not guessed)."""
+    for art in artifacts:
+        if not art.signature and art.status == "ready":
+            art.signature = signature_from_model(art.data, art.format)
 
 
 class Registry:
@@ -213,6 +221,7 @@ class Registry:
         default head when none is given); InvalidInput when the head does not fit."""
         if not artifacts:
             raise InvalidInput("a version needs at least one artifact")
+        _fill_signatures(artifacts)
         task, head, labels = resolve_head(
             task=task, head=head, labels=labels, signatures=[a.signature for a in artifacts]
         )
@@ -263,6 +272,7 @@ class Registry:
         """Add a version to PROJECT/MODEL, creating both if needed, all in one transaction:
         if anything fails, neither the project, the model nor the version is left behind."""
         artifacts = kwargs.get("artifacts", [])
+        _fill_signatures(artifacts)
         resolved = resolve_head(  # refused before a blob is stored
             task=kwargs.get("task"),
             head=kwargs.get("head"),

@@ -29,6 +29,23 @@ def signature_of(info: ModelFileInfo) -> dict[str, Any]:
     return {"inputs": dumped["inputs"], "outputs": dumped["outputs"]}
 
 
+def signature_from_model(data: bytes, fmt: str) -> dict[str, Any]:
+    """The signature of model bytes, by loading them; {} when they do not load (a failed
+    artifact keeps no signature)."""
+    from dataclasses import asdict
+
+    from edge_agent.runtimes import ModelLoadError, RuntimeUnavailable, load_runtime
+
+    try:
+        runtime = load_runtime(data, fmt)  # type: ignore[arg-type]
+    except (ModelLoadError, RuntimeUnavailable, ValueError):
+        return {}
+    return {
+        "inputs": [asdict(t) for t in runtime.inputs],
+        "outputs": [asdict(t) for t in runtime.outputs],
+    }
+
+
 def tensors(signature: dict[str, Any], side: str) -> list[TensorSpec]:
     """The `inputs` or `outputs` of a stored signature as TensorSpecs."""
     out = []

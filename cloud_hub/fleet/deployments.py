@@ -41,6 +41,7 @@ from cloud_hub.fleet.schemas import (
 )
 from cloud_hub.registry import Registry, check_name, utcnow
 from cloud_hub.schemas import Artifact, Version
+from edge_agent.heads.compare import logged_answers_agree
 from edge_agent.wire import ProbationPolicy, ServingParams
 
 ACTIVE_STATUSES = ("canary", "rolling_out")
@@ -320,7 +321,8 @@ class DeploymentStore:
     # -- shadow report ----------------------------------------------------------------------------
     def shadow_report(self, deployment_id: int) -> ShadowReport:
         """The shadow against the active model, per device and in all, from the stored logs: every
-        request both answered on the device (the same request id), agreement on the top class,
+        request both answered on the device (the same request id), agreement of their answers
+        (the top class; per task for other heads: `edge_agent.heads.compare`),
         and both models' latencies (p50, p99)."""
         dep = self.get(deployment_id)
         if dep.shadow_version_id is None or dep.shadow_version is None:
@@ -346,7 +348,9 @@ class DeploymentStore:
                 "AND a.model_version = ?",
                 [row.device_id, dep.shadow_version_id, dep.version_id],
             ).fetchall()
-            agreed = sum(_top(p["a_out"]) == _top(p["s_out"]) for p in pairs)
+            agreed = sum(
+                logged_answers_agree(json.loads(p["a_out"]), json.loads(p["s_out"])) for p in pairs
+            )
             active_ms = [float(p["a_ms"]) for p in pairs]
             shadow_ms = [float(p["s_ms"]) for p in pairs]
             devices.append(
@@ -484,14 +488,6 @@ class DeploymentStore:
 def _params_json(params: ServingParams) -> str:
     """Stored as given: the defaults left out, so `{}` means "none set"."""
     return json.dumps(params.model_dump(exclude_defaults=True))
-
-
-def _top(output: str) -> int | None:
-    """The top class of a stored log output (a list of scores), None for anything else."""
-    scores = json.loads(output)
-    if not isinstance(scores, list) or not scores:
-        return None
-    return int(np.argmax(scores))
 
 
 def _p50_p99(values: list[float]) -> dict[str, float]:

@@ -317,8 +317,10 @@ class CompiledEndpoint:
                 # built from known types: no need to validate them again
                 predictions.append(
                     Prediction.model_construct(
+                        task="classification",
                         label=label,
                         score=scores[top],
+                        **{"class": top},
                         scores=scores,
                         model_version=None if version is None or version < 0 else version,
                         outputs=None if tensors is None else _row_tensors(tensors, i, out.rows),

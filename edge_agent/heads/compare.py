@@ -182,3 +182,28 @@ def agreement(a: Result, b: Result, tolerance: float = DEFAULT_TOLERANCE) -> flo
 def agrees(a: Result, b: Result, tolerance: float = DEFAULT_TOLERANCE) -> bool:
     """Whether two results of the same task agree (see the module's docstring)."""
     return _score(a, b, tolerance)[1]
+
+
+def logged_answers_agree(a: Any, b: Any) -> bool:
+    """Two answers as a log stores them agree: a head result (a dict with `task`) as `agrees`
+    says, or a list of class scores (from agents before heads) with the same top class. Answers
+    of different kinds, or raw ones, never agree."""
+    if isinstance(a, list) and isinstance(b, list):
+        return bool(a) and bool(b) and int(np.argmax(a)) == int(np.argmax(b))
+    if isinstance(a, list):
+        a = {"task": "classification", "scores": a}
+    if isinstance(b, list):
+        b = {"task": "classification", "scores": b}
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return False
+    a, b = _with_class(a), _with_class(b)
+    try:
+        return agrees(a, b)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _with_class(result: dict[str, Any]) -> dict[str, Any]:
+    if result.get("task") == "classification" and "class" not in result and result.get("scores"):
+        return {**result, "class": int(np.argmax(result["scores"]))}
+    return result

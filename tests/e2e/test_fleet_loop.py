@@ -11,7 +11,7 @@ import json
 import subprocess
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,20 +138,6 @@ class Fleet:
             agent.kill()
         self.stop_service()
         self.hub.close()
-
-
-@pytest.fixture
-def make_fleet(tmp_path: Path) -> Iterator[Callable[[tuple[str, int]], Fleet]]:
-    fleets: list[Fleet] = []
-
-    def make(address: tuple[str, int]) -> Fleet:
-        fleet = Fleet(tmp_path, address)
-        fleets.append(fleet)
-        return fleet
-
-    yield make
-    for fleet in fleets:
-        fleet.close()
 
 
 def _predict_ok(agent: AgentProc) -> str:

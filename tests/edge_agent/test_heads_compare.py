@@ -86,3 +86,24 @@ def test_results_of_different_tasks_are_refused() -> None:
         agreement(_det(), {"task": "embedding", "embedding": [1.0]})
     with pytest.raises(ValueError, match="raw"):
         agrees({"task": "raw"}, {"task": "raw"})
+
+
+def test_logged_answers_agree_across_agent_releases() -> None:
+    """A shadow report pairs logs from agents before heads (scores lists) with head results."""
+    from edge_agent.heads.compare import logged_answers_agree
+
+    new = {"task": "classification", "class": 2, "scores": [0.1, 0.2, 0.7]}
+    assert logged_answers_agree([0.1, 0.2, 0.7], [0.0, 0.1, 0.9])
+    assert not logged_answers_agree([0.1, 0.8, 0.1], [0.0, 0.1, 0.9])
+    assert logged_answers_agree([0.0, 0.3, 0.6], new)
+    assert not logged_answers_agree({**new, "class": 0}, new)
+    box = {"box": [0, 0, 10, 10], "score": 0.9, "class": 0}
+    moved = {**box, "box": [20, 20, 30, 30]}
+    assert logged_answers_agree(
+        {"task": "detection", "detections": [box]}, {"task": "detection", "detections": [box]}
+    )
+    assert not logged_answers_agree(
+        {"task": "detection", "detections": [box]}, {"task": "detection", "detections": [moved]}
+    )
+    assert not logged_answers_agree({"task": "raw"}, {"task": "raw"})
+    assert not logged_answers_agree(new, {"task": "detection", "detections": []})
