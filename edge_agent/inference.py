@@ -26,7 +26,7 @@ is none). A shadow (`shadow.ShadowRunner`) gets each request after the active mo
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
 import random
 import threading
@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.digests import input_digests, outputs_digest
 from edge_agent.features import summary_lists
 from edge_agent.model_manager import ModelManager, NoActiveModel, Prediction
 from edge_agent.outbox import BatchWriter
@@ -120,45 +121,28 @@ def _rows_of(x: Feeds) -> int:
     return int(len(first)) if np.ndim(first) else 1
 
 
-def _sample(value: np.ndarray, i: int, rows: int, batched: bool) -> np.ndarray:
-    """Row i of a tensor (the whole tensor for a model without a batch dimension)."""
-    if batched and value.ndim and len(value) == rows:
-        return value[i]
-    return value
+Record = dict[str, Any]
 
 
-def input_digest(x: np.ndarray) -> str:
-    """A short content digest of one input sample (what was asked, without storing it)."""
-    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+class _Summaries:
+    """A request's digests and drift summaries, computed once, when the first of its log records
+    is built (on the log writer's thread for a frame source)."""
 
+    def __init__(self, x: Feeds, outputs: Mapping[str, np.ndarray], rows: int) -> None:
+        self._x, self._outputs, self._rows = x, outputs, rows
+        self._done: tuple[list[str], list[str], list[Any]] | None = None
 
-def _input_digests(x: Feeds, rows: int) -> list[str]:
-    if not isinstance(x, Mapping):
-        arr = np.asarray(x)
-        if arr.dtype == np.float64:  # JSON numbers: as the float32 the model takes
-            arr = arr.astype(np.float32)
-        return [input_digest(_sample(arr, i, rows, True)) for i in range(rows)]
-    arrays = []
-    for name in sorted(x):
-        arr = np.asarray(x[name])
-        arrays.append(arr.astype(np.float32) if arr.dtype == np.float64 else arr)
-    digests = []
-    for i in range(rows):
-        h = hashlib.sha256()
-        for arr in arrays:
-            h.update(np.ascontiguousarray(_sample(arr, i, rows, True)).tobytes())
-        digests.append(h.hexdigest()[:16])
-    return digests
-
-
-def outputs_digest(outputs: Mapping[str, np.ndarray], i: int, rows: int) -> str:
-    """sha256 of row i of every raw output, in name order (what a log keeps of the tensors)."""
-    h = hashlib.sha256()
-    for name in sorted(outputs):
-        row = _sample(outputs[name], i, rows, True)
-        h.update(name.encode())
-        h.update(repr(row.tolist()).encode() if row.dtype.kind == "O" else row.tobytes())
-    return h.hexdigest()
+    def record(
+        self, build: Callable[[int, list[str], list[str], list[Any]], Record], i: int
+    ) -> Record:
+        if self._done is None:
+            rows = self._rows
+            self._done = (
+                input_digests(self._x, rows),
+                [outputs_digest(self._outputs, j, rows) for j in range(rows)],
+                _features(self._x, rows),
+            )
+        return build(i, *self._done)
 
 
 def _features(x: Feeds, rows: int) -> list[list[float] | None]:
@@ -292,26 +276,46 @@ class InferenceService:
             one, low = _apply_min_score(answer, params.min_score, params.default_label)
             served.append(one)
             thresholded.append(low)
-        digests = _input_digests(x, rows)
-        features = _features(x, rows)  # what the hub compares with the training baseline
-        out_digests = [outputs_digest(pred.outputs, i, rows) for i in range(rows)]
-        futures = []
-        for i in range(rows):
-            record: dict[str, Any] = {
+        mirror = self.shadow is not None and (
+            params.shadow_sample >= 1 or self._sampler.random() < params.shadow_sample
+        )
+
+        def record(i: int, digests: list[str], out: list[str], features: list[Any]) -> Record:
+            doc: Record = {
                 "request_id": request_id if rows == 1 else f"{request_id}/{i}",
                 "model_version": pred.version_id,
                 "input_digest": digests[i],
                 "output": log_output(answers[i], served[i]),
-                "outputs_digest": out_digests[i],
+                "outputs_digest": out[i],
                 "latency_ms": round(pred.latency_ms, 4),
                 "ts": now,
                 "source": source,
                 "thresholded": thresholded[i],
             }
             if features[i] is not None:
-                record["features"] = features[i]
-            futures.append(self.writer.submit("log", record, deferred=not wait))
-        mirror = params.shadow_sample >= 1 or self._sampler.random() < params.shadow_sample
+                doc["features"] = features[i]
+            return doc
+
+        if not wait and not mirror:
+            # Nobody waits and no shadow needs the digests now: the writer's thread computes
+            # them (sha256 of the input and outputs, the drift summary) and the JSON, so a frame
+            # source's thread only runs the model and the head.
+            summaries = _Summaries(x, pred.outputs, rows)
+            futures = [
+                self.writer.submit_lazy("log", functools.partial(summaries.record, record, i))
+                for i in range(rows)
+            ]
+            digests = out_digests = []
+        else:
+            digests = input_digests(x, rows)
+            out_digests = [outputs_digest(pred.outputs, i, rows) for i in range(rows)]
+            features = _features(x, rows)  # what the hub compares with the training baseline
+            futures = [
+                self.writer.submit(
+                    "log", record(i, digests, out_digests, features), deferred=not wait
+                )
+                for i in range(rows)
+            ]
         if self.shadow is not None and mirror:  # runs while this request waits for its commit
             self.shadow.submit(
                 x,
@@ -368,7 +372,7 @@ class InferenceService:
                 "(disabled, and no default_label to answer with)"
             )
         rows = _rows_of(x)
-        digests = _input_digests(x, rows)
+        digests = input_digests(x, rows)
         now = time.time()
         futures = [
             self.writer.submit(

@@ -35,7 +35,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -452,6 +452,14 @@ class Outbox:
         )
 
 
+@dataclass(frozen=True)
+class _Lazy:
+    """A record to be built on the writer's thread (`BatchWriter.submit_lazy`)."""
+
+    kind: RecordKind
+    make: Callable[[], dict[str, Any]]
+
+
 class _Stop:
     """Queued by close(): everything before it is committed, then the writer thread ends."""
 
@@ -492,7 +500,7 @@ class BatchWriter:
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.deferred_delay_s = deferred_delay_s
-        self._queue: queue.SimpleQueue[tuple[_Encoded, Future[int], bool] | _Stop] = (
+        self._queue: queue.SimpleQueue[tuple[_Encoded | _Lazy, Future[int], bool] | _Stop] = (
             queue.SimpleQueue()
         )
         self._state_lock = threading.Lock()
@@ -514,6 +522,22 @@ class BatchWriter:
             self._queue.put((encoded, future, deferred))
         if not deferred:
             self._wake.set()
+        return future
+
+    def submit_lazy(self, kind: RecordKind, make: Callable[[], dict[str, Any]]) -> Future[int]:
+        """Queue a deferred record that `make()` builds on the writer's thread, just before its
+        commit: what a frame source should not pay for on its own thread (digests, summaries,
+        the JSON). `make` must only read what nobody changes meanwhile. A record `make` cannot
+        build (or that does not encode) fails its future, not the batch."""
+        if kind not in RECORD_KINDS:
+            raise InvalidRecordError(
+                f"unknown record kind {kind!r}; expected one of {RECORD_KINDS}"
+            )
+        future: Future[int] = Future()
+        with self._state_lock:
+            if self._closed:
+                raise OutboxClosedError("batch writer is closed")
+            self._queue.put((_Lazy(kind, make), future, True))
         return future
 
     def append(self, kind: RecordKind, payload: dict[str, Any]) -> int:
@@ -544,7 +568,7 @@ class BatchWriter:
         target = 1  # how many waited-for records the previous batch held
         stopping = False
         while not stopping:
-            batch: list[tuple[_Encoded, Future[int]]] = []
+            batch: list[tuple[_Encoded | _Lazy, Future[int]]] = []
             item = self._queue.get()
             started = time.monotonic()
             waited_for = 0  # how many of this batch's records someone waits for
@@ -599,9 +623,19 @@ class BatchWriter:
                     target = waited_for
                 self._commit(batch)
 
-    def _commit(self, batch: list[tuple[_Encoded, Future[int]]]) -> None:
+    def _commit(self, batch: list[tuple[_Encoded | _Lazy, Future[int]]]) -> None:
         # A future its caller cancelled is not written at all.
-        live = [(rec, fut) for rec, fut in batch if fut.set_running_or_notify_cancel()]
+        live: list[tuple[_Encoded, Future[int]]] = []
+        for rec, fut in batch:
+            if not fut.set_running_or_notify_cancel():
+                continue
+            if isinstance(rec, _Lazy):
+                try:
+                    rec = self.outbox._encode(rec.kind, rec.make())
+                except Exception as exc:
+                    fut.set_exception(exc)
+                    continue
+            live.append((rec, fut))
         if not live:
             return
         try:

@@ -272,7 +272,8 @@ class ShadowRunner:
                 self._queue.task_done()
 
     def _one(self, job: _Job) -> None:
-        from edge_agent.inference import log_output, outputs_digest  # it imports this module
+        from edge_agent.digests import outputs_digest
+        from edge_agent.inference import log_output  # it imports this module
 
         try:
             pred = self.manager.predict_shadow(job.x)

@@ -5,14 +5,19 @@ name order, looping). A video file loops at its end; a camera or stream that fai
 with a backoff. Each frame is prepared with the active model's preprocessing spec and handed to
 `infer(x, name, geometry)` (the geometry maps model-input pixels back to the frame's, so boxes and
 points are reported in the frame's pixels; a two-argument `infer(x, name)` is called without it);
-errors are logged (at most every few seconds), never
-fatal.
+errors are logged (at most every few seconds), never fatal.
+
+Reading, decoding and preparing run on a reader thread one frame ahead of the inference (a queue
+of one prepared frame), so on a device with a free core the decode of frame n+1 overlaps the
+model on frame n; the inference thread paces the source at `fps`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.preprocess import ImageError, prepare_image, require_image_spec
+from edge_agent.preprocess import Geometry, ImageError, prepare_image, require_image_spec
 
 __all__ = ["FrameSource", "IMAGE_SUFFIXES"]
 
@@ -29,6 +34,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff")
 _ERROR_LOG_INTERVAL_S = 5.0
+
+_Prepared = tuple[np.ndarray, Geometry]
 
 
 class FrameSource:
@@ -51,21 +58,60 @@ class FrameSource:
         self._last_error = float("-inf")
         self.frames = 0
         self._thread = threading.Thread(target=self._run, name="frame-source", daemon=True)
+        self._ready: queue.Queue[_Prepared | None] = queue.Queue(maxsize=1)
+        self._reader = threading.Thread(target=self._read, name="frame-reader", daemon=True)
 
     def start(self) -> None:
+        self._reader.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
+        for thread in (self._thread, self._reader):
+            if thread.is_alive():
+                thread.join(5)
+
+    def _read(self) -> None:
+        """The reader thread: frames read and prepared, handed over one at a time."""
+        try:
+            for frame in self._frames():
+                prepared = self._prepare(frame)
+                while prepared is not None and not self._stop.is_set():
+                    try:
+                        self._ready.put(prepared, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        finally:
+            with contextlib.suppress(queue.Full):
+                self._ready.put_nowait(None)  # the frames ended (or the source stopped)
+
+    def _prepare(self, frame: np.ndarray) -> _Prepared | None:
+        try:
+            spec = require_image_spec(self._preprocessing())
+            x, geometry = prepare_image(frame, spec)
+        except (ImageError, ValueError) as exc:
+            self._warn(f"{self.name}: frame not inferred: {exc}")
+            return None
+        return x, geometry
+
+    def _next(self) -> _Prepared | None:
+        while not self._stop.is_set():
+            try:
+                return self._ready.get(timeout=0.1)
+            except queue.Empty:
+                if not self._reader.is_alive() and self._ready.empty():
+                    return None
+        return None
 
     def _run(self) -> None:
         next_at = time.monotonic()
-        for frame in self._frames():
+        while (prepared := self._next()) is not None:
             if self._stop.is_set():
                 return
-            self._handle(frame)
+            self._handle(*prepared)
             next_at += self.interval
             delay = next_at - time.monotonic()
             if delay < 0:
@@ -73,10 +119,8 @@ class FrameSource:
             elif self._stop.wait(delay):
                 return
 
-    def _handle(self, frame: np.ndarray) -> None:
+    def _handle(self, x: np.ndarray, geometry: Geometry) -> None:
         try:
-            spec = require_image_spec(self._preprocessing())
-            x, geometry = prepare_image(frame, spec)
             if self._with_geometry:
                 self._infer(x, self.name, geometry)
             else:

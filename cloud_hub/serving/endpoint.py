@@ -22,8 +22,8 @@ from cloud_hub.serving.params import NO_PARAMS, ResolvedParams
 from cloud_hub.serving.spec import BatchingSpec, EndpointSpec
 from cloud_hub.serving.stats import EndpointStats
 from cloud_hub.serving.values import PredictRequest, Value
+from edge_agent.digests import outputs_digest
 from edge_agent.features import summarize
-from edge_agent.inference import outputs_digest
 
 if TYPE_CHECKING:
     from cloud_hub.serving.devices import DeviceFacts

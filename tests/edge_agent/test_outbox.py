@@ -390,6 +390,33 @@ def test_batch_writer_rejects_bad_records_in_the_caller(path: Path) -> None:
         assert writer.append("log", log_payload(0)) == 1
 
 
+def test_a_lazy_record_is_built_on_the_writer_thread_and_a_failing_one_fails_alone(
+    path: Path,
+) -> None:
+    """A frame source's log records are built by the writer (digests, JSON off its thread)."""
+    built_on: list[str] = []
+
+    def make() -> dict[str, object]:
+        built_on.append(threading.current_thread().name)
+        return log_payload(1)
+
+    def broken() -> dict[str, object]:
+        raise RuntimeError("cannot summarise")
+
+    with Outbox(path, durable=False) as outbox, BatchWriter(outbox) as writer:
+        good = writer.submit_lazy("log", make)
+        bad = writer.submit_lazy("log", broken)
+        unencodable = writer.submit_lazy("log", lambda: {"bad": {1, 2}})
+        after = writer.append("log", log_payload(2))
+        assert good.result(5) == 1 and after == 2
+        with pytest.raises(RuntimeError, match="cannot summarise"):
+            bad.result(5)
+        with pytest.raises(InvalidRecordError):
+            unencodable.result(5)
+        assert [r.payload for r in outbox.pending(10)] == [log_payload(1), log_payload(2)]
+    assert built_on and built_on[0] != threading.current_thread().name
+
+
 def test_batch_writer_waits_out_a_busy_database_and_skips_cancelled_records(path: Path) -> None:
     with Outbox(path, durable=False) as outbox, BatchWriter(outbox) as writer:
         blocker = sqlite3.connect(path, isolation_level=None)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_agent.digests import input_digest
 from edge_agent.inference import InferenceService
 from edge_agent.model_manager import ModelManager
 from edge_agent.model_store import ModelStore
@@ -88,7 +89,10 @@ def test_every_frame_of_a_source_is_logged(tmp_path: Path) -> None:
         cv2.imwrite(str(folder / f"{i}.png"), np.full((8, 8), i * 40, np.uint8))
     parts = Parts(tmp_path, deferred_delay_s=0.01, max_unflushed=8)
 
+    asked: dict[str, np.ndarray] = {}
+
     def infer(x: np.ndarray, name: str) -> object:  # what Agent._infer_frame does
+        asked[input_digest(x)] = x
         return parts.service.infer(x, source=name, wait=False)
 
     source = FrameSource(str(folder), 1e6, infer, lambda: SPEC, name="cam")
@@ -105,6 +109,10 @@ def test_every_frame_of_a_source_is_logged(tmp_path: Path) -> None:
     assert {r.kind for r in records} == {"log"}
     assert {r.payload["source"] for r in records} == {"cam"}
     assert [r.seq for r in records] == list(range(1, frames + 1))
+    # built on the writer's thread, each record still names what the frame was and gave
+    assert {r.payload["input_digest"] for r in records} <= set(asked)
+    assert all(len(r.payload["outputs_digest"]) == 64 for r in records)
+    assert all(r.payload["features"] for r in records)
     parts.close()
 
 

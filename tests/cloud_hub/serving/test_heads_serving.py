@@ -17,7 +17,7 @@ from cloud_hub.api.app import create_app
 from cloud_hub.hub import Hub
 from cloud_hub.settings import HubSettings
 from cloud_hub.uploads import register_upload
-from edge_agent.inference import outputs_digest
+from edge_agent.digests import outputs_digest
 from edge_agent.runtimes import load_runtime
 from tests.cloud_hub.conftest import wait_until
 from tests.conftest import admin_headers
