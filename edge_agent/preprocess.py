@@ -170,9 +170,12 @@ def prepare_image(
         x = x.astype(np.uint8)
     else:
         x = x.astype(np.float32)
-        x *= np.float32(s.scale)
-        if s.mean is not None and s.std is not None:
-            x = (x - np.asarray(s.mean, np.float32)) / np.asarray(s.std, np.float32)
+        if s.mean is not None and s.std is not None:  # (x * scale - mean) / std, in place
+            std = np.asarray(s.std, np.float32)
+            x *= np.float32(s.scale) / std
+            x -= np.asarray(s.mean, np.float32) / std
+        else:
+            x *= np.float32(s.scale)
         if s.dtype != "float32":
             info = np.iinfo(np.dtype(s.dtype))
             x = np.clip(np.round(x), info.min, info.max).astype(s.dtype)

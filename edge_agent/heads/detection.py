@@ -306,8 +306,30 @@ def _from_anchors(
     head: DetectionHead, outputs: Mapping[str, np.ndarray], r: int, anchors: np.ndarray
 ) -> _Candidates:
     assert head.scores is not None and head.box_scale is not None
-    raw = _row(outputs, head.boxes, r)
-    raw = raw.reshape(len(anchors), -1)
+    raw_scores = np.asarray(outputs[head.scores][r]).reshape(len(anchors), -1)
+    if raw_scores.shape[1] == 1 and head.score_activation == "sigmoid":
+        # one class through a sigmoid: threshold the logits, activate only what passes
+        logits = raw_scores[:, 0]
+        t = head.score_threshold
+        bar = -np.inf if t <= 0 else np.inf if t >= 1 else math.log(t / (1 - t))
+        keep = np.flatnonzero(np.clip(logits, -_CLIP, _CLIP) >= bar)
+        scores = _sigmoid(logits[keep].astype(np.float64))
+        passed = scores >= t  # at the bar, rounding: the threshold itself decides
+        keep, scores = keep[passed], scores[passed]
+        classes = np.zeros(len(keep), dtype=np.int64)
+    else:
+        scores, classes = _best_class(
+            raw_scores[:, 0].astype(np.float64)
+            if raw_scores.shape[1] == 1
+            else raw_scores.astype(np.float64),
+            head.score_activation,
+        )
+        keep = np.flatnonzero(scores >= head.score_threshold)
+        scores, classes = scores[keep], classes[keep]
+    # only the anchors that pass the score threshold are decoded (as MediaPipe does)
+    anchors = anchors[keep]
+    boxes_out = np.asarray(outputs[head.boxes][r])
+    raw = boxes_out.reshape(len(raw_scores), -1)[keep].astype(np.float64)
     x_scale, y_scale, w_scale, h_scale = head.box_scale
     ax, ay, aw, ah = anchors[:, 0], anchors[:, 1], anchors[:, 2], anchors[:, 3]
     x, y, w, h = _anchor_offsets(raw[:, :4], head.box_format)
@@ -326,10 +348,6 @@ def _from_anchors(
         kx = kp[:, :, 0] / x_scale * aw[:, None] + ax[:, None]
         ky = kp[:, :, 1] / y_scale * ah[:, None] + ay[:, None]
         keypoints = np.stack([kx, ky], axis=2)
-    raw_scores = _row(outputs, head.scores, r).reshape(len(anchors), -1)
-    scores, classes = _best_class(
-        raw_scores[:, 0] if raw_scores.shape[1] == 1 else raw_scores, head.score_activation
-    )
     return _Candidates(boxes, scores, classes, keypoints, True)
 
 
