@@ -14,6 +14,7 @@ from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, State, fail, state, user_errors
 from cloud_hub.errors import InvalidInput, NotFound
 from cloud_hub.hub import Hub
+from edge_agent.heads.spec import Task
 
 app = typer.Typer(
     help="EdgePilot: train, convert and ship models to edge devices.",
@@ -368,16 +369,7 @@ PreprocessingFileOpt = Annotated[
     ),
 ]
 TaskOpt = Annotated[
-    Literal[
-        "classification",
-        "detection",
-        "keypoints",
-        "segmentation",
-        "embedding",
-        "regression",
-        "raw",
-    ]
-    | None,
+    Task | None,
     typer.Option(help="The version's task [default: the head's; else from the signature]."),
 ]
 HeadOpt = Annotated[

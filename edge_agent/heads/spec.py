@@ -9,7 +9,7 @@ The JSON schema (`HEAD_SCHEMA`) is published with the hub's OpenAPI document.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -38,15 +38,7 @@ __all__ = [
 Task = Literal[
     "classification", "detection", "keypoints", "segmentation", "embedding", "regression", "raw"
 ]
-TASKS: tuple[str, ...] = (
-    "classification",
-    "detection",
-    "keypoints",
-    "segmentation",
-    "embedding",
-    "regression",
-    "raw",
-)
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 class _Head(BaseModel):
