@@ -130,7 +130,7 @@ class Device:
         self.client.subscribe(
             [(self.topic("desired"), 1), (self.topic("chunk"), 1), (self.topic("ack"), 1)]
         )
-        assert self._subscribed.wait(10)
+        assert self._subscribed.wait(30), f"device {self.id}: no SUBACK from the broker in 30 s"
 
     def topic(self, kind: TopicKind) -> str:
         return self.topics.device(self.id, kind)
