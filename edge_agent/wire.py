@@ -427,3 +427,63 @@ def unb64(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except ValueError as exc:
         raise WireError(f"not base64: {exc}") from None
+
+
+# -- enrollment (REST, agent → hub: POST /api/v1/enroll) -------------------------------------
+# A device with a fleet enrollment token and no identity asks the hub for one. The request is
+# signed with the key pair the device made for itself (ed25519, raw public key in base64 as the
+# hub's own key is written): the hub keeps the public key, and a replayed or altered request
+# does not verify. The answer carries the device's broker credentials: it is shown once.
+ENROLL_PATH = "/api/v1/enroll"
+ENROLL_MAX_SKEW_S = 600.0  # how far the request's `ts` may be from the hub's clock
+
+HardwareId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
+]
+
+
+class EnrollRequest(Message):
+    token: str = Field(min_length=8, max_length=256, description="the fleet enrollment token")
+    hardware_id: HardwareId = Field(
+        description="what stays the same when the card is re-flashed: the Pi's serial, the "
+        "Jetson module's serial number, the machine id, or one configured"
+    )
+    hardware: str = Field(default="", max_length=256, description="e.g. 'Raspberry Pi 5 ...'")
+    hostname: str = Field(default="", max_length=253)
+    agent_version: str = Field(default="", max_length=64)
+    runtimes: list[Literal["onnxruntime", "litert"]] = Field(
+        min_length=1, max_length=2, description="what the agent can run, in order of preference"
+    )
+    public_key: str = Field(
+        min_length=40, max_length=64, description="the device's ed25519 public key (raw, base64)"
+    )
+    ts: float = Field(description="when the request was made (seconds since the epoch)")
+    signature: str = Field(
+        default="", max_length=128, description="ed25519 over `enroll_signing_message`, base64"
+    )
+
+
+def enroll_signing_message(req: EnrollRequest) -> bytes:
+    """What the device signs: every field but the signature, as canonical JSON."""
+    fields = req.model_dump(exclude={"signature"})
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
+class EnrollBroker(BaseModel):
+    host: str
+    port: int
+    topic_root: str
+    tls: bool = False
+    ca_pem: str | None = None
+
+
+class EnrollResponse(Message):
+    device_id: str
+    fleet: str
+    username: str
+    password: str
+    broker: EnrollBroker
+    hub_public_key: str
+    reenrolled: bool = Field(
+        default=False, description="the device was known (same hardware id): same id, new password"
+    )
