@@ -23,3 +23,12 @@ class AlreadyExists(RegistryError):
 
 class InvalidInput(RegistryError):
     """The request is well-formed but its content is wrong (unknown dataset, bad file, ...)."""
+
+
+class Refused(RegistryError):
+    """A request refused with a given HTTP status (401, 403, 429, ...): the REST API answers
+    that status, the CLI a message and exit code 2."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -10,6 +10,7 @@ from typing import Any
 from cloud_hub.artifact_store import ArtifactStore
 from cloud_hub.auth.tokens import TokenStore, ensure_local_admin
 from cloud_hub.db import Database
+from cloud_hub.fleet.enrollment import EnrollmentService
 from cloud_hub.fleet.fleet import Fleet
 from cloud_hub.registry import Registry
 from cloud_hub.settings import HubSettings
@@ -49,6 +50,11 @@ class Hub:
         if self._fleet is None:
             self._fleet = Fleet.open(self.settings, self.db, self.registry)
         return self._fleet
+
+    @property
+    def enrollment(self) -> EnrollmentService:
+        """Fleets, enrollment tokens and devices enrolling themselves."""
+        return self.fleet.enrollment
 
     def pipeline(self, on_event: EventHandler | None = None) -> TrainingPipeline:
         return TrainingPipeline(self.registry, self.step_cache, on_event=on_event)

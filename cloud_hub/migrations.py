@@ -444,4 +444,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE inference_logs ADD COLUMN outputs_digest TEXT",
         ),
     ),
+    Migration(
+        13,
+        "fleets and their enrollment tokens (hashed); a device's fleet, hardware id (one device "
+        "per hardware: a re-flashed card enrolls as itself), its own public key, the token that "
+        "enrolled it and when it was revoked",
+        (
+            f"""CREATE TABLE fleets (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                group_name TEXT,
+                tags TEXT NOT NULL DEFAULT '[]',
+                device_prefix TEXT NOT NULL,
+                created_at TEXT NOT NULL DEFAULT {NOW})""",
+            f"""CREATE TABLE enroll_tokens (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL,
+                fleet_id INTEGER NOT NULL REFERENCES fleets(id),
+                token_hash TEXT NOT NULL UNIQUE,
+                prefix TEXT NOT NULL,
+                created_at TEXT NOT NULL DEFAULT {NOW},
+                expires_at TEXT,
+                max_uses INTEGER,
+                uses INTEGER NOT NULL DEFAULT 0,
+                last_used_at TEXT,
+                revoked_at TEXT)""",
+            "ALTER TABLE devices ADD COLUMN fleet_id INTEGER REFERENCES fleets(id)",
+            "ALTER TABLE devices ADD COLUMN hardware_id TEXT",
+            "ALTER TABLE devices ADD COLUMN public_key TEXT",
+            "ALTER TABLE devices ADD COLUMN enroll_token_id INTEGER REFERENCES enroll_tokens(id)",
+            "ALTER TABLE devices ADD COLUMN revoked_at TEXT",
+            "CREATE UNIQUE INDEX devices_hardware_id ON devices (hardware_id) "
+            "WHERE hardware_id IS NOT NULL",
+        ),
+    ),
 )

@@ -134,6 +134,19 @@ class HubSettings(BaseModel):
         description="devices use TLS (their agent.toml gets the fleet CA) [default: mqtt_tls]",
     )
     topic_root: str = Field(default="ep", pattern=r"^[A-Za-z0-9._-]+$")
+    broker_pid_file: Path | None = Field(
+        default=None,
+        description="Mosquitto's pid file (it writes one with `pid_file` when started with -d): "
+        "after every change of the fleet's accounts (a registration, an enrollment, a "
+        "revocation) the hub sends it SIGHUP, so a new device connects at once and a revoked "
+        "one is disconnected",
+    )
+    broker_reload_command: str | None = Field(
+        default=None,
+        description="instead of a pid file: the command that makes the broker re-read its "
+        "password and ACL files, e.g. `systemctl reload mosquitto` (split as a shell would, run "
+        "without one)",
+    )
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1024, le=64 * 1024 * 1024)
     fleet_poll_s: float = Field(default=0.5, gt=0)
     fleet_max_batch_records: int = Field(

@@ -182,6 +182,8 @@ class SecureMosquitto:
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        self.pid_file = workdir / "mosquitto.pid"  # what a supervisor would keep: the hub's
+        # `broker_pid_file`, so that it reloads the broker itself after enrollments/revocations
         self.ca_file = data_dir / "mosquitto" / "ca.crt"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -213,7 +215,12 @@ class SecureMosquitto:
             stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, proc=self.proc)
+        self.pid_file.write_text(f"{self.proc.pid}\n")
         return self
+
+    def reload_count(self) -> int:
+        """How many times the broker re-read its files (reloads are logged)."""
+        return self.log_text().count("Reloading config")
 
     def reload(self) -> None:
         """SIGHUP: Mosquitto reads the password and ACL files again, keeping its clients."""

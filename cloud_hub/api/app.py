@@ -13,6 +13,7 @@ from cloud_hub.api import (
     deployments,
     devices,
     endpoints,
+    enrollment,
     hygiene,
     jobs,
     logs,
@@ -101,6 +102,7 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
         schedules,
         devices,
         deployments,
+        enrollment,
         tokens,
     ):
         app.include_router(module.router, prefix=API_PREFIX)

@@ -52,7 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
+from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, Refused, RegistryError
 from cloud_hub.settings import HubSettings
 
 MAX_DETAIL = 500  # characters of an error's `detail`
@@ -521,6 +521,11 @@ def install(app: FastAPI, settings: HubSettings) -> None:
         (RegistryError, status.HTTP_400_BAD_REQUEST),
     ):
         app.add_exception_handler(cls, _registry_handler(code))
+
+    async def refused(_: Request, exc: Refused) -> JSONResponse:
+        return error_response(exc.status, str(exc), type(exc).__name__)
+
+    app.add_exception_handler(Refused, cast(Handler, refused))
 
     async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_response(exc.errors())

@@ -329,10 +329,9 @@ def devices_register(
     render.console.print(f"hub public key: {reg.hub_public_key}")
     if write_config is not None:
         render.console.print(f"wrote agent config {write_config}")
-    render.console.print(
-        "Reload the broker to pick up its password and ACL files "
-        "(see `edgepilot hub broker-config`)."
-    )
+    from cloud_hub.cli.enroll import print_reload
+
+    print_reload(fleet.devices.last_reload)
 
 
 @devices_app.command("list")

@@ -967,6 +967,11 @@ def _register_fleet() -> None:
     app.add_typer(fleet.devices_app, name="devices")
     app.add_typer(fleet.deployments_app, name="deployments")
     app.command("deploy")(fleet.deploy)
+    from cloud_hub.cli import enroll
+
+    app.add_typer(enroll.fleets_app, name="fleets")
+    app.add_typer(enroll.enroll_tokens_app, name="enroll-tokens")
+    fleet.devices_app.command("revoke")(enroll.devices_revoke)
     hub_app.command("broker-config")(fleet.broker_config)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cloud_hub.db import Database
-from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound
+from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
 from cloud_hub.fleet.broker_auth import BrokerFiles, hash_password, new_password, write_auth_files
+from cloud_hub.fleet.broker_reload import BrokerReloader, ReloadOutcome
 from cloud_hub.fleet.schemas import (
     RUNTIMES,
     BrokerInfo,
@@ -29,7 +31,8 @@ _DEVICE_SQL = f"""
         (SELECT COUNT(*) FROM inference_logs l WHERE l.device_id = d.id) AS logs_stored,
         (SELECT COUNT(*) FROM telemetry t WHERE t.device_id = d.id) AS telemetry_stored,
         {_CURRENT_EPOCH.format(column="acked_upto")} AS epoch_acked_upto,
-        {_CURRENT_EPOCH.format(column="epoch")} AS current_epoch
+        {_CURRENT_EPOCH.format(column="epoch")} AS current_epoch,
+        (SELECT f.name FROM fleets f WHERE f.id = d.fleet_id) AS fleet_name
     FROM devices d"""
 
 
@@ -53,6 +56,9 @@ def device_from_row(row: sqlite3.Row) -> Device:
         epoch=d.get("current_epoch"),
         logs_stored=d.get("logs_stored", 0),
         telemetry_stored=d.get("telemetry_stored", 0),
+        fleet=d.get("fleet_name"),
+        hardware_id=d["hardware_id"],
+        revoked_at=d["revoked_at"],
         rejected=d["rejected"],
         last_reason=d["last_reason"],
         created_at=d["created_at"],
@@ -69,29 +75,22 @@ class DeviceStore:
         data_dir: Path,
         broker: BrokerInfo,
         hub_public_key: str,
+        reloader: BrokerReloader | None = None,
     ) -> None:
         self.db = db
         self.files = BrokerFiles.in_data_dir(data_dir)
         self.broker = broker
         self.hub_public_key = hub_public_key
+        self.reloader = reloader or BrokerReloader()
+        self.last_reload: ReloadOutcome | None = None
 
     def register(
         self, body: DeviceCreate, *, broker: BrokerInfo | None = None
     ) -> DeviceRegistration:
-        """Store a new device with a fresh broker password (only its hash is kept) and rewrite
-        the broker's password and ACL files. A duplicate id raises AlreadyExists."""
-        check_name("device", body.id)
-        if not body.runtimes:
-            raise InvalidInput("a device needs at least one runtime: onnxruntime or litert")
-        unknown = [r for r in body.runtimes if r not in RUNTIMES]
-        if unknown:
-            raise InvalidInput(f"unknown runtime(s) {unknown}: choose from {list(RUNTIMES)}")
-        if len(set(body.runtimes)) != len(body.runtimes):
-            raise InvalidInput(f"runtimes {body.runtimes} name one twice")
-        for tag in body.tags:
-            check_name("tag", tag)
-        if body.group is not None:
-            check_name("group", body.group)
+        """Store a new device with a fresh broker password (only its hash is kept), rewrite
+        the broker's password and ACL files and have the broker re-read them. A duplicate id
+        raises AlreadyExists."""
+        check_device(body)
         password = new_password()
         with self.db.transaction() as db:
             try:
@@ -111,13 +110,94 @@ class DeviceStore:
             except sqlite3.IntegrityError:
                 raise AlreadyExists("device", body.id) from None
             self.write_broker_files()  # inside the transaction: a failure stores nothing
+        self.reload_broker()
+        return self.registration(body.id, password, broker=broker)
+
+    def registration(
+        self, device_id: str, password: str, *, broker: BrokerInfo | None = None
+    ) -> DeviceRegistration:
         return DeviceRegistration(
-            device=self.get(body.id),
-            username=body.id,
+            device=self.get(device_id),
+            username=device_id,
             password=password,
             broker=self._with_ca(broker or self.broker),
             hub_public_key=self.hub_public_key,
         )
+
+    def enroll(self, conn: sqlite3.Connection, enrollment: Enrollment) -> tuple[str, bool]:
+        """Inside the caller's transaction: the device of this hardware id with a new broker
+        password (created in the enrollment's fleet when there is none). Returns (password,
+        reenrolled). A revoked device raises DeviceRevoked. The caller writes the broker files
+        (`write_broker_files`) in the same transaction and reloads the broker after it."""
+        row = conn.execute(
+            "SELECT id, revoked_at FROM devices WHERE hardware_id = ?", [enrollment.hardware_id]
+        ).fetchone()
+        password = new_password()
+        if row is not None:
+            if row["revoked_at"] is not None:
+                raise DeviceRevoked(row["id"], row["revoked_at"])
+            conn.execute(
+                "UPDATE devices SET password_hash = ?, public_key = ?, fleet_id = ?, "
+                "enroll_token_id = ?, runtimes = ?, hardware = ?, agent_version = ? "
+                "WHERE id = ?",
+                [
+                    hash_password(password),
+                    enrollment.public_key,
+                    enrollment.fleet_id,
+                    enrollment.token_id,
+                    json.dumps(list(enrollment.device.runtimes)),
+                    enrollment.device.hardware,
+                    enrollment.agent_version or None,
+                    row["id"],
+                ],
+            )
+            return password, True
+        body = enrollment.device
+        check_device(body)
+        try:
+            conn.execute(
+                "INSERT INTO devices (id, name, hardware, runtimes, tags, group_name, "
+                "password_hash, fleet_id, hardware_id, public_key, enroll_token_id, "
+                "agent_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    body.id,
+                    body.name or body.id,
+                    body.hardware,
+                    json.dumps(list(body.runtimes)),
+                    json.dumps(sorted(set(body.tags))),
+                    body.group,
+                    hash_password(password),
+                    enrollment.fleet_id,
+                    enrollment.hardware_id,
+                    enrollment.public_key,
+                    enrollment.token_id,
+                    enrollment.agent_version or None,
+                ],
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists("device", body.id) from None
+        return password, False
+
+    def revoke(self, device_id: str, *, when: str) -> Device:
+        """Cut the device off: its broker account goes (the broker, reloaded, disconnects it
+        and refuses it since) and enrolling again with its hardware id is refused. What it
+        sent is kept."""
+        with self.db.transaction() as db:
+            cur = db.conn.execute(
+                "UPDATE devices SET revoked_at = ?, status = 'offline' "
+                "WHERE id = ? AND revoked_at IS NULL",
+                [when, device_id],
+            )
+            if cur.rowcount == 0:
+                device = self.get(device_id)  # NotFound, or revoked already
+                raise InvalidInput(f"device {device.id!r} was revoked at {device.revoked_at}")
+            self.write_broker_files()
+        self.reload_broker()
+        return self.get(device_id)
+
+    def reload_broker(self) -> ReloadOutcome:
+        self.last_reload = self.reloader.reload()
+        return self.last_reload
 
     def _with_ca(self, broker: BrokerInfo) -> BrokerInfo:
         """A TLS broker's info with the fleet CA, when it was made after this store opened."""
@@ -127,7 +207,10 @@ class DeviceStore:
         return broker
 
     def write_broker_files(self) -> BrokerFiles:
-        rows = self.db.conn.execute("SELECT id, password_hash FROM devices").fetchall()
+        """The password and ACL files for every device that is not revoked."""
+        rows = self.db.conn.execute(
+            "SELECT id, password_hash FROM devices WHERE revoked_at IS NULL"
+        ).fetchall()
         write_auth_files(
             self.files,
             [(r["id"], r["password_hash"]) for r in rows],
@@ -177,6 +260,39 @@ class DeviceStore:
                 [device_id, epoch, limit - len(rows)],
             ).fetchall()
         return [_log(r) for r in rows]
+
+
+class DeviceRevoked(RegistryError):
+    def __init__(self, device_id: str, revoked_at: str) -> None:
+        super().__init__(f"device {device_id!r} was revoked at {revoked_at}: enrollment refused")
+        self.device_id = device_id
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """What an accepted enrollment stores for its device."""
+
+    device: DeviceCreate  # id, name, hardware, runtimes, the fleet's tags and group
+    fleet_id: int
+    token_id: int
+    hardware_id: str
+    public_key: str
+    agent_version: str
+
+
+def check_device(body: DeviceCreate) -> None:
+    check_name("device", body.id)
+    if not body.runtimes:
+        raise InvalidInput("a device needs at least one runtime: onnxruntime or litert")
+    unknown = [r for r in body.runtimes if r not in RUNTIMES]
+    if unknown:
+        raise InvalidInput(f"unknown runtime(s) {unknown}: choose from {list(RUNTIMES)}")
+    if len(set(body.runtimes)) != len(body.runtimes):
+        raise InvalidInput(f"runtimes {body.runtimes} name one twice")
+    for tag in body.tags:
+        check_name("tag", tag)
+    if body.group is not None:
+        check_name("group", body.group)
 
 
 def _log(row: sqlite3.Row) -> InferenceLog:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from cloud_hub.db import Database
 from cloud_hub.fleet.broker_auth import hub_ca_file
+from cloud_hub.fleet.broker_reload import BrokerReloader
 from cloud_hub.fleet.deployments import DeploymentStore
 from cloud_hub.fleet.devices import DeviceStore
+from cloud_hub.fleet.enrollment import EnrollmentService
 from cloud_hub.fleet.schemas import BrokerInfo
 from cloud_hub.registry import Registry
 from cloud_hub.settings import HubSettings
@@ -37,6 +39,7 @@ class Fleet:
     signer: HubSigner
     devices: DeviceStore
     deployments: DeploymentStore
+    enrollment: EnrollmentService
 
     @classmethod
     def open(cls, settings: HubSettings, db: Database, registry: Registry) -> Fleet:
@@ -46,5 +49,11 @@ class Fleet:
             data_dir=settings.data_dir,
             broker=device_broker(settings),
             hub_public_key=signer.public_key_b64,
+            reloader=BrokerReloader(settings.broker_pid_file, settings.broker_reload_command),
         )
-        return cls(signer, devices, DeploymentStore(db, registry, devices))
+        return cls(
+            signer,
+            devices,
+            DeploymentStore(db, registry, devices),
+            EnrollmentService(db, devices),
+        )

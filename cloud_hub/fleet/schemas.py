@@ -50,6 +50,13 @@ class Device(BaseModel):
     )
     logs_stored: int = 0
     telemetry_stored: int = 0
+    fleet: str | None = Field(default=None, description="the fleet it enrolled in")
+    hardware_id: str | None = Field(
+        default=None, description="what it enrolled with (the same after a re-flash)"
+    )
+    revoked_at: str | None = Field(
+        default=None, description="when it was revoked: the broker refuses it since"
+    )
     rejected: int = Field(default=0, description="messages from the device the hub refused")
     last_reason: str | None = Field(default=None, description="why the last one was refused")
     created_at: str
