@@ -892,6 +892,27 @@ def hub_serve(
     metrics_public: Annotated[
         bool, typer.Option(help="Serve GET /metrics without a token (a scraper on a LAN).")
     ] = False,
+    device_broker: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of the broker as devices reach it, handed to enrolling devices "
+            "[default: --mqtt]."
+        ),
+    ] = None,
+    broker_pid_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The broker's pid file: after an enrollment or a revocation the hub sends it "
+            "SIGHUP (Mosquitto re-reads its password and ACL files, keeping its clients)."
+        ),
+    ] = None,
+    broker_reload_command: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of --broker-pid-file: the command that reloads the broker, e.g. "
+            "'systemctl reload mosquitto'."
+        ),
+    ] = None,
 ) -> None:
     """Serve the REST API (docs at /docs), run scheduled training and, with --mqtt, the
     fleet's MQTT service (desired state, model transfer, logs and telemetry). With
@@ -908,6 +929,17 @@ def hub_serve(
 
         with user_errors():
             broker["mqtt_host"], broker["mqtt_port"] = parse_address(mqtt, "--mqtt")
+    if device_broker is not None:
+        from cloud_hub.cli.fleet import parse_address
+
+        with user_errors():
+            broker["device_broker_host"], broker["device_broker_port"] = parse_address(
+                device_broker, "--device-broker"
+            )
+    if broker_pid_file is not None and broker_reload_command is not None:
+        raise fail("give --broker-pid-file or --broker-reload-command, not both")
+    broker["broker_pid_file"] = broker_pid_file
+    broker["broker_reload_command"] = broker_reload_command
     if mqtt_tls or mqtt_ca_file is not None:
         broker["mqtt_tls"] = True
         broker["mqtt_ca_file"] = mqtt_ca_file

@@ -70,10 +70,14 @@ def fill(path: str) -> str:
 def test_every_route_declares_exactly_one_role(app: FastAPI) -> None:
     ops = operations(app)
     assert len(ops) > 60
-    assert [(m, p) for m, p, role in ops if role == "public"] == [("GET", "/api/v1/health")]
+    # the health check, and enrollment: a device's fleet token (in the body) is its credential
+    public = [(m, p) for m, p, role in ops if role == "public"]
+    assert sorted(public) == [("GET", "/api/v1/health"), ("POST", "/api/v1/enroll")]
     roles = {(m, p): role for m, p, role in ops}
     assert roles[("POST", "/api/v1/devices")] == "admin"
     assert roles[("POST", "/api/v1/tokens")] == "admin"
+    assert roles[("POST", "/api/v1/enroll-tokens")] == "admin"
+    assert roles[("POST", "/api/v1/devices/{device_id}/revoke")] == "admin"
     assert roles[("POST", "/api/v1/deployments")] == "operator"
     assert roles[("PUT", "/api/v1/deployments/{deployment_id}/params")] == "operator"
     assert roles[("GET", "/api/v1/logs")] == "viewer"
