@@ -7,14 +7,11 @@ telemetry, frame source. Stop: the reverse, publishing the offline status and cl
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import platform
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -23,6 +20,7 @@ import paho.mqtt.client as mqtt
 from edge_agent.config import AgentSettings
 from edge_agent.deployer import Deployer
 from edge_agent.forwarder import Forwarder
+from edge_agent.hardware import agent_version, available_runtimes, hardware_model
 from edge_agent.http_api import HttpApi
 from edge_agent.inference import InferenceService, NoActiveModel, ServingDisabled
 from edge_agent.memory import LARGE_BODY_BYTES, configure_allocator, release_memory
@@ -46,25 +44,6 @@ from edge_agent.wire import (
 __all__ = ["Agent", "agent_version", "available_runtimes"]
 
 log = logging.getLogger(__name__)
-
-
-def agent_version() -> str:
-    try:
-        return metadata.version("edgepilot")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-def available_runtimes() -> list[str]:
-    """The engines installed, found without importing them (names as the hub knows them)."""
-    found = []
-    if importlib.util.find_spec("onnxruntime") is not None:
-        found.append("onnxruntime")
-    if any(
-        importlib.util.find_spec(name) is not None for name in ("ai_edge_litert", "tflite_runtime")
-    ):
-        found.append("litert")
-    return found
 
 
 class Agent:
@@ -98,8 +77,8 @@ class Agent:
             params=self._params,
             shadow=self.shadow,
         )
-        self.runtimes = available_runtimes()
-        self.hardware = settings.telemetry.hardware or platform.machine()
+        self.runtimes: list[str] = list(available_runtimes())
+        self.hardware = settings.telemetry.hardware or hardware_model()
         self.link = MqttLink(self.device_id, settings.mqtt, self._status_doc, client=mqtt_client)
         self.deployer = Deployer(
             settings,

@@ -1,9 +1,20 @@
-"""The agent's settings: a TOML file (the hub writes it for a registered device), env overrides.
+"""The agent's settings: a TOML file (the hub writes it for a registered device), the identity
+an enrolled device got from the hub, env overrides.
 
 Every key may be overridden by an environment variable: `EDGEPILOT_AGENT_<SECTION>_<KEY>` for a
 key in a section (`EDGEPILOT_AGENT_MQTT_PORT=1884`), `EDGEPILOT_AGENT_<KEY>` for a top-level key
-(`EDGEPILOT_AGENT_DEVICE_ID=pi-02`). A relative `data_dir` is taken relative to the config file.
-`load_settings` raises ConfigError with one line per problem, each naming the key.
+(`EDGEPILOT_AGENT_DEVICE_ID=pi-02`). Relative paths (`data_dir`, `mqtt.ca_file`,
+`enroll.token_file`, `enroll.hub_ca_file`) are taken relative to the config file.
+
+A registered device's file names its `device_id` and `hub_public_key`. A device that enrolls
+itself has an `[enroll]` section instead (the hub's URL and a fleet token); once enrolled, its
+`{data_dir}/identity.json` supplies the device id, the hub's key and the broker's address and
+credentials. Precedence: the file < identity.json < the environment.
+
+`load_config` returns an `AgentConfig`, which may still need enrollment (`needs_enrollment`);
+`load_settings` returns the `AgentSettings` the agent runs with (a device id and the hub's key
+are set) or raises ConfigError. Both raise ConfigError with one line per problem, each naming the
+key, never a secret's value.
 """
 
 from __future__ import annotations
@@ -13,19 +24,32 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from edge_agent.identity import Identity, IdentityError, load_identity
 from edge_agent.signing import InvalidPublicKey, check_public_key
+from edge_agent.wire import HardwareId
 
-__all__ = ["AgentSettings", "ConfigError", "load_settings", "ENV_PREFIX"]
+__all__ = [
+    "ENV_PREFIX",
+    "AgentConfig",
+    "AgentSettings",
+    "ConfigError",
+    "EnrollSettings",
+    "load_config",
+    "load_settings",
+    "needs_enrollment",
+]
 
 ENV_PREFIX = "EDGEPILOT_AGENT_"
 
@@ -151,12 +175,55 @@ class TransferSettings(_Section):
     max_retries: int = Field(default=3, ge=0)
 
 
-class AgentSettings(BaseModel):
+class EnrollSettings(_Section):
+    """Zero-touch enrollment: the hub to ask and the fleet token to prove. After enrolling, the
+    agent deletes `token_file`; `token` (here or in EDGEPILOT_AGENT_ENROLL_TOKEN) stays where it
+    was written: prefer a token file."""
+
+    hub: str = Field(description="the hub's URL, e.g. http://hub.example:8000")
+    token: str | None = Field(
+        default=None, min_length=8, max_length=256, repr=False, description="the fleet token"
+    )
+    token_file: Path | None = Field(default=None, description="a file holding the fleet token")
+    hardware_id: HardwareId | None = Field(
+        default=None, description="what identifies this machine (default: detected)"
+    )
+    hub_ca_file: Path | None = Field(
+        default=None, description="the CA (PEM) that signed an https hub's certificate"
+    )
+    timeout_s: float = Field(default=30.0, gt=0)
+    retry_min_s: float = Field(default=2.0, gt=0, description="the first back-off")
+    retry_max_s: float = Field(default=300.0, gt=0, description="the longest back-off")
+
+    @field_validator("hub")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http:// or https:// URL")
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> EnrollSettings:
+        if self.retry_min_s > self.retry_max_s:
+            raise ValueError("retry_min_s is more than retry_max_s")
+        if self.hub_ca_file is not None and not self.hub.startswith("https://"):
+            raise ValueError("hub_ca_file is given but the hub URL is not https://")
+        return self
+
+
+def _check_key(value: str) -> str:
+    try:
+        check_public_key(value)
+    except InvalidPublicKey as exc:
+        raise ValueError(str(exc)) from None
+    return value.strip()
+
+
+class _AgentBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    device_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     data_dir: Path
-    hub_public_key: str
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
@@ -166,24 +233,71 @@ class AgentSettings(BaseModel):
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     forwarder: ForwarderSettings = Field(default_factory=ForwarderSettings)
     transfer: TransferSettings = Field(default_factory=TransferSettings)
+    enroll: EnrollSettings | None = None
+
+
+_DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class AgentSettings(_AgentBase):
+    """What the agent runs with: its device id and the hub's key are known."""
+
+    device_id: str = Field(min_length=1, max_length=128, pattern=_DEVICE_ID)
+    hub_public_key: str
 
     @field_validator("hub_public_key")
     @classmethod
     def _key(cls, value: str) -> str:
-        try:
-            check_public_key(value)
-        except InvalidPublicKey as exc:
-            raise ValueError(str(exc)) from None
-        return value.strip()
+        return _check_key(value)
+
+
+class AgentConfig(_AgentBase):
+    """What the file, the identity and the environment say: a device that enrolls itself has no
+    device id or hub key until it has enrolled (`needs_enrollment`)."""
+
+    device_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=_DEVICE_ID)
+    hub_public_key: str | None = None
+    _identity: Identity | None = PrivateAttr(default=None)
+    _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("hub_public_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        return None if value is None else _check_key(value)
+
+    @property
+    def identity(self) -> Identity | None:
+        """The identity the device enrolled with (None: not enrolled)."""
+        return self._identity
+
+    def settings(self) -> AgentSettings:
+        """The settings to run with; ConfigError when the device must enroll first."""
+        if needs_enrollment(self):
+            where = f"{self._path}: " if self._path is not None else ""
+            raise ConfigError(
+                f"{where}not enrolled yet: `edgepilot-agent run` enrolls it first, or run "
+                "`edgepilot-agent enroll`"
+            )
+        values = {name: getattr(self, name) for name in AgentSettings.model_fields}
+        return AgentSettings.model_validate(values)
+
+
+def needs_enrollment(config: AgentConfig) -> bool:
+    """Whether the device must enroll before it can run: it has an [enroll] section and no
+    identity, or lacks a device id or the hub's key."""
+    if config.device_id is None or config.hub_public_key is None:
+        return True
+    return config.enroll is not None and config.identity is None
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     name: field.annotation
-    for name, field in AgentSettings.model_fields.items()
+    for name, field in _AgentBase.model_fields.items()
     if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
 }
-_TOP_LEVEL = [name for name in AgentSettings.model_fields if name not in _SECTIONS]
-_SECRET_LOCS = ("mqtt", "mqtt.password")
+_SECTIONS["enroll"] = EnrollSettings
+_TOP_LEVEL = [name for name in AgentConfig.model_fields if name not in _SECTIONS]
+_SECRET_LOCS = ("mqtt", "mqtt.password", "enroll", "enroll.token")
 
 
 def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
@@ -206,8 +320,51 @@ def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str
     return origin
 
 
-def load_settings(path: Path, env: Mapping[str, str] | None = None) -> AgentSettings:
-    """Read and validate the agent's configuration; ConfigError says what is wrong."""
+def _data_dir(raw: dict[str, Any], path: Path, env: Mapping[str, str]) -> Path | None:
+    value = env.get(ENV_PREFIX + "DATA_DIR", raw.get("data_dir"))
+    if not isinstance(value, str) or not value:
+        return None  # reported by validation
+    data_dir = Path(value)
+    return data_dir if data_dir.is_absolute() else (path.parent / data_dir).resolve()
+
+
+def _overlay_identity(raw: dict[str, Any], identity: Identity, source: str) -> dict[str, str]:
+    """Put what the hub gave the device over what the file says; which keys came from it."""
+    raw["device_id"] = identity.device_id
+    raw["hub_public_key"] = identity.hub_public_key
+    origin = {"device_id": source, "hub_public_key": source}
+    mqtt = raw.setdefault("mqtt", {})
+    if not isinstance(mqtt, dict):
+        return origin  # reported by validation: [mqtt] is not a table
+    broker = identity.broker
+    values: dict[str, Any] = {
+        "host": broker.host,
+        "port": broker.port,
+        "topic_root": broker.topic_root,
+        "tls": broker.tls,
+        "username": identity.username,
+        "password": identity.password,
+    }
+    if broker.ca_pem is not None:
+        values["ca_pem"] = broker.ca_pem
+        mqtt.pop("ca_file", None)
+    elif not broker.tls:
+        mqtt.pop("ca_file", None)
+        mqtt.pop("ca_pem", None)
+    mqtt.update(values)
+    origin.update({f"mqtt.{key}": source for key in values})
+    return origin
+
+
+def _relative(path: Path, value: Path | None) -> Path | None:
+    if value is None or value.is_absolute():
+        return value
+    return (path.parent / value).resolve()
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read and validate the agent's configuration (with its identity when it has enrolled);
+    ConfigError says what is wrong."""
     path = Path(path)
     env = os.environ if env is None else env
     try:
@@ -218,32 +375,66 @@ def load_settings(path: Path, env: Mapping[str, str] | None = None) -> AgentSett
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    origin = _env_overrides(raw, env)
+    data_dir = _data_dir(raw, path, env)
+    identity = None
+    origin: dict[str, str] = {}
+    if data_dir is not None:
+        try:
+            identity = load_identity(data_dir)
+        except IdentityError as exc:
+            raise ConfigError(str(exc)) from None
+        if identity is not None:
+            origin = _overlay_identity(raw, identity, str(data_dir / "identity.json"))
+    origin.update(_env_overrides(raw, env))
     try:
-        settings = AgentSettings.model_validate(raw)
+        config = AgentConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "(file)"
-            source = f" (from {origin[where]})" if where in origin else ""
-            if error["type"] == "missing":
-                lines.append(f"{path}: {where}{source}: required key is missing")
-            elif error["type"] == "extra_forbidden":
-                lines.append(f"{path}: {where}: unknown key")
-            else:
-                shown = repr(error.get("input"))
-                if where in _SECRET_LOCS:  # the whole [mqtt] table holds the password too
-                    lines.append(f"{path}: {where}{source}: {error['msg']}")
-                    continue
-                if len(shown) > 60:
-                    shown = shown[:57] + "..."
-                lines.append(f"{path}: {where}{source}: {error['msg']} (got {shown})")
-        raise ConfigError("\n".join(lines)) from None
-    if not settings.data_dir.is_absolute():
-        settings.data_dir = (path.parent / settings.data_dir).resolve()
-    ca_file = settings.mqtt.ca_file
-    if ca_file is not None and not ca_file.is_absolute():
-        settings.mqtt.ca_file = (path.parent / ca_file).resolve()
-    if settings.mqtt.ca_file is not None and not settings.mqtt.ca_file.is_file():
-        raise ConfigError(f"{path}: mqtt.ca_file: no such file {settings.mqtt.ca_file}")
-    return settings
+        raise ConfigError(_describe(path, exc, origin)) from None
+    config._identity = identity
+    config._path = path
+    problems = []
+    if config.enroll is None:
+        for key in ("device_id", "hub_public_key"):
+            if getattr(config, key) is None:
+                problems.append(
+                    f"{path}: {key}: required key is missing (or give an [enroll] section: the "
+                    "device then enrolls itself at the hub)"
+                )
+    elif needs_enrollment(config) and not (config.enroll.token or config.enroll.token_file):
+        problems.append(f"{path}: enroll: give token or token_file to enroll at the hub")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    if not config.data_dir.is_absolute():
+        config.data_dir = (path.parent / config.data_dir).resolve()
+    config.mqtt.ca_file = _relative(path, config.mqtt.ca_file)
+    if config.mqtt.ca_file is not None and not config.mqtt.ca_file.is_file():
+        raise ConfigError(f"{path}: mqtt.ca_file: no such file {config.mqtt.ca_file}")
+    if config.enroll is not None:
+        config.enroll.token_file = _relative(path, config.enroll.token_file)
+        config.enroll.hub_ca_file = _relative(path, config.enroll.hub_ca_file)
+    return config
+
+
+def load_settings(path: Path, env: Mapping[str, str] | None = None) -> AgentSettings:
+    """The settings the agent runs with; ConfigError also when the device must enroll first."""
+    return load_config(path, env).settings()
+
+
+def _describe(path: Path, exc: ValidationError, origin: Mapping[str, str]) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(file)"
+        source = f" (from {origin[where]})" if where in origin else ""
+        if error["type"] == "missing":
+            lines.append(f"{path}: {where}{source}: required key is missing")
+        elif error["type"] == "extra_forbidden":
+            lines.append(f"{path}: {where}: unknown key")
+        else:
+            shown = repr(error.get("input"))
+            if where in _SECRET_LOCS:  # a whole table holds its secret too
+                lines.append(f"{path}: {where}{source}: {error['msg']}")
+                continue
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            lines.append(f"{path}: {where}{source}: {error['msg']} (got {shown})")
+    return "\n".join(lines)
