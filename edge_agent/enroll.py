@@ -333,7 +333,14 @@ def enroll_until_done(
             if exc.retry_after is not None:
                 seconds = min(max(seconds, exc.retry_after), settings.retry_max_s)
             level = logging.WARNING if exc.retryable else logging.ERROR
-            log.log(level, "enrollment at %s: %s; retrying in %.1f s", settings.hub, exc, seconds)
+            log.log(
+                level,
+                "enrollment at %s refused (%d): %s; retrying in %.1f s",
+                settings.hub,
+                exc.status,
+                exc.detail,
+                seconds,
+            )
         except EnrollmentError as exc:
             seconds = delay(failures)
             log.warning("enrollment: %s; retrying in %.1f s", exc, seconds)
