@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from cloud_hub.api.app import create_app
+from cloud_hub.fleet.tls import TlsFiles, ensure_server_certificate
 from cloud_hub.hub import Hub
 from cloud_hub.settings import HubSettings
 from cloud_hub.signing import HubSigner
@@ -42,7 +43,7 @@ class HubServer:
     """A hub's REST API served by uvicorn in a thread: what an agent reaches over the network.
     Devices are told the session's Mosquitto as their broker."""
 
-    def __init__(self, data_dir: Path, broker: tuple[str, int]) -> None:
+    def __init__(self, data_dir: Path, broker: tuple[str, int], *, tls: bool = False) -> None:
         import uvicorn
 
         settings = HubSettings(
@@ -53,14 +54,27 @@ class HubServer:
         )
         self.hub = Hub.open(settings)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        ssl: dict[str, str] = {}
+        self.tls = TlsFiles(data_dir / "api-tls")
+        if tls:  # a private CA and a certificate for 127.0.0.1 signed by it
+            ensure_server_certificate(self.tls, ["127.0.0.1"])
+            ssl = {
+                "ssl_certfile": str(self.tls.server_cert),
+                "ssl_keyfile": str(self.tls.server_key),
+            }
         app = create_app(self.hub, scheduler=False, fleet=False)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **ssl)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         wait_until(lambda: self.server.started, 20, "the hub's HTTP server")
-        self.http = httpx.Client(base_url=self.url, headers=admin_headers(self.hub), timeout=30)
+        self.http = httpx.Client(
+            base_url=self.url,
+            headers=admin_headers(self.hub),
+            timeout=30,
+            verify=str(self.tls.ca_cert) if tls else True,
+        )
 
     def token(self, fleet: str = "field", **body: Any) -> dict[str, Any]:
         """A fleet enrollment token made over REST by the admin (the fleet made if new)."""
@@ -267,6 +281,25 @@ def test_enroll_by_hand_without_a_config(tmp_path: Path, hub_server: HubServer) 
     assert identity is not None and identity.fleet == "yard"
     assert identity.hardware_id == "machine-id:0123abcd" and identity.hub == hub_server.url
     assert identity.device_id in done.stdout and identity.password not in done.stdout
+
+
+def test_an_https_hub_with_a_private_ca(tmp_path: Path, mosquitto: tuple[str, int]) -> None:
+    server = HubServer(tmp_path / "tls-hub", mosquitto, tls=True)
+    try:
+        token = server.token()
+        args = ["enroll", "--hub", server.url, "--token", token["token"], "--hardware-id", "hw-t"]
+        unknown_ca = _agent(*args, "--data-dir", str(tmp_path / "a"))
+        assert unknown_ca.returncode == 1, unknown_ca.stderr
+        assert "cannot reach the hub" in unknown_ca.stderr
+        assert "CERTIFICATE_VERIFY_FAILED" in unknown_ca.stderr
+        ca = tmp_path / "hub-ca.pem"
+        ca.write_bytes(server.tls.ca_cert.read_bytes())
+        done = _agent(*args, "--data-dir", str(tmp_path / "b"), "--hub-ca-file", str(ca))
+        assert done.returncode == 0, done.stderr
+        identity = load_identity(tmp_path / "b")
+        assert identity is not None and identity.hub == server.url
+    finally:
+        server.close()
 
 
 def test_an_expired_token_exits_2_naming_the_reason(tmp_path: Path, hub_server: HubServer) -> None:
