@@ -55,16 +55,18 @@ class HubServer:
         self.hub = Hub.open(settings)
         self.port = free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
-        ssl: dict[str, str] = {}
         self.tls = TlsFiles(data_dir / "api-tls")
         if tls:  # a private CA and a certificate for 127.0.0.1 signed by it
             ensure_server_certificate(self.tls, ["127.0.0.1"])
-            ssl = {
-                "ssl_certfile": str(self.tls.server_cert),
-                "ssl_keyfile": str(self.tls.server_key),
-            }
         app = create_app(self.hub, scheduler=False, fleet=False)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **ssl)
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            ssl_certfile=self.tls.server_cert if tls else None,
+            ssl_keyfile=self.tls.server_key if tls else None,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
