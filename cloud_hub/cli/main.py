@@ -1065,6 +1065,15 @@ def _register_tokens() -> None:
 _register_tokens()
 
 
+def _register_balena() -> None:
+    from cloud_hub.cli.balena import balena_app
+
+    app.add_typer(balena_app, name="balena")
+
+
+_register_balena()
+
+
 def main() -> None:
     # TensorFlow's C++ logging is on by default and floods the terminal during conversion.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
