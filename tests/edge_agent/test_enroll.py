@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -325,6 +326,38 @@ def test_an_expired_token_exits_2_naming_the_reason(tmp_path: Path, hub_server: 
         "--data-dir", str(data_dir), "--hardware-id", "serial:feed0001",
     )  # fmt: skip
     assert unreachable.returncode == 1 and "cannot reach the hub" in unreachable.stderr
+
+
+def test_used_up_tokens_revoked_devices_and_bad_clocks_are_refused_with_the_reason(
+    tmp_path: Path, hub_server: HubServer
+) -> None:
+    one_use = hub_server.token(max_uses=1)
+    settings = EnrollSettings(hub=hub_server.url, token=one_use["token"], hardware_id="hw-one")
+    first = enroll(settings, tmp_path / "one")
+    other = settings.model_copy(update={"hardware_id": "hw-two"})
+    with pytest.raises(EnrollmentRefused) as used_up:
+        enroll(other, tmp_path / "two")
+    assert used_up.value.status == 401 and used_up.value.retryable
+    assert "has enrolled its 1 devices" in str(used_up.value)
+
+    cut = hub_server.http.post(f"/api/v1/devices/{first.identity.device_id}/revoke")
+    assert cut.status_code == 200, cut.text
+    with pytest.raises(EnrollmentRefused) as revoked:
+        enroll(settings, tmp_path / "one")
+    assert revoked.value.status == 403 and "was revoked" in str(revoked.value)
+
+    # a clock an hour slow: 400, which only the device can fix; the loop waits the longest
+    live = settings.model_copy(update={"token": hub_server.token()["token"], "hardware_id": "x"})
+    slow = time.time() - 3600
+    with pytest.raises(EnrollmentRefused) as skewed:
+        enroll(live, tmp_path / "three", clock=lambda: slow)
+    assert skewed.value.status == 400 and not skewed.value.retryable
+    assert "clock" in str(skewed.value)
+    waits: list[float] = []
+    enroll_until_done(
+        live, tmp_path / "three", clock=lambda: slow, wait=lambda s: not waits.append(s)
+    )
+    assert waits == [live.retry_max_s]
 
 
 def test_the_loop_backs_off_on_a_revoked_token_and_never_raises(
