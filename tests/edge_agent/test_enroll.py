@@ -354,9 +354,12 @@ def test_used_up_tokens_revoked_devices_and_bad_clocks_are_refused_with_the_reas
     assert skewed.value.status == 400 and not skewed.value.retryable
     assert "clock" in str(skewed.value)
     waits: list[float] = []
-    enroll_until_done(
-        live, tmp_path / "three", clock=lambda: slow, wait=lambda s: not waits.append(s)
-    )
+
+    def once(seconds: float) -> bool:
+        waits.append(seconds)
+        return True
+
+    enroll_until_done(live, tmp_path / "three", clock=lambda: slow, wait=once)
     assert waits == [live.retry_max_s]
 
 
