@@ -20,6 +20,7 @@ import contextlib
 import http.client
 import json
 import logging
+import os
 import random
 import socket
 import ssl
@@ -283,13 +284,21 @@ def _remove_token_file(settings: EnrollSettings) -> Path | None:
         settings.token_file.unlink()
     except FileNotFoundError:
         return None
-    except OSError as exc:
+    except OSError as exc:  # e.g. its folder is not the agent's to write: empty the file then
+        try:
+            os.truncate(settings.token_file, 0)
+        except OSError:
+            log.warning(
+                "enrolled, but cannot delete the token file %s: %s (delete it by hand)",
+                settings.token_file,
+                exc.strerror or exc,
+            )
+            return None
         log.warning(
-            "enrolled, but cannot delete the token file %s: %s (delete it by hand)",
+            "enrolled; cannot delete the token file %s (%s): emptied it instead",
             settings.token_file,
             exc.strerror or exc,
         )
-        return None
     return settings.token_file
 
 
