@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,11 @@ from cloud_hub.balena import (
     setup,
     token_name,
 )
+from cloud_hub.fleet.enrollment import EnrollmentRefused
 from cloud_hub.hub import Hub
+from edge_agent.config import load_config, needs_enrollment
+from edge_agent.enroll import signed_request
+from edge_agent.wire import EnrollRequest
 from tests.balena_fake import FakeBalena
 from tests.conftest import free_port, run_cli
 
@@ -287,3 +292,49 @@ def test_setup_refuses_a_hub_url_devices_cannot_reach(
     )
     assert done.returncode == 2 and "loopback" in done.stderr
     assert not fake.api_requests("POST")
+
+
+def test_a_device_of_the_balena_fleet_enrolls_with_what_setup_left_there(
+    fake: FakeBalena, hub: Hub, tmp_path: Path
+) -> None:
+    """The fleet's variables, read by the agent's own config loader, make an enrollment the
+    hub accepts; after a rerun the replaced token is refused and the new one accepted."""
+    client = BalenaClient(KEY, api_url=fake.url, timeout_s=10)
+
+    def run_setup() -> int:
+        return setup(
+            client,
+            hub.enrollment,
+            fleet="yard",
+            balena_fleet="yard-cams",
+            device_type="raspberrypi5",
+            org="acme",
+            hub_url=HUB_URL,
+            expires_s=3600,
+            max_uses=None,
+        ).balena_fleet_id
+
+    def device_request(variables: dict[str, str], serial: str) -> EnrollRequest:
+        (tmp_path / "agent.toml").write_text("")  # what the image ships: the rest is in env
+        config = load_config(tmp_path / "agent.toml", variables)
+        assert config.enroll is not None and needs_enrollment(config)
+        assert config.enroll.hub == HUB_URL and config.data_dir == Path(DEVICE_DATA_DIR)
+        assert config.enroll.token is not None
+        return signed_request(
+            config.enroll.token,
+            serial,
+            tmp_path / serial,  # the device's key (its data volume on balena)
+            hardware="Raspberry Pi 5 Model B Rev 1.0",
+            clock=time.time,
+        )
+
+    app_id = run_setup()
+    first = fake.app_vars(app_id)
+    enrolled = hub.enrollment.enroll(device_request(first, "10000000aaaa0001"))
+    assert enrolled.fleet == "yard"
+
+    run_setup()
+    second = fake.app_vars(app_id)
+    with pytest.raises(EnrollmentRefused, match="revoked"):
+        hub.enrollment.enroll(device_request(first, "10000000aaaa0002"))
+    assert hub.enrollment.enroll(device_request(second, "10000000aaaa0002")).fleet == "yard"
