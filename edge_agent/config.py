@@ -72,7 +72,7 @@ class MqttSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
-    password: str | None = None
+    password: str | None = Field(default=None, repr=False)
     topic_root: str = Field(default="ep", min_length=1, pattern=r"^[^/#+]+$")
     keepalive: int = Field(default=30, ge=5)
     max_inflight: int = Field(default=64, ge=1)
