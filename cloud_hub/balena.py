@@ -16,6 +16,7 @@ its errors into messages that say whether the API was unreachable or refused the
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -50,6 +51,7 @@ ENV_DATA_DIR = "EDGEPILOT_AGENT_DATA_DIR"
 DEVICE_DATA_DIR = "/var/lib/edgepilot"
 
 T = TypeVar("T")
+_ENROLL_TOKEN = re.compile(r"ept_[A-Za-z0-9_-]+")
 
 
 class BalenaError(InvalidInput):
@@ -103,10 +105,11 @@ class BalenaClient:
         self.api_url = normalise_api_url(api_url)
         self.timeout_s = timeout_s
         # In memory: nothing written under ~/.balena (no key left on disk by this command).
-        self.sdk = Balena({"data_directory": False, "timeout": str(int(timeout_s * 1000))})
+        self.sdk = Balena({"data_directory": False})
         self.sdk.settings.set("api_endpoint", self.api_url)
         self.sdk.pine.api_prefix = self.api_url + "v7/"
-        self.sdk.auth.login_with_token(api_key.strip())
+        self._key = api_key.strip()
+        self.sdk.auth.login_with_token(self._key)
 
     # -- errors -------------------------------------------------------------------------------
     def _unreachable(self, why: str) -> BalenaError:
@@ -131,6 +134,10 @@ class BalenaClient:
             return self._unreachable(_reason(exc))
         return self._refused_key()
 
+    def _scrub(self, text: str) -> str:
+        """balena's answer with no secret in it (an error may quote what it was sent)."""
+        return _ENROLL_TOKEN.sub("ept_…", text.replace(self._key, "…"))
+
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """Run one SDK call; its errors as a BalenaError saying `what` failed."""
         import requests
@@ -149,7 +156,7 @@ class BalenaClient:
         except bx.RequestError as exc:
             if exc.status_code == 401:
                 raise self._refused_key() from None
-            body = str(getattr(exc, "body", "") or "").strip()[:200]
+            body = self._scrub(str(getattr(exc, "body", "") or "").strip()[:200])
             raise BalenaError(
                 f"balena refused to {what}: HTTP {exc.status_code}" + (f": {body}" if body else "")
             ) from None
@@ -324,7 +331,10 @@ def setup(
     hub_url = check_hub_url(hub_url)
     client.whoami()  # a refused key or an unreachable API stops here, before any token exists
 
-    app = client.find_fleet(balena_fleet)
+    # Names are unique within an organization: with --org, look the fleet up by its slug.
+    app = client.find_fleet(
+        balena_fleet if org is None or "/" in balena_fleet else f"{org}/{balena_fleet}"
+    )
     app_created = app is None
     if app is None:
         app = client.create_fleet(

@@ -51,7 +51,7 @@ class FakeBalena:
     env_vars: list[dict[str, Any]] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     hang: bool = False
-    refuse_env_vars: bool = False  # every variable's POST answers 400
+    refuse_env_var: str | None = None  # its POST answers 400, quoting what it was sent
     _next_id: int = 1000
 
     def __post_init__(self) -> None:
@@ -257,8 +257,8 @@ class FakeBalena:
         self, req: Request, key: str | None
     ) -> tuple[int, Any]:
         body = req.body or {}
-        if self.refuse_env_vars:
-            return 400, b"Invalid value"
+        if body.get("name") == self.refuse_env_var:
+            return 400, b"Invalid value: " + json.dumps(body).encode()
         if body.get("application") not in self.apps:
             return 400, b"No such application"
         if any(

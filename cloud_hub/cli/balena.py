@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -180,8 +181,10 @@ def balena_config(
             psk = wifi_psk_file.read_text().strip()
         except OSError as exc:
             raise fail(f"cannot read --wifi-psk-file {wifi_psk_file}: {exc.strerror}") from None
-        if not 8 <= len(psk) <= 63:
-            raise fail(f"the passphrase in {wifi_psk_file} is not 8 to 63 characters long")
+        if not (8 <= len(psk) <= 63 or re.fullmatch(r"[0-9A-Fa-f]{64}", psk)):
+            raise fail(
+                f"the passphrase in {wifi_psk_file} is not 8 to 63 characters (or 64 hex digits)"
+            )
         options.update(wifiSsid=wifi_ssid, wifiKey=psk)
     elif wifi_ssid or wifi_psk_file:
         raise fail("--wifi-ssid and --wifi-psk-file need --network wifi")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 import time
 from collections.abc import Iterator
@@ -87,7 +88,7 @@ def test_setup_creates_the_balena_fleet_sets_its_variables_and_a_rerun_replaces_
         ("GET", "/v7/organization(handle='acme')"),
         ("POST", "/v7/application"),
     ]
-    assert "app_name eq 'cams'" in fake.requests[1].filter
+    assert "slug eq 'acme/cams'" in fake.requests[1].filter  # with --org: by its slug
     assert "is_referenced_by__alias eq 'raspberrypi5'" in fake.requests[2].filter
     assert fake.requests[4].body == {
         "app_name": "cams",
@@ -161,9 +162,11 @@ def test_setup_revokes_its_new_token_when_balena_refuses_the_variables(
     fake: FakeBalena, hub: Hub
 ) -> None:
     fake.add_app("cams")
-    fake.refuse_env_vars = True
+    fake.refuse_env_var = ENV_TOKEN
     client = BalenaClient(KEY, api_url=fake.url, timeout_s=10)
-    with pytest.raises(BalenaError, match="set the fleet variable .*HTTP 400: Invalid value"):
+    with pytest.raises(
+        BalenaError, match="set the fleet variable .*HTTP 400: Invalid value"
+    ) as err:
         setup(
             client,
             hub.enrollment,
@@ -176,6 +179,8 @@ def test_setup_revokes_its_new_token_when_balena_refuses_the_variables(
             max_uses=None,
         )
     assert [t.state for t in hub.enrollment.list_tokens()] == ["revoked"]
+    assert ENV_TOKEN in str(err.value) and "ept_…" in str(err.value)  # balena quoted the body:
+    assert not re.search(r"ept_[A-Za-z0-9]", str(err.value))  # its secret is not repeated
 
 
 def test_config_writes_config_json_0600_and_keeps_an_existing_one(
