@@ -52,6 +52,7 @@ DEVICE_DATA_DIR = "/var/lib/edgepilot"
 
 T = TypeVar("T")
 _ENROLL_TOKEN = re.compile(r"ept_[A-Za-z0-9_-]+")
+_WITH_DT = {"$expand": {"is_for__device_type": {"$select": "slug"}}}  # pine options
 
 
 class BalenaError(InvalidInput):
@@ -173,15 +174,12 @@ class BalenaClient:
         from balena import exceptions as bx
 
         app = self.sdk.models.application
+        what = f"look up balena fleet {name_or_slug}"
         try:
             if "/" in name_or_slug:
-                found: dict[str, Any] = self.call(
-                    f"look up balena fleet {name_or_slug}", lambda: app.get(name_or_slug)
-                )
+                found: dict[str, Any] = self.call(what, lambda: app.get(name_or_slug, _WITH_DT))
             else:
-                found = self.call(
-                    f"look up balena fleet {name_or_slug}", lambda: app.get_by_name(name_or_slug)
-                )
+                found = self.call(what, lambda: app.get_by_name(name_or_slug, _WITH_DT))
         except bx.ApplicationNotFound:
             return None
         except bx.AmbiguousApplication:
@@ -232,14 +230,17 @@ class BalenaClient:
             lambda: self.sdk.models.application.env_var.set(app_id, name, value),
         )
 
-    def fleet_device_type(self, app_id: int) -> str:
-        app: dict[str, Any] = self.call(
-            "read the fleet's device type",
-            lambda: self.sdk.models.application.get(
-                app_id, {"$expand": {"is_for__device_type": {"$select": "slug"}}}
-            ),
-        )
-        return str(app["is_for__device_type"][0]["slug"])
+    def fleet_device_type(self, app: dict[str, Any]) -> str:
+        """The device type of a fleet from find_fleet (or balena's answer, read again)."""
+        expanded = app.get("is_for__device_type")
+        if not (isinstance(expanded, list) and expanded and "slug" in expanded[0]):
+            app_id = int(app["id"])
+            app = self.call(
+                "read the fleet's device type",
+                lambda: self.sdk.models.application.get(app_id, _WITH_DT),
+            )
+            expanded = app["is_for__device_type"]
+        return str(expanded[0]["slug"])
 
     def recommended_os(self, device_type: str) -> str:
         from balena import exceptions as bx
@@ -286,6 +287,7 @@ class SetupResult(BaseModel):
     balena_fleet_id: int
     balena_fleet_slug: str
     balena_fleet_created: bool
+    balena_device_type: str
     fleet: str
     fleet_created: bool
     token_id: int
@@ -378,6 +380,7 @@ def setup(
         balena_fleet_id=app_id,
         balena_fleet_slug=str(app.get("slug", "")),
         balena_fleet_created=app_created,
+        balena_device_type=device_type if app_created else client.fleet_device_type(app),
         fleet=fleet,
         fleet_created=fleet_created,
         token_id=created.id,

@@ -127,7 +127,11 @@ def balena_setup(
     table.add_column("what")
     table.add_column("value")
     made = " (created)" if result.balena_fleet_created else ""
-    table.add_row("balena fleet", f"{result.balena_fleet_slug} (id {result.balena_fleet_id}){made}")
+    table.add_row(
+        "balena fleet",
+        f"{result.balena_fleet_slug} (id {result.balena_fleet_id}, "
+        f"{result.balena_device_type}){made}",
+    )
     table.add_row("EdgePilot fleet", result.fleet + (" (created)" if result.fleet_created else ""))
     table.add_row(
         "enrollment token",
@@ -197,7 +201,7 @@ def balena_config(
         if app is None:
             raise BalenaError(f"balena fleet {name!r} not found: run `edgepilot balena setup`")
         app_id = int(app["id"])
-        slug = device_type or client.fleet_device_type(app_id)
+        slug = device_type or client.fleet_device_type(app)
         options["deviceType"] = slug
         options["version"] = version or client.recommended_os(slug)
         config = client.os_config(app_id, options)

@@ -131,7 +131,8 @@ def test_setup_creates_the_balena_fleet_sets_its_variables_and_a_rerun_replaces_
     second_token = fake.app_vars(app_id)[ENV_TOKEN]
     assert second_token != first_token and second_token.startswith("ept_")
     assert second_token not in out + err and KEY not in out + err
-    assert "acme/cams" in out and "unchanged" in out and "revoked tokens" in out
+    assert "acme/cams" in out and "raspberrypi5" in out
+    assert "unchanged" in out and "revoked tokens" in out
     assert [t["state"] for t in _tokens(env)] == ["revoked", "live"]
 
 
@@ -150,6 +151,7 @@ def test_setup_reuses_a_balena_fleet_by_slug(fake: FakeBalena, hub: Hub) -> None
         max_uses=5,
     )
     assert result.balena_fleet_id == app_id and not result.balena_fleet_created
+    assert result.balena_device_type == "raspberrypi5"
     lookups = fake.api_requests("GET", "/v7/application")
     assert len(lookups) == 1 and "slug eq 'acme/yard-cams'" in lookups[0].filter
     assert not fake.api_requests("POST", "/v7/application")
@@ -186,7 +188,8 @@ def test_setup_revokes_its_new_token_when_balena_refuses_the_variables(
 def test_config_writes_config_json_0600_and_keeps_an_existing_one(
     fake: FakeBalena, env: dict[str, str], tmp_path: Path
 ) -> None:
-    app_id = fake.add_app("cams")
+    jetson = "jetson-orin-nano-devkit-nvme"
+    app_id = fake.add_app("cams", device_type=jetson)
     psk = tmp_path / "psk"
     psk.write_text("correct horse battery\n")
     out = tmp_path / "out" / "config.json"
@@ -202,12 +205,12 @@ def test_config_writes_config_json_0600_and_keeps_an_existing_one(
         "network": "wifi",
         "wifiSsid": "shop",
         "wifiKey": "correct horse battery",
-        "deviceType": "raspberrypi5",  # the fleet's, read from balena
+        "deviceType": jetson,  # the fleet's, read from balena
         "version": "6.0.13",  # the recommended balenaOS, asked of balena
         "appId": app_id,
     }
     hostapps = [r for r in fake.api_requests("GET", "/v7/application") if "is_host" in r.filter]
-    assert hostapps and "'raspberrypi5'" in hostapps[0].filter
+    assert hostapps and f"'{jetson}'" in hostapps[0].filter
     assert "correct horse" not in done.stdout + done.stderr
     assert "provisioning-key-secret" not in done.stdout + done.stderr
     assert f"has no {ENV_TOKEN}" in done.stderr  # setup has not run on this fleet
