@@ -16,6 +16,8 @@ its errors into messages that say whether the API was unreachable or refused the
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import threading
 from collections.abc import Callable
@@ -145,7 +147,10 @@ class BalenaClient:
         from balena import exceptions as bx
 
         try:
-            return _with_deadline(fn, self.timeout_s)
+            # The SDK prints the body of a 5xx answer to stdout (it may quote a secret it was
+            # sent, and it would break --json): keep its prints out.
+            with contextlib.redirect_stdout(io.StringIO()):
+                return _with_deadline(fn, self.timeout_s)
         except _Deadline:
             raise self._unreachable(f"no answer within {self.timeout_s:g} s to {what}") from None
         except bx.NotLoggedIn:
@@ -157,7 +162,7 @@ class BalenaClient:
         except bx.RequestError as exc:
             if exc.status_code == 401:
                 raise self._refused_key() from None
-            body = self._scrub(str(getattr(exc, "body", "") or "").strip()[:200])
+            body = self._scrub(str(getattr(exc, "body", "") or "")).strip()[:200]
             raise BalenaError(
                 f"balena refused to {what}: HTTP {exc.status_code}" + (f": {body}" if body else "")
             ) from None

@@ -51,7 +51,8 @@ class FakeBalena:
     env_vars: list[dict[str, Any]] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     hang: bool = False
-    refuse_env_var: str | None = None  # its POST answers 400, quoting what it was sent
+    refuse_env_var: str | None = None  # its POST answers refuse_status, quoting its body
+    refuse_status: int = 400
     _next_id: int = 1000
 
     def __post_init__(self) -> None:
@@ -258,7 +259,7 @@ class FakeBalena:
     ) -> tuple[int, Any]:
         body = req.body or {}
         if body.get("name") == self.refuse_env_var:
-            return 400, b"Invalid value: " + json.dumps(body).encode()
+            return self.refuse_status, b"Invalid value: " + json.dumps(body).encode()
         if body.get("application") not in self.apps:
             return 400, b"No such application"
         if any(

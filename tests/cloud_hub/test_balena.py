@@ -346,3 +346,14 @@ def test_a_device_of_the_balena_fleet_enrolls_with_what_setup_left_there(
     with pytest.raises(EnrollmentRefused, match="revoked"):
         hub.enrollment.enroll(device_request(first, "10000000aaaa0002"))
     assert hub.enrollment.enroll(device_request(second, "10000000aaaa0002")).fleet == "yard"
+
+
+def test_a_server_error_quoting_the_token_shows_neither_it_nor_a_traceback(
+    fake: FakeBalena, env: dict[str, str]
+) -> None:
+    fake.refuse_env_var, fake.refuse_status = ENV_TOKEN, 500
+    rc, out, err = _setup(fake, env, "--org", "acme", "--json")
+    assert rc == 2 and "HTTP 500" in err and "Traceback" not in err
+    assert out == ""  # the SDK's own print of the answer kept off stdout
+    assert not re.search(r"ept_[A-Za-z0-9]", out + err)
+    assert [t["state"] for t in _tokens(env)] == ["revoked"]
