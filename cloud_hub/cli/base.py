@@ -29,8 +29,8 @@ TokenOpt = Annotated[
         "--token",
         envvar=TOKEN_ENV,
         show_envvar=True,
-        help="API token for the hub (or a device's local API) [default: the hub machine's "
-        "admin token in the data dir, when there is one]",
+        help="API token for the hub (or a device's local API) (default: the hub machine's "
+        "admin token in the data dir, when there is one)",
     ),
 ]
 

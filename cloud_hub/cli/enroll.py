@@ -71,7 +71,7 @@ def fleets_create(
         list[str] | None, typer.Option(help="A tag its devices get; repeatable.")
     ] = None,
     device_prefix: Annotated[
-        str | None, typer.Option(help="Device ids are PREFIX-xxxxxxxx [default: the name].")
+        str | None, typer.Option(help="Device ids are PREFIX-xxxxxxxx (default: the name).")
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -120,9 +120,9 @@ def enroll_tokens_create(
     fleet: Annotated[str, typer.Option(help="The fleet it admits devices to.")],
     expires: Annotated[str, typer.Option(help="Lifetime: 90m, 12h, 7d, 2w.")] = "7d",
     max_uses: Annotated[
-        int | None, typer.Option(min=1, help="Devices it may enroll [default: unlimited].")
+        int | None, typer.Option(min=1, help="Devices it may enroll (default: unlimited).")
     ] = None,
-    name: Annotated[str | None, typer.Option(help="A name [default: FLEET-N].")] = None,
+    name: Annotated[str | None, typer.Option(help="A name (default: FLEET-N).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create an enrollment token and print its secret: shown only this once."""

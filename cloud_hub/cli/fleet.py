@@ -263,7 +263,7 @@ def _write_secret(path: Path, text: str) -> None:
 def devices_register(
     ctx: typer.Context,
     device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id.")],
-    name: Annotated[str | None, typer.Option(help="A name for people [default: the id].")] = None,
+    name: Annotated[str | None, typer.Option(help="A name for people (default: the id).")] = None,
     hardware: Annotated[str, typer.Option(help="e.g. rpi5, jetson-orin-nano.")] = "",
     runtime: Annotated[
         list[str] | None,
@@ -274,7 +274,7 @@ def devices_register(
     broker: Annotated[
         str | None, typer.Option(help="HOST:PORT of the broker, as the device reaches it.")
     ] = None,
-    topic_root: Annotated[str | None, typer.Option(help="MQTT topic root [default: ep].")] = None,
+    topic_root: Annotated[str | None, typer.Option(help="MQTT topic root (default: ep).")] = None,
     broker_tls: Annotated[
         bool | None,
         typer.Option(
@@ -629,8 +629,8 @@ def broker_config(
     listen: Annotated[
         str | None,
         typer.Option(
-            help="HOST:PORT of a plain (no TLS) listener [default: 0.0.0.0:1883 without --tls, "
-            "none with it]."
+            help="HOST:PORT of a plain (no TLS) listener (default: 0.0.0.0:1883 without --tls, "
+            "none with it)."
         ),
     ] = None,
     output: Annotated[
@@ -652,7 +652,7 @@ def broker_config(
         list[str] | None,
         typer.Option(
             help="A name or IP address devices and the hub dial (the certificate's SANs); "
-            "repeatable [default: the TLS host, this machine's name, localhost, 127.0.0.1]."
+            "repeatable (default: the TLS host, this machine's name, localhost, 127.0.0.1)."
         ),
     ] = None,
     max_packet_size: Annotated[

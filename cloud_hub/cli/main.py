@@ -81,7 +81,7 @@ def train(
     project: Annotated[str, typer.Option(help="Project to register the model in.")],
     dataset: Annotated[str, typer.Option(help="digits, iris, csv or images.")],
     model: Annotated[str, typer.Option(help="Model type: logreg, mlp, random_forest or cnn.")],
-    name: Annotated[str | None, typer.Option(help="Model name [default: DATASET-MODEL].")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: DATASET-MODEL).")] = None,
     path: Annotated[Path | None, typer.Option(help="CSV file or image folder.")] = None,
     label: Annotated[str | None, typer.Option(help="Label column of a CSV file.")] = None,
     image_size: Annotated[str | None, typer.Option(help="Resize images to HxW.")] = None,
@@ -370,13 +370,13 @@ PreprocessingFileOpt = Annotated[
 ]
 TaskOpt = Annotated[
     Task | None,
-    typer.Option(help="The version's task [default: the head's; else from the signature]."),
+    typer.Option(help="The version's task (default: the head's; else from the signature)."),
 ]
 HeadOpt = Annotated[
     Path | None,
     typer.Option(
         "--head",
-        help="A JSON task head (see examples/heads/) [default: the task's default head].",
+        help="A JSON task head (see examples/heads/) (default: the task's default head).",
         exists=True,
         dir_okay=False,
     ),
@@ -886,7 +886,7 @@ def hub_serve(
         list[Path] | None,
         typer.Option(
             help="A folder REST callers may name files in (datasets, batch sources); "
-            "repeatable [default: DATA_DIR/datasets]."
+            "repeatable (default: DATA_DIR/datasets)."
         ),
     ] = None,
     metrics_public: Annotated[
@@ -896,7 +896,7 @@ def hub_serve(
         str | None,
         typer.Option(
             help="HOST:PORT of the broker as devices reach it, handed to enrolling devices "
-            "[default: --mqtt]."
+            "(default: --mqtt)."
         ),
     ] = None,
     broker_pid_file: Annotated[

@@ -28,7 +28,7 @@ def tokens_create(
         Role, typer.Option(help="viewer: read; operator: also deploy, train, serve; admin: all.")
     ] = Role.viewer,
     expires: Annotated[
-        str | None, typer.Option(help="Lifetime, e.g. 90d, 12h, 2w [default: until revoked].")
+        str | None, typer.Option(help="Lifetime, e.g. 90d, 12h, 2w (default: until revoked).")
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:

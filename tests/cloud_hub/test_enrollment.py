@@ -221,7 +221,9 @@ def test_an_enrolled_device_connects_at_once_and_a_revoked_one_is_cut_off(
                 f"/api/v1/devices/{creds['device_id']}/revoke", headers=admin_headers(hub)
             )
             assert revoked.status_code == 200
-            wait_until(lambda: link.disconnects > 0, timeout=10, message="the revoked device dropped")
+            wait_until(
+                lambda: link.disconnects > 0, timeout=10, message="the revoked device dropped"
+            )
             again = Link(broker, creds["username"], creds["password"])
             links.append(again)
             wait_until(lambda: again.refused, timeout=10, message="the broker refusing it")
