@@ -1074,6 +1074,15 @@ def _register_balena() -> None:
 _register_balena()
 
 
+def _register_flash() -> None:
+    from cloud_hub.cli.flash import flash
+
+    app.command("flash")(flash)
+
+
+_register_flash()
+
+
 def main() -> None:
     # TensorFlow's C++ logging is on by default and floods the terminal during conversion.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
