@@ -236,12 +236,9 @@ def _report(
     if new is not None:
         token = {
             "source": "created",
-            "id": new.id,
-            "name": new.name,
-            "fleet": new.fleet,
-            "prefix": new.prefix,
-            "expires_at": new.expires_at,
-            "max_uses": new.max_uses,
+            **new.model_dump(
+                mode="json", include={"id", "name", "fleet", "prefix", "expires_at", "max_uses"}
+            ),
         }
     else:
         assert given is not None

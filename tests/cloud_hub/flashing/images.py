@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -28,8 +29,17 @@ TRIXIE_META_DATA = "instance-id: rpios-image\n"
 _ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
 
+def tool(name: str) -> str:
+    """A Debian tool by name; sfdisk, mkfs.* and fsck.* live in /usr/sbin, off a user's PATH."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if found is None:
+        raise AssertionError(f"{name} is not installed: scripts/test installs it (apt-get)")
+    return found
+
+
 def sh(*args: str | Path, input: bytes | None = None) -> bytes:
-    proc = subprocess.run([str(a) for a in args], input=input, capture_output=True, timeout=120)
+    cmd = [tool(str(args[0])), *(str(a) for a in args[1:])]
+    proc = subprocess.run(cmd, input=input, capture_output=True, timeout=120)
     if proc.returncode != 0:
         raise AssertionError(f"{args[0]} failed: {proc.stderr.decode(errors='replace')}")
     return proc.stdout
@@ -109,7 +119,7 @@ def fsck_boot(image: Path, workdir: Path) -> str:
         "dd", f"if={image}", f"of={part}", f"bs={SECTOR}", f"skip={BOOT_START}",
         f"count={BOOT_SECTORS}", "status=none",
     )  # fmt: skip
-    proc = subprocess.run(["fsck.vfat", "-n", str(part)], capture_output=True, text=True)
+    proc = subprocess.run([tool("fsck.vfat"), "-n", str(part)], capture_output=True, text=True)
     part.unlink()
     assert proc.returncode == 0, f"fsck.vfat: {proc.stdout}{proc.stderr}"
     return proc.stdout

@@ -283,9 +283,54 @@ def test_failed_write_leaves_the_input_unchanged(
     assert sha256(src) == before
     assert [p.name for p in src.parent.iterdir() if p.name.endswith(".flash")] == []
     assert "firstrun.sh" not in names(src)
+    # A token made for an image that could not be written is revoked at once.
+    assert run_cli(["fleets", "create", "shop"], cli_env).returncode == 0
+    res = flash(cli_env, src, "--fleet", "shop")
+    assert res.returncode == 2 and sha256(src) == before
+    listed = json.loads(run_cli(["enroll-tokens", "list", "--json"], cli_env).stdout)
+    assert [t["state"] for t in listed] == ["revoked"]
 
 
 def test_make_image_helper_is_a_real_raspberry_pi_layout(tmp_path: Path) -> None:
     img = make_image(tmp_path / "x.img")
     assert names(img) == {"cmdline.txt", "config.txt"}
     fsck_boot(img, tmp_path)
+
+
+# -- a new enrollment token for the fleet ----------------------------------------------------
+def test_flash_makes_a_fleet_token(
+    image: ImageFactory, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert run_cli(["fleets", "create", "shop"], cli_env).returncode == 0
+    src = image("bookworm")
+    res = flash(cli_env, src, "--fleet", "shop", "--max-uses", "3", "--expires", "2d", "--json")
+    assert res.returncode == 0, res.stderr
+    token = json.loads(res.stdout)["token"]
+    assert token["source"] == "created" and token["fleet"] == "shop"
+    assert token["max_uses"] == 3
+    secret = read(src, "edgepilot/enroll-token").decode().strip()
+    assert secret.startswith("ept_") and secret.startswith(token["prefix"])
+    assert secret not in res.stdout + res.stderr  # shown nowhere: it is on the card only
+    listed = json.loads(run_cli(["enroll-tokens", "list", "--json"], cli_env).stdout)
+    assert [(t["id"], t["state"]) for t in listed] == [(token["id"], "live")]
+
+    table = flash(cli_env, image("bookworm", "second.img"), "--fleet", "shop")
+    assert table.returncode == 0, table.stderr
+    assert "for fleet shop, expires" in table.stdout and "ept_" in table.stdout
+    assert read(tmp_path / "second.img", "edgepilot/enroll-token").decode().strip() not in (
+        table.stdout + table.stderr
+    )
+
+
+def test_flash_with_fleet_refusals_make_no_token(
+    image: ImageFactory, cli_env: dict[str, str]
+) -> None:
+    res = flash(cli_env, image("bookworm"), "--fleet", "nope")
+    assert res.returncode == 2 and "nope" in res.stderr and "not found" in res.stderr
+    assert run_cli(["fleets", "create", "shop"], cli_env).returncode == 0
+    res = flash(cli_env, image("nofat"), "--fleet", "shop")
+    assert res.returncode == 2 and "no FAT boot partition" in res.stderr
+    res = flash(cli_env, image("bookworm"), "--fleet", "shop", "--expires", "soon")
+    assert res.returncode == 2 and "not a duration" in res.stderr
+    listed = json.loads(run_cli(["enroll-tokens", "list", "--json"], cli_env).stdout)
+    assert listed == []
