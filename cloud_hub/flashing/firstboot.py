@@ -70,6 +70,16 @@ class WifiConfig(BaseModel):
             )
         return value
 
+    @property
+    def wpa_psk(self) -> str:
+        """The 256-bit key WPA derives from the passphrase (PBKDF2-HMAC-SHA1, the SSID as salt,
+        4096 rounds), in hex, as Raspberry Pi Imager writes it: the card never holds the
+        passphrase itself (WPA2-PSK; a WPA3-only network needs the passphrase)."""
+        if len(self.psk) == 64:
+            return self.psk.lower()
+        key = hashlib.pbkdf2_hmac("sha1", self.psk.encode(), self.ssid.encode(), 4096, 32)
+        return key.hex()
+
 
 class FlashConfig(BaseModel):
     hub_url: str
@@ -124,7 +134,7 @@ def _nm_keyfile(wifi: WifiConfig) -> str:
             "",
             "[wifi-security]",
             "key-mgmt=wpa-psk",
-            f"psk={_keyfile_value(wifi.psk)}",
+            f"psk={wifi.wpa_psk}",
             "",
             "[ipv4]",
             "method=auto",
@@ -181,7 +191,7 @@ def _cloud_init(cfg: FlashConfig) -> dict[str, str]:
                 "WRITTEN_BY": WRITTEN_BY,
                 "WIFI_COUNTRY": _yaml(cfg.wifi.country),
                 "WIFI_SSID": _yaml(cfg.wifi.ssid),
-                "WIFI_PSK": _yaml(cfg.wifi.psk),
+                "WIFI_PSK": _yaml(cfg.wifi.wpa_psk),
             },
         )
     return files

@@ -3,6 +3,7 @@ a wheel of this project for the first-boot script to install."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +16,13 @@ from tests.conftest import REPO
 
 TOKEN = "ept_FlashTestTokenDoNotPrint0123456789abcdef"
 PSK = "correct horse battery staple"
+
+
+def wpa_psk(ssid: str, passphrase: str = PSK) -> str:
+    """What wpa_passphrase(8) prints as psk= for this network."""
+    return hashlib.pbkdf2_hmac("sha1", passphrase.encode(), ssid.encode(), 4096, 32).hex()
+
+
 ImageFactory = Callable[..., Path]  # image("bookworm") -> a fresh copy
 SSH_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVzZWQtaW4tZmxhc2gtdGVzdHMtb25seS0xMjM0NTY3OA test@host"

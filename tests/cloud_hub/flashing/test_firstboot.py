@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from edge_agent.config import load_config, needs_enrollment
-from tests.cloud_hub.flashing.conftest import PSK, SSH_KEY, TOKEN, ImageFactory
+from tests.cloud_hub.flashing.conftest import PSK, SSH_KEY, TOKEN, ImageFactory, wpa_psk
 from tests.cloud_hub.flashing.images import CMDLINE, copy_out
 from tests.conftest import run_cli
 
@@ -106,7 +106,7 @@ def test_bookworm_first_boot(
     wifi = root / "etc/NetworkManager/system-connections/edgepilot-wifi.nmconnection"
     assert mode(wifi) == 0o600
     keyfile = wifi.read_text()
-    assert "ssid=Shop Floor\n" in keyfile and f"psk={PSK}\n" in keyfile
+    assert "ssid=Shop Floor\n" in keyfile and f"psk={wpa_psk('Shop Floor')}\n" in keyfile
     assert (root / "var/lib/systemd/rfkill/platform-fe300000.mmcnr:wlan").read_text() == "0\n"
     keys = root / "home/pi/.ssh/authorized_keys"
     assert keys.read_text() == SSH_KEY + "\n" and mode(keys) == 0o600
@@ -119,6 +119,7 @@ def test_bookworm_first_boot(
     )
     card = all_bytes(boot)
     assert TOKEN.encode() not in card and PSK.encode() not in card
+    assert wpa_psk("Shop Floor").encode() not in card
     # The agent installs on the next boot, once the network is online.
     assert (wants / "edgepilot-firstboot.service").is_symlink()
     unit = (root / "etc/systemd/system/edgepilot-firstboot.service").read_text()
@@ -149,7 +150,7 @@ def test_trixie_cloud_init_first_boot(
     assert res.returncode == 0, res.stderr
     root = tmp_path / "root"
     boot = fake_device(root, img)
-    assert PSK in (boot / "network-config").read_text()
+    assert wpa_psk("net") in (boot / "network-config").read_text()
 
     # What user-data's runcmd runs, once cloud-init has brought the network up.
     done = run_script(boot / "edgepilot" / "firstboot.sh", root, agent_wheel)
@@ -162,4 +163,23 @@ def test_trixie_cloud_init_first_boot(
     assert kept.read_text() == "network: {config: disabled}\n"
     card = all_bytes(boot)
     assert TOKEN.encode() not in card and PSK.encode() not in card
+    assert wpa_psk("net").encode() not in card
     assert not (root / "etc/NetworkManager").exists()  # cloud-init's netplan does the Wi-Fi
+
+
+def test_a_failed_bookworm_first_boot_still_boots_normally_next_time(
+    image: ImageFactory,
+    secrets: dict[str, Path],
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    agent_wheel: Path,
+) -> None:
+    img = image("bookworm")
+    res = run_cli(["flash", str(img), "--hub", HUB, "--token-file", str(secrets["token"])], cli_env)
+    assert res.returncode == 0, res.stderr
+    root = tmp_path / "root"
+    boot = fake_device(root, img)
+    (boot / "edgepilot" / "enroll-token").unlink()  # a card damaged after flashing
+    failed = run_script(boot / "firstrun.sh", root, agent_wheel)
+    assert failed.returncode != 0
+    assert (boot / "cmdline.txt").read_text() == CMDLINE

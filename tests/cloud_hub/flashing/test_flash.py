@@ -16,7 +16,7 @@ import yaml
 
 from cloud_hub.flashing.firstboot import FIRSTRUN_ARGS
 from cloud_hub.flashing.partitions import find_boot_partition, read_partitions
-from tests.cloud_hub.flashing.conftest import PSK, SSH_KEY, TOKEN, ImageFactory
+from tests.cloud_hub.flashing.conftest import PSK, SSH_KEY, TOKEN, ImageFactory, wpa_psk
 from tests.cloud_hub.flashing.images import (
     BOOT_OFFSET,
     CMDLINE,
@@ -97,7 +97,9 @@ def test_flash_bookworm_writes_agent_and_firstrun(
     script = read(out, "firstrun.sh").decode()
     assert script.startswith("#!/bin/bash") and "MECHANISM=firstrun" in script
     assert "HOSTNAME_PREFIX=cam" in script and SSH_KEY in script
-    assert "ssid=Shop Floor" in script and f"psk={PSK}" in script  # removed by first boot
+    # The Wi-Fi key as WPA derives it (not the passphrase), until first boot removes it.
+    assert "ssid=Shop Floor" in script and f"psk={wpa_psk('Shop Floor')}" in script
+    assert PSK not in script
     fsck_boot(out, tmp_path)
 
 
@@ -154,7 +156,7 @@ def test_flash_trixie_cloud_init(
     network = yaml.safe_load(read(out, "network-config"))["network"]
     assert network["version"] == 2
     wlan = network["wifis"]["wlan0"]
-    assert wlan["access-points"] == {'Café "5G"': {"password": PSK}}
+    assert wlan["access-points"] == {'Café "5G"': {"password": wpa_psk('Café "5G"')}}
     assert wlan["regulatory-domain"] == "FR"
     meta = yaml.safe_load(read(out, "meta-data"))
     assert meta["instance-id"].startswith("edgepilot-")
