@@ -336,3 +336,16 @@ def test_flash_with_fleet_refusals_make_no_token(
     assert res.returncode == 2 and "not a duration" in res.stderr
     listed = json.loads(run_cli(["enroll-tokens", "list", "--json"], cli_env).stdout)
     assert listed == []
+
+
+def test_flash_without_mtools_says_how_to_install_it(
+    image: ImageFactory, secrets: dict[str, Path], cli_env: dict[str, str]
+) -> None:
+    src = image("bookworm")
+    before = sha256(src)
+    env = {**cli_env, "PATH": str(Path(cli_env["PATH"].split(":")[0]))}  # the venv's bin only
+    res = flash(env, src, "--token-file", secrets["token"])
+    assert res.returncode == 2
+    assert "mtools is not installed" in res.stderr
+    assert "apt-get install mtools" in res.stderr and "brew install mtools" in res.stderr
+    assert sha256(src) == before
