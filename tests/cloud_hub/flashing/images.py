@@ -18,6 +18,7 @@ ROOT_SECTORS = 32768  # 16 MiB
 BOOT_OFFSET = BOOT_START * SECTOR
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+BASIC_DATA = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
 CMDLINE = (
     "console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 "
     "fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n"
@@ -68,23 +69,27 @@ def make_image(
     scheme: str = "mbr",
     fat: bool = True,
     boot_files: dict[str, bytes] | None = None,
+    boot_type: str | None = None,
+    fat_bits: int = 32,
 ) -> Path:
     """A card image: a 64 MiB FAT32 boot partition (with `boot_files`) and a 16 MiB ext4 root;
-    fat=False leaves the first partition a Linux one (no FAT anywhere)."""
+    fat=False leaves the first partition a Linux one (no FAT anywhere) or, with `boot_type`,
+    of that type holding no file system."""
     total = ROOT_START + ROOT_SECTORS + 2048  # room for GPT's backup table
     sh("truncate", "-s", str(total * SECTOR), path)
     if scheme == "mbr":
-        boot_type, root_type = ("c" if fat else "83"), "83"
+        boot_type, root_type = boot_type or ("c" if fat else "83"), "83"
         table = f"label: dos\nstart={BOOT_START}, size={BOOT_SECTORS}, type={boot_type}\n"
     else:
-        boot_type, root_type = (ESP if fat else LINUX), LINUX
+        boot_type, root_type = boot_type or (ESP if fat else LINUX), LINUX
         table = f"label: gpt\nstart={BOOT_START}, size={BOOT_SECTORS}, type={boot_type}\n"
     table += f"start={ROOT_START}, size={ROOT_SECTORS}, type={root_type}\n"
     sh("sfdisk", "-q", path, input=table.encode())
     if fat:
         sh(
-            "mkfs.vfat", "-F", "32", "-s", "1", "-n", "BOOTFS", "-i", "4e639091",
-            "--offset", str(BOOT_START), path, str(BOOT_SECTORS // 2),
+            "mkfs.vfat", "-F", str(fat_bits), "-s", "1" if fat_bits == 32 else "4",
+            "-n", "BOOTFS", "-i", "4e639091", "--offset", str(BOOT_START), path,
+            str(BOOT_SECTORS // 2),
         )  # fmt: skip
         files = {"cmdline.txt": CMDLINE.encode(), "config.txt": b"arm_64bit=1\n"}
         files.update(boot_files or {})

@@ -12,12 +12,14 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cloud_hub.flashing.firstboot import FIRSTRUN_ARGS
-from cloud_hub.flashing.partitions import find_boot_partition, read_partitions
+from cloud_hub.flashing.partitions import ImageError, find_boot_partition, read_partitions
 from tests.cloud_hub.flashing.conftest import PSK, SSH_KEY, TOKEN, ImageFactory, wpa_psk
 from tests.cloud_hub.flashing.images import (
+    BASIC_DATA,
     BOOT_OFFSET,
     CMDLINE,
     fsck_boot,
@@ -55,6 +57,17 @@ def test_partitions_of_mbr_and_gpt_images(image: ImageFactory) -> None:
         64 * 2**20,
     )
     assert [p.kind for p in parts] == ["EFI system", "Linux filesystem"]
+
+
+def test_partition_types_and_contents_both_count(tmp_path: Path) -> None:
+    fat16 = make_image(tmp_path / "fat16.img", boot_type="e", fat_bits=16)
+    assert find_boot_partition(fat16)[0].kind == "0x0e FAT16 (LBA)"
+    basic = make_image(tmp_path / "basic.img", scheme="gpt", boot_type=BASIC_DATA)
+    assert find_boot_partition(basic)[0].kind == "Microsoft basic data"
+    # A FAT partition type with no FAT inside (NTFS, exFAT, nothing) is not the boot partition.
+    empty = make_image(tmp_path / "empty.img", scheme="gpt", fat=False, boot_type=BASIC_DATA)
+    with pytest.raises(ImageError, match="Microsoft basic data.*Linux filesystem"):
+        find_boot_partition(empty)
 
 
 # -- Bookworm: firstrun.sh -------------------------------------------------------------------
