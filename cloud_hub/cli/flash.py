@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -212,7 +213,7 @@ def flash(
     try:
         with user_errors(), progress:
             action = "decompressing" if compression_of(image) else "copying"
-            task = progress.add_task(f"{action} {image.name}", total=image.stat().st_size)
+            task = progress.add_task(escape(f"{action} {image.name}"), total=image.stat().st_size)
             result = flash_image(
                 image,
                 output,
@@ -255,6 +256,8 @@ def _report(
             "size": part.size,
         },
         "first_boot": result.first_boot,
+        "hostnames": result.hostnames,
+        "wifi_ssid": result.wifi_ssid,
         "written": result.written,
         "unchanged": result.unchanged,
         "token": token,
@@ -262,12 +265,17 @@ def _report(
     if json_out:
         render.print_json(doc)
         return
-    table = Table(title=f"Flashed {result.output}", show_header=False)
+    table = Table(title=escape(f"Flashed {result.output}"), show_header=False)
     table.add_column("what")
     table.add_column("value")
-    table.add_row("boot partition", f"{part.scheme.upper()} {part.describe()}")
+    table.add_row("boot partition", escape(f"{part.scheme.upper()} {part.describe()}"))
     mech = {"firstrun": "firstrun.sh (Bookworm)", "cloud-init": "cloud-init (Trixie)"}
     table.add_row("first boot", mech[result.first_boot])
+    table.add_row("devices named", escape(result.hostnames))
+    table.add_row(
+        "network",
+        escape(f"Wi-Fi {result.wifi_ssid}") if result.wifi_ssid else "as the image has it",
+    )
     table.add_row("files written", "\n".join(result.written) or "-")
     if result.unchanged:
         table.add_row("already there", "\n".join(result.unchanged))

@@ -57,6 +57,8 @@ class FlashResult:
     written: list[str] = field(default_factory=list)  # paths whose bytes changed
     unchanged: list[str] = field(default_factory=list)  # already held these bytes
     decompressed: Compression | None = None
+    hostnames: str = ""  # "cam-<serial>"
+    wifi_ssid: str | None = None
 
 
 def compression_of(path: Path) -> Compression | None:
@@ -172,7 +174,14 @@ def flash_image(
         vol = FatVolume(tmp, partition.offset)
         mechanism = _mechanism(vol, first_boot)
         cfg = make_config()
-        result = FlashResult(output, partition, mechanism, decompressed=compression)
+        result = FlashResult(
+            output,
+            partition,
+            mechanism,
+            decompressed=compression,
+            hostnames=f"{cfg.hostname_prefix}-<last 6 of the serial number>",
+            wifi_ssid=cfg.wifi.ssid if cfg.wifi else None,
+        )
         _write(vol, cfg, mechanism, result)
         mode = output.stat().st_mode & 0o7777 if output.exists() else 0o666 & ~_umask()
         os.chmod(tmp, mode)
