@@ -35,6 +35,7 @@ def fake_device(root: Path, image: Path) -> Path:
         "root:x:0:0:root:/root:/bin/bash\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n"
     )
     (root / "home" / "pi").mkdir(parents=True)
+    (root / "etc" / "systemd" / "system").mkdir(parents=True)  # as every systemd OS has it
     rfkill = root / "var" / "lib" / "systemd" / "rfkill"
     rfkill.mkdir(parents=True)
     (rfkill / "platform-fe300000.mmcnr:wlan").write_text("1\n")
