@@ -99,8 +99,8 @@ def parse(text: str, build_args: dict[str, str] | None = None) -> Dockerfile:
                 lambda m: global_args[m.group(1) or m.group(2)],
                 words[0],
             )
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base, name))
+            stage_name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base, stage_name))
             continue
         if not stages:
             raise DockerfileError(f"line {ins.line}: {ins.name} before the first FROM")
