@@ -126,3 +126,31 @@ def test_refuses_a_missing_config_and_unknown_arguments(tmp_path: Path) -> None:
     res = install(tmp_path, "--token-file", str(tmp_path / "none"))
     assert res.returncode == 2 and "no such file" in res.stderr
     assert list(tmp_path.iterdir()) == []  # refused before writing anything
+
+
+def test_enables_with_the_wants_link_when_systemctl_is_missing(
+    installed: tuple[Path, list[str], str], tmp_path: Path
+) -> None:
+    """An image's root prepared on a machine without systemd: the same link systemctl makes."""
+    _, args, _ = installed
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        if not Path(folder).is_dir():
+            continue
+        for tool in Path(folder).iterdir():
+            target = bin_dir / tool.name
+            if tool.name != "systemctl" and not target.exists() and os.access(tool, os.X_OK):
+                target.symlink_to(tool)
+    root = tmp_path / "root"
+    root.mkdir()
+    at = args.index("--token-file")
+    args = args[:at] + args[at + 2 :]  # the token went to the first fake root
+    res = subprocess.run(
+        ["bash", str(SCRIPT), "--root", str(root), *args],
+        capture_output=True, text=True, timeout=600,
+        env={"PATH": str(bin_dir), "HOME": str(root)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    link = root / "etc/systemd/system/multi-user.target.wants/edgepilot-agent.service"
+    assert os.readlink(link) == "/etc/systemd/system/edgepilot-agent.service"
