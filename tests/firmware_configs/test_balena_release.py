@@ -92,7 +92,7 @@ def test_dockerfile_template_renders_for_each_device_type(machine: str) -> None:
     for ins in df.final.all("COPY"):
         for source in ins.args.split()[:-1]:
             assert (BALENA / source).is_file()  # balena's build context is this folder
-    assert df.final.all("CMD")[0].exec_form() == ["/usr/local/bin/edgepilot-start"]
+    assert df.final.all("CMD")[0].exec_form() == ["/bin/sh", "/usr/local/bin/edgepilot-start"]
     assert not df.final.all("ENTRYPOINT")  # balenalib's entry point stays
 
 
