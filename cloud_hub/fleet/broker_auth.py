@@ -158,6 +158,12 @@ class BrokerFiles:
         return self.directory / "hub-password"
 
     @property
+    def pid_file(self) -> Path:
+        """Where the generated mosquitto.conf has the broker write its pid (when started with
+        -d): the hub's default `broker_pid_file`."""
+        return self.directory / "mosquitto.pid"
+
+    @property
     def accounts_file(self) -> Path:
         return self.directory / "accounts.json"
 
@@ -449,6 +455,7 @@ def mosquitto_conf(
         "max_queued_messages 100000",
         "max_inflight_messages 1000",
         "set_tcp_nodelay true",
+        f"pid_file {files.pid_file}",
     ]
     if persistence:
         lines += ["persistence true", f"persistence_location {files.directory}/"]

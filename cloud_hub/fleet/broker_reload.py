@@ -9,8 +9,11 @@ hub triggers that after each change of the fleet's accounts, one of two ways (se
 - `broker_reload_command`: a command, e.g. `systemctl reload mosquitto` (Debian's unit reloads
   with SIGHUP) or `ssh broker-host sudo systemctl reload mosquitto`.
 
-With neither, nothing is signalled and the change waits for the operator (`kill -HUP`); the
-outcome says so, and the CLI and the log repeat it.
+With neither, the hub looks for the pid file the generated mosquitto.conf names
+(`{data_dir}/mosquitto/mosquitto.pid`, written by a broker started with `-d`). Where there is
+none, the change waits for the operator (`kill -HUP`); the outcome says so, and the CLI and the
+log repeat it. Only a process that is Mosquitto is signalled: a stale pid file may name another
+program by now, and SIGHUP ends most programs.
 """
 
 from __future__ import annotations
@@ -69,11 +72,22 @@ class BrokerReloader:
         try:
             pid = int(pid_file.read_text().strip())
         except FileNotFoundError:
-            return ReloadOutcome(False, f"no pid file {pid_file}: is the broker running?")
+            return ReloadOutcome(
+                False,
+                f"no pid file {pid_file} (Mosquitto writes it when started with -d): set "
+                "broker_pid_file or broker_reload_command, or send the broker SIGHUP yourself",
+            )
         except (OSError, ValueError):
             return ReloadOutcome(False, f"{pid_file} does not hold a process id")
         if pid <= 1:
             return ReloadOutcome(False, f"{pid_file} does not hold a process id")
+        name = _process_name(pid)
+        if name is None:
+            return ReloadOutcome(False, f"no process {pid} (from {pid_file}): a stale pid file")
+        if "mosquitto" not in name:  # a stale file whose pid now belongs to someone else
+            return ReloadOutcome(
+                False, f"process {pid} (from {pid_file}) is {name!r}, not Mosquitto"
+            )
         try:
             os.kill(pid, signal.SIGHUP)
         except ProcessLookupError:
@@ -106,3 +120,14 @@ class BrokerReloader:
             last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
             return ReloadOutcome(False, f"{argv[0]} exited {done.returncode}: {last[0][:200]}")
         return ReloadOutcome(True, f"ran {argv[0]}")
+
+
+def _process_name(pid: int) -> str | None:
+    """The program a process runs (Linux /proc), '' where that cannot be read, None when there
+    is no such process. SIGHUP ends most programs: only Mosquitto is sent one."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloud_hub.db import Database
-from cloud_hub.fleet.broker_auth import hub_ca_file
+from cloud_hub.fleet.broker_auth import BrokerFiles, hub_ca_file
 from cloud_hub.fleet.broker_reload import BrokerReloader
 from cloud_hub.fleet.deployments import DeploymentStore
 from cloud_hub.fleet.devices import DeviceStore
@@ -29,6 +29,15 @@ def device_broker(settings: HubSettings) -> BrokerInfo:
     )
 
 
+def broker_reloader(settings: HubSettings) -> BrokerReloader:
+    """How this hub has the broker re-read its files: the command, else the pid file, else the
+    one the generated mosquitto.conf names (used only when a broker wrote it: started with -d)."""
+    if settings.broker_reload_command is not None:
+        return BrokerReloader(command=settings.broker_reload_command)
+    default = BrokerFiles.in_data_dir(settings.data_dir).pid_file
+    return BrokerReloader(pid_file=settings.broker_pid_file or default)
+
+
 def _read_ca(path: Path | None) -> str | None:
     """The fleet CA's PEM (None: there is none yet, `DeviceStore.register` looks again)."""
     return path.read_text() if path is not None and path.is_file() else None
@@ -49,7 +58,7 @@ class Fleet:
             data_dir=settings.data_dir,
             broker=device_broker(settings),
             hub_public_key=signer.public_key_b64,
-            reloader=BrokerReloader(settings.broker_pid_file, settings.broker_reload_command),
+            reloader=broker_reloader(settings),
         )
         return cls(
             signer,

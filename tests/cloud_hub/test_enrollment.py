@@ -4,7 +4,10 @@ broker letting an enrolled device in at once and cutting a revoked one off (real
 from __future__ import annotations
 
 import base64
+import os
 import re
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.api.app import create_app
+from cloud_hub.fleet.broker_reload import BrokerReloader
 from cloud_hub.hub import Hub
 from cloud_hub.settings import HubSettings
 from edge_agent.wire import EnrollRequest, enroll_signing_message
@@ -256,3 +260,52 @@ def test_fleets_and_tokens_from_the_cli(cli_env: dict[str, str]) -> None:
     assert bad.returncode == 2
     revoked = run_cli(["enroll-tokens", "revoke", "1"], cli_env)
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
+
+
+# -- reloading the broker -------------------------------------------------------------------
+def test_the_hub_reloads_a_daemonised_broker_through_the_pid_file_its_config_names(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "hub"
+    hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False))
+    broker = SecureMosquitto(data_dir, tmp_path, tls=False)
+    broker.configure()  # `hub broker-config`: its mosquitto.conf names mosquitto/mosquitto.pid
+    files = hub.fleet.devices.files
+    started = subprocess.run(["mosquitto", "-d", "-c", str(broker.conf)], timeout=30)
+    assert started.returncode == 0
+    try:
+        wait_until(files.pid_file.is_file, message="the daemon's pid file")
+        wait_until(lambda: broker.reload_count() == 0 and "running" in broker.log_text())
+        outcome = hub.fleet.devices.reload_broker()  # no setting: the config's pid file
+        assert outcome.done, outcome.how
+        wait_until(lambda: broker.reload_count() == 1, message="the broker's reload")
+    finally:
+        os.kill(int(files.pid_file.read_text()), signal.SIGTERM)
+        hub.close()
+
+
+def test_a_stale_pid_file_naming_another_program_is_not_signalled(tmp_path: Path) -> None:
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        comm = Path(f"/proc/{other.pid}/comm")
+        wait_until(lambda: comm.read_text().strip() == "sleep", message="sleep started")
+        pid_file = tmp_path / "mosquitto.pid"
+        pid_file.write_text(f"{other.pid}\n")
+        outcome = BrokerReloader(pid_file=pid_file).reload()
+        assert not outcome.done and "'sleep', not Mosquitto" in outcome.how
+        assert other.poll() is None  # SIGHUP would have ended it
+        other.kill()
+        other.wait()
+        assert "stale pid file" in BrokerReloader(pid_file=pid_file).reload().how
+        missing = BrokerReloader(pid_file=tmp_path / "none.pid").reload()
+        assert not missing.done and "broker_reload_command" in missing.how
+    finally:
+        other.kill()
+
+
+def test_a_reload_command_is_run_and_its_failure_reported(tmp_path: Path) -> None:
+    marker = tmp_path / "reloaded"
+    assert BrokerReloader(command=f"touch {marker}").reload().done and marker.exists()
+    failed = BrokerReloader(command="sh -c 'echo no such unit >&2; exit 5'").reload()
+    assert not failed.done and failed.how == "sh exited 5: no such unit"
+    assert "no such program" in BrokerReloader(command="no-such-reloader x").reload().how
