@@ -259,3 +259,12 @@ def secure_mosquitto(tmp_path: Path) -> Iterator[Callable[..., SecureMosquitto]]
     yield make
     for broker in brokers:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def agent_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This project as a wheel (built once a session), for install.sh and the first-boot
+    scripts to pip-install offline."""
+    from tests.wheel import project_wheel
+
+    return project_wheel(tmp_path_factory.mktemp("wheel"))

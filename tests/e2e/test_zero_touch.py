@@ -34,13 +34,12 @@ from cloud_hub.fleet.schemas import DeploymentCreate
 from cloud_hub.hub import Hub
 from cloud_hub.settings import HubSettings
 from tests.agent_processes import AgentProc, wait_until
-from tests.cloud_hub.flashing.conftest import agent_wheel
 from tests.cloud_hub.flashing.images import make_image
 from tests.cloud_hub.flashing.test_firstboot import fake_device, run_script
 from tests.conftest import BIN, REPO, SecureMosquitto, free_port, run_cli, wait_for_port
 from tests.e2e.test_fleet_loop import IRIS_SAMPLE, iris_onnx, register
 
-__all__ = ["agent_wheel", "iris_onnx"]  # fixtures shared with the modules they come from
+__all__ = ["iris_onnx"]  # the fixture, shared with the fleet loop
 
 
 class ServedHub:

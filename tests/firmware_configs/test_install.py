@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import firmware_configs
-from tests.wheel import project_wheel
 
 SCRIPT = firmware_configs.root() / "systemd" / "install.sh"
 TOKEN = "ept_install_test_token_0123456789"
@@ -53,8 +52,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], str]:
-    wheel = project_wheel(tmp_path_factory.mktemp("wheel"))
+def installed(
+    tmp_path_factory: pytest.TempPathFactory, agent_wheel: Path
+) -> tuple[Path, list[str], str]:
+    wheel = agent_wheel
     src = tmp_path_factory.mktemp("src")
     (src / "agent.toml").write_text(CONFIG)
     (src / "token").write_text(TOKEN + "\n")

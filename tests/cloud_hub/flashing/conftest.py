@@ -1,18 +1,17 @@
 """Fixtures for `edgepilot flash`: real card images, a token file, a Wi-Fi key, an ssh key, and
-a wheel of this project for the first-boot script to install."""
+the first-boot script installs the session's wheel of this project (`agent_wheel`, in
+tests/conftest.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.cloud_hub.flashing.images import make_image
-from tests.conftest import REPO
 
 TOKEN = "ept_FlashTestTokenDoNotPrint0123456789abcdef"
 PSK = "correct horse battery staple"
@@ -67,18 +66,3 @@ def secrets(tmp_path: Path) -> dict[str, Path]:
     (folder / "psk").write_text(PSK + "\n")
     (folder / "id_ed25519.pub").write_text(SSH_KEY + "\n")
     return {"token": folder / "token", "psk": folder / "psk", "ssh": folder / "id_ed25519.pub"}
-
-
-@pytest.fixture(scope="session")
-def agent_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This project as a wheel (built once), for install.sh to pip-install offline."""
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(out), str(REPO)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )  # fmt: skip
-    (wheel,) = out.glob("edgepilot-*.whl")
-    return wheel
