@@ -77,6 +77,10 @@ class AgentProc:
                 cwd=REPO,
                 env={**os.environ, "OMP_NUM_THREADS": "1"},
             )
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 20.0) -> AgentProc:
+        """Until the started agent's HTTP API answers (its port is in data_dir/http.port)."""
         port_file = self.data_dir / "http.port"
 
         def ready() -> bool:

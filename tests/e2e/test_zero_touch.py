@@ -146,20 +146,6 @@ class FlashedDevice(AgentProc):
             )
         return self
 
-    def wait_serving(self, timeout: float = 60.0) -> FlashedDevice:
-        port_file = self.data_dir / "http.port"
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.stderr()}")
-            return port_file.is_file() and port_file.read_text().strip() != ""
-
-        wait_until(ready, timeout, "the enrolled agent's HTTP API")
-        self.port = int(port_file.read_text())
-        wait_until(lambda: self.get("/v1/health")[0] == 200, timeout, "agent health")
-        return self
-
     def identity(self) -> dict[str, Any]:
         import json
 
@@ -188,7 +174,7 @@ def test_a_flashed_card_enrolls_serves_a_deployment_and_can_be_revoked(
         for card in cards:
             card.root.mkdir()
             card.first_boot(flashed, agent_wheel)
-            card.start().wait_serving()
+            card.start().wait_ready(60)
         first, second = (card.identity() for card in cards)
         assert first["device_id"] != second["device_id"]  # one image, two identities
         for card in cards:
