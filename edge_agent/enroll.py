@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import ssl
 import threading
@@ -214,8 +215,8 @@ def signed_request(
     request = EnrollRequest(
         token=token,
         hardware_id=hw_id,
-        hardware=hardware[:256],
-        hostname=socket.gethostname()[:253],
+        hardware=_printable(hardware)[:256],
+        hostname=re.sub(r"[^A-Za-z0-9.-]", "", socket.gethostname())[:253],
         agent_version=agent_version()[:64],
         runtimes=runtimes,
         public_key=public_key_b64(key),
@@ -223,6 +224,11 @@ def signed_request(
     )
     signature = key.sign(enroll_signing_message(request))
     return request.model_copy(update={"signature": base64.b64encode(signature).decode()})
+
+
+def _printable(text: str) -> str:
+    """What the wire contract takes for a hardware model: printable ASCII."""
+    return "".join(c for c in text if " " <= c <= "~")
 
 
 def enroll(

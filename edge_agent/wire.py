@@ -448,8 +448,15 @@ class EnrollRequest(Message):
         description="what stays the same when the card is re-flashed: the Pi's serial, the "
         "Jetson module's serial number, the machine id, or one configured"
     )
-    hardware: str = Field(default="", max_length=256, description="e.g. 'Raspberry Pi 5 ...'")
-    hostname: str = Field(default="", max_length=253)
+    hardware: str = Field(
+        default="",
+        max_length=256,
+        pattern=r"^[\x20-\x7e]*$",
+        description="e.g. 'Raspberry Pi 5 Model B Rev 1.0' (printable ASCII)",
+    )
+    hostname: str = Field(
+        default="", max_length=253, pattern=r"^[A-Za-z0-9.-]*$", description="the device's name"
+    )
     agent_version: str = Field(default="", max_length=64)
     runtimes: list[Literal["onnxruntime", "litert"]] = Field(
         min_length=1, max_length=2, description="what the agent can run, in order of preference"

@@ -146,6 +146,9 @@ def test_forged_or_stale_requests_and_revoked_devices_are_refused(
     assert stale.status_code == 400 and "clock is -7200 s off" in stale.json()["detail"]
     garbage = client.post("/api/v1/enroll", json={"token": token, "hardware_id": "bad id"})
     assert garbage.status_code == 422 and token not in garbage.text
+    marked_up = {**signed_request(token, "hw-a"), "hostname": "[red]pwned"}  # shown in tables
+    refused = client.post("/api/v1/enroll", json=marked_up)
+    assert refused.status_code == 422 and "hostname" in refused.text
 
     enrolled = client.post("/api/v1/enroll", json=signed_request(token, "hw-a")).json()
     device_id = enrolled["device_id"]
