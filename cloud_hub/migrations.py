@@ -478,4 +478,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             "WHERE hardware_id IS NOT NULL",
         ),
     ),
+    Migration(
+        14,
+        "telemetry history: each record's numeric metrics as raw points, and 1-minute and "
+        "1-hour rollups (min, max, sum, count, last) kept incrementally at ingest",
+        (
+            """CREATE TABLE metric_points (
+                device_id TEXT NOT NULL,
+                metric TEXT NOT NULL,
+                ts REAL NOT NULL,
+                value REAL NOT NULL)""",
+            "CREATE UNIQUE INDEX metric_points_series ON metric_points (device_id, metric, ts)",
+            "CREATE INDEX metric_points_ts ON metric_points (ts)",
+            """CREATE TABLE metric_rollups (
+                device_id TEXT NOT NULL,
+                metric TEXT NOT NULL,
+                step INTEGER NOT NULL,
+                bucket REAL NOT NULL,
+                vmin REAL NOT NULL,
+                vmax REAL NOT NULL,
+                vsum REAL NOT NULL,
+                n INTEGER NOT NULL,
+                vlast REAL NOT NULL,
+                last_ts REAL NOT NULL)""",
+            "CREATE UNIQUE INDEX metric_rollups_series "
+            "ON metric_rollups (device_id, metric, step, bucket)",
+            "CREATE INDEX metric_rollups_age ON metric_rollups (step, bucket)",
+        ),
+    ),
 )

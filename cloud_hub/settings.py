@@ -165,6 +165,19 @@ class HubSettings(BaseModel):
         "overflow dropped and is refused beyond this until upgraded (see cloud_hub.fleet.ingest)",
     )
 
+    metrics_raw_retention_s: float = Field(
+        default=3600, gt=0, description="how long telemetry metrics are kept as raw points"
+    )
+    metrics_minute_retention_s: float = Field(
+        default=7 * 86400, gt=0, description="how long 1-minute metric rollups are kept"
+    )
+    metrics_hour_retention_s: float = Field(
+        default=90 * 86400, gt=0, description="how long 1-hour metric rollups are kept"
+    )
+    metrics_prune_interval_s: float = Field(
+        default=60, gt=0, description="how often the fleet service deletes expired metrics"
+    )
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "registry.db"

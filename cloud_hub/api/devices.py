@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
 from cloud_hub.api.auth import ADMIN, DEVICE_SELF, VIEWER
 from cloud_hub.api.deps import HubDep
+from cloud_hub.fleet.metrics_store import MetricNames, MetricSeries, MetricsStore
 from cloud_hub.fleet.schemas import Device, DeviceCreate, DeviceRegistration, InferenceLog
 
 router = APIRouter(tags=["fleet"])
@@ -36,3 +38,25 @@ def device_logs(
 ) -> list[InferenceLog]:
     """The device's stored inference logs, newest first."""
     return hub.fleet.devices.logs(device_id, limit=limit)
+
+
+@router.get("/devices/{device_id}/metrics", dependencies=[VIEWER])
+def device_metrics(
+    device_id: str,
+    hub: HubDep,
+    metric: Annotated[str, Query(max_length=64)] = "cpu",
+    since: Annotated[str, Query(max_length=64, description="ISO-8601, now, or an age: 1h")] = "1h",
+    until: Annotated[str | None, Query(max_length=64)] = None,
+    step: Annotated[str, Query(max_length=8, description="raw, 1m, 1h or auto")] = "auto",
+) -> MetricSeries:
+    """A telemetry metric's history: raw points, or 1-minute / 1-hour rollups (mean, min, max)."""
+    hub.fleet.devices.get(device_id)  # NotFound
+    store = MetricsStore(hub.db, hub.settings)
+    return store.query(device_id, metric, since=since, until=until, step=step, now=time.time())
+
+
+@router.get("/devices/{device_id}/metrics/names", dependencies=[VIEWER])
+def device_metric_names(device_id: str, hub: HubDep) -> MetricNames:
+    """The telemetry metrics the device has history for."""
+    hub.fleet.devices.get(device_id)  # NotFound
+    return MetricsStore(hub.db, hub.settings).names(device_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +28,7 @@ from cloud_hub.cli.base import JsonOpt, State, fail, user_errors
 from cloud_hub.cli.base import state as _state
 from cloud_hub.errors import InvalidInput
 from cloud_hub.fleet.broker_auth import DEFAULT_MAX_PACKET_SIZE
+from cloud_hub.fleet.metrics_store import MetricsStore
 from cloud_hub.fleet.schemas import (
     Deployment,
     DeploymentCreate,
@@ -385,6 +387,62 @@ def devices_show(
                 r.source,
             )
         render.console.print(table)
+
+
+_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    """Block characters ▁..█ scaled between the values' min and max (resampled to `width`)."""
+    if not values:
+        return ""
+    if len(values) > width:  # the mean of each of `width` slices
+        cuts = [round(i * len(values) / width) for i in range(width + 1)]
+        values = [sum(values[a:b]) / (b - a) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+    lo, hi = min(values), max(values)
+    span = hi - lo
+    top = len(_BLOCKS) - 1
+    return "".join(_BLOCKS[round((v - lo) / span * top) if span else 0] for v in values)
+
+
+@devices_app.command("metrics")
+def devices_metrics(
+    ctx: typer.Context,
+    device_id: Annotated[str, typer.Argument(metavar="ID")],
+    metric: Annotated[str, typer.Option(help="cpu, memory, temperature, inferences, ...")] = "cpu",
+    since: Annotated[str, typer.Option(help="ISO-8601 or an age such as 15m, 1h, 7d.")] = "1h",
+    until: Annotated[str | None, typer.Option(help="ISO-8601 or an age; default now.")] = None,
+    step: Annotated[str, typer.Option(help="raw, 1m, 1h or auto.")] = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """A device's telemetry history: a chart and a table of one metric."""
+    with user_errors():
+        hub = _state(ctx).hub
+        hub.fleet.devices.get(device_id)
+        series = MetricsStore(hub.db, hub.settings).query(
+            device_id, metric, since=since, until=until, step=step, now=time.time()
+        )
+    if json_out:
+        render.print_json(series)
+        return
+    points = series.points
+    if not points:
+        render.console.print(f"no {metric} data for {device_id} in that range (step {series.step})")
+        return
+    values = [p.value for p in points]
+    render.console.print(
+        f"[bold]{device_id}[/bold] {metric} (step {series.step}, {len(points)} points): "
+        f"min {min(p.min for p in points):g}  max {max(p.max for p in points):g}  "
+        f"last {values[-1]:g}"
+    )
+    render.console.print(sparkline(values), markup=False, highlight=False)
+    table = Table(title=f"{metric} of {device_id}")
+    for col in ("time (UTC)", "value", "min", "max"):
+        table.add_column(col)
+    for p in points[-50:]:
+        when = datetime.fromtimestamp(p.ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(when, f"{p.value:g}", f"{p.min:g}", f"{p.max:g}")
+    render.console.print(table)
 
 
 # -- deploy -------------------------------------------------------------------------------------

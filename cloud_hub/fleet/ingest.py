@@ -50,6 +50,7 @@ from collections.abc import Callable
 
 from cloud_hub.db import Database
 from cloud_hub.fleet.errors import Rejected
+from cloud_hub.fleet.metrics_store import record_new as record_metrics
 from cloud_hub.registry import utcnow
 from cloud_hub.settings import HubSettings
 from edge_agent.features import encode as encode_features
@@ -140,6 +141,7 @@ class Ingest:
                     batch.epoch,
                     {r.seq: r.ts for r in records},
                 )
+            record_metrics(conn, device_id, batch.epoch, records)  # before: counts only new
             conn.executemany(
                 "INSERT OR IGNORE INTO telemetry (device_id, epoch, seq, ts, data) "
                 "VALUES (?, ?, ?, ?, ?)",

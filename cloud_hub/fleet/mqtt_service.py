@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from cloud_hub.fleet.broker_auth import HUB_USER, BrokerFiles, hub_ca_file, hub_
 from cloud_hub.fleet.desired import DesiredStates
 from cloud_hub.fleet.errors import Rejected
 from cloud_hub.fleet.ingest import Ingest
+from cloud_hub.fleet.metrics_store import MetricsStore
 from cloud_hub.fleet.presence import Presence
 from cloud_hub.fleet.rollout import Assignment, Rollout
 from cloud_hub.registry import Registry
@@ -123,6 +125,7 @@ class FleetService:
             on_conflict=self._seq_conflict,
         )
         self.presence = Presence(db)
+        self.metrics = MetricsStore(db, settings)
         self.desired = DesiredStates(db, registry, signer)
         self.db = db
         self.client = client or build_client(settings)
@@ -230,8 +233,12 @@ class FleetService:
 
     # -- desired state ----------------------------------------------------------------------------
     def _poll_loop(self) -> None:
+        next_prune = 0.0
         while not self._stopping.is_set():
             try:
+                if time.monotonic() >= next_prune:  # expired telemetry history, chunked
+                    next_prune = time.monotonic() + self.settings.metrics_prune_interval_s
+                    self.metrics.prune(time.time())
                 self.poll_once()
             except Exception:  # keep polling: the next round may succeed
                 self.log.exception("fleet poll failed")
