@@ -1083,6 +1083,15 @@ def _register_flash() -> None:
 _register_flash()
 
 
+def _register_mqtt() -> None:
+    from cloud_hub.cli.mqtt_tail import mqtt_app
+
+    app.add_typer(mqtt_app, name="mqtt")
+
+
+_register_mqtt()
+
+
 def main() -> None:
     # TensorFlow's C++ logging is on by default and floods the terminal during conversion.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
