@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,10 +14,12 @@ from fastapi.testclient import TestClient
 from cloud_hub.api.app import create_app
 from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.fleet.metrics_store import METRICS, MetricsStore
+from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
 from cloud_hub.settings import HubSettings
 from edge_agent.wire import TelemetryBatch, TelemetryRecord
+from tests.cloud_hub.conftest import Device, wait_until
 from tests.conftest import admin_headers, run_cli
 
 EPOCH = "e1e1e1e1e1e1e1e1"
@@ -256,3 +258,29 @@ def test_cli_prints_a_chart_a_table_and_json(cli_env: dict[str, str]) -> None:
     assert body["step"] == "raw" and [p["value"] for p in body["points"]][-1] == 50.0
     bad = run_cli(["devices", "metrics", DEV, "--metric", "nope"], cli_env)
     assert bad.returncode == 2 and "known:" in bad.stdout + bad.stderr
+
+
+@pytest.fixture
+def fleet_settings(fleet_settings: HubSettings) -> HubSettings:
+    """The shared fleet settings, with the fleet service pruning expired metrics at once."""
+    return fleet_settings.model_copy(update={"metrics_prune_interval_s": 0.05})
+
+
+def test_telemetry_over_mqtt_is_kept_and_the_fleet_service_prunes_it(
+    fleet_hub: Hub, service: FleetService, make_device: Callable[[str], Device]
+) -> None:
+    fleet_hub.fleet.devices.register(DeviceCreate(id=DEV))
+    dev = make_device(DEV)
+    now = time.time()
+    old, new = _record(1, now - 2 * 3600, 5.0), _record(2, now, 50.0)
+    dev.send("telemetry", _batch([old, new]))
+    dev.wait_ack(2)
+
+    def raw() -> list[float]:
+        rows = fleet_hub.db.conn.execute(
+            "SELECT value FROM metric_points WHERE device_id = ? AND metric = 'cpu'", [DEV]
+        )
+        return [r[0] for r in rows]
+
+    wait_until(lambda: raw() == [50.0], 10, "the expired raw point pruned")
+    assert [r[4] for r in _rollups(fleet_hub, "cpu", 60)] == [1, 1]  # rollups are kept
