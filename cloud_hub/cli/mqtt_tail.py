@@ -293,7 +293,10 @@ def _run(
             idle_since = time.monotonic()
         elif what == "disconnect":
             if not subscribed:
-                raise fail(f"the broker at {where} closed the connection of {who}: {value}")
+                raise fail(
+                    f"the broker at {where} closed the connection of {who} before accepting it "
+                    f"({value}): a TLS port needs --tls, a plain one --no-tls"
+                )
             typer.echo(f"disconnected from {where} ({value}); reconnecting", err=True)
         else:
             topic, payload, was_retained, ts = value

@@ -425,3 +425,40 @@ def test_a_viewer_reads_the_fleet_and_cannot_publish(
     assert refused.returncode == 2
     assert "the broker at" in refused.stderr and "refused watcher" in refused.stderr
     assert "not-it" not in refused.stderr
+
+
+def test_tls_checks_the_broker_with_the_fleet_ca(
+    tmp_path: Path, secure_mosquitto: Any, cli_env: dict[str, str]
+) -> None:
+    from edge_agent.mqtt_link import tls_context
+
+    data_dir = tmp_path / "hub"
+    hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False))
+    try:
+        device_password = hub.fleet.devices.register(DeviceCreate(id="cam-8")).password
+    finally:
+        hub.close()
+    broker: SecureMosquitto = secure_mosquitto(data_dir, tls=True, args=("--viewer", "watcher"))
+    env = {**cli_env, "EDGEPILOT_DATA_DIR": str(data_dir)}
+    where = f"{broker.host}:{broker.port}"
+
+    plain = run_cli(["mqtt", "tail", "--broker", where, "--no-tls"], env, timeout=60)
+    assert plain.returncode == 2, plain.stderr
+    assert where in plain.stderr and "--tls" in plain.stderr
+
+    tail = Tail(["--broker", where, "--tls", "--count", "1"], env)  # the CA: the data dir's
+    device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cam-8", protocol=mqtt.MQTTv311)
+    device.username_pw_set("cam-8", device_password)
+    device.tls_set_context(tls_context(broker.ca_file))
+    try:
+        tail.wait_subscribed()
+        device.connect(*broker.address)
+        device.loop_start()
+        status = DeviceStatus(device_id="cam-8", state="online").dumps()
+        device.publish(Topics(ROOT).device("cam-8", "status"), status, qos=1).wait_for_publish(10)
+        assert tail.finish() == 0, tail.err
+    finally:
+        tail.kill()
+        device.disconnect()
+        device.loop_stop()
+    assert "ep/dev/cam-8/status  DeviceStatus" in tail.out[0]
