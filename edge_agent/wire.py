@@ -494,3 +494,36 @@ class EnrollResponse(Message):
     reenrolled: bool = Field(
         default=False, description="the device was known (same hardware id): same id, new password"
     )
+
+
+# -- every topic kind, once: who sends it, what it carries ---------------------------------------
+@dataclass(frozen=True)
+class TopicSpec:
+    kind: TopicKind
+    sender: Literal["agent", "hub", "client"]
+    receiver: Literal["agent", "hub", "client"]
+    retained: bool
+    message: type[Message] | None  # None: binary (Chunk)
+    summary: str
+
+
+TOPIC_SPECS: tuple[TopicSpec, ...] = (
+    TopicSpec("status", "agent", "hub", True, DeviceStatus, "online/offline (the last will says "
+              "offline), agent version, runtimes, hardware, active model version"),
+    TopicSpec("desired", "hub", "agent", True, DesiredState, "what the device should run: the "
+              "deployment, its signed model, shadow, parameters"),
+    TopicSpec("fetch", "agent", "hub", False, FetchRequest, "bytes [offset, offset+length) of a "
+              "model, asked for in windows"),
+    TopicSpec("chunk", "hub", "agent", False, None, "binary: `EPC1`, a 4-byte header length, a "
+              "JSON header (deployment_id, sha256, offset, total, crc32), the bytes"),
+    TopicSpec("report", "agent", "hub", False, Report, "deployment progress: downloading ... "
+              "active, failed, rolled_back, with the reason"),
+    TopicSpec("logs", "agent", "hub", False, LogBatch, "inference logs from the outbox, "
+              "numbered in its epoch"),
+    TopicSpec("telemetry", "agent", "hub", False, TelemetryBatch, "telemetry samples from the "
+              "outbox, same numbering"),
+    TopicSpec("ack", "hub", "agent", False, Ack, "the highest contiguous sequence stored at the "
+              "hub, per epoch"),
+    TopicSpec("infer", "client", "agent", False, InferRequest, "an inference request"),
+    TopicSpec("result", "agent", "client", False, InferResult, "its answer, same request_id"),
+)  # fmt: skip

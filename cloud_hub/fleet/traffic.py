@@ -18,17 +18,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from edge_agent.wire import (
-    Ack,
+    TOPIC_SPECS,
     Chunk,
-    DesiredState,
-    DeviceStatus,
-    FetchRequest,
-    InferRequest,
-    InferResult,
     LogBatch,
     LogRecord,
     Message,
-    Report,
     TelemetryBatch,
     TelemetryRecord,
     TopicKind,
@@ -39,15 +33,7 @@ from edge_agent.wire import (
 __all__ = ["MESSAGE_CLASSES", "Decoded", "decode", "escape_bytes"]
 
 MESSAGE_CLASSES: dict[TopicKind, type[Message]] = {
-    "status": DeviceStatus,
-    "desired": DesiredState,
-    "fetch": FetchRequest,
-    "report": Report,
-    "logs": LogBatch,
-    "telemetry": TelemetryBatch,
-    "ack": Ack,
-    "infer": InferRequest,
-    "result": InferResult,
+    spec.kind: spec.message for spec in TOPIC_SPECS if spec.message is not None
 }
 RAW_LIMIT = 200  # bytes of an unknown payload shown
 REASON_LIMIT = 300  # characters of a validation error shown

@@ -1,0 +1,28 @@
+"""docs/wire.md is the wire contract as the code has it: regenerated, it must not change, and the
+contract's table of topics agrees with what the broker lets each side do."""
+
+from __future__ import annotations
+
+from cloud_hub.fleet.broker_auth import DEVICE_PUBLISHES, DEVICE_READS, VIEWER_READS
+from cloud_hub.wire_reference import render
+from edge_agent.wire import TOPIC_KINDS, TOPIC_SPECS
+from tests.conftest import REPO
+
+
+def test_the_committed_page_is_what_the_code_generates() -> None:
+    page = (REPO / "docs" / "wire.md").read_text()
+    assert page == render(), (
+        "docs/wire.md is stale: run `.venv/bin/python -m cloud_hub.wire_reference > docs/wire.md`"
+    )
+    for kind in TOPIC_KINDS:
+        assert f"`ep/dev/{{id}}/{kind}`" in page
+    assert "### `TelemetryBatch`" in page and "#### `TelemetryRecord`" in page
+    assert "### `EnrollRequest`" in page
+
+
+def test_every_topic_once_and_its_direction_is_the_acls() -> None:
+    assert [s.kind for s in TOPIC_SPECS] == list(TOPIC_KINDS)
+    assert {s.kind for s in TOPIC_SPECS if s.sender == "agent"} == set(DEVICE_PUBLISHES)
+    assert {s.kind for s in TOPIC_SPECS if s.receiver == "agent"} == set(DEVICE_READS)
+    assert set(VIEWER_READS) <= {s.kind for s in TOPIC_SPECS if s.receiver == "hub"}
+    assert {s.kind for s in TOPIC_SPECS if s.retained} == {"status", "desired"}
