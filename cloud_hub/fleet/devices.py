@@ -92,23 +92,8 @@ class DeviceStore:
         raises AlreadyExists."""
         check_device(body)
         password = new_password()
-        with self.db.transaction() as db:
-            try:
-                db.execute(
-                    "INSERT INTO devices (id, name, hardware, runtimes, tags, group_name, "
-                    "password_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        body.id,
-                        body.name or body.id,
-                        body.hardware,
-                        json.dumps(list(body.runtimes)),
-                        json.dumps(sorted(set(body.tags))),
-                        body.group,
-                        hash_password(password),
-                    ],
-                )
-            except sqlite3.IntegrityError:
-                raise AlreadyExists("device", body.id) from None
+        with self.db.transaction():
+            _insert_device(self.db.conn, body, hash_password(password))
             self.write_broker_files()  # inside the transaction: a failure stores nothing
         self.reload_broker()
         return self.registration(body.id, password, broker=broker)
@@ -154,28 +139,16 @@ class DeviceStore:
             return password, True
         body = enrollment.device
         check_device(body)
-        try:
-            conn.execute(
-                "INSERT INTO devices (id, name, hardware, runtimes, tags, group_name, "
-                "password_hash, fleet_id, hardware_id, public_key, enroll_token_id, "
-                "agent_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    body.id,
-                    body.name or body.id,
-                    body.hardware,
-                    json.dumps(list(body.runtimes)),
-                    json.dumps(sorted(set(body.tags))),
-                    body.group,
-                    hash_password(password),
-                    enrollment.fleet_id,
-                    enrollment.hardware_id,
-                    enrollment.public_key,
-                    enrollment.token_id,
-                    enrollment.agent_version or None,
-                ],
-            )
-        except sqlite3.IntegrityError:
-            raise AlreadyExists("device", body.id) from None
+        _insert_device(
+            conn,
+            body,
+            hash_password(password),
+            fleet_id=enrollment.fleet_id,
+            hardware_id=enrollment.hardware_id,
+            public_key=enrollment.public_key,
+            enroll_token_id=enrollment.token_id,
+            agent_version=enrollment.agent_version or None,
+        )
         return password, False
 
     def revoke(self, device_id: str, *, when: str) -> Device:
@@ -278,6 +251,31 @@ class Enrollment:
     hardware_id: str
     public_key: str
     agent_version: str
+
+
+def _insert_device(
+    conn: sqlite3.Connection, body: DeviceCreate, password_hash: str, **enrolled: object
+) -> None:
+    """One new row of `devices` (a registration, or an enrollment with its `enrolled`
+    columns); a taken id raises AlreadyExists."""
+    columns = {
+        "id": body.id,
+        "name": body.name or body.id,
+        "hardware": body.hardware,
+        "runtimes": json.dumps(list(body.runtimes)),
+        "tags": json.dumps(sorted(set(body.tags))),
+        "group_name": body.group,
+        "password_hash": password_hash,
+        **enrolled,
+    }
+    try:
+        conn.execute(
+            f"INSERT INTO devices ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)})",
+            list(columns.values()),
+        )
+    except sqlite3.IntegrityError:
+        raise AlreadyExists("device", body.id) from None
 
 
 def check_device(body: DeviceCreate) -> None:
