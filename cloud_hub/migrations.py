@@ -506,4 +506,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX metric_rollups_age ON metric_rollups (step, bucket)",
         ),
     ),
+    Migration(
+        15,
+        "devices: when the status last changed (the last will's instant for an offline device), "
+        "for the live views",
+        ("ALTER TABLE devices ADD COLUMN status_since REAL",),
+    ),
 )

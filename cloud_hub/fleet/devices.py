@@ -36,6 +36,23 @@ _DEVICE_SQL = f"""
     FROM devices d"""
 
 
+@dataclass(frozen=True)
+class DeviceRow:
+    """A device as the live views need it (`DeviceStore.live_rows`)."""
+
+    id: str
+    name: str
+    hardware: str
+    tags: list[str]
+    group: str | None
+    status: str
+    status_since: float | None
+    last_seen: str | None
+    agent_version: str | None
+    active_version_id: int | None
+    desired_deployment_id: int | None
+
+
 def device_from_row(row: sqlite3.Row) -> Device:
     d = dict(row)
     return Device(
@@ -209,6 +226,34 @@ class DeviceStore:
         if group is not None:
             devices = [d for d in devices if d.group == group]
         return devices
+
+    def live_rows(self, device_id: str | None = None) -> list[DeviceRow]:
+        """What the live views show of each device (or of one), without the per-device counts
+        of stored logs that `all()` makes: one indexed read however large the history."""
+        sql = (
+            "SELECT id, name, hardware, tags, group_name, status, status_since, last_seen, "
+            "agent_version, active_version_id, desired_deployment_id FROM devices"
+        )
+        if device_id is None:
+            rows = self.db.conn.execute(f"{sql} ORDER BY id").fetchall()
+        else:
+            rows = self.db.conn.execute(f"{sql} WHERE id = ?", [device_id]).fetchall()
+        return [
+            DeviceRow(
+                id=r["id"],
+                name=r["name"],
+                hardware=r["hardware"],
+                tags=json.loads(r["tags"]),
+                group=r["group_name"],
+                status=r["status"],
+                status_since=r["status_since"],
+                last_seen=r["last_seen"],
+                agent_version=r["agent_version"],
+                active_version_id=r["active_version_id"],
+                desired_deployment_id=r["desired_deployment_id"],
+            )
+            for r in rows
+        ]
 
     def logs(self, device_id: str, *, limit: int = 100) -> list[InferenceLog]:
         """The device's newest stored inference logs, newest first: its latest outbox epoch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from cloud_hub.db import Database
 from cloud_hub.registry import utcnow
@@ -14,14 +15,19 @@ class Presence:
         self.db = db
 
     def record_status(self, device_id: str, status: DeviceStatus) -> None:
-        """Online/offline, agent version, runtimes and active version from a status message."""
+        """Online/offline, agent version, runtimes and active version from a status message.
+        `status_since` moves only when the state changes: the hub's clock when it learnt it (a
+        last will carries the instant its device connected, not when it went away)."""
         with self.db.transaction() as db:
             db.execute(
-                "UPDATE devices SET status = ?, agent_version = COALESCE(NULLIF(?, ''), "
+                "UPDATE devices SET status_since = CASE WHEN status IS ? THEN status_since "
+                "ELSE ? END, status = ?, agent_version = COALESCE(NULLIF(?, ''), "
                 "agent_version), reported_runtimes = CASE WHEN ? = '[]' THEN reported_runtimes "
                 "ELSE ? END, active_version_id = COALESCE(?, active_version_id), last_seen = ? "
                 "WHERE id = ?",
                 [
+                    status.state,
+                    time.time(),
                     status.state,
                     status.agent_version,
                     json.dumps(status.runtimes),
