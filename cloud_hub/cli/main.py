@@ -1092,6 +1092,15 @@ def _register_mqtt() -> None:
 _register_mqtt()
 
 
+def _register_watch(app: typer.Typer) -> None:
+    from cloud_hub.cli.watch import watch
+
+    app.command("watch")(watch)
+
+
+_register_watch(app)
+
+
 def main() -> None:
     # TensorFlow's C++ logging is on by default and floods the terminal during conversion.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -1,0 +1,1 @@
+"""`edgepilot watch`: the live fleet view (state, feed thread, Textual screens)."""
