@@ -164,6 +164,27 @@ class HubSettings(BaseModel):
         "floor after a longer overflow); one from before epochs jumps its floor over all its "
         "overflow dropped and is refused beyond this until upgraded (see cloud_hub.fleet.ingest)",
     )
+    fleet_commit_max_messages: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description="the most log/telemetry messages stored in one SQLite transaction (group "
+        "commit, off the MQTT network thread; see cloud_hub.fleet.ingest_worker)",
+    )
+    fleet_commit_max_delay_ms: float = Field(
+        default=20.0,
+        ge=0,
+        le=10_000,
+        description="how long the ingest worker waits after a message for more to commit with "
+        "it; every ack waits at most this (plus the commit) for its batch's transaction",
+    )
+    fleet_ingest_queue: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="log/telemetry messages parsed and waiting for the ingest worker; when full "
+        "the MQTT network thread waits (back-pressure to the broker: nothing is dropped)",
+    )
 
     metrics_raw_retention_s: float = Field(
         default=3600, gt=0, description="how long telemetry metrics are kept as raw points"
@@ -176,6 +197,26 @@ class HubSettings(BaseModel):
     )
     metrics_prune_interval_s: float = Field(
         default=60, gt=0, description="how often the fleet service deletes expired metrics"
+    )
+    # -- the live stream (GET /api/v1/stream) ----------------------------------------------
+    stream_ring_events: int = Field(
+        default=20_000,
+        ge=100,
+        le=1_000_000,
+        description="events the stream keeps for clients to read and resume from: a client "
+        "that falls further behind is told it missed events",
+    )
+    stream_coalesce_s: float = Field(
+        default=1.0, ge=0, le=60, description="at most one telemetry event per device per this"
+    )
+    stream_sample_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="how often the stream looks for changed deployments, alerts and endpoints",
+    )
+    stream_max_clients: int = Field(
+        default=100, ge=1, le=10_000, description="stream connections served at once"
     )
 
     @property

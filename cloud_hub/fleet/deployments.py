@@ -19,6 +19,7 @@ Quality and operations patterns at the edge:
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import sqlite3
@@ -426,6 +427,14 @@ class DeploymentStore:
             "SELECT * FROM deployments ORDER BY id DESC LIMIT ?", [limit]
         ).fetchall()
         return [self._deployment(r) for r in rows]
+
+    def heads(self, *, limit: int = 20) -> builtins.list[tuple[int, str, str]]:
+        """The newest deployments' (id, status, updated_at): what a watcher compares before it
+        reads a deployment whole."""
+        rows = self.db.conn.execute(
+            "SELECT id, status, updated_at FROM deployments ORDER BY id DESC LIMIT ?", [limit]
+        ).fetchall()
+        return [(int(r["id"]), str(r["status"]), str(r["updated_at"])) for r in rows]
 
     def _deployment(self, row: sqlite3.Row) -> Deployment:
         d: dict[str, Any] = dict(row)

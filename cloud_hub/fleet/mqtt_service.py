@@ -41,6 +41,7 @@ from cloud_hub.fleet.desired import DesiredStates
 from cloud_hub.fleet.errors import Rejected
 from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.fleet.metrics_store import MetricsStore
+from cloud_hub.fleet.observer import FleetObserver
 from cloud_hub.fleet.presence import Presence
 from cloud_hub.fleet.rollout import Assignment, Rollout
 from cloud_hub.registry import Registry
@@ -112,8 +113,10 @@ class FleetService:
         settings: HubSettings,
         client: mqtt.Client | None = None,
         logger: logging.Logger | None = None,
+        observer: FleetObserver | None = None,
     ) -> None:
         self.settings = settings
+        self.observer = observer
         self.topics = Topics(settings.topic_root)
         self.log = logger or logging.getLogger("cloud_hub.fleet")
         self.store: ArtifactStore = registry.store
@@ -138,13 +141,20 @@ class FleetService:
         self._poller: threading.Thread | None = None
 
     @classmethod
-    def from_hub(cls, hub: Hub, *, client: mqtt.Client | None = None) -> FleetService:
+    def from_hub(
+        cls,
+        hub: Hub,
+        *,
+        client: mqtt.Client | None = None,
+        observer: FleetObserver | None = None,
+    ) -> FleetService:
         return cls(
             db=hub.db,
             registry=hub.registry,
             signer=hub.fleet.signer,
             settings=hub.settings,
             client=client,
+            observer=observer,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -326,12 +336,16 @@ class FleetService:
             status = DeviceStatus.loads(payload)
             self._same_device(device_id, status.device_id)
             self.presence.record_status(device_id, status)
+            if self.observer is not None:
+                self.observer.device_changed(device_id)
         elif kind == "report":
             report = Report.loads(payload)
             self._same_device(device_id, report.device_id)
             deployment_id = self.rollout.apply_report(device_id, report)
             if deployment_id is not None:
                 self.rollout.evaluate(deployment_id)
+            if self.observer is not None:
+                self.observer.report_applied(device_id, deployment_id)
         elif kind == "logs":  # a batch the ingest refuses raises Rejected: it is not acked
             logs = LogBatch.loads(payload)
             self._same_device(device_id, logs.device_id)
@@ -342,6 +356,8 @@ class FleetService:
             self._same_device(device_id, tele.device_id)
             upto = self.ingest.store_telemetry(device_id, tele)
             self._ack(device_id, tele.epoch, upto, len(tele.records))
+            if self.observer is not None:  # after the commit: what it shows is stored
+                self.observer.telemetry_stored(device_id, tele.records)
         elif kind == "fetch":
             self._serve(device_id, FetchRequest.loads(payload))
 
