@@ -11,6 +11,17 @@ policy), then over every sequence stored just above it in either table. The call
 the mark, with the epoch, only after this returns, i.e. after the commit: the hub never acks more
 than it stored contiguously for that epoch or than the agent said it no longer holds.
 
+Group commit. `store_many` stores many batches, of any devices, in ONE transaction (one COMMIT
+for all: most of a lone batch's cost), each batch inside its own SAVEPOINT: a batch the rules
+refuse is rolled back to its savepoint and returned as its Rejected, the others are kept. The
+batches are applied in the order given, so several batches of one (device, epoch) in a group
+advance the mark exactly as they would one transaction each, and each one's returned mark is the
+epoch's mark right after it (a later batch of the group may raise it further; both are committed
+together). Every mark returned is committed when `store_many` returns; an unexpected error rolls
+the whole group back and propagates (nothing of it is stored: the caller may retry each batch
+alone). Conflicts (`on_conflict`) are reported after the commit, so a group rolled back reports
+none. `store_logs` / `store_telemetry` are a group of one.
+
 What a batch may claim. With M the epoch's mark, f the batch's floor, W `seq_window` and C
 `max_batch_records`, a batch is refused (Rejected: nothing stored, mark unchanged, not acked) when
   1. it carries more than C records;
@@ -46,7 +57,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from cloud_hub.db import Database
 from cloud_hub.fleet.errors import Rejected
@@ -56,7 +67,7 @@ from cloud_hub.settings import HubSettings
 from edge_agent.features import encode as encode_features
 from edge_agent.wire import LogBatch, TelemetryBatch
 
-__all__ = ["Ingest"]
+__all__ = ["Batch", "Ingest", "Item", "Outcome"]
 
 _DEFAULTS = HubSettings.model_fields
 
@@ -67,6 +78,9 @@ _SEQS_ABOVE = (
 
 # (device id, number of records whose seq was already stored with other content)
 OnConflict = Callable[[str, int], None]
+Batch = LogBatch | TelemetryBatch
+Item = tuple[str, Batch]  # (device id, its batch)
+Outcome = int | Rejected  # the epoch's new mark, or why the batch was refused
 
 
 class Ingest:
@@ -87,70 +101,128 @@ class Ingest:
 
     def store_logs(self, device_id: str, batch: LogBatch) -> int:
         """Store a log batch; returns the epoch's new contiguous mark. Rejected: refused."""
-        records = batch.records
-        with self.db.transaction() as db:
-            conn = db.conn
-            self._check(conn, device_id, batch.epoch, batch.floor, [r.seq for r in records])
-            if records:
-                self._conflicts(
-                    conn,
-                    device_id,
-                    "SELECT seq, request_id || '/' || input_digest FROM inference_logs "
-                    "WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
-                    batch.epoch,
-                    {r.seq: f"{r.request_id}/{r.input_digest}" for r in records},
-                )
-            conn.executemany(
-                "INSERT OR IGNORE INTO inference_logs (device_id, epoch, seq, request_id, "
-                "model_version, input_digest, output, latency_ms, ts, source, role, thresholded, "
-                "features, outputs_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        device_id,
-                        batch.epoch,
-                        r.seq,
-                        r.request_id,
-                        r.model_version,
-                        r.input_digest,
-                        json.dumps(r.output),
-                        r.latency_ms,
-                        r.ts,
-                        r.source,
-                        r.role,
-                        int(r.thresholded),
-                        None if r.features is None else encode_features(r.features),
-                        r.outputs_digest,
-                    )
-                    for r in records
-                ],
-            )
-            return self._advance(conn, device_id, batch.epoch, batch.floor)
+        return self._store_one(device_id, batch)
 
     def store_telemetry(self, device_id: str, batch: TelemetryBatch) -> int:
         """Store a telemetry batch; returns the epoch's new contiguous mark. Rejected: refused."""
-        records = batch.records
+        return self._store_one(device_id, batch)
+
+    def store_many(self, items: Sequence[Item]) -> list[Outcome]:
+        """Store the batches in one transaction, in order, a savepoint each (module docstring).
+
+        Returns one outcome per item: the epoch's new mark, or the Rejected that refused it
+        (nothing of that batch stored). Any other exception rolls the whole group back."""
+        conflicts: list[tuple[str, int]] = []
+        outcomes: list[Outcome] = []
         with self.db.transaction() as db:
             conn = db.conn
-            self._check(conn, device_id, batch.epoch, batch.floor, [r.seq for r in records])
-            if records:
-                self._conflicts(
-                    conn,
-                    device_id,
-                    "SELECT seq, ts FROM telemetry "
-                    "WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
-                    batch.epoch,
-                    {r.seq: r.ts for r in records},
-                )
-            record_metrics(conn, device_id, batch.epoch, records)  # before: counts only new
-            conn.executemany(
-                "INSERT OR IGNORE INTO telemetry (device_id, epoch, seq, ts, data) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [
-                    (device_id, batch.epoch, r.seq, r.ts, r.model_dump_json(exclude={"seq", "ts"}))
-                    for r in records
-                ],
+            for device_id, batch in items:
+                conn.execute("SAVEPOINT ingest_batch")
+                try:
+                    mark = self._store(conn, device_id, batch, conflicts)
+                except Rejected as exc:
+                    conn.execute("ROLLBACK TO ingest_batch")
+                    conn.execute("RELEASE ingest_batch")
+                    outcomes.append(exc)
+                    continue
+                conn.execute("RELEASE ingest_batch")
+                outcomes.append(mark)
+        if self._on_conflict is not None:
+            for device_id, count in conflicts:
+                self._on_conflict(device_id, count)
+        return outcomes
+
+    def _store_one(self, device_id: str, batch: Batch) -> int:
+        (outcome,) = self.store_many([(device_id, batch)])
+        if isinstance(outcome, Rejected):
+            raise outcome
+        return outcome
+
+    def _store(
+        self,
+        conn: sqlite3.Connection,
+        device_id: str,
+        batch: Batch,
+        conflicts: list[tuple[str, int]],
+    ) -> int:
+        if isinstance(batch, LogBatch):
+            self._store_logs(conn, device_id, batch, conflicts)
+        else:
+            self._store_telemetry(conn, device_id, batch, conflicts)
+        return self._advance(conn, device_id, batch.epoch, batch.floor)
+
+    def _store_logs(
+        self,
+        conn: sqlite3.Connection,
+        device_id: str,
+        batch: LogBatch,
+        conflicts: list[tuple[str, int]],
+    ) -> None:
+        records = batch.records
+        self._check(conn, device_id, batch.epoch, batch.floor, [r.seq for r in records])
+        if records:
+            self._conflicts(
+                conn,
+                device_id,
+                "SELECT seq, request_id || '/' || input_digest FROM inference_logs "
+                "WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
+                batch.epoch,
+                {r.seq: f"{r.request_id}/{r.input_digest}" for r in records},
+                conflicts,
             )
-            return self._advance(conn, device_id, batch.epoch, batch.floor)
+        conn.executemany(
+            "INSERT OR IGNORE INTO inference_logs (device_id, epoch, seq, request_id, "
+            "model_version, input_digest, output, latency_ms, ts, source, role, thresholded, "
+            "features, outputs_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    device_id,
+                    batch.epoch,
+                    r.seq,
+                    r.request_id,
+                    r.model_version,
+                    r.input_digest,
+                    json.dumps(r.output),
+                    r.latency_ms,
+                    r.ts,
+                    r.source,
+                    r.role,
+                    int(r.thresholded),
+                    None if r.features is None else encode_features(r.features),
+                    r.outputs_digest,
+                )
+                for r in records
+            ],
+        )
+
+    def _store_telemetry(
+        self,
+        conn: sqlite3.Connection,
+        device_id: str,
+        batch: TelemetryBatch,
+        conflicts: list[tuple[str, int]],
+    ) -> None:
+        records = batch.records
+        self._check(conn, device_id, batch.epoch, batch.floor, [r.seq for r in records])
+        if records:
+            self._conflicts(
+                conn,
+                device_id,
+                "SELECT seq, ts FROM telemetry "
+                "WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
+                batch.epoch,
+                {r.seq: r.ts for r in records},
+                conflicts,
+            )
+        record_metrics(conn, device_id, batch.epoch, records)  # before: counts only new
+        conn.executemany(
+            "INSERT OR IGNORE INTO telemetry (device_id, epoch, seq, ts, data) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                (device_id, batch.epoch, r.seq, r.ts, r.model_dump_json(exclude={"seq", "ts"}))
+                for r in records
+            ],
+        )
 
     # -- the rules (module docstring) ---------------------------------------------------------
     def _check(
@@ -188,14 +260,15 @@ class Ingest:
         sql: str,
         epoch: str,
         incoming: dict[int, object],
+        found: list[tuple[str, int]],
     ) -> None:
-        """Count records whose seq is stored already with other content (kept: the first)."""
+        """Note records whose seq is stored already with other content (kept: the first)."""
         if self._on_conflict is None:
             return
         stored = conn.execute(sql, [device_id, epoch, min(incoming), max(incoming)])
         conflicts = sum(1 for seq, value in stored if seq in incoming and incoming[seq] != value)
         if conflicts:
-            self._on_conflict(device_id, conflicts)
+            found.append((device_id, conflicts))
 
     @staticmethod
     def _advance(conn: sqlite3.Connection, device_id: str, epoch: str, floor: int) -> int:
