@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
@@ -21,6 +21,7 @@ from cloud_hub.api import (
     projects,
     runs,
     schedules,
+    stream,
     tokens,
     versions,
 )
@@ -28,6 +29,7 @@ from cloud_hub.api.auth import PUBLIC, Authenticator
 from cloud_hub.hub import Hub
 from cloud_hub.serving import ServingEngine
 from cloud_hub.serving.service import JobService, job_queue, prediction_log
+from cloud_hub.stream.live import LiveStream
 from cloud_hub.training.scheduler import TrainingScheduler
 
 if TYPE_CHECKING:
@@ -51,14 +53,16 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
             )
             sched.start()
         app.state.scheduler = sched
+        app.state.engine = _start_engine(hub)
+        live = LiveStream(hub, endpoint_stats=lambda: _endpoint_stats(app.state.engine)).start()
+        app.state.live = live
         service = None
         if run_fleet:
             from cloud_hub.fleet.mqtt_service import FleetService
 
-            service = FleetService.from_hub(hub)
+            service = FleetService.from_hub(hub, observer=live.feed)
             service.start()
         app.state.fleet_service = service
-        app.state.engine = _start_engine(hub)
         app.state.jobs = _start_jobs(hub, app.state.engine)
         app.state.monitor = _start_monitor(hub)
         try:
@@ -67,9 +71,10 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
             if app.state.monitor is not None:
                 app.state.monitor.stop()
             app.state.jobs.stop()
-            app.state.engine.close()
             if service is not None:
                 service.stop()
+            live.stop()
+            app.state.engine.close()
             if sched is not None:
                 sched.stop()
 
@@ -84,6 +89,8 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
     )
     app.state.hub = hub
     app.state.authenticator = Authenticator(hub)
+    app.state.live = None  # the lifespan starts it
+    app.state.stream_clients = set()
 
     @app.get("/api/v1/health", tags=["meta"], dependencies=[PUBLIC])
     def health() -> dict[str, str]:
@@ -104,6 +111,7 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
         deployments,
         enrollment,
         tokens,
+        stream,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     from cloud_hub.api import alerts, monitoring  # prediction monitoring and its alerts
@@ -119,6 +127,17 @@ def _start_engine(hub: Hub) -> ServingEngine:
     engine = ServingEngine(hub.registry, hub.db, threads=hub.settings.serving_threads, log=log)
     engine.start(poll_s=hub.settings.serving_poll_s)
     return engine
+
+
+def _endpoint_stats(engine: ServingEngine) -> dict[str, dict[str, Any]]:
+    """The serving engine's numbers per endpoint, for the live stream."""
+    out: dict[str, dict[str, Any]] = {}
+    for info in engine.list():
+        try:
+            out[info.name] = engine.stats(info.name)
+        except Exception:  # deleted meanwhile
+            continue
+    return out
 
 
 def _start_jobs(hub: Hub, engine: ServingEngine) -> JobService:
