@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import threading
 import uuid
@@ -462,3 +463,71 @@ def test_tls_checks_the_broker_with_the_fleet_ca(
         device.disconnect()
         device.loop_stop()
     assert "ep/dev/cam-8/status  DeviceStatus" in tail.out[0]
+
+
+MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
+MOSQUITTO_PUB = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
+
+
+def test_mosquitto_sub_with_the_viewer_account_prints_telemetry_and_its_publish_is_refused(
+    tmp_path: Path, secure_mosquitto: Any
+) -> None:
+    """What README tells an operator to run: Mosquitto's own clients (Debian's
+    mosquitto-clients), logged in as the viewer account broker-config made."""
+    data_dir = tmp_path / "hub"
+    hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False))
+    try:
+        device_password = hub.fleet.devices.register(DeviceCreate(id="cam-9")).password
+    finally:
+        hub.close()
+    broker: SecureMosquitto = secure_mosquitto(data_dir, tls=False, args=("--viewer", "watcher"))
+    password = (data_dir / "mosquitto" / "account-watcher.password").read_text().strip()
+    login = ["-h", broker.host, "-p", str(broker.port), "-u", "watcher", "-P", password]
+    sub = subprocess.Popen(
+        [MOSQUITTO_SUB, *login, "-v", "-t", "ep/#", "-C", "1", "-W", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    device = Client(broker.address, "cam-9", device_password)
+    try:
+        batch = telemetry_batch("cam-9").dumps()
+
+        def printed() -> bool:  # sent until mosquitto_sub, subscribed by then, prints one
+            device.publish(topics_of("cam-9", "telemetry"), batch)
+            return sub.poll() is not None
+
+        wait_until(printed, 30, "mosquitto_sub to print the device's telemetry")
+        out, err = sub.communicate(timeout=30)
+    finally:
+        sub.kill()
+    assert sub.returncode == 0, err
+    topic, _, payload = out.strip().partition(" ")
+    assert topic == "ep/dev/cam-9/telemetry"
+    assert json.loads(payload)["records"][0]["seq"] == 7  # plain JSON, the wire contract's
+
+    # its publish: MQTT 5 says "not authorized"; nothing reaches the hub's subscription
+    hub_client = Client(broker.address, HUB_USER, hub_password(BrokerFiles.in_data_dir(data_dir)))
+    try:
+        hub_client.subscribe(topics_of("+", "status"))
+        forged = DeviceStatus(device_id="cam-9", state="offline", agent_version="forged").dumps()
+        pub = subprocess.run(
+            [MOSQUITTO_PUB, *login, "-V", "mqttv5", "-q", "1", "-t", topics_of("cam-9", "status")]
+            + ["-m", forged.decode()],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "not authorized" in (pub.stdout + pub.stderr).lower(), pub
+        real = DeviceStatus(device_id="cam-9", state="online", agent_version="real").dumps()
+        device.publish(topics_of("cam-9", "status"), real)
+        wait_until(lambda: any(b"real" in p for _, p in hub_client.got), message="the status")
+        assert not any(b"forged" in p for _, p in hub_client.got)
+    finally:
+        hub_client.close()
+        device.close()
+    assert password not in out + err + pub.stdout + pub.stderr
+
+
+def topics_of(device: str, kind: Any) -> str:
+    return Topics(ROOT).device(device, kind)
