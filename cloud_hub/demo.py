@@ -288,6 +288,20 @@ class DemoRunner:
         self.figures.hub_url = url
         return client
 
+    def _say_live_views(self, api: httpx.Client, workdir: Path) -> None:
+        """A viewer token for the live views (12 h), and how to open them while the demo runs."""
+        r = api.post(
+            "/tokens", json={"name": "demo-viewer", "role": "viewer", "expires_in_s": 12 * 3600}
+        )
+        if r.status_code != 201:
+            raise DemoError(f"making a viewer token: {r.status_code} {r.text}")
+        token_file = workdir / "viewer.token"
+        token_file.write_text(r.json()["token"] + "\n")
+        token_file.chmod(0o600)
+        url = self.figures.hub_url
+        self.say(f"dashboard: {url}/ui/#token={r.json()['token']}")
+        self.say(f"terminal view: EDGEPILOT_TOKEN=$(cat {token_file}) edgepilot watch --hub {url}")
+
     def _register_and_start_agent(
         self, api: httpx.Client, broker: LocalBroker, device: DemoDevice
     ) -> None:
@@ -380,6 +394,7 @@ class DemoRunner:
             api = self._start_hub(broker, hub_dir)
             stack.callback(api.close)
             self.say(f"hub: {self.figures.hub_url}/docs")
+            self._say_live_views(api, settings.workdir)
             for device in settings.devices:
                 self._register_and_start_agent(api, broker, device)
                 self.say(f"agent {device.device_id}: {self._agent_urls[device.device_id]}")

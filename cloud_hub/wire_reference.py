@@ -1,6 +1,7 @@
 """docs/wire.md, generated from the wire contract (edge_agent/wire.py): every MQTT topic of the
 fleet, who sends it, whether it is retained, and each payload's fields with their types and
-descriptions, from the pydantic models themselves. Never edited by hand:
+descriptions, from the pydantic models themselves; then the hub's live stream (its events, from
+cloud_hub/stream/events.py). Never edited by hand:
 
     .venv/bin/python -m cloud_hub.wire_reference > docs/wire.md
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from cloud_hub.stream.events import EVENT_PAYLOADS, FleetOverview
 from edge_agent.wire import (
     DEFAULT_ROOT,
     ENROLL_PATH,
@@ -109,6 +111,24 @@ def render() -> str:
         *_model(EnrollRequest, "###", seen),
         *_model(EnrollResponse, "###", seen),
     ]
+    lines += [
+        "## The live stream (REST, server-sent events)",
+        "",
+        "`GET /api/v1/overview` (a viewer token) is where a live view starts; "
+        "`GET /api/v1/stream` keeps it current. Each event has `id: BOOT-N` (resume with "
+        "`Last-Event-ID`), `event: KIND` and one line of JSON `data`; `: ping` every 15 s.",
+        "",
+        "| event | data | sent when |",
+        "|---|---|---|",
+    ]
+    for kind, (model, when) in EVENT_PAYLOADS.items():
+        lines.append(f"| `{kind}` | {model.__name__} | {_cell(when)} |")
+    lines += ["", *_model(FleetOverview, "###", seen)]
+    shown = {"FleetOverview", *(m.__name__ for m in (EnrollRequest, EnrollResponse))}
+    for model, _ in EVENT_PAYLOADS.values():
+        if model.__name__ not in seen and model.__name__ not in shown:
+            seen.add(model.__name__)
+            lines += _model(model, "###", seen)
     return "\n".join(lines).rstrip() + "\n"
 
 

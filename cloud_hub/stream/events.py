@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 __all__ = [
     "EVENT_KINDS",
+    "EVENT_PAYLOADS",
     "AlertLive",
     "DeploymentLive",
     "DeviceLive",
@@ -153,3 +154,15 @@ class Missed(BaseModel):
         "process; expired: it is older than what the hub keeps"
     )
     missed: int | None = Field(description="how many events were lost, where known")
+
+
+# what each event's `data` is, and when it is sent (docs/wire.md is generated from this)
+EVENT_PAYLOADS: dict[EventKind, tuple[type[BaseModel], str]] = {
+    "hello": (Hello, "first, on every connection"),
+    "device": (DeviceState, "a status message (online, offline by last will) or a report"),
+    "telemetry": (TelemetryLive, "a stored telemetry batch; at most one per device per second"),
+    "deployment": (DeploymentLive, "a deployment created, progressing, promoted or finished"),
+    "alert": (AlertLive, "an alert opened (`open: true`) or resolved"),
+    "endpoint": (EndpointLive, "an endpoint's numbers changed (looked at every 2 s)"),
+    "missed": (Missed, "the client lost events: load the overview again"),
+}
