@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from cloud_hub.api.auth import ADMIN, DEVICE_SELF, VIEWER
 from cloud_hub.api.deps import HubDep
+from cloud_hub.fleet.devices import DEFAULT_PAGE, MAX_PAGE
 from cloud_hub.fleet.metrics_store import MetricNames, MetricSeries, MetricsStore
 from cloud_hub.fleet.schemas import Device, DeviceCreate, DeviceRegistration, InferenceLog
 
@@ -23,8 +25,28 @@ def register_device(body: DeviceCreate, hub: HubDep) -> DeviceRegistration:
 
 
 @router.get("/devices", dependencies=[VIEWER])
-def list_devices(hub: HubDep, tag: str | None = None, group: str | None = None) -> list[Device]:
-    return hub.fleet.devices.all(tag=tag, group=group)
+def list_devices(
+    hub: HubDep,
+    request: Request,
+    response: Response,
+    tag: str | None = None,
+    group: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="devices per page")] = DEFAULT_PAGE,
+    after: Annotated[
+        str | None,
+        Query(max_length=256, description="the cursor: devices whose ids sort after this one"),
+    ] = None,
+) -> list[Device]:
+    """Devices by id, a page at a time: still a JSON list (clients that read one list keep
+    working, for fleets up to `limit`). When there are more, the response says where the next
+    page starts: `X-Next-After: <last id>` and `Link: <...?after=<last id>&limit=N>;
+    rel="next"`; follow it until neither is there."""
+    devices, next_after = hub.fleet.devices.page(tag=tag, group=group, limit=limit, after=after)
+    if next_after is not None:
+        url = request.url.include_query_params(after=next_after, limit=limit)
+        response.headers["X-Next-After"] = quote(next_after, safe="")
+        response.headers["Link"] = f'<{url}>; rel="next"'
+    return devices
 
 
 @router.get("/devices/{device_id}", dependencies=[DEVICE_SELF])

@@ -343,9 +343,17 @@ def devices_list(
     group: Annotated[str | None, typer.Option(help="Only devices in this group.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List devices."""
+    """List devices (read a page of the registry at a time, as GET /api/v1/devices serves
+    them, so a fleet of thousands is never one query)."""
+    devices: list[Device] = []
     with user_errors():
-        devices = _state(ctx).hub.fleet.devices.all(tag=tag, group=group)
+        store = _state(ctx).hub.fleet.devices
+        after: str | None = None
+        while True:
+            page, after = store.page(tag=tag, group=group, after=after)
+            devices += page
+            if after is None:
+                break
     if json_out:
         render.print_json(devices)
     else:
