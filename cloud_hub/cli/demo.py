@@ -102,8 +102,8 @@ def demo(
                 live.start()
             live.update(_table(fig))
 
-    def say(text: str) -> None:
-        render.err_console.print(text, highlight=False)
+    def say(text: str) -> None:  # soft wrap: a link stays one line a terminal can open
+        render.err_console.print(text, highlight=False, soft_wrap=True)
 
     runner = DemoRunner(
         settings,

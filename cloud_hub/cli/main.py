@@ -977,6 +977,8 @@ def hub_serve(
             host=host,
             port=port,
             log_level="info",
+            # open live streams never end by themselves: give them 5 s, then stop anyway
+            timeout_graceful_shutdown=5,
             ssl_certfile=str(tls_cert) if tls_cert is not None else None,
             ssl_keyfile=str(tls_key) if tls_key is not None else None,
         )
