@@ -54,18 +54,18 @@ def watch(
     if not secret:
         raise fail("no token: give one with the viewer role (--token or EDGEPILOT_TOKEN)")
 
-    from cloud_hub.stream.client import fetch_overview
+    from cloud_hub.stream.client import HubRefused, fetch_overview
 
     try:
         overview = fetch_overview(base, secret)
-    except httpx.HTTPStatusError as exc:
-        code = exc.response.status_code
+    except HubRefused as exc:
+        code = exc.status
         if code in (401, 403):
             raise fail(
                 f"the hub at {base} refused the token ({code}): give one with the viewer role "
                 "or higher (--token or EDGEPILOT_TOKEN)"
             ) from None
-        raise fail(f"the hub at {base} answered {code} to GET /api/v1/overview") from None
+        raise fail(f"the hub at {base} answered GET /api/v1/overview with {exc}") from None
     except httpx.HTTPError as exc:
         raise fail(f"cannot reach the hub at {base}: {describe_error(exc)}") from None
 

@@ -121,9 +121,9 @@ class WatchApp(App[None]):
         self.shown_cells: dict[str, tuple[str, ...]] = {}
         self.headline = ""
         self._revision = -1
-        self._shown_deployments: dict[Any, dict[str, Any]] = {}
+        self.shown_deployments: dict[Any, dict[str, Any]] = {}
         self._rollout_for: Any = None
-        self._rollout_doc: dict[str, Any] | None = None
+        self.rollout: dict[str, Any] | None = None
         self.http: httpx.AsyncClient | None = None
 
     # -- layout -------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ class WatchApp(App[None]):
         for key in ("device", "phase", "state", "progress", "received", "reason"):
             rollout.add_column(key, key=key)
         alerts = self.alerts_table
-        for key in ("id", "severity", "rule", "subject", "state", "message", "since"):
+        for key in ("id", "severity", "rule", "metric", "subject", "message", "since"):
             alerts.add_column(key, key=key)
         self.http = rest.client(self.feed.base_url, self.feed.token)
         self.feed.start()
@@ -252,10 +252,10 @@ class WatchApp(App[None]):
         ids = [str(d.get("id")) for d in deployments]
         if selected in ids:
             table.move_cursor(row=ids.index(selected))
-        before = self._shown_deployments
-        self._shown_deployments = {str(d.get("id")): d for d in deployments}
+        before = self.shown_deployments
+        self.shown_deployments = {str(d.get("id")): d for d in deployments}
         if self._rollout_for is not None and before.get(self._rollout_for) != (
-            self._shown_deployments.get(self._rollout_for)
+            self.shown_deployments.get(self._rollout_for)
         ):
             self.load_rollout(self._rollout_for)
 
@@ -267,8 +267,8 @@ class WatchApp(App[None]):
                 str(alert.get("id")),
                 str(alert.get("severity", "-")),
                 str(alert.get("rule", "-")),
+                str(alert.get("metric", "-")),
                 str(alert.get("subject", "-")),
-                str(alert.get("state", "-")),
                 str(alert.get("message", ""))[:120],
                 str(alert.get("since", ""))[:19],
             )
@@ -293,7 +293,7 @@ class WatchApp(App[None]):
             table.clear()
             table.add_row("-", "-", "-", "-", "-", f"cannot load it: {describe_error(exc)}")
             return
-        self._rollout_doc = doc
+        self.rollout = doc
         table.clear()
         for dev in doc.get("devices") or ():
             state = str(dev.get("state"))
@@ -327,11 +327,17 @@ class WatchApp(App[None]):
         self.fleet_table.focus()
 
     def action_focus_filter(self) -> None:
-        self.action_show_tab("fleet-tab")
+        self.query_one(TabbedContent).active = "fleet-tab"
         self.query_one("#filter", Input).focus()
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        tables = {
+            "fleet-tab": self.fleet_table,
+            "deployments-tab": self.deployments_table,
+            "alerts-tab": self.alerts_table,
+        }
+        tables[tab].focus()
 
     def _set_sort(self, key: str, reverse: bool) -> None:
         self.sort_key, self.sort_reverse = key, reverse

@@ -12,40 +12,37 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import httpx
 
+from cloud_hub.stream.client import HubRefused, HubStream, StreamEvent, fetch_overview
 from cloud_hub.watch.state import FleetState
 
 __all__ = ["Feed", "describe_error"]
 
 
-class _Event(Protocol):
-    id: str
-    kind: str
-    data: dict[str, Any]
+class _Stream(Protocol):
+    def events(self) -> Iterator[StreamEvent]: ...
+
+    def close(self) -> None: ...
 
 
 OverviewFn = Callable[[str, str], dict[str, Any]]
-StreamFn = Callable[[str, str, str | None], Iterable[_Event]]
+StreamFn = Callable[[str, str, str | None], _Stream]
 
 
-def _default_fetch(base_url: str, token: str) -> dict[str, Any]:
-    from cloud_hub.stream.client import fetch_overview
-
-    return fetch_overview(base_url, token)
-
-
-def _default_stream(base_url: str, token: str, last_event_id: str | None) -> Iterable[_Event]:
-    from cloud_hub.stream.client import HubStream
-
-    return HubStream(base_url, token, last_event_id=last_event_id, timeout=30).events()
+def _default_stream(base_url: str, token: str, last_event_id: str | None) -> _Stream:
+    return HubStream(base_url, token, last_event_id=last_event_id, timeout=30)
 
 
 def describe_error(exc: BaseException) -> str:
     """A short reason for the header: what a user can act on."""
+    if isinstance(exc, HubRefused):
+        if exc.status in (401, 403):
+            return f"the hub refused the token ({exc.status})"
+        return f"the hub said {exc.status}: {exc.detail}"[:120]
     if isinstance(exc, httpx.HTTPStatusError):
         code = exc.response.status_code
         if code in (401, 403):
@@ -67,7 +64,7 @@ class Feed:
         token: str,
         state: FleetState | None = None,
         *,
-        fetch: OverviewFn = _default_fetch,
+        fetch: OverviewFn = fetch_overview,
         stream: StreamFn = _default_stream,
         backoff: tuple[float, float] = (0.5, 10.0),
     ) -> None:
@@ -80,6 +77,7 @@ class Feed:
         self._backoff = backoff
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._current: _Stream | None = None
 
     def start(self) -> Feed:
         self._thread = threading.Thread(target=self.run, name="edgepilot-watch-feed", daemon=True)
@@ -90,6 +88,9 @@ class Feed:
         """Ask the thread to end (it is a daemon: a read blocked on the network never holds up
         the program's exit)."""
         self._stop.set()
+        current = self._current
+        if current is not None:
+            current.close()
 
     def _load(self) -> None:
         overview = self._fetch(self.base_url, self.token)
@@ -107,7 +108,8 @@ class Feed:
                     need_overview = False
                 with self.lock:
                     resume = self.state.last_event_id
-                for event in self._stream(self.base_url, self.token, resume):
+                self._current = self._stream(self.base_url, self.token, resume)
+                for event in self._current.events():
                     if self._stop.is_set():
                         return
                     with self.lock:
@@ -117,8 +119,10 @@ class Feed:
                     if action == "refetch":
                         self._load()
                 error = "the stream ended"
-            except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
+            except (httpx.HTTPError, HubRefused, OSError, ValueError, KeyError) as exc:
                 error = describe_error(exc)
+            finally:
+                self._current = None
             if self._stop.is_set():
                 return
             now = time.time()

@@ -6,11 +6,24 @@ The state tests feed FleetState documents shaped as the hub's /overview and stre
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Sparkline
 
+from cloud_hub.hub import Hub
+from cloud_hub.settings import HubSettings
+from cloud_hub.watch.app import DeviceScreen, WatchApp
+from cloud_hub.watch.feed import Feed
 from cloud_hub.watch.state import (
     COLUMNS,
     FilterError,
@@ -20,6 +33,9 @@ from cloud_hub.watch.state import (
     parse_filter,
     sort_devices,
 )
+from tests.agent_processes import AgentProc, agent_toml
+from tests.cloud_hub.conftest import register_model, unique
+from tests.conftest import BIN, REPO, free_port, run_cli, wait_for_port
 
 
 def device(ident: str, **fields: Any) -> dict[str, Any]:
@@ -185,3 +201,205 @@ def test_stale_keeps_the_data_and_says_since_when() -> None:
     assert "3 devices" in head and len(state.rows()) == 3
     state.mark_reachable()
     assert not state.stale and state.headline(time.time()).startswith("live")
+
+
+# -- the screens against a real hub, Mosquitto and agent processes -------------------------------
+class LiveHub:
+    """`edgepilot hub serve --mqtt` as a process of its own (stopped and started again on the
+    same port and data), with agents it registered and a model version to deploy."""
+
+    def __init__(self, root: Path, broker: tuple[str, int], onnx_bytes: bytes) -> None:
+        self.root = root
+        self.broker = broker
+        self.data_dir = root / "hub"
+        hub = Hub.open(HubSettings(data_dir=self.data_dir, run_scheduler=False))
+        self.version = register_model(hub, onnx_bytes, tflite=False).ref
+        hub.close()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.agents: dict[str, AgentProc] = {}
+        self.log = (root / "hub.log").open("ab")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+        self.token = (self.data_dir / "admin-token").read_text().strip()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN / "edgepilot"), "hub", "serve", "--port", str(self.port), "--no-scheduler",
+             "--workers", "0", "--no-prediction-log", "--mqtt", "{}:{}".format(*self.broker)],
+            env={**os.environ, "EDGEPILOT_DATA_DIR": str(self.data_dir)},
+            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_for_port(self.port, proc=self.proc)
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        resp = httpx.post(
+            f"{self.url}/api/v1{path}", json=body, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        assert resp.status_code == 201, resp.text
+        doc: dict[str, Any] = resp.json()
+        return doc
+
+    def add_agent(self, device_id: str, **device: Any) -> AgentProc:
+        doc = self.post("/devices", {"id": device_id, **device})
+        home = self.root / device_id
+        home.mkdir()
+        (home / "agent.toml").write_text(
+            agent_toml(
+                device_id,
+                home / "data",
+                self.broker,
+                doc["hub_public_key"],
+                mqtt={
+                    "username": doc["username"],
+                    "password": doc["password"],
+                    "topic_root": doc["broker"]["topic_root"],
+                },
+                telemetry={"interval_s": 0.5},
+            )
+        )
+        agent = AgentProc(home / "agent.toml", home / "data", home / "agent.log")
+        self.agents[device_id] = agent
+        return agent.start()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        for agent in self.agents.values():
+            agent.kill()
+        self.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def live_hub(tmp_path: Path, mosquitto: tuple[str, int], onnx_bytes: bytes) -> Iterator[LiveHub]:
+    hub = LiveHub(tmp_path, mosquitto, onnx_bytes)
+    try:
+        yield hub
+    finally:
+        hub.close()
+
+
+async def until(pilot: Pilot[None], condition: Any, timeout: float, what: str) -> None:
+    """Let the app run until `condition()` holds (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await pilot.pause(0.05)
+
+
+@pytest.mark.slow  # about 25 s: a hub, three agents, a deployment, a hub restart
+def test_watch_follows_a_real_fleet(live_hub: LiveHub) -> None:
+    """The table lists the devices; a filter narrows it; a deployment's progress shows per
+    device; Enter opens a device whose sparkline has points; a stopped agent's row turns
+    offline; a stopped hub makes the view stale with the rows kept, and a restarted one live."""
+    cam, door, pi = unique("cam"), unique("door"), unique("pi")
+    mine = {cam, door, pi}
+    with ThreadPoolExecutor(4) as pool:  # processes that start slowly: all at once
+        refused = pool.submit(
+            run_cli, ["watch", "--hub", live_hub.url, "--token", "ep_wrong"], {**os.environ}
+        )
+        for agent in [
+            pool.submit(live_hub.add_agent, cam, tags=["cam"], group="lab"),
+            pool.submit(live_hub.add_agent, door, tags=["cam", "door"], group="yard"),
+            pool.submit(live_hub.add_agent, pi, group="lab"),
+        ]:
+            agent.result()
+    assert refused.result().returncode == 2
+    assert "refused the token (401)" in refused.result().stderr
+    feed = Feed(live_hub.url, live_hub.token, backoff=(0.2, 1.0))
+    app = WatchApp(feed, refresh_s=0.1)
+
+    def cell(device_id: str, column: str) -> str:
+        index = [c.key for c in COLUMNS].index(column)
+        return app.shown_cells.get(device_id, ("",) * len(COLUMNS))[index]
+
+    def rollout_states() -> dict[str, str]:
+        return {d["device_id"]: d["state"] for d in (app.rollout or {}).get("devices", ())}
+
+    async def scenario() -> None:
+        async with app.run_test(size=(220, 50)) as pilot:
+            await until(
+                pilot,
+                lambda: all(cell(d, "status") == "online" for d in mine),
+                30,
+                "the three devices online in the table",
+            )
+            assert app.headline.startswith("live |")
+
+            await pilot.press("slash", *"tag:cam group:lab")
+            await until(pilot, lambda: app.shown_ids == [cam], 5, "the filter to keep cam")
+            await pilot.press("enter")  # from the filter to the table
+
+            dep = live_hub.post("/deployments", {"version": live_hub.version, "tag": "cam"})
+            await pilot.press("d")
+            await until(
+                pilot,
+                lambda: rollout_states() == {cam: "active", door: "active"},
+                40,
+                "both cameras active in the deployment's per-device progress",
+            )
+            assert app.rollout is not None and app.rollout["id"] == dep["id"]
+            await until(
+                pilot,
+                lambda: app.shown_deployments[str(dep["id"])]["progress"] == 1.0,
+                10,
+                "the deployment's progress at 100%",
+            )
+            await until(pilot, lambda: cell(cam, "model") == live_hub.version, 10, "cam's model")
+
+            await pilot.press("f", "enter")  # the fleet tab; open the device under the cursor
+            await until(pilot, lambda: isinstance(app.screen, DeviceScreen), 5, "device screen")
+            screen = app.screen
+            assert isinstance(screen, DeviceScreen) and screen.device_id == cam
+            await until(
+                pilot,
+                lambda: any(len(s.data or ()) >= 2 for s in screen.query(Sparkline)),
+                20,
+                "a sparkline with points",
+            )
+            history = screen.query_one("#dev-deployments", DataTable)
+            await until(pilot, lambda: history.row_count == 1, 10, "cam's deployment history")
+            assert history.get_row_at(0)[5] == "active"
+            await pilot.press("escape")
+            await until(pilot, lambda: not isinstance(app.screen, DeviceScreen), 5, "back")
+
+            await pilot.press("slash", "ctrl+a", "ctrl+k", "enter")  # no filter
+            await until(pilot, lambda: mine <= set(app.shown_ids), 5, "the whole fleet again")
+            await pilot.press("s")  # sort by the next column: status (offline first)
+            assert app.sort_key == "status"
+            live_hub.agents[door].kill()  # its last will: offline
+            await until(
+                pilot, lambda: cell(door, "status").startswith("offline since "), 20, "offline"
+            )
+            assert cell(cam, "status") == "online"
+            await until(pilot, lambda: app.shown_ids[0] == door, 5, "the offline row on top")
+
+            live_hub.kill()
+            await until(pilot, lambda: app.headline.startswith("STALE: "), 10, "stale")
+            assert app.headline.startswith("STALE: hub unreachable since ")
+            assert ", retrying" in app.headline
+            assert mine <= set(app.shown_ids) and cell(door, "status").startswith("offline")
+
+            live_hub.start()  # a new boot: the stream says `missed`, the view refetches
+            await until(pilot, lambda: app.headline.startswith("live |"), 20, "live again")
+            assert mine <= set(app.shown_ids) and cell(cam, "status") == "online"
+
+    asyncio.run(scenario())
+
+
+def test_watch_refuses_bad_input_with_a_message(cli_env: dict[str, str]) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    for args, message in [
+        (["--filter", "colour:red", "--token", "ep_x"], "--filter: unknown filter 'colour'"),
+        (["--sort", "colour", "--token", "ep_x"], "--sort 'colour'"),
+        (["--hub", "localhost:8000", "--token", "ep_x"], "give the hub's URL"),
+        (["--hub", nowhere, "--token", "ep_x"], f"cannot reach the hub at {nowhere}"),
+    ]:
+        out = run_cli(["watch", *args], cli_env, timeout=60)
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr and "ep_x" not in out.stderr
