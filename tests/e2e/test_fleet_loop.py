@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import uuid
 import warnings
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from cloud_hub.local_broker import LocalBroker
 from cloud_hub.registry import NewArtifact
 from cloud_hub.schemas import Version
 from cloud_hub.settings import HubSettings
+from cloud_hub.stream.client import HubStream, fetch_overview
 from tests.agent_processes import AgentProc, agent_toml, wait_until
 from tests.conftest import BIN, REPO, Mosquitto
 
@@ -345,26 +347,71 @@ def test_the_loop_runs_over_the_embedded_broker(
 
 
 def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
-    """The README's first command, shortened: both agents active, every log made is at the hub."""
-    proc = subprocess.run(
+    """The README's first command, shortened: both agents active, every log made is at the hub;
+    while it runs, the live views' overview and stream (with the viewer token the demo made and
+    printed) show both devices online, running their artifact, with telemetry."""
+    workdir = tmp_path / "demo"
+    proc = subprocess.Popen(
         [
             str(BIN / "edgepilot"),
             "demo",
             "--duration",
-            "6",
+            "8",
             "--json",  # the default epochs: a CNN trained for 3 quantizes below the 0.99
             "--rate",  # top-1 agreement the validate step asks for, with onnxruntime 1.32
             "15",
             "--workdir",
-            str(tmp_path / "demo"),
+            str(workdir),
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         cwd=REPO,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        hub_line = wait_until(
+            lambda: (
+                next((line for line in list(said) if line.startswith("hub: ")), None)
+                or (proc.poll() is not None and "exited")
+            ),
+            240,
+            "the demo's hub",
+        )
+        assert hub_line != "exited", "".join(said)[-3000:]
+        url = hub_line.split()[1].removesuffix("/docs")
+        token_file = workdir / "viewer.token"
+        wait_until(token_file.exists, 30, "the demo's viewer token")
+        token = token_file.read_text().strip()
+        assert any(f"{url}/ui/#token={token}" in line for line in said)
+
+        def running() -> dict[str, Any] | None:
+            rows = {d["id"]: d for d in fetch_overview(url, token)["devices"]}
+            live = all(
+                d["status"] == "online" and d["artifact"] and d["inferences_per_s"]
+                for d in rows.values()
+            )
+            return rows if len(rows) == 2 and live else None
+
+        rows = wait_until(running, 120, "both demo devices online, serving, with telemetry")
+        assert rows["demo-pi"]["artifact"] == "tflite/int8"
+        assert rows["demo-jetson"]["active_model"] == "digits/digits-cnn:1"
+        events = HubStream(url, token).events()
+        seen = next(e for e in events if e.kind == "telemetry")
+        events.close()
+        assert seen.data["id"] in rows
+        stdout, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    stderr = "".join(said)
+    proc_out = stdout
+    assert proc.returncode == 0, stderr[-3000:]
+    out = json.loads(proc_out)
     assert out["deployed_version"] == "digits/digits-cnn:1"
     devices = {d["device_id"]: d for d in out["devices"]}
     assert set(devices) == {"demo-pi", "demo-jetson"}
