@@ -81,6 +81,7 @@ class IngestWorker:
         self._thread: threading.Thread | None = None
         self._stats_lock = threading.Lock()
         self._commits = self._batches = self._errors = 0
+        self._waiting = 0  # put, not handed on yet: queued or in the group being gathered
         self._group_last = self._group_max = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -107,18 +108,23 @@ class IngestWorker:
         """Queue a message for the next group; blocks while the queue is full."""
         with self._gate:
             if self._running:
+                with self._stats_lock:
+                    self._waiting += 1
                 self._queue.put(item)
                 return
         self._flush([item])  # not running (stopped, or never started): store it here
 
     def depth(self) -> int:
-        return self._queue.qsize()
+        """Messages put and not stored yet (queued, or in the group being gathered)."""
+        with self._stats_lock:
+            return self._waiting
 
     def stats(self) -> dict[str, int]:
-        """ingest_queue, commits, batches stored or refused through groups, group sizes."""
+        """ingest_queue (put, not stored yet), commits, batches through them (commit_batches),
+        transactions that failed (commit_errors), batches per commit (last, max)."""
         with self._stats_lock:
             return {
-                "ingest_queue": self._queue.qsize(),
+                "ingest_queue": self._waiting,
                 "commits": self._commits,
                 "commit_batches": self._batches,
                 "commit_errors": self._errors,
@@ -148,6 +154,8 @@ class IngestWorker:
                 assert isinstance(nxt, Pending)
                 group.append(nxt)
             self._flush(group)
+            with self._stats_lock:
+                self._waiting -= len(group)
 
     def _flush(self, group: list[Pending]) -> None:
         try:

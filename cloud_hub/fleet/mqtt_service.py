@@ -12,14 +12,19 @@ ingests status, reports, logs and telemetry.
   device's current desired state is published again, so retained state is never lost for good.
   A deployment whose serving parameters changed (`params_rev`) is published again to its
   devices: the same model, new parameters, nothing to transfer.
-- Everything a device sends is handled on paho's network thread: parsed with the wire contract,
-  stored (one transaction per message), then acknowledged. A malformed message, one from an
-  unknown device, or one the hub refuses is logged and counted (`stats()`), recorded as the
+- Everything a device sends is parsed with the wire contract on paho's network thread. Status,
+  reports and fetches are handled there too (light); logs and telemetry are queued for the
+  ingest worker (`ingest_worker`), which stores many messages of many devices per transaction
+  (group commit: `fleet_commit_max_messages`, `fleet_commit_max_delay_ms`) and acknowledges each
+  batch only after its transaction committed. Its queue is bounded (`fleet_ingest_queue`): when
+  full, the network thread waits, and the broker holds the rest. A malformed message, one from
+  an unknown device, or one the hub refuses is logged and counted (`stats()`), recorded as the
   device's last rejection reason where the device is known, and never stops the client.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -40,6 +45,7 @@ from cloud_hub.fleet.broker_auth import HUB_USER, BrokerFiles, hub_ca_file, hub_
 from cloud_hub.fleet.desired import DesiredStates
 from cloud_hub.fleet.errors import Rejected
 from cloud_hub.fleet.ingest import Ingest
+from cloud_hub.fleet.ingest_worker import IngestWorker, Pending
 from cloud_hub.fleet.metrics_store import MetricsStore
 from cloud_hub.fleet.observer import FleetObserver
 from cloud_hub.fleet.presence import Presence
@@ -127,6 +133,15 @@ class FleetService:
             seq_window=settings.fleet_seq_window,
             on_conflict=self._seq_conflict,
         )
+        self.ingest_worker = IngestWorker(
+            self.ingest,
+            stored=self._stored,
+            refused=self._refused,
+            max_messages=settings.fleet_commit_max_messages,
+            max_delay_s=settings.fleet_commit_max_delay_ms / 1000,
+            queue_size=settings.fleet_ingest_queue,
+            logger=self.log,
+        )
         self.presence = Presence(db)
         self.metrics = MetricsStore(db, settings)
         self.desired = DesiredStates(db, registry, signer)
@@ -139,6 +154,7 @@ class FleetService:
         self._republish = threading.Event()
         self._stopping = threading.Event()
         self._poller: threading.Thread | None = None
+        self._last_ack: mqtt.MQTTMessageInfo | None = None
 
     @classmethod
     def from_hub(
@@ -176,6 +192,7 @@ class FleetService:
             c.connect_async(host, port, keepalive, clean_start=False, properties=props)
         else:
             c.connect_async(host, port, keepalive)
+        self.ingest_worker.start()
         c.loop_start()
         self._stopping.clear()
         self._poller = threading.Thread(target=self._poll_loop, name="fleet-poll", daemon=True)
@@ -186,6 +203,11 @@ class FleetService:
         if self._poller is not None:
             self._poller.join(timeout=30)
             self._poller = None
+        self.ingest_worker.stop()  # what is queued is stored and acked while still connected
+        last_ack = self._last_ack
+        if last_ack is not None and self._connected.is_set():
+            with contextlib.suppress(RuntimeError, ValueError):  # paho: sent only if waited for
+                last_ack.wait_for_publish(timeout=PUBLISH_TIMEOUT_S)
         self.client.disconnect()
         self.client.loop_stop()
         self._connected.clear()
@@ -198,9 +220,12 @@ class FleetService:
         return self._connected.is_set()
 
     def stats(self) -> dict[str, int]:
-        """Counters: messages, stored records, acks, chunks, and what was refused and why."""
+        """Counters: messages, stored records, acks, chunks, and what was refused and why; the
+        ingest worker's queue depth (`ingest_queue`), `commits`, and `batches_per_commit_last`
+        / `_max`."""
         with self._stats_lock:
-            return dict(self._stats)
+            counters = dict(self._stats)
+        return counters | self.ingest_worker.stats()
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:
@@ -346,18 +371,15 @@ class FleetService:
                 self.rollout.evaluate(deployment_id)
             if self.observer is not None:
                 self.observer.report_applied(device_id, deployment_id)
-        elif kind == "logs":  # a batch the ingest refuses raises Rejected: it is not acked
+        elif kind == "logs":  # stored, then acked (or refused), by the ingest worker
             logs = LogBatch.loads(payload)
             self._same_device(device_id, logs.device_id)
-            upto = self.ingest.store_logs(device_id, logs)
-            self._ack(device_id, logs.epoch, upto, len(logs.records))
+            self.ingest_worker.put(Pending(device_id, self.topics.device(device_id, "logs"), logs))
         elif kind == "telemetry":
             tele = TelemetryBatch.loads(payload)
             self._same_device(device_id, tele.device_id)
-            upto = self.ingest.store_telemetry(device_id, tele)
-            self._ack(device_id, tele.epoch, upto, len(tele.records))
-            if self.observer is not None:  # after the commit: what it shows is stored
-                self.observer.telemetry_stored(device_id, tele.records)
+            topic = self.topics.device(device_id, "telemetry")
+            self.ingest_worker.put(Pending(device_id, topic, tele))
         elif kind == "fetch":
             self._serve(device_id, FetchRequest.loads(payload))
 
@@ -366,12 +388,30 @@ class FleetService:
         if topic_id != payload_id:
             raise Rejected(f"message names device {payload_id!r} on device {topic_id!r}'s topic")
 
+    def _stored(self, item: Pending, upto: int) -> None:
+        """The ingest worker's word that `item` is committed (its epoch's mark is `upto`)."""
+        batch = item.batch
+        self._ack(item.device_id, batch.epoch, upto, len(batch.records))
+        if self.observer is not None and isinstance(batch, TelemetryBatch):
+            try:  # after the commit: what it shows is stored
+                self.observer.telemetry_stored(item.device_id, batch.records)
+            except Exception:
+                self.log.exception("the fleet observer failed on %s's telemetry", item.device_id)
+                self._count("errors")
+
+    def _refused(self, counter: str, item: Pending, reason: str) -> None:
+        """The ingest worker's word that `item` was refused (`rejected`) or failed (`errors`):
+        not stored, not acked."""
+        self._refuse(counter, item.device_id, item.topic, reason)
+
     def _ack(self, device_id: str, epoch: str, upto: int, records: int) -> None:
         """Acknowledge after the batch is committed (the store call has returned): the epoch's
         contiguous mark, with the epoch, so an agent can tell it from another outbox's."""
         self._count("records", records)
         ack = Ack(upto=upto, epoch=epoch)
-        self.client.publish(self.topics.device(device_id, "ack"), ack.dumps(), qos=1)
+        self._last_ack = self.client.publish(
+            self.topics.device(device_id, "ack"), ack.dumps(), qos=1
+        )
         self._count("acks")
 
     def _seq_conflict(self, device_id: str, count: int) -> None:

@@ -8,17 +8,25 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.db import Database
 from cloud_hub.fleet.errors import Rejected
 from cloud_hub.fleet.ingest import Ingest, Item
 from cloud_hub.fleet.ingest_worker import IngestWorker, Pending
-from edge_agent.wire import LogBatch, LogRecord, TelemetryBatch, TelemetryRecord
-from tests.cloud_hub.conftest import wait_until
+from cloud_hub.fleet.mqtt_service import FleetService
+from cloud_hub.fleet.schemas import DeviceCreate
+from cloud_hub.hub import Hub
+from cloud_hub.settings import HubSettings
+from edge_agent.wire import Ack, LogBatch, LogRecord, TelemetryBatch, TelemetryRecord, Topics
+from tests.cloud_hub.conftest import Device, unique, wait_until
+
+MakeDevice = Callable[[str], Device]
 
 EPOCH = "c3c3c3c3c3c3c3c3"
 
@@ -199,9 +207,122 @@ def test_a_full_queue_makes_put_wait_and_loses_nothing(db: Database) -> None:
     try:
         for n in range(1, 101):
             worker.put(_pending(_logs("a", [n])))
-            assert worker.depth() <= 2
+            assert worker.depth() <= 2 + 5  # the queue, and the group being gathered
         wait_until(lambda: len(seen.stored) == 100, what="all 100 stored")
         assert [m for _, m, _ in seen.stored] == list(range(1, 101))
         assert _rows(db.path, "a") == list(range(1, 101))
     finally:
         worker.stop()
+
+
+# -- the fleet service over Mosquitto ---------------------------------------------------------
+class AckWitness:
+    """A client beside the devices: on every ack, reads the device's rows on a connection of its
+    own, i.e. what was committed when the ack reached the broker's subscribers."""
+
+    def __init__(self, address: tuple[str, int], root: str, db_path: Path) -> None:
+        self.db_path = db_path
+        self.seen: list[tuple[str, int, list[int]]] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("witness"))
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.connect(*address)
+        self.client.loop_start()
+        self.client.subscribe(Topics(root).all_devices("ack"), qos=1)
+        assert subscribed.wait(30), "the witness got no SUBACK"
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        device_id = msg.topic.split("/")[-2]
+        rows = _rows(self.db_path, device_id)
+        with self._lock:
+            self.seen.append((device_id, Ack.loads(bytes(msg.payload)).upto, rows))
+
+    def acks(self) -> list[tuple[str, int, list[int]]]:
+        with self._lock:
+            return list(self.seen)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _service(settings: HubSettings, **update: object) -> tuple[Hub, FleetService]:
+    hub = Hub.open(settings.model_copy(update=update))
+    svc = FleetService.from_hub(hub)
+    svc.start()
+    assert svc.wait_connected(10), "the hub's MQTT client did not connect"
+    return hub, svc
+
+
+def _acks(dev: Device) -> list[int]:
+    return [Ack.loads(m).upto for m in dev.messages("ack")]
+
+
+def test_batches_of_several_devices_share_one_commit_and_each_is_acked_once_after_it(
+    fleet_settings: HubSettings, mosquitto: tuple[str, int], make_device: MakeDevice
+) -> None:
+    ids = [unique(f"pi{n}") for n in range(4)]
+    # 4 devices x 3 messages + 1 refused: the group closes on its 13th message, not on time
+    hub, svc = _service(
+        fleet_settings, fleet_commit_max_messages=13, fleet_commit_max_delay_ms=9000
+    )
+    witness = AckWitness(mosquitto, fleet_settings.topic_root, hub.db.path)
+    try:
+        for device_id in ids:
+            hub.fleet.devices.register(DeviceCreate(id=device_id))
+        devices = [make_device(device_id) for device_id in ids]
+        for dev in devices:
+            dev.send("logs", _logs(dev.id, range(1, 4)))
+            dev.send("telemetry", _telemetry(dev.id, 4))
+            dev.send("logs", _logs(dev.id, range(1, 4)))  # sent again (a lost ack): stored once
+        devices[1].send("logs", _logs(devices[1].id, [9], floor=10))  # floor above its record
+        wait_until(lambda: all(len(_acks(d)) == 3 for d in devices), what="3 acks per device")
+        wait_until(lambda: svc.stats().get("rejected") == 1, what="the refusal")
+        stats = svc.stats()
+        assert (stats["commits"], stats["batches_per_commit_last"]) == (1, 13)
+        for dev in devices:
+            assert _acks(dev) == [3, 4, 4]
+            assert _rows(hub.db.path, dev.id) == [1, 2, 3, 4]
+        wait_until(lambda: len(witness.acks()) == 12, what="the witness saw the 12 acks")
+        # every ack, even each device's first (mark 3), found the whole group committed
+        assert all(rows == [1, 2, 3, 4] for _, _, rows in witness.acks())
+        refused = hub.fleet.devices.get(devices[1].id)
+        assert refused.rejected == 1 and "above its first record" in (refused.last_reason or "")
+        assert all(
+            hub.fleet.devices.get(d.id).rejected == 0 for d in devices if d is not devices[1]
+        )
+        assert stats["acks"] == 12 and stats["records"] == 4 * 7
+    finally:
+        witness.close()
+        svc.stop()
+        hub.close()
+
+
+def test_stopping_the_service_stores_and_acks_what_is_queued(
+    fleet_settings: HubSettings, make_device: MakeDevice
+) -> None:
+    hub, svc = _service(fleet_settings, fleet_commit_max_delay_ms=10_000)
+    stopped = False
+    try:
+        ids = [unique("pi"), unique("pi")]
+        for device_id in ids:
+            hub.fleet.devices.register(DeviceCreate(id=device_id))
+        a, b = (make_device(device_id) for device_id in ids)
+        for n in range(1, 4):
+            a.send("logs", _logs(a.id, [n]))
+        b.send("telemetry", _telemetry(b.id, 1))
+        b.send("logs", _logs(b.id, [2]))
+        # all five wait for the group to fill or its 10 s to pass
+        wait_until(lambda: svc.stats()["ingest_queue"] == 5, 5, what="five waiting")
+        assert _rows(hub.db.path, a.id) == [] and _acks(a) == [] and _acks(b) == []
+        svc.stop()
+        stopped = True
+        assert _rows(hub.db.path, a.id) == [1, 2, 3] and _rows(hub.db.path, b.id) == [1, 2]
+        wait_until(lambda: _acks(a) == [1, 2, 3] and _acks(b) == [1, 2], what="the acks")
+        assert svc.stats()["commits"] == 1
+    finally:
+        if not stopped:
+            svc.stop()
+        hub.close()
