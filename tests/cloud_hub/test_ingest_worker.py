@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -325,4 +325,48 @@ def test_stopping_the_service_stores_and_acks_what_is_queued(
     finally:
         if not stopped:
             svc.stop()
+        hub.close()
+
+
+class SeenTelemetry:
+    """A FleetObserver that notes, for each telemetry batch it is told of, what was committed."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.calls: list[tuple[str, list[int], list[int]]] = []
+
+    def device_changed(self, device_id: str) -> None:
+        pass
+
+    def report_applied(self, device_id: str, deployment_id: int | None) -> None:
+        pass
+
+    def telemetry_stored(self, device_id: str, records: Sequence[TelemetryRecord]) -> None:
+        rows = _rows(self.db_path, device_id)
+        self.calls.append((device_id, [r.seq for r in records], rows))
+
+
+def test_the_observer_hears_of_each_telemetry_batch_once_after_its_group_committed(
+    fleet_settings: HubSettings, make_device: MakeDevice
+) -> None:
+    settings = fleet_settings.model_copy(
+        update={"fleet_commit_max_messages": 4, "fleet_commit_max_delay_ms": 10_000}
+    )
+    hub = Hub.open(settings)
+    seen = SeenTelemetry(hub.db.path)
+    svc = FleetService.from_hub(hub, observer=seen)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        device_id = unique("pi")
+        hub.fleet.devices.register(DeviceCreate(id=device_id))
+        dev = make_device(device_id)
+        for seq in (1, 2, 3):
+            dev.send("telemetry", _telemetry(device_id, seq))
+        dev.send("logs", _logs(device_id, [4]))
+        wait_until(lambda: len(_acks(dev)) == 4, what="4 acks")
+        assert _acks(dev) == [1, 2, 3, 4] and svc.stats()["commits"] == 1
+        assert seen.calls == [(device_id, [s], [1, 2, 3, 4]) for s in (1, 2, 3)]
+    finally:
+        svc.stop()
         hub.close()
