@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from cloud_hub.db import Database
 from cloud_hub.errors import InvalidInput, NotFound
+from cloud_hub.monitoring.incremental import DeviceView, DeviceWindows
 from cloud_hub.monitoring.rules import AlertRule, RuleStore
 from cloud_hub.monitoring.windows import By, WindowReader, WindowStats
 from cloud_hub.registry import utcnow
@@ -176,18 +177,26 @@ class AlertStore:
 
 
 class Monitor:
-    """Evaluates the rules in force against the windows; `evaluate()` is one pass."""
+    """Evaluates the rules in force against the windows; `evaluate()` is one pass.
+
+    Device windows are kept up to date between passes (`DeviceWindows`: each pass reads the
+    records that arrived and those that left the window, not every device's whole window);
+    versions' and endpoints' windows, bounded by `max_records`, are computed at each pass."""
 
     def __init__(self, db: Database, *, max_records: int = 5000) -> None:
         self.db = db
         self.max_records = max_records
         self.rules = RuleStore(db)
         self.alerts = AlertStore(db)
+        self.devices = DeviceWindows(db, max_records=max_records)
+        self._views: dict[float, DeviceView | None] = {}
 
     def evaluate(self, now: float | None = None) -> list[AlertEvent]:
         now = time.time() if now is None else now
         reader = WindowReader(self.db, max_records=self.max_records)
         rules = self.rules.active()
+        lengths = [r.window_s for r in rules if "device" in r.kinds()]
+        self._views = self.devices.advance(lengths, now)
         firing: dict[AlertKey, tuple[AlertRule, WindowStats, float, int]] = {}
         cleared: dict[AlertKey, float] = {}
         holding: dict[AlertKey, tuple[float, int]] = {}  # between the clear level and threshold
@@ -271,8 +280,11 @@ class Monitor:
         """The rule's windows of this kind, and the keys whose window failed (None: the keys
         could not be listed). One window that fails — a damaged record, a query that errs — is
         logged and left out; the others are judged as usual."""
+        view = self._views.get(rule.window_s) if kind == "device" else None
         if rule.target is not None:
             keys = [rule.target]
+        elif view is not None:
+            keys = view.keys()
         else:
             try:
                 keys = reader.keys(kind, now - rule.window_s, now)
@@ -282,6 +294,9 @@ class Monitor:
         windows, failed = [], []
         for key in keys:
             try:
+                if view is not None:
+                    windows.append(self.devices.window(view, reader, key, last_n=rule.last_n))
+                    continue
                 windows.append(
                     reader.window(kind, key, window_s=rule.window_s, last_n=rule.last_n, now=now)
                 )

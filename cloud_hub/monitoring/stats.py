@@ -67,11 +67,19 @@ def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -> di
     """{"p50": …, "p90": …, "p99": …} (nearest-rank on the sorted values); {} for none."""
     if not values:
         return {}
-    arr = np.sort(np.asarray(values, dtype=np.float64))
-    out = {}
+    return sorted_percentiles(np.sort(np.asarray(values, dtype=np.float64)), qs)
+
+
+def sorted_percentiles(
+    ordered: Sequence[float] | np.ndarray, qs: Sequence[int] = (50, 90, 99)
+) -> dict[str, float]:
+    """`percentiles` of values already sorted ascending (an incremental window keeps them so)."""
+    out: dict[str, float] = {}
     for q in qs:
-        rank = max(int(np.ceil(q / 100 * len(arr))), 1)
-        out[f"p{q}"] = round(float(arr[rank - 1]), 3)
+        if not len(ordered):
+            return {}
+        rank = max(int(np.ceil(q / 100 * len(ordered))), 1)
+        out[f"p{q}"] = round(float(ordered[rank - 1]), 3)
     return out
 
 
@@ -83,6 +91,15 @@ def shares(labels: Sequence[str]) -> dict[str, float]:
     order = np.argsort(-counts, kind="stable")
     total = counts.sum()
     return {str(names[i]): round(float(counts[i] / total), 6) for i in order}
+
+
+def shares_of_counts(counts: Mapping[str, int]) -> dict[str, float]:
+    """`shares` of labels given as counts (zero counts left out), in the same order: largest
+    first, equal counts by name."""
+    live = sorted((name, n) for name, n in counts.items() if n > 0)
+    total = sum(n for _, n in live)
+    live.sort(key=lambda item: -item[1])  # stable: equal counts stay in name order
+    return {name: round(n / total, 6) for name, n in live}
 
 
 def total_variation(p: Mapping[str, float], q: Mapping[str, float]) -> float:

@@ -27,6 +27,7 @@ from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.hub import Hub
 from cloud_hub.monitoring import AlertEvent, BaselineStore, WindowReader, WindowStats
 from cloud_hub.monitoring.alerts import AlertStore
+from cloud_hub.monitoring.incremental import DeviceWindows
 from cloud_hub.monitoring.stats import bin_index, percentiles, psi
 from cloud_hub.predlog.writer import LogEntry, PredictionLogWriter
 from cloud_hub.registry import NewArtifact
@@ -541,15 +542,16 @@ def test_a_failing_window_or_write_does_not_stop_the_pass(
         assert device_alerts(monitor.evaluate()) == [("opened", "cam-a")]
 
         # cam-a's window now fails (a damaged database page, a query error), cam-b drifts too:
-        # cam-b's alert opens, and cam-a's stays open (unjudged, not "no records any more")
-        window = WindowReader.window
+        # cam-b's alert opens, and cam-a's stays open (unjudged, not "no records any more");
+        # device windows are the monitor's incremental ones
+        window = DeviceWindows.window
 
-        def failing(self: WindowReader, by: Any, key: Any, **kw: Any) -> Any:
-            if by == "device" and key == "cam-a":
+        def failing(self: DeviceWindows, view: Any, reader: Any, key: str, **kw: Any) -> Any:
+            if key == "cam-a":
                 raise RuntimeError("database disk image is malformed")
-            return window(self, by, key, **kw)
+            return window(self, view, reader, key, **kw)
 
-        monkeypatch.setattr(WindowReader, "window", failing)
+        monkeypatch.setattr(DeviceWindows, "window", failing)
         _store_device_logs(hub, "cam-b", version.id, noise, 1)
         assert device_alerts(monitor.evaluate()) == [("opened", "cam-b")]
         monkeypatch.undo()
