@@ -64,10 +64,10 @@ CSS = """
 #filter-row { height: 3; }
 #filter { width: 1fr; }
 #filter-error { color: $error; width: auto; max-width: 60; padding: 1 1; }
-#fleet, #deployments, #alerts { height: 1fr; }
+#fleet, #deployments, #alerts, #endpoints { height: 1fr; }
 #rollout { height: 1fr; }
 .spark-row { height: 3; }
-.spark-label { width: 28; padding: 1 1; }
+.spark-label { width: 34; padding: 1 1; }
 Sparkline { width: 1fr; height: 3; }
 .section { text-style: bold; padding: 1 0 0 1; }
 DeviceScreen DataTable { height: auto; max-height: 14; }
@@ -105,6 +105,7 @@ class WatchApp(App[None]):
         Binding("f", "show_tab('fleet-tab')", "Fleet"),
         Binding("d", "show_tab('deployments-tab')", "Deployments"),
         Binding("a", "show_tab('alerts-tab')", "Alerts"),
+        Binding("e", "show_tab('endpoints-tab')", "Endpoints"),
     ]
 
     def __init__(
@@ -124,6 +125,7 @@ class WatchApp(App[None]):
         self.shown_deployments: dict[Any, dict[str, Any]] = {}
         self._rollout_for: Any = None
         self.rollout: dict[str, Any] | None = None
+        self._drawn: dict[str, list[dict[str, Any]]] = {}
         self.http: httpx.AsyncClient | None = None
 
     # -- layout -------------------------------------------------------------------------------
@@ -145,6 +147,8 @@ class WatchApp(App[None]):
                 yield DataTable(id="rollout", cursor_type="row")
             with TabPane("Alerts", id="alerts-tab"):
                 yield DataTable(id="alerts", cursor_type="row")
+            with TabPane("Endpoints", id="endpoints-tab"):
+                yield DataTable(id="endpoints", cursor_type="row")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -153,6 +157,7 @@ class WatchApp(App[None]):
         self.deployments_table = self.query_one("#deployments", DataTable)
         self.rollout_table = self.query_one("#rollout", DataTable)
         self.alerts_table = self.query_one("#alerts", DataTable)
+        self.endpoints_table = self.query_one("#endpoints", DataTable)
         self.headline_widget = self.query_one("#headline", Static)
         for column in COLUMNS:
             fleet.add_column(self._label(column.key), key=column.key)
@@ -166,6 +171,8 @@ class WatchApp(App[None]):
         alerts = self.alerts_table
         for key in ("id", "severity", "rule", "metric", "subject", "message", "since"):
             alerts.add_column(key, key=key)
+        for key in ("endpoint", "requests", "errors", "rows", "p50 ms", "p99 ms"):
+            self.endpoints_table.add_column(key, key=key)
         self.http = rest.client(self.feed.base_url, self.feed.token)
         self.feed.start()
         fleet.focus()
@@ -196,14 +203,22 @@ class WatchApp(App[None]):
                 rows = state.rows(self.device_filter, self.sort_key, self.sort_reverse)
                 deployments = [dict(d) for d in state.deployment_list()]
                 alerts = [dict(a) for a in state.alerts.values()]
+                endpoints = [dict(state.endpoints[k]) for k in sorted(state.endpoints)]
         self.headline = headline
         head = self.headline_widget
         head.update(headline)
         head.set_class(stale, "stale")
         if changed:
             self._sync_fleet(rows)
-            self._sync_deployments(deployments)
-            self._sync_alerts(alerts)
+            # the small tables are drawn again only when they changed
+            for name, doc, sync in (
+                ("deployments", deployments, self._sync_deployments),
+                ("alerts", alerts, self._sync_alerts),
+                ("endpoints", endpoints, self._sync_endpoints),
+            ):
+                if self._drawn.get(name) != doc:
+                    self._drawn[name] = doc
+                    sync(doc)
 
     def _selected_id(self, table: DataTable[Any]) -> str | None:
         if table.row_count == 0:
@@ -273,6 +288,20 @@ class WatchApp(App[None]):
                 str(alert.get("since", ""))[:19],
             )
 
+    def _sync_endpoints(self, endpoints: list[dict[str, Any]]) -> None:
+        table = self.endpoints_table
+        table.clear()
+        for ep in endpoints:
+            p50, p99 = ep.get("p50_ms"), ep.get("p99_ms")
+            table.add_row(
+                str(ep.get("name")),
+                str(ep.get("requests", 0)),
+                str(ep.get("errors", 0)),
+                str(ep.get("rows", 0)),
+                "-" if p50 is None else f"{float(p50):.1f}",
+                "-" if p99 is None else f"{float(p99):.1f}",
+            )
+
     # -- deployments: per-device progress ----------------------------------------------------
     @on(DataTable.RowHighlighted, "#deployments")
     def _deployment_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -336,6 +365,7 @@ class WatchApp(App[None]):
             "fleet-tab": self.fleet_table,
             "deployments-tab": self.deployments_table,
             "alerts-tab": self.alerts_table,
+            "endpoints-tab": self.endpoints_table,
         }
         tables[tab].focus()
 
@@ -444,7 +474,7 @@ class DeviceScreen(Screen[None]):
             table.add_row(
                 str(dep.get("id")),
                 str(dep.get("version")),
-                str(dep.get("artifact")),
+                str(dep.get("device_artifact")),
                 str(dep.get("strategy")),
                 str(dep.get("status")),
                 str(dep.get("device_state")),
@@ -465,9 +495,9 @@ class DeviceScreen(Screen[None]):
 
     async def _show_metric(self, metric: str) -> None:
         values = self.series[metric]
-        summary = f"{metric} {values[-1]:.1f}" if values else metric
+        summary = f"{metric} {values[-1]:.4g}" if values else metric
         if values:
-            summary += f" ({min(values):.0f}..{max(values):.0f})"
+            summary += f" ({min(values):.3g}..{max(values):.3g})"
         if metric not in self.sparks:
             label = Label(summary, classes="spark-label")
             spark = Sparkline(values, id=f"spark-{metric}")

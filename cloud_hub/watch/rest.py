@@ -56,14 +56,20 @@ async def device_logs(http: httpx.AsyncClient, device_id: str, limit: int = 20) 
 
 async def device_deployments(http: httpx.AsyncClient, device_id: str) -> list[dict[str, Any]]:
     """The deployments that reached the device (newest first), each with the device's own
-    state in it as `device_state` (and `device_reason`)."""
+    state in it as `device_state` (and `device_reason`, and the artifact it was given as
+    `device_artifact`)."""
     deployments = await _get(http, "/deployments", limit=100)
     out = []
     for dep in deployments:
         mine = [d for d in dep.get("devices") or () if d.get("device_id") == device_id]
         if mine:
             out.append(
-                {**dep, "device_state": mine[0]["state"], "device_reason": mine[0]["reason"]}
+                {
+                    **dep,
+                    "device_state": mine[0]["state"],
+                    "device_reason": mine[0]["reason"],
+                    "device_artifact": mine[0]["artifact"] or dep["artifact"],
+                }
             )
     return out
 

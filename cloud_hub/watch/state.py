@@ -97,7 +97,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("shadow", "shadow", _text("shadow"), _field("shadow")),
     Column("agent", "agent", _text("agent_version"), _field("agent_version")),
     Column("cpu", "cpu %", _fmt("cpu", ".0f"), _field("cpu")),
-    Column("memory", "mem %", _fmt("memory", ".0f"), _field("memory")),
+    Column("memory", "mem %", _fmt("memory", ".1f"), _field("memory")),
     Column("temperature", "temp °C", _fmt("temperature", ".1f"), _field("temperature")),
     Column("inferences", "inf/s", _fmt("inferences_per_s", ".1f"), _field("inferences_per_s")),
     Column("p50", "p50 ms", _fmt("latency_p50", ".1f"), _field("latency_p50")),
@@ -194,11 +194,13 @@ class FleetState:
     error: str | None = None
     retry_at: float | None = None
     revision: int = 0  # bumped by every change, so a view redraws only when there is news
+    _cells: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
     # the hub's documents
     def load_overview(self, overview: dict[str, Any]) -> None:
         """Replace everything with an /overview document."""
         self.devices = {str(d["id"]): dict(d) for d in overview.get("devices") or ()}
+        self._cells.clear()
         self.deployments = {d["id"]: dict(d) for d in overview.get("deployments") or ()}
         self.alerts = {a["id"]: dict(a) for a in overview.get("alerts") or ()}
         self.endpoints = {str(e["name"]): dict(e) for e in overview.get("endpoints") or ()}
@@ -219,6 +221,7 @@ class FleetState:
                 action = "refetch"
             else:
                 device.update(data)
+                self._cells.pop(device["id"], None)
         elif kind == "deployment":
             self.deployments[data["id"]] = dict(data)
         elif kind == "alert":
@@ -245,6 +248,7 @@ class FleetState:
             device["open_alerts"] = sum(
                 1 for a in self.alerts.values() if a.get("subject") == subject
             )
+            self._cells.pop(subject, None)
 
     # reachability
     def mark_reachable(self) -> None:
@@ -289,10 +293,15 @@ class FleetState:
         """(device id, cells in COLUMNS order) of the devices the filter keeps, sorted by the
         column `sort` (devices with no value for it last, ties by id)."""
         devices = [d for d in self.devices.values() if flt is None or flt.matches(d)]
-        return [
-            (str(d["id"]), tuple(c.cell(d) for c in COLUMNS))
-            for d in sort_devices(devices, sort, reverse)
-        ]
+        return [(str(d["id"]), self._row(d)) for d in sort_devices(devices, sort, reverse)]
+
+    def _row(self, device: Device) -> tuple[str, ...]:
+        """The device's cells, formatted once per change (a fleet of thousands redraws often)."""
+        ident = str(device["id"])
+        cells = self._cells.get(ident)
+        if cells is None:
+            cells = self._cells[ident] = tuple(c.cell(device) for c in COLUMNS)
+        return cells
 
     def device_alerts(self, device_id: str) -> list[dict[str, Any]]:
         return [a for a in self.alerts.values() if a.get("subject") == device_id]
@@ -317,10 +326,12 @@ def sort_devices(devices: Iterable[Device], sort: str, reverse: bool = False) ->
         raise FilterError(f"unknown sort column {sort!r}: one of {', '.join(SORT_KEYS)}")
     key = _BY_KEY[sort].sort
     by_id = sorted(devices, key=lambda d: str(d.get("id")))
-    present = [d for d in by_id if key(d) is not None]
-    missing = [d for d in by_id if key(d) is None]
-    present.sort(key=lambda d: _comparable(key(d)), reverse=reverse)
-    return present + missing
+    if sort == "id":
+        return by_id[::-1] if reverse else by_id
+    keyed = [(key(d), d) for d in by_id]
+    present = [(_comparable(k), d) for k, d in keyed if k is not None]
+    present.sort(key=lambda kd: kd[0], reverse=reverse)
+    return [d for _, d in present] + [d for k, d in keyed if k is None]
 
 
 def _comparable(value: Any) -> tuple[int, Any]:

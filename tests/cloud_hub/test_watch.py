@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Sparkline
+from textual.widgets import DataTable, Label, Sparkline, TabbedContent
 
 from cloud_hub.hub import Hub
 from cloud_hub.settings import HubSettings
@@ -403,3 +403,36 @@ def test_watch_refuses_bad_input_with_a_message(cli_env: dict[str, str]) -> None
         out = run_cli(["watch", *args], cli_env, timeout=60)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr and "ep_x" not in out.stderr
+
+
+def test_without_its_hub_the_view_is_stale_and_still_sorts_and_filters() -> None:
+    """A hub that went away before the screen opened: the last overview stays on screen,
+    marked stale; a click on a header sorts by it (again: the other way); a filter that means
+    nothing is explained and the table keeps the last one that did."""
+    state = fleet()
+    feed = Feed(f"http://127.0.0.1:{free_port()}", "ep_token", state, backoff=(0.2, 0.5))
+    app = WatchApp(feed, refresh_s=0.05)
+
+    async def scenario() -> None:
+        async with app.run_test(size=(220, 40)) as pilot:
+            await until(pilot, lambda: app.headline.startswith("STALE: "), 10, "stale")
+            assert "hub unreachable since" in app.headline and "connection refused" in app.headline
+            assert app.shown_ids == ["cam-1", "cam-2", "pi-9"]
+            table = app.fleet_table
+            x = sum(c.get_render_width(table) for c in table.ordered_columns[:7]) + 2
+            await pilot.click("#fleet", offset=(x, 0))  # the "cpu %" header
+            await until(pilot, lambda: app.sort_key == "cpu", 5, "sorted by cpu")
+            assert app.shown_ids == ["cam-1", "cam-2", "pi-9"]
+            assert str(table.columns["cpu"].label).startswith("cpu % ▲")  # type: ignore[index]
+            await pilot.click("#fleet", offset=(x, 0))
+            await until(pilot, lambda: app.shown_ids == ["cam-2", "cam-1", "pi-9"], 5, "reverse")
+            await pilot.press("slash", *"status:offline")
+            await until(pilot, lambda: app.shown_ids == ["pi-9"], 5, "the offline device")
+            await pilot.press(*",sleepy")
+            error = app.query_one("#filter-error", Label)
+            await until(pilot, lambda: "a status is online" in str(error.render()), 5, "why")
+            assert app.shown_ids == ["pi-9"]
+            await pilot.press("e")  # typed into the filter, not a tab switch
+            assert app.query_one(TabbedContent).active == "fleet-tab"
+
+    asyncio.run(scenario())
