@@ -7,7 +7,7 @@ the hub's own `Database`): one transaction per batch (`store_logs`, what the hub
 thread) and groups of `--group` batches per transaction (`store_many`, what the ingest worker
 does). Parsing is done beforehand and not timed: only storage is. Every mark is checked against
 the expected contiguous mark, so both ways must store the same. Prints µs per batch each way
-(median of `--rounds`) and the ratio.
+and CPU µs per batch of this process (medians of `--rounds`, interleaved) and the ratios.
 
     .venv/bin/python bench/ingest_commit.py [--batches 3000] [--devices 300] [--group 500]
 """
@@ -82,20 +82,21 @@ def _grouped(group: int) -> Callable[[Ingest, list[Item]], list[int]]:
 
 def _time(
     way: Callable[[Ingest, list[Item]], list[int]], items: list[Item], expected: list[int]
-) -> float:
+) -> tuple[float, float]:
+    """(wall µs, CPU µs of this process) per batch."""
     with tempfile.TemporaryDirectory(prefix="ep-ingest-") as tmp:
         db = Database(Path(tmp) / "hub.sqlite3")
         try:
             ingest = Ingest(db)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             marks = way(ingest, items)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
             assert marks == expected, "the marks differ from the contiguous ones"
             (rows,) = db.conn.execute("SELECT count(*) FROM inference_logs").fetchone()
             assert rows == sum(len(b.records) for _, b in items)
         finally:
             db.close()
-    return elapsed / len(items) * 1e6
+    return elapsed / len(items) * 1e6, cpu / len(items) * 1e6
 
 
 def main() -> None:
@@ -112,20 +113,25 @@ def main() -> None:
         f"groups of {args.group} (store_many)": _grouped(args.group),
         "groups of 50 (store_many)": _grouped(50),
     }
-    results: dict[str, list[float]] = {name: [] for name in ways}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
     for _ in range(args.rounds):  # interleaved, so a noisy moment hits both ways
         for name, way in ways.items():
             results[name].append(_time(way, items, expected))
-    base = statistics.median(results["one transaction per batch"])
+    base = statistics.median(w for w, _ in results["one transaction per batch"])
+    base_cpu = statistics.median(c for _, c in results["one transaction per batch"])
     print(
         f"{args.batches} log batches of {args.records} records from {args.devices} devices, "
         f"median of {args.rounds} rounds"
     )
-    print("| way | µs per batch (median) | min | max | speed-up |")
+    print("| way | wall µs/batch: median (min-max) | speed-up | CPU µs/batch | CPU ratio |")
     print("|---|---|---|---|---|")
     for name, runs in results.items():
-        med = statistics.median(runs)
-        print(f"| {name} | {med:.0f} | {min(runs):.0f} | {max(runs):.0f} | {base / med:.1f}x |")
+        wall = [w for w, _ in runs]
+        med, cpu = statistics.median(wall), statistics.median(c for _, c in runs)
+        print(
+            f"| {name} | {med:.0f} ({min(wall):.0f}-{max(wall):.0f}) | {base / med:.1f}x "
+            f"| {cpu:.0f} | {base_cpu / cpu:.1f}x |"
+        )
 
 
 if __name__ == "__main__":
