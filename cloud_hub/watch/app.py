@@ -57,6 +57,7 @@ LIVE_METRICS = {
     "outbox_drops": "outbox_drops",
 }
 MAX_POINTS = 1000
+REORDER_S = 5.0  # the fleet table reorders itself by new values at most this often
 
 CSS = """
 #headline { height: 1; background: $primary-background; padding: 0 1; }
@@ -126,6 +127,8 @@ class WatchApp(App[None]):
         self._rollout_for: Any = None
         self.rollout: dict[str, Any] | None = None
         self._drawn: dict[str, list[dict[str, Any]]] = {}
+        self._force_order = False
+        self._ordered_at = 0.0
         self.http: httpx.AsyncClient | None = None
 
     # -- layout -------------------------------------------------------------------------------
@@ -227,9 +230,18 @@ class WatchApp(App[None]):
         return None if key is None else str(key)
 
     def _sync_fleet(self, rows: list[tuple[str, tuple[str, ...]]]) -> None:
+        """Update the cells that changed; rebuild the table when rows come or go, or the user
+        changed the sort or filter. New values reorder the rows at most every REORDER_S
+        (sorted by a live number, a big fleet would otherwise be rebuilt on every tick)."""
         table = self.fleet_table
         ids = [device_id for device_id, _ in rows]
-        if ids != self.shown_ids:
+        now = time.monotonic()
+        reorder = ids != self.shown_ids and (
+            self._force_order
+            or set(ids) != set(self.shown_ids)
+            or now - self._ordered_at >= REORDER_S
+        )
+        if reorder:
             selected = self._selected_id(table)
             table.clear()
             for device_id, cells in rows:
@@ -239,13 +251,15 @@ class WatchApp(App[None]):
                 )
             if selected in ids:
                 table.move_cursor(row=ids.index(selected))
+            self.shown_ids = ids
+            self._ordered_at = now
         else:
             for device_id, cells in rows:
                 old = self.shown_cells.get(device_id, ())
                 for column, before, after in zip(COLUMNS, old, cells, strict=True):
                     if before != after:
                         table.update_cell(device_id, column.key, _cell(column.key, after))
-        self.shown_ids = ids
+        self._force_order = False
         self.shown_cells = dict(rows)
 
     def _sync_deployments(self, deployments: list[dict[str, Any]]) -> None:
@@ -349,6 +363,7 @@ class WatchApp(App[None]):
         error.update("")
         self.filter_text = event.value
         self._revision = -1
+        self._force_order = True
         self.refresh_view()
 
     @on(Input.Submitted, "#filter")
@@ -376,6 +391,7 @@ class WatchApp(App[None]):
             table.columns[column.key].label = Text(self._label(column.key))  # type: ignore[index]
         table.refresh()
         self._revision = -1
+        self._force_order = True
         self.refresh_view()
 
     def action_cycle_sort(self) -> None:

@@ -377,7 +377,7 @@ def test_watch_follows_a_real_fleet(live_hub: LiveHub) -> None:
                 pilot, lambda: cell(door, "status").startswith("offline since "), 20, "offline"
             )
             assert cell(cam, "status") == "online"
-            await until(pilot, lambda: app.shown_ids[0] == door, 5, "the offline row on top")
+            await until(pilot, lambda: app.shown_ids[0] == door, 10, "the offline row on top")
 
             live_hub.kill()
             await until(pilot, lambda: app.headline.startswith("STALE: "), 10, "stale")
