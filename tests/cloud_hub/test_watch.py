@@ -232,6 +232,13 @@ class LiveHub:
         )  # fmt: skip
         wait_for_port(self.port, proc=self.proc)
 
+    def get(self, path: str) -> Any:
+        resp = httpx.get(
+            f"{self.url}/api/v1{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         resp = httpx.post(
             f"{self.url}/api/v1{path}", json=body, headers={"Authorization": f"Bearer {self.token}"}
@@ -351,6 +358,9 @@ def test_watch_follows_a_real_fleet(live_hub: LiveHub) -> None:
                 "the deployment's progress at 100%",
             )
             await until(pilot, lambda: cell(cam, "model") == live_hub.version, 10, "cam's model")
+            code, answer = live_hub.agents[cam].predict([[5.1, 3.5, 1.4, 0.2]])
+            assert code == 200, answer
+            await until(pilot, lambda: live_hub.get(f"/devices/{cam}/logs"), 15, "its log")
 
             await pilot.press("f", "enter")  # the fleet tab; open the device under the cursor
             await until(pilot, lambda: isinstance(app.screen, DeviceScreen), 5, "device screen")
@@ -365,6 +375,9 @@ def test_watch_follows_a_real_fleet(live_hub: LiveHub) -> None:
             history = screen.query_one("#dev-deployments", DataTable)
             await until(pilot, lambda: history.row_count == 1, 10, "cam's deployment history")
             assert history.get_row_at(0)[5] == "active"
+            logs = screen.query_one("#dev-logs", DataTable)
+            await until(pilot, lambda: logs.row_count == 1, 10, "cam's newest log")
+            assert logs.get_row_at(0)[2] == "active"  # the active model answered it
             await pilot.press("escape")
             await until(pilot, lambda: not isinstance(app.screen, DeviceScreen), 5, "back")
 
@@ -379,6 +392,7 @@ def test_watch_follows_a_real_fleet(live_hub: LiveHub) -> None:
             assert cell(cam, "status") == "online"
             await until(pilot, lambda: app.shown_ids[0] == door, 10, "the offline row on top")
 
+            boot = (feed.state.last_event_id or "").split("-")[0]
             live_hub.kill()
             await until(pilot, lambda: app.headline.startswith("STALE: "), 10, "stale")
             assert app.headline.startswith("STALE: hub unreachable since ")
@@ -388,6 +402,7 @@ def test_watch_follows_a_real_fleet(live_hub: LiveHub) -> None:
             live_hub.start()  # a new boot: the stream says `missed`, the view refetches
             await until(pilot, lambda: app.headline.startswith("live |"), 20, "live again")
             assert mine <= set(app.shown_ids) and cell(cam, "status") == "online"
+            assert not (feed.state.last_event_id or "").startswith(boot)  # the new hub's events
 
     asyncio.run(scenario())
 
