@@ -3,16 +3,17 @@ contiguously, per outbox epoch.
 
 Logs and telemetry share one sequence per outbox *epoch* (a random id the agent makes with its
 outbox file: a wiped data directory or a re-flashed card starts a new epoch at sequence 1; "" is
-the legacy epoch of agents from before epochs). Each batch is checked, then stored in one
-transaction (INSERT OR IGNORE on (device, epoch, seq): a batch sent twice is stored once), then
-the epoch's contiguous mark (`device_epochs.acked_upto`) is advanced: first to `floor - 1` (the
-agent no longer holds anything below its floor: it was acknowledged or dropped under its overflow
-policy), then over every sequence stored just above it in either table. The caller acknowledges
-the mark, with the epoch, only after this returns, i.e. after the commit: the hub never acks more
-than it stored contiguously for that epoch or than the agent said it no longer holds.
+the legacy epoch of agents from before epochs). Each batch is checked, then stored in a
+transaction, its own or a group's (below), by INSERT OR IGNORE on (device, epoch, seq): a batch
+sent twice is stored once. Then the epoch's contiguous mark (`device_epochs.acked_upto`) is
+advanced: first to `floor - 1` (the agent no longer holds anything below its floor: it was
+acknowledged or dropped under its overflow policy), then over every sequence stored just above
+it in either table. The caller acknowledges the mark, with the epoch, only after this returns,
+i.e. after the commit: the hub never acks more than it stored contiguously for that epoch or
+than the agent said it no longer holds.
 
 Group commit. `store_many` stores many batches, of any devices, in ONE transaction (one COMMIT
-for all: most of a lone batch's cost), each batch inside its own SAVEPOINT: a batch the rules
+for all, not one per batch), each batch inside its own SAVEPOINT: a batch the rules
 refuse is rolled back to its savepoint and returned as its Rejected, the others are kept. The
 batches are applied in the order given, so several batches of one (device, epoch) in a group
 advance the mark exactly as they would one transaction each, and each one's returned mark is the
