@@ -8,7 +8,9 @@ when the hub answers with an error (a bad token, a bad Last-Event-ID).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -71,30 +73,39 @@ class HubStream:
         self.last_event_id = last_event_id
         # read timeout above the hub's 15 s pings: a silent hub is a gone hub
         self.timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
-        self._response: httpx.Response | None = None
+        self._client: httpx.Client | None = None
 
     def events(self) -> Iterator[StreamEvent]:
         headers = _headers(self.token)
         if self.last_event_id:
             headers["Last-Event-ID"] = self.last_event_id
-        with (
-            httpx.Client(timeout=self.timeout) as client,
-            client.stream("GET", self.url, headers=headers) as response,
-        ):
-            if response.status_code != 200:
-                response.read()
-                raise _refused(response)
-            self._response = response
-            try:
+        client = httpx.Client(timeout=self.timeout)
+        self._client = client
+        try:
+            with client.stream("GET", self.url, headers=headers) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise _refused(response)
                 yield from self._parse(response.iter_lines())
-            finally:
-                self._response = None
+        finally:
+            self._client = None
+            client.close()
 
     def close(self) -> None:
-        """Stop a stream being read on another thread (its iterator ends with an error)."""
-        response = self._response
-        if response is not None:
-            response.close()
+        """Stop a stream being read on another thread. Closing a socket does not wake a thread
+        blocked reading it; shutting it down does, so the reader's iterator ends (with an httpx
+        error) at once instead of at the next event or ping. httpx keeps its sockets inside
+        httpcore's pool: reached by attribute, and where that fails, at the next ping."""
+        client = self._client
+        if client is None:
+            return
+        pool: Any = getattr(getattr(client, "_transport", None), "_pool", None)
+        for conn in list(getattr(pool, "connections", ())):
+            http11 = getattr(conn, "_connection", None)
+            sock = getattr(getattr(http11, "_network_stream", None), "_sock", None)
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def _parse(self, lines: Iterator[str]) -> Iterator[StreamEvent]:
         event_id: str | None = None
