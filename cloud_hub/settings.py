@@ -198,6 +198,17 @@ class HubSettings(BaseModel):
     metrics_prune_interval_s: float = Field(
         default=60, gt=0, description="how often the fleet service deletes expired metrics"
     )
+    fleet_shared_logs: bool = Field(
+        default=False,
+        description="take devices' logs on an MQTT shared subscription, in turns with the "
+        "`edgepilot hub ingest` processes (exactly once still: rows are unique on (device, "
+        "epoch, seq) and each epoch's mark is advanced in the storing transaction)",
+    )
+    fleet_share_group: str = Field(
+        default="edgepilot-ingest",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="the shared subscription's group name",
+    )
     # -- the live stream (GET /api/v1/stream) ----------------------------------------------
     stream_ring_events: int = Field(
         default=20_000,

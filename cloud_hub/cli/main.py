@@ -913,6 +913,13 @@ def hub_serve(
             "'systemctl reload mosquitto'."
         ),
     ] = None,
+    shared_logs: Annotated[
+        bool,
+        typer.Option(
+            help="Take devices' logs on a shared subscription, in turns with `hub ingest` "
+            "processes (more cores for ingest)."
+        ),
+    ] = False,
 ) -> None:
     """Serve the REST API (docs at /docs), run scheduled training and, with --mqtt, the
     fleet's MQTT service (desired state, model transfer, logs and telemetry). With
@@ -962,6 +969,7 @@ def hub_serve(
         prediction_log=prediction_log,
         monitor=prediction_log,
         metrics_public=metrics_public,
+        fleet_shared_logs=shared_logs,
         **roots,
         **broker,
     )
@@ -1038,6 +1046,15 @@ def _register_worker() -> None:
 
 
 _register_worker()
+
+
+def _register_ingest() -> None:
+    from cloud_hub.cli.ingest import ingest
+
+    hub_app.command("ingest")(ingest)
+
+
+_register_ingest()
 
 
 def _register_build_image() -> None:

@@ -11,6 +11,7 @@ connection of its own account, never the hub's or another device's. Rights are p
     edgepilot-hub (fleet)        {root}/dev/+/desired chunk ack       {root}/dev/+/status report
                                                                       logs telemetry fetch
     edgepilot-hub-events-N       {root}/jobs/+, {root}/alerts         nothing
+    edgepilot-hub-ingest-N       {root}/dev/+/ack                     {root}/dev/+/logs
     inference client (`infer`)   {root}/dev/{d}/infer                 {root}/dev/{d}/result
                                  (d: its devices, or + for all)
     viewer                       nothing                              {root}/dev/+/status report
@@ -24,7 +25,10 @@ ACL refuses is acknowledged and dropped (MQTT 3.1.1 has no way to say no).
 Accounts and their secrets, all in `{data_dir}/mosquitto/` (files 0600):
 - `hub-password`: the hub's; the same password opens the `edgepilot-hub-events-N` accounts,
   which the hub's publishers (job completions, alerts) claim one per client
-  (`claim_events_account`), so that they never share the fleet service's persistent session.
+  (`claim_events_account`), so that they never share the fleet service's persistent session;
+  and the `edgepilot-hub-ingest-N` accounts, one per `edgepilot hub ingest` process
+  (`claim_ingest_account`): extra consumers of the fleet's logs, beside the hub, on a shared
+  subscription (the hub's `fleet_shared_logs`).
 - devices: a fresh password each at registration (only the hash is kept, in the database).
 - inference clients and viewers: `accounts.json` lists them (name, role, devices) and
   `account-{name}.password` holds each one's password, made when the account is added
@@ -65,6 +69,7 @@ from edge_agent.wire import TopicKind, Topics
 __all__ = [
     "DEFAULT_MAX_PACKET_SIZE",
     "EVENTS_ACCOUNTS",
+    "INGEST_ACCOUNTS",
     "HUB_USER",
     "Account",
     "BrokerFiles",
@@ -75,11 +80,13 @@ __all__ = [
     "account_password",
     "cached_hash",
     "claim_events_account",
+    "claim_ingest_account",
     "device_acl_template",
     "events_users",
     "hash_password",
     "hub_ca_file",
     "hub_password",
+    "ingest_users",
     "load_accounts",
     "min_packet_size",
     "mosquitto_conf",
@@ -92,6 +99,9 @@ __all__ = [
 HUB_USER = "edgepilot-hub"
 EVENTS_PREFIX = "edgepilot-hub-events-"
 EVENTS_ACCOUNTS = 16  # publisher clients (hub processes, workers, CLI) that may run at once
+INGEST_PREFIX = "edgepilot-hub-ingest-"
+INGEST_ACCOUNTS = 8  # `edgepilot hub ingest` processes that may run at once
+RESERVED_PREFIX = "edgepilot-hub-"  # no account of an operator's may start so
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd writes by default
 _SALT_BYTES = 12
 
@@ -224,8 +234,13 @@ def events_users() -> list[str]:
     return [f"{EVENTS_PREFIX}{i}" for i in range(EVENTS_ACCOUNTS)]
 
 
+def ingest_users() -> list[str]:
+    """The accounts extra log consumers (`edgepilot hub ingest`) log in with."""
+    return [f"{INGEST_PREFIX}{i}" for i in range(INGEST_ACCOUNTS)]
+
+
 def _reserved(name: str) -> bool:
-    return name == HUB_USER or name.startswith(EVENTS_PREFIX)
+    return name == HUB_USER or name.startswith(RESERVED_PREFIX)
 
 
 # -- inference-client and viewer accounts -----------------------------------------------------
@@ -242,7 +257,7 @@ class Account:
         if not _ACCOUNT_RE.match(self.name) or _reserved(self.name):
             raise InvalidInput(
                 f"account name {self.name!r} is invalid: use 1-64 letters, digits, '.', '_' or "
-                f"'-', starting with a letter, and not {HUB_USER!r} or {EVENTS_PREFIX}*"
+                f"'-', starting with a letter, and not {HUB_USER!r} or {RESERVED_PREFIX}*"
             )
         if self.role not in ROLES:
             raise InvalidInput(f"account role {self.role!r}: choose from {list(ROLES)}")
@@ -342,6 +357,8 @@ def acl_rules(
     rules: dict[str, list[Grant]] = {HUB_USER: grants("+", HUB_PUBLISHES, HUB_READS)}
     for user in events_users():
         rules[user] = [Grant("write", jobs), Grant("write", alerts)]
+    for user in ingest_users():
+        rules[user] = grants("+", ("ack",), ("logs",))
     for dev in sorted(device_ids):
         rules[dev] = grants(dev, DEVICE_PUBLISHES, DEVICE_READS)
     for acc in sorted(accounts, key=lambda a: a.name):
@@ -367,13 +384,13 @@ def write_auth_files(
     most of a registration."""
     devices = sorted(devices)
     accounts = load_accounts(files)
-    taken = {HUB_USER, *events_users(), *(a.name for a in accounts)}
+    taken = {HUB_USER, *events_users(), *ingest_users(), *(a.name for a in accounts)}
     clash = sorted(dev for dev, _ in devices if dev in taken)
     if clash:
         raise InvalidInput(f"device id(s) {clash} are the names of broker accounts")
     hub_hash = cached_hash(files.hub_secret, hub_password(files))
     passwd = [f"{HUB_USER}:{hub_hash}"]
-    passwd += [f"{user}:{hub_hash}" for user in events_users()]
+    passwd += [f"{user}:{hub_hash}" for user in events_users() + ingest_users()]
     passwd += [f"{dev}:{hashed}" for dev, hashed in devices]
     passwd += [
         f"{a.name}:{cached_hash(files.account_secret(a.name), account_password(files, a.name))}"
@@ -435,15 +452,25 @@ class EventsAccount:
 
 def claim_events_account(files: BrokerFiles) -> EventsAccount:
     """One of the publisher accounts no other client on this data directory holds (an exclusive
-    flock on `locks/events-N`, dropped when released or when the process ends).
+    flock on `locks/edgepilot-hub-events-N`, dropped when released or when the process ends).
 
     The broker takes the username as client id, so two publishers on one account would
     disconnect each other in turn; the hub's fleet service has an account of its own for the
     same reason. When all are held, the last one is shared (and a warning is the caller's)."""
+    return _claim(files, events_users())
+
+
+def claim_ingest_account(files: BrokerFiles) -> EventsAccount | None:
+    """An `edgepilot-hub-ingest-N` account no other process holds; None when all are held (a
+    shared one would make two consumers disconnect each other)."""
+    account = _claim(files, ingest_users())
+    return account if account._lock is not None else None
+
+
+def _claim(files: BrokerFiles, users: list[str]) -> EventsAccount:
     password = hub_password(files)
     locks = files.directory / "locks"
     locks.mkdir(parents=True, exist_ok=True)
-    users = events_users()
     for user in users:
         fh = (locks / user).open("ab")
         try:

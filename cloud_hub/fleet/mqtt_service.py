@@ -30,7 +30,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -70,35 +70,47 @@ from edge_agent.wire import (
 if TYPE_CHECKING:
     from cloud_hub.hub import Hub
 
-__all__ = ["FleetService", "build_client"]
+__all__ = ["FleetService", "Role", "build_client", "shared_logs_filter"]
 
 SUBSCRIBED: tuple[TopicKind, ...] = ("status", "report", "logs", "telemetry", "fetch")
+Role = Literal["hub", "ingest"]
+
+
+def shared_logs_filter(settings: HubSettings) -> str:
+    """`$share/GROUP/{root}/dev/+/logs`: the broker hands each message to one member."""
+    return f"$share/{settings.fleet_share_group}/{Topics(settings.topic_root).all_devices('logs')}"
+
+
 PUBLISH_TIMEOUT_S = 10.0
 
 
-def build_client(settings: HubSettings) -> mqtt.Client:
-    """The hub's paho client (`mqtt_protocol`), with credentials: the settings' own, else the
-    hub user of the broker files that `edgepilot hub broker-config` writes; with `mqtt_tls`,
-    TLS checked against `hub_ca_file`.
+def build_client(
+    settings: HubSettings, *, account: tuple[str, str] | None = None, persistent: bool = True
+) -> mqtt.Client:
+    """The hub's paho client (`mqtt_protocol`), with credentials: `account` (username,
+    password), else the settings' own, else the hub user of the broker files that `edgepilot
+    hub broker-config` writes; with `mqtt_tls`, TLS checked against `hub_ca_file`.
 
-    The session is persistent whatever the broker calls it: a broker configured by
-    `broker-config` replaces the client id asked for (`mqtt_client_id`) by the username and
-    keys the session on that, which only the hub's own account can take."""
+    The session is persistent (unless not `persistent`) whatever the broker calls it: a broker
+    configured by `broker-config` replaces the client id asked for (`mqtt_client_id`) by the
+    username and keys the session on that, which only the hub's own account can take."""
+    client_id = settings.mqtt_client_id if account is None else account[0]
     if settings.mqtt_protocol == "5":
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=settings.mqtt_client_id, protocol=mqtt.MQTTv5
-        )
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     else:  # a persistent session: the broker queues QoS 1 messages while the hub is away
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=settings.mqtt_client_id,
+            client_id=client_id,
             protocol=mqtt.MQTTv311,
-            clean_session=False,
+            clean_session=not persistent,
         )
-    username = settings.mqtt_username
-    password = settings.mqtt_password
-    if username is None:
-        username = HUB_USER
+    username: str = HUB_USER
+    password: str | None = settings.mqtt_password
+    if account is not None:
+        username, password = account
+    elif settings.mqtt_username is not None:
+        username = settings.mqtt_username
+    else:
         password = password or hub_password(BrokerFiles.in_data_dir(settings.data_dir))
     client.username_pw_set(username, password)
     if settings.mqtt_tls:
@@ -120,9 +132,11 @@ class FleetService:
         client: mqtt.Client | None = None,
         logger: logging.Logger | None = None,
         observer: FleetObserver | None = None,
+        role: Role = "hub",
     ) -> None:
         self.settings = settings
         self.observer = observer
+        self.role = role
         self.topics = Topics(settings.topic_root)
         self.log = logger or logging.getLogger("cloud_hub.fleet")
         self.store: ArtifactStore = registry.store
@@ -163,6 +177,7 @@ class FleetService:
         *,
         client: mqtt.Client | None = None,
         observer: FleetObserver | None = None,
+        role: Role = "hub",
     ) -> FleetService:
         return cls(
             db=hub.db,
@@ -171,6 +186,7 @@ class FleetService:
             settings=hub.settings,
             client=client,
             observer=observer,
+            role=role,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -186,7 +202,9 @@ class FleetService:
         c.max_queued_messages_set(0)  # unbounded: chunks for a window are queued at once
         host, port = self.settings.mqtt_host, self.settings.mqtt_port
         keepalive = self.settings.mqtt_keepalive_s
-        if self.settings.mqtt_protocol == "5":
+        if self.settings.mqtt_protocol == "5" and self.role == "ingest":
+            c.connect_async(host, port, keepalive, clean_start=True)  # a consumer keeps nothing
+        elif self.settings.mqtt_protocol == "5":
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.settings.mqtt_session_expiry_s
             c.connect_async(host, port, keepalive, clean_start=False, properties=props)
@@ -195,8 +213,9 @@ class FleetService:
         self.ingest_worker.start()
         c.loop_start()
         self._stopping.clear()
-        self._poller = threading.Thread(target=self._poll_loop, name="fleet-poll", daemon=True)
-        self._poller.start()
+        if self.role == "hub":  # desired state, rollouts, pruning: the hub's alone
+            self._poller = threading.Thread(target=self._poll_loop, name="fleet-poll", daemon=True)
+            self._poller.start()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -231,6 +250,17 @@ class FleetService:
         with self._stats_lock:
             self._stats[key] += n
 
+    def subscriptions(self) -> list[str]:
+        """The hub reads everything devices send; with `fleet_shared_logs` it takes logs on the
+        shared subscription, in turns with the `edgepilot hub ingest` consumers (role
+        "ingest"), which read nothing else."""
+        shared = shared_logs_filter(self.settings)
+        if self.role == "ingest":
+            return [shared]
+        if not self.settings.fleet_shared_logs:
+            return [self.topics.all_devices(k) for k in SUBSCRIBED]
+        return [self.topics.all_devices(k) for k in SUBSCRIBED if k != "logs"] + [shared]
+
     # -- connection -----------------------------------------------------------------------------
     def _on_connect(
         self,
@@ -243,7 +273,7 @@ class FleetService:
         if reason_code.is_failure:
             self.log.error("broker refused the hub's connection: %s", reason_code)
             return
-        client.subscribe([(self.topics.all_devices(k), 1) for k in SUBSCRIBED])
+        client.subscribe([(topic, 1) for topic in self.subscriptions()])
         if not flags.session_present:
             self._republish.set()
         self._connected.set()
