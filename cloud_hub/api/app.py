@@ -23,6 +23,7 @@ from cloud_hub.api import (
     schedules,
     stream,
     tokens,
+    ui,
     versions,
 )
 from cloud_hub.api.auth import PUBLIC, Authenticator
@@ -118,6 +119,7 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
 
     for module in (monitoring, alerts):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(ui.router)  # the web dashboard: /ui/ (static, public), / redirects
     hygiene.install(app, hub.settings)  # error body, body limits, query and path checks: last
     return app
 

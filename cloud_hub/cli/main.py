@@ -1120,6 +1120,15 @@ def _register_watch(app: typer.Typer) -> None:
 _register_watch(app)
 
 
+def _register_ui(app: typer.Typer) -> None:
+    from cloud_hub.cli.ui import ui
+
+    app.command("ui")(ui)
+
+
+_register_ui(app)
+
+
 def main() -> None:
     # TensorFlow's C++ logging is on by default and floods the terminal during conversion.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
