@@ -44,6 +44,14 @@ function show(name, mount) {
 }
 
 function route() {
+  if (location.hash.startsWith("#token=")) {
+    // a sign-in link opened in a tab that has the page already
+    takeTokenFromUrl();
+    stream.stop();
+    signedIn = false;
+    start(true);
+    return;
+  }
   if (!signedIn) return;
   const path = location.hash.replace(/^#/, "") || "/";
   for (const [pattern, name, mount] of ROUTES) {
@@ -155,7 +163,7 @@ function begin(overview) {
   stream.start(overview.last_event_id);
 }
 
-async function start() {
+async function start(linked = fromLink) {
   if (!getToken()) {
     signOut();
     return;
@@ -165,7 +173,7 @@ async function start() {
   } catch (err) {
     if (err instanceof AuthError) {
       signOut(
-        fromLink
+        linked
           ? "The hub did not accept the link's token: it is unknown, expired or revoked. Ask for a new link (`edgepilot ui`) or paste a token."
           : "The hub no longer accepts the saved token: sign in again.",
       );

@@ -68,19 +68,26 @@ export class Stream {
     this.lastEventId = null;
     this.controller = null;
     this.running = false;
+    this.generation = 0; // a loop of an older start() ends at its next step
   }
 
   start(lastEventId) {
     this.lastEventId = lastEventId ?? this.lastEventId;
     if (this.running) return;
     this.running = true;
-    this.loop();
+    this.generation += 1;
+    this.loop(this.generation);
   }
 
   stop() {
     this.running = false;
+    this.generation += 1;
     this.controller?.abort();
     this.state("stopped");
+  }
+
+  current(generation) {
+    return this.running && generation === this.generation;
   }
 
   state(value) {
@@ -88,20 +95,20 @@ export class Stream {
     this.onState?.(value);
   }
 
-  async loop() {
+  async loop(generation) {
     let backoff = 250;
     let first = true;
-    while (this.running) {
+    while (this.current(generation)) {
       this.state(first ? "connecting" : "reconnecting");
       first = false;
       try {
         const opened = await this.readOnce();
         if (opened) backoff = 250;
       } catch (err) {
-        if (!this.running) return;
+        if (!this.current(generation)) return;
         if (err?.name !== "AbortError") console.warn("stream:", err?.message || err);
       }
-      if (!this.running) return;
+      if (!this.current(generation)) return;
       stats.reconnects += 1;
       this.state("reconnecting");
       await new Promise((resolve) => setTimeout(resolve, backoff * (0.75 + Math.random() / 2)));
@@ -120,8 +127,7 @@ export class Stream {
       signal: this.controller.signal,
     });
     if (resp.status === 401 || resp.status === 403) {
-      this.running = false;
-      this.state("stopped");
+      this.stop();
       this.onAuth?.(resp.status);
       return false;
     }
