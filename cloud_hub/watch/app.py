@@ -352,6 +352,14 @@ class WatchApp(App[None]):
             )
 
     # -- actions ------------------------------------------------------------------------------
+    FLEET_ACTIONS: ClassVar[frozenset[str]] = frozenset(
+        {"focus_filter", "cycle_sort", "reverse_sort", "show_tab"}
+    )
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The fleet's keys do nothing on a device's page (and its footer does not list them)."""
+        return not (action in self.FLEET_ACTIONS and isinstance(self.screen, DeviceScreen))
+
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
         error = self.query_one("#filter-error", Label)

@@ -378,6 +378,8 @@ def test_watch_follows_a_real_fleet(live_hub: LiveHub) -> None:
             logs = screen.query_one("#dev-logs", DataTable)
             await until(pilot, lambda: logs.row_count == 1, 10, "cam's newest log")
             assert logs.get_row_at(0)[2] == "active"  # the active model answered it
+            await pilot.press("s")  # the fleet's keys do nothing here
+            assert app.sort_key == "id" and isinstance(app.screen, DeviceScreen)
             await pilot.press("escape")
             await until(pilot, lambda: not isinstance(app.screen, DeviceScreen), 5, "back")
 
