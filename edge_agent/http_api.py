@@ -12,6 +12,9 @@
                               "outputs"?: {name: {"shape", "dtype", "data", "quantization"?}}}
     GET  /v1/health    → 200 {"status": "ok", "active_version", "mqtt_connected"}
     GET  /v1/status    → 200 device id, versions, counts, outbox, params, last deployment
+    GET  /metrics      → 200 Prometheus text: inferences and latency quantiles per version,
+                       outbox pending/dropped, active/shadow versions, CPU, memory
+                       (edge_agent.metrics)
 
 One prediction per sample, the version's task head's answer (every one has `"task"`):
 classification `class`, `label`, `score`, `scores`, `top_k`, `thresholded`; detection
@@ -22,7 +25,7 @@ outputs). `outputs` holds the runtime's tensors exactly (the whole batch, rows f
 JSON number reads back to the same float32; a quantized tensor stays integer, with its scale and
 zero point). A model with a fixed batch size takes any number of rows (run in chunks).
 
-With a `token` (the config's `[http] token`), every route but /v1/health needs
+With a `token` (the config's `[http] token`), every route but /v1/health (/metrics too) needs
 `Authorization: Bearer <token>`: 401 without it or with another.
 
 Errors are JSON `{"error": ..., "detail": ...}`: 400 malformed request, 401 no or wrong token,
@@ -57,6 +60,7 @@ import numpy as np
 
 from edge_agent.inference import InferenceService, NoActiveModel, ServingDisabled
 from edge_agent.memory import LARGE_BODY_BYTES, release_memory
+from edge_agent.metrics_totals import RunningTotals
 from edge_agent.preprocess import (
     Geometry,
     ImageError,
@@ -69,6 +73,7 @@ __all__ = ["HttpApi"]
 
 log = logging.getLogger(__name__)
 
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "application/octet-stream")
 
 
@@ -130,6 +135,10 @@ class HttpApi:
         token: str | None = None,
     ) -> None:
         self.service = service
+        # every inference is also counted for /metrics; the telemetry reads the tracker as before
+        self._totals = RunningTotals(service.tracker)
+        service.tracker = self._totals
+        self._metrics: Any = None  # edge_agent.metrics.AgentMetrics, made at the first scrape
         self._token = None if token is None else f"Bearer {token}".encode()
         self.max_body_bytes = max_body_bytes
         self._preprocessing = preprocessing
@@ -152,6 +161,15 @@ class HttpApi:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def metrics(self) -> bytes:
+        """The Prometheus text of `GET /metrics`."""
+        if self._metrics is None:
+            from edge_agent.metrics import AgentMetrics  # prometheus-client: only when scraped
+
+            self._metrics = AgentMetrics(self._totals, self._status)
+        body: bytes = self._metrics.render()
+        return body
 
     def authorized(self, header: str | None) -> bool:
         """Whether a request with this Authorization header may call a guarded route."""
@@ -241,6 +259,13 @@ class HttpApi:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _send_text(self, body: bytes, content_type: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def _error(self, exc: ApiError, close: bool = False) -> None:
                 self._send(exc.status, {"error": exc.error, "detail": exc.detail}, close)
 
@@ -261,6 +286,8 @@ class HttpApi:
                     return
                 elif path == "/v1/status":
                     self._send(200, api._status())
+                elif path == "/metrics":
+                    self._send_text(api.metrics(), METRICS_TYPE)
                 elif path == "/v1/predict":
                     self._error(ApiError(405, "method not allowed", "POST /v1/predict"))
                 else:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -38,12 +38,14 @@ from edge_agent.wire import TelemetryRecord
 
 __all__ = [
     "METRICS",
+    "LatestPoint",
     "MetricNames",
     "MetricPoint",
     "MetricSeries",
     "MetricsStore",
     "metrics_of",
     "parse_instant",
+    "latest_points",
     "record_new",
 ]
 
@@ -260,6 +262,12 @@ class MetricsStore:
             return "1m"
         return "1h"
 
+    def latest(
+        self, metrics: Sequence[str], *, now: float, within_s: float = 7200.0
+    ) -> dict[str, dict[str, LatestPoint]]:
+        """Every device's newest value of each metric (`latest_points`: one query)."""
+        return latest_points(self.db, metrics, now=now, within_s=within_s)
+
     def prune(self, now: float, *, chunk: int = PRUNE_CHUNK) -> int:
         """Delete what is past retention, `chunk` rows per transaction; returns rows deleted."""
         if chunk < 1:
@@ -290,3 +298,52 @@ class MetricsStore:
                 if deleted < chunk:
                     break
         return total
+
+
+class LatestPoint(BaseModel):
+    """A device's newest value of a metric, and its sum over the last whole minute."""
+
+    ts: float
+    value: float
+    minute_sum: float | None = None
+
+
+def latest_points(
+    db: Database, metrics: Sequence[str], *, now: float, within_s: float = 7200.0
+) -> dict[str, dict[str, LatestPoint]]:
+    """Every device's newest value of each of `metrics` (device → metric → point), from the
+    hourly rollups of the last `within_s` (their last value is the newest point in the hour),
+    with the sum over the minute before the current one from the minute rollups (inferences
+    in it: a rate). One query, two index ranges: a few rows per device however long the
+    history."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise InvalidInput(f"unknown metric {unknown[0][:64]!r}; known: {', '.join(METRICS)}")
+    if not metrics:
+        return {}
+    marks = ", ".join("?" for _ in metrics)
+    hour = math.floor((now - within_s) / 3600) * 3600
+    minute = math.floor(now / 60) * 60 - 60
+    rows = db.conn.execute(
+        "SELECT device_id, metric, step, vlast, last_ts, vsum FROM metric_rollups "
+        f"WHERE step = 3600 AND bucket >= ? AND metric IN ({marks}) "
+        "UNION ALL SELECT device_id, metric, step, vlast, last_ts, vsum FROM metric_rollups "
+        f"WHERE step = 60 AND bucket = ? AND metric IN ({marks})",
+        [hour, *metrics, minute, *metrics],
+    )
+    out: dict[str, dict[str, LatestPoint]] = {}
+    sums: dict[tuple[str, str], float] = {}
+    for device, metric, step, vlast, last_ts, vsum in rows:
+        if step == 60:
+            sums[(device, metric)] = float(vsum)
+            continue
+        if last_ts < now - within_s:
+            continue
+        have = out.setdefault(device, {}).get(metric)
+        if have is None or last_ts > have.ts:
+            out[device][metric] = LatestPoint(ts=float(last_ts), value=float(vlast))
+    for (device, metric), total in sums.items():
+        point = out.get(device, {}).get(metric)
+        if point is not None:
+            point.minute_sum = total
+    return out

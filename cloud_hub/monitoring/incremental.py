@@ -120,16 +120,18 @@ class _Bins:
     def __init__(self, baseline: Baseline) -> None:
         self.baseline = baseline
         self.width = len(baseline.features)
+        self.row_bytes = 4 * self.width  # a summary as edge_agent.features.encode stores it
         sizes = [stats.bin_count(fb.edges) for fb in baseline.features]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.sizes = sizes
         self.total = int(sum(sizes))
         self._grouped: dict[int, tuple[np.ndarray, np.ndarray, int, np.ndarray]] | None = None
 
-    def count(self, owners: Sequence[str], rows: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """Flat bin counts per owner of the rows (one owner, a device, per row): the features
-        of every row binned in one pass per feature."""
-        matrix = np.round(np.stack(rows), DECIMALS)
+    def count(self, owners: Sequence[str], rows: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """Flat bin counts per owner of the rows (stored feature summaries, `row_bytes` each;
+        one owner, a device, per row): every row binned in one pass per feature."""
+        stacked = np.frombuffer(b"".join(rows), dtype="<f4").reshape(len(rows), self.width)
+        matrix = np.round(stacked.astype(np.float32), DECIMALS)
         names = sorted(set(owners))
         code = {name: i for i, name in enumerate(names)}
         flat = np.empty(matrix.shape, dtype=np.int64)
@@ -355,7 +357,7 @@ class DeviceView:
         return top_label(doc, self._version_labels(version)), task
 
     def _apply(self, rows: Sequence[_Row], sign: int) -> None:
-        features: dict[int, tuple[list[str], list[np.ndarray]]] = {}
+        features: dict[int, tuple[list[str], list[bytes]]] = {}
         for r in rows:
             sums = self.devices.get(r.device)
             if sums is None:
@@ -363,14 +365,14 @@ class DeviceView:
             sums.count += sign
             if sums.count < 0:
                 raise RuntimeError("incremental window out of step: a record left twice")
-            sums.tasks[r.task] += sign
+            sums.tasks[r.task] = sums.tasks.get(r.task, 0) + sign
             vs = sums.versions.get(r.version)
             if vs is None:
                 vs = sums.versions[r.version] = _VersionSums()
             vs.records += sign
             if r.label is not None:
-                sums.labels[r.label] += sign
-                vs.labels[r.label] += sign
+                sums.labels[r.label] = sums.labels.get(r.label, 0) + sign
+                vs.labels[r.label] = vs.labels.get(r.label, 0) + sign
             if r.latency is not None:
                 _change(sums.latencies, r.latency, sign)
             if _change(sums.requests, r.request, sign):
@@ -380,16 +382,20 @@ class DeviceView:
             bins = self._baseline_bins(r.version)
             if bins is None:
                 continue
-            values = decode_features(r.features)
-            if values is None:
-                vs.bad += sign
-            elif len(values) != bins.width:
-                vs.other += sign
-            else:
-                vs.samples += sign
-                owners, matrix = features.setdefault(r.version, ([], []))
-                owners.append(r.device)
-                matrix.append(values)
+            raw = r.features
+            if not (isinstance(raw, bytes) and len(raw) == bins.row_bytes):
+                values = decode_features(raw)  # JSON text, or a damaged record
+                if values is None:
+                    vs.bad += sign
+                    continue
+                if len(values) != bins.width:
+                    vs.other += sign
+                    continue
+                raw = np.asarray(values, dtype="<f4").tobytes()
+            vs.samples += sign
+            owners, blobs = features.setdefault(r.version, ([], []))
+            owners.append(r.device)
+            blobs.append(raw)
         for version, (owners, matrix) in features.items():
             bins = self._baseline_bins(version)
             assert bins is not None
