@@ -25,7 +25,6 @@ import secrets
 import selectors
 import socket
 import time
-import uuid
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
@@ -67,6 +66,7 @@ class WorkerConfig:
     connect_rate: float  # connections a second, this worker's share
     slice_s: float
     seed: int
+    nice: int = 0  # added to this process's niceness
 
 
 @dataclass
@@ -117,6 +117,8 @@ class SimDevice:
         self.next_reconnect = 0.0
         self.backoff = RECONNECT_S[0]
         self.sock: socket.socket | None = None
+        self.polling_write = False
+        self.misc_phase = worker.rng.randrange(5)
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"edgepilot-agent-{device_id}",
@@ -156,7 +158,7 @@ class SimDevice:
         for _ in range(rng.randint(1, 5)):
             self.issued += 1
             self.outbox.append(
-                Pending(self.issued, "log", self.w.log_record(self.issued, wall), now)
+                Pending(self.issued, "log", self.w.log_record(self.id, self.issued, wall), now)
             )
         if self.ticks % TELEMETRY_EVERY == 0:
             self.issued += 1
@@ -164,8 +166,8 @@ class SimDevice:
             self.outbox.append(Pending(self.issued, "telemetry", rec, now))
             self.w.counters.telemetry += 1
         self.w.counters.issued += self.issued - before
-        if self.connected:
-            self.client.loop_misc()
+        if self.connected and self.ticks % 5 == self.misc_phase:
+            self.client.loop_misc()  # keepalive pings (30 s) and timeouts
         self.step(now)
 
     def step(self, now: float) -> None:
@@ -303,14 +305,28 @@ class SimDevice:
         with contextlib.suppress(KeyError, ValueError):
             self.w.sel.unregister(sock)
         self.sock = None
+        self.polling_write = False
 
+    # Writes: paho asks for the socket's writability when it queues a packet; the loop writes
+    # such clients at the end of its round (loopback takes it at once: no epoll change), and
+    # only a client whose socket took less than all waits for EVENT_WRITE.
     def _on_register_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.w.sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self)
+        self.w.to_write.append(self)
 
     def _on_unregister_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.w.sel.modify(sock, selectors.EVENT_READ, self)
+        if self.polling_write:
+            self.polling_write = False
+            with contextlib.suppress(KeyError, ValueError):
+                self.w.sel.modify(sock, selectors.EVENT_READ, self)
+
+    def flush(self) -> None:
+        if self.sock is None:
+            return
+        self.client.loop_write()
+        if self.sock is not None and self.client.want_write() and not self.polling_write:
+            self.polling_write = True
+            with contextlib.suppress(KeyError, ValueError):
+                self.w.sel.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self)
 
 
 @dataclass
@@ -322,6 +338,7 @@ class WorkerResult:
     counters_window: dict[str, int]  # what happened inside the window
     lags: dict[int, bytes]  # slice -> array('f') of ack lags in ms
     cpu_window_s: float  # this process's CPU over the window
+    sys_window_s: float  # of which in the kernel (socket sends and receives)
     cpu_total_s: float
     wall_window_s: float
     tick_late_ms: dict[int, bytes]  # slice -> array('f'): how late device ticks ran
@@ -342,6 +359,9 @@ class Worker:
     lags: dict[int, array[float]] = field(default_factory=dict)
     late: dict[int, array[float]] = field(default_factory=dict)
     reconnects: list[tuple[float, int, SimDevice]] = field(default_factory=list)
+    to_write: list[SimDevice] = field(default_factory=list)
+    log_templates: list[LogRecord] = field(default_factory=list)
+    telemetry_templates: list[TelemetryRecord] = field(default_factory=list)
     window_start_mono: float | None = None
     counters_at_window: dict[str, int] = field(default_factory=dict)
     backlog_max: int = 0
@@ -361,47 +381,59 @@ class Worker:
         self._n += 1
         heapq.heappush(self.reconnects, (dev.next_reconnect, self._n, dev))
 
-    def log_record(self, seq: int, ts: float) -> LogRecord:
+    def make_templates(self, n: int = 64) -> None:
+        """Records to copy: made (validated) once by the wire module's models; each record a
+        device sends is a copy with its own sequence, request id and time."""
         rng = self.rng
-        features = self.cfg.features[rng.randrange(len(self.cfg.features))]
-        scores = [rng.random() for _ in range(max(2, len(self.cfg.labels)))]
-        total = sum(scores)
-        scores = [round(s / total, 4) for s in scores]
-        top = max(range(len(scores)), key=scores.__getitem__)
-        label = self.cfg.labels[top] if top < len(self.cfg.labels) else None
-        return LogRecord(
-            seq=seq,
-            request_id=uuid.uuid4().hex,
-            model_version=self.cfg.version_id,
-            input_digest=secrets.token_hex(8),
-            output={
-                "task": "classification",
-                "class": top,
-                "label": label,
-                "score": scores[top],
-                "scores": scores,
-            },
-            latency_ms=round(rng.uniform(0.5, 3.0), 3),
-            ts=ts,
-            source="api",
-            features=features,
-        )
+        labels = self.cfg.labels
+        v = str(self.cfg.version_id) if self.cfg.version_id is not None else "0"
+        for _ in range(n):
+            features = self.cfg.features[rng.randrange(len(self.cfg.features))]
+            scores = [rng.random() for _ in range(max(2, len(labels)))]
+            total = sum(scores)
+            scores = [round(x / total, 4) for x in scores]
+            top = max(range(len(scores)), key=scores.__getitem__)
+            self.log_templates.append(
+                LogRecord(
+                    seq=1,
+                    request_id="template",
+                    model_version=self.cfg.version_id,
+                    input_digest=secrets.token_hex(8),
+                    output={
+                        "task": "classification",
+                        "class": top,
+                        "label": labels[top] if top < len(labels) else None,
+                        "score": scores[top],
+                        "scores": scores,
+                    },
+                    latency_ms=round(rng.uniform(0.5, 3.0), 3),
+                    ts=0.0,
+                    source="api",
+                    features=features,
+                )
+            )
+            self.telemetry_templates.append(
+                TelemetryRecord(
+                    seq=1,
+                    ts=0.0,
+                    cpu_percent=round(rng.uniform(5, 60), 1),
+                    memory_rss_mb=round(rng.uniform(80, 120), 1),
+                    memory_percent=round(rng.uniform(10, 30), 1),
+                    temperature_c=round(rng.uniform(40, 70), 1),
+                    inferences={v: rng.randint(5, 25)},
+                    latency_ms={v: {"p50": 1.2, "p95": 2.5, "p99": 3.1}},
+                    outbox_pending=0,
+                    outbox_dropped=0,
+                )
+            )
+
+    def log_record(self, device_id: str, seq: int, ts: float) -> LogRecord:
+        tmpl = self.log_templates[self.rng.randrange(len(self.log_templates))]
+        return tmpl.model_copy(update={"seq": seq, "request_id": f"{device_id}-{seq}", "ts": ts})
 
     def telemetry_record(self, seq: int, ts: float, pending: int) -> TelemetryRecord:
-        rng = self.rng
-        v = str(self.cfg.version_id) if self.cfg.version_id is not None else "0"
-        return TelemetryRecord(
-            seq=seq,
-            ts=ts,
-            cpu_percent=round(rng.uniform(5, 60), 1),
-            memory_rss_mb=round(rng.uniform(80, 120), 1),
-            memory_percent=round(rng.uniform(10, 30), 1),
-            temperature_c=round(rng.uniform(40, 70), 1),
-            inferences={v: rng.randint(5, 25)},
-            latency_ms={v: {"p50": 1.2, "p95": 2.5, "p99": 3.1}},
-            outbox_pending=pending,
-            outbox_dropped=0,
-        )
+        tmpl = self.telemetry_templates[self.rng.randrange(len(self.telemetry_templates))]
+        return tmpl.model_copy(update={"seq": seq, "ts": ts, "outbox_pending": pending})
 
 
 def _cpu_s() -> float:
@@ -409,11 +441,35 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
+def _sys_s() -> float:
+    return os.times().system
+
+
 def run_worker(cfg: WorkerConfig, shared: Any, results: Any) -> None:
     """A worker process: connect its devices in paced waves, run them until `stop`, then put
-    a WorkerResult on `results`."""
+    a WorkerResult on `results`. With FLEET_SIM_PROFILE=DIR set, worker N writes a cProfile
+    of itself to DIR/worker-N.prof (the simulator's own cost, to keep it small)."""
+    out = os.environ.get("FLEET_SIM_PROFILE")
+    if not out:
+        _run_worker(cfg, shared, results)
+        return
+    import cProfile
+
+    prof = cProfile.Profile(time.process_time)  # CPU time: preemption is not cost
+    prof.enable()
+    try:
+        _run_worker(cfg, shared, results)
+    finally:
+        prof.disable()
+        prof.dump_stats(os.path.join(out, f"worker-{cfg.index}.prof"))
+
+
+def _run_worker(cfg: WorkerConfig, shared: Any, results: Any) -> None:
+    if cfg.nice:
+        os.nice(cfg.nice)
     w = Worker(cfg, shared)
     w.rng.seed(cfg.seed)
+    w.make_templates()
     w.devices = [SimDevice(d, p, w) for d, p in cfg.devices]
     n = len(w.devices)
     ticks: list[tuple[float, int]] = []  # (due, device index)
@@ -422,6 +478,7 @@ def run_worker(cfg: WorkerConfig, shared: Any, results: Any) -> None:
     to_connect = 0
     next_connect = start
     cpu_at_window: float | None = None
+    sys_at_window = 0.0
     wall_at_window = 0.0
     last_misc = start
     stop = shared["stop"]
@@ -447,6 +504,7 @@ def run_worker(cfg: WorkerConfig, shared: Any, results: Any) -> None:
         if ws > 0 and w.window_start_mono is None:
             w.window_start_mono = now - (time.time() - ws)
             cpu_at_window = _cpu_s()
+            sys_at_window = _sys_s()
             wall_at_window = now
             w.counters_at_window = dict(vars(w.counters))
             w.backlog_max = 0
@@ -476,6 +534,10 @@ def run_worker(cfg: WorkerConfig, shared: Any, results: Any) -> None:
                 c.loop_read(max_packets=10)
             if mask & selectors.EVENT_WRITE and dev.sock is not None:
                 c.loop_write()
+        while w.to_write:
+            pending, w.to_write = w.to_write, []
+            for dev in pending:
+                dev.flush()
     end = time.monotonic()
     cpu_end = _cpu_s()
     w.stopping = True
@@ -499,6 +561,7 @@ def run_worker(cfg: WorkerConfig, shared: Any, results: Any) -> None:
             },
             lags={s: a.tobytes() for s, a in w.lags.items()},
             cpu_window_s=cpu_end - (cpu_at_window if cpu_at_window is not None else cpu_end),
+            sys_window_s=_sys_s() - sys_at_window if cpu_at_window is not None else 0.0,
             cpu_total_s=cpu_end,
             wall_window_s=end - wall_at_window if cpu_at_window is not None else 0.0,
             tick_late_ms={s: a.tobytes() for s, a in w.late.items()},

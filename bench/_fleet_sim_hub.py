@@ -168,7 +168,9 @@ def _features_from_baseline(baseline: dict[str, Any], n: int, seed: int) -> list
 
 
 @contextmanager
-def hub_under_test(workdir: Path, *, model: bool = True, log: Any = None) -> Iterator[HubUnderTest]:
+def hub_under_test(
+    workdir: Path, *, model: bool = True, profile: Path | None = None
+) -> Iterator[HubUnderTest]:
     """Train a small model (digits, logistic regression: a version with a training baseline, so
     the default drift rules have work), write the broker config, start Mosquitto and the hub."""
     data_dir = workdir / "hub"
@@ -203,8 +205,12 @@ def hub_under_test(workdir: Path, *, model: bool = True, log: Any = None) -> Ite
         # finds the broker by it and reloads it after each registration
         (data_dir / "mosquitto" / "mosquitto.pid").write_text(f"{broker.pid}\n")
         hub_log = (workdir / "hub.log").open("ab")
+        cli = [str(EDGEPILOT)]
+        if profile is not None:  # the same CLI under the sampling profiler
+            cli = [sys.executable, str(Path(__file__).with_name("_fleet_sim_profile.py")),
+                   str(profile)]  # fmt: skip
         hub = subprocess.Popen(
-            [str(EDGEPILOT), "--data-dir", str(data_dir), "hub", "serve", "--port",
+            [*cli, "--data-dir", str(data_dir), "hub", "serve", "--port",
              str(api_port), "--mqtt", f"127.0.0.1:{mqtt_port}"],
             stdout=hub_log, stderr=hub_log, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         )  # fmt: skip
