@@ -22,9 +22,11 @@ def list_rules(hub: HubDep) -> list[AlertRule]:
 
 @router.post("/alerts/rules", status_code=status.HTTP_201_CREATED, dependencies=[OPERATOR])
 def create_rule(rule: AlertRuleIn, hub: HubDep) -> AlertRule:
-    """A rule: `metric` (latency_p99_ms, error_rate, psi_max, output_shift) over `threshold`
-    for `scope` (all, version, endpoint, device; `target`: one of them). A bad rule is refused
-    with 422 naming the field. Once a rule is created the default rules no longer apply."""
+    """A rule: `metric` (latency_p99_ms, error_rate, psi_max, output_shift; of devices:
+    offline_s, outbox_backlog_growth) over `threshold` for `scope` (all, version, endpoint,
+    device; `target`: one of them). A bad rule is refused with 422 naming the field. Once a
+    rule is created the default rules no longer apply. examples/monitoring has one rule file
+    per monitoring pattern."""
     return RuleStore(hub.db).create(rule)
 
 

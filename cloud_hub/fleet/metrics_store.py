@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from cloud_hub.auth.tokens import parse_duration
 from cloud_hub.db import Database
@@ -45,8 +45,10 @@ __all__ = [
     "MetricsStore",
     "metrics_of",
     "parse_instant",
+    "Rise",
     "latest_points",
     "record_new",
+    "rises",
 ]
 
 METRICS = (
@@ -346,4 +348,41 @@ def latest_points(
         point = out.get(device, {}).get(metric)
         if point is not None:
             point.minute_sum = total
+    return out
+
+
+class Rise(BaseModel):
+    """How a device's metric moved over a window, from the minute rollups."""
+
+    low: float = Field(description="the lowest value in the window")
+    latest: float = Field(description="the newest value")
+    latest_ts: float
+    points: int = Field(description="records behind it")
+
+    @property
+    def growth(self) -> float:
+        return self.latest - self.low
+
+
+def rises(db: Database, metric: str, *, since: float, until: float) -> dict[str, Rise]:
+    """Per device, the lowest and the newest value of `metric` in the minute rollups from the
+    minute holding `since` to `until` (the window to the minute): one query, a few rows a
+    device."""
+    if metric not in METRICS:
+        raise InvalidInput(f"unknown metric {metric[:64]!r}; known: {', '.join(METRICS)}")
+    rows = db.conn.execute(
+        "SELECT device_id, vmin, vlast, last_ts, n FROM metric_rollups "
+        "WHERE step = 60 AND bucket >= ? AND bucket <= ? AND metric = ?",
+        [math.floor(since / 60) * 60, until, metric],
+    )
+    out: dict[str, Rise] = {}
+    for device, vmin, vlast, last_ts, n in rows:
+        have = out.get(device)
+        if have is None:
+            out[device] = Rise(low=vmin, latest=vlast, latest_ts=last_ts, points=n)
+            continue
+        have.low = min(have.low, vmin)
+        have.points += n
+        if last_ts > have.latest_ts:
+            have.latest, have.latest_ts = vlast, last_ts
     return out

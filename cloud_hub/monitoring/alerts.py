@@ -12,6 +12,9 @@ endpoint or device in its scope:
 - too few records to judge → nothing changes, except that an alert whose window is empty
   (no traffic at all any more) is resolved, as is one whose rule was deleted.
 
+Rules on devices' own metrics (`offline_s`, `outbox_backlog_growth`) are judged the same way
+on what `device_health` reads of the devices table and the telemetry history.
+
 Each opening and resolution is returned as an `AlertEvent` (the caller publishes it on MQTT
 `{root}/alerts`). Opening and resolving are conditional writes, so two hub processes evaluating
 the same rules open and announce each alert once.
@@ -28,8 +31,10 @@ from pydantic import BaseModel, Field, computed_field
 
 from cloud_hub.db import Database
 from cloud_hub.errors import InvalidInput, NotFound
+from cloud_hub.monitoring.device_health import describe as describe_device
+from cloud_hub.monitoring.device_health import device_values
 from cloud_hub.monitoring.incremental import DeviceView, DeviceWindows
-from cloud_hub.monitoring.rules import AlertRule, RuleStore
+from cloud_hub.monitoring.rules import DEVICE_METRICS, AlertRule, RuleStore
 from cloud_hub.monitoring.windows import By, WindowReader, WindowStats
 from cloud_hub.registry import utcnow
 
@@ -95,6 +100,8 @@ def metric_value(metric: str, w: WindowStats) -> tuple[float | None, int]:
 
 
 def _describe(rule: AlertRule, w: WindowStats, value: float, n: int) -> str:
+    if rule.metric in DEVICE_METRICS:
+        return describe_device(rule, w, value)
     what = {"version": "version", "endpoint": "endpoint", "device": "device"}[w.by]
     text = (
         f"{rule.metric} {value:.4g} > {rule.threshold:g} on {what} {w.name} "
@@ -195,7 +202,9 @@ class Monitor:
         now = time.time() if now is None else now
         reader = WindowReader(self.db, max_records=self.max_records)
         rules = self.rules.active()
-        lengths = [r.window_s for r in rules if "device" in r.kinds()]
+        lengths = [
+            r.window_s for r in rules if "device" in r.kinds() and r.metric not in DEVICE_METRICS
+        ]
         self._views = self.devices.advance(lengths, now)
         firing: dict[AlertKey, tuple[AlertRule, WindowStats, float, int]] = {}
         cleared: dict[AlertKey, float] = {}
@@ -205,7 +214,30 @@ class Monitor:
         cache: dict[
             tuple[By, str | None, float, int | None], tuple[list[WindowStats], list[str] | None]
         ] = {}
+
+        def judge(rule: AlertRule, w: WindowStats, value: float | None, n: int) -> None:
+            key: AlertKey = (rule.key, w.by, w.key)
+            seen.add(key)
+            if value is None or n < rule.min_count:
+                return
+            if value > rule.threshold:
+                firing[key] = (rule, w, value, n)
+            elif value <= clear_level(rule.threshold):
+                cleared[key] = value
+            else:
+                holding[key] = (value, n)
+
         for rule in rules:
+            if rule.metric in DEVICE_METRICS:  # of devices: status and telemetry history
+                try:
+                    values = device_values(self.db, rule, now)
+                except Exception:
+                    log.exception("alert monitor: could not read %s of the devices", rule.metric)
+                    blind.add((rule.key, "device"))
+                    continue
+                for w, value, n in values:
+                    judge(rule, w, value, n)
+                continue
             for kind in rule.kinds():
                 ck = (kind, rule.target, rule.window_s, rule.last_n)
                 if ck not in cache:
@@ -217,19 +249,8 @@ class Monitor:
                 else:
                     seen.update((rule.key, kind, k) for k in failed)
                 for w in windows:
-                    if w.count == 0:
-                        continue
-                    key: AlertKey = (rule.key, w.by, w.key)
-                    seen.add(key)
-                    value, n = metric_value(rule.metric, w)
-                    if value is None or n < rule.min_count:
-                        continue
-                    if value > rule.threshold:
-                        firing[key] = (rule, w, value, n)
-                    elif value <= clear_level(rule.threshold):
-                        cleared[key] = value
-                    else:
-                        holding[key] = (value, n)
+                    if w.count > 0:
+                        judge(rule, w, *metric_value(rule.metric, w))
         events: list[AlertEvent] = []
         active = {r.key for r in rules}
         open_now: dict[AlertKey, Alert] = {

@@ -1,5 +1,11 @@
 """Alert rules: a metric of a window over a threshold, for a scope, with enough records.
 
+Two metrics are about devices rather than their predictions (scope `device` only), read from
+the devices table and the telemetry history: `offline_s`, the seconds a device has been offline
+(since its last will or its goodbye; 0 while online; `min_count` does not apply), and
+`outbox_backlog_growth`, how much the device's outbox backlog rose over the window (its newest
+value less its lowest in the window, to the minute; `min_count`: telemetry records in it).
+
 A rule applies to every version, endpoint and device (`scope: all`), to every one of a kind
 (`scope: version|endpoint|device`, no target) or to one (`target`: a version id or ref, an
 endpoint name, a device id). Rules are stored; while none is, `DEFAULT_RULES` apply. Bad rules
@@ -16,9 +22,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud_hub.db import Database
 from cloud_hub.errors import InvalidInput, NotFound
 
-Metric = Literal["latency_p99_ms", "error_rate", "psi_max", "output_shift"]
+Metric = Literal[
+    "latency_p99_ms", "error_rate", "psi_max", "output_shift", "offline_s", "outbox_backlog_growth"
+]
 Scope = Literal["all", "version", "endpoint", "device"]
-METRICS: tuple[Metric, ...] = ("latency_p99_ms", "error_rate", "psi_max", "output_shift")
+METRICS: tuple[Metric, ...] = (
+    "latency_p99_ms",
+    "error_rate",
+    "psi_max",
+    "output_shift",
+    "offline_s",
+    "outbox_backlog_growth",
+)
+DEVICE_METRICS = ("offline_s", "outbox_backlog_growth")  # of devices, not of their predictions
 
 # (low, high, low inclusive): the thresholds that can be met at all
 _RANGES: dict[str, tuple[float, float, bool]] = {
@@ -26,6 +42,8 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "error_rate": (0.0, 1.0, True),  # a share: 0 ≤ t < 1
     "psi_max": (0.0, 100.0, False),
     "output_shift": (0.0, 1.0, True),  # total variation distance: 0 ≤ t < 1
+    "offline_s": (0.0, 365 * 86400.0, True),  # seconds
+    "outbox_backlog_growth": (0.0, 1e12, True),  # records
 }
 
 
@@ -124,6 +142,11 @@ class RuleStore:
 
     def create(self, rule: AlertRuleIn) -> AlertRule:
         check_threshold(rule.metric, rule.threshold)
+        if rule.metric in DEVICE_METRICS and rule.scope != "device":
+            raise InvalidInput(
+                f"scope: {rule.metric} is measured on devices: use scope 'device', "
+                f"not {rule.scope!r}"
+            )
         target = self._resolve_target(rule.scope, rule.target)
         if rule.last_n is not None and rule.min_count > rule.last_n:
             raise InvalidInput(
