@@ -1,27 +1,24 @@
 """`edgepilot watch`: the state model (merge, filter, sort, stale) and the screens.
 
 The state tests feed FleetState documents shaped as the hub's /overview and stream events
-(docs: /tmp contract, cloud_hub/stream); the screen tests drive WatchApp with Textual's pilot.
+(cloud_hub/stream/events.py); the screen tests drive WatchApp with Textual's pilot, one of them
+against a real hub process, Mosquitto and agent processes (tests/live_fleet.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Label, Sparkline, TabbedContent
 
-from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
 from cloud_hub.watch.app import DeviceScreen, WatchApp
 from cloud_hub.watch.feed import Feed
 from cloud_hub.watch.state import (
@@ -33,9 +30,9 @@ from cloud_hub.watch.state import (
     parse_filter,
     sort_devices,
 )
-from tests.agent_processes import AgentProc, agent_toml
-from tests.cloud_hub.conftest import register_model, unique
-from tests.conftest import BIN, REPO, free_port, run_cli, wait_for_port
+from tests.cloud_hub.conftest import unique
+from tests.conftest import free_port, run_cli
+from tests.live_fleet import LiveFleet, iris_model
 
 
 def device(ident: str, **fields: Any) -> dict[str, Any]:
@@ -204,90 +201,29 @@ def test_stale_keeps_the_data_and_says_since_when() -> None:
 
 
 # -- the screens against a real hub, Mosquitto and agent processes -------------------------------
-class LiveHub:
-    """`edgepilot hub serve --mqtt` as a process of its own (stopped and started again on the
-    same port and data), with agents it registered and a model version to deploy."""
-
-    def __init__(self, root: Path, broker: tuple[str, int], onnx_bytes: bytes) -> None:
-        self.root = root
-        self.broker = broker
-        self.data_dir = root / "hub"
-        hub = Hub.open(HubSettings(data_dir=self.data_dir, run_scheduler=False))
-        self.version = register_model(hub, onnx_bytes, tflite=False).ref
-        hub.close()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.agents: dict[str, AgentProc] = {}
-        self.log = (root / "hub.log").open("ab")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-        self.token = (self.data_dir / "admin-token").read_text().strip()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [str(BIN / "edgepilot"), "hub", "serve", "--port", str(self.port), "--no-scheduler",
-             "--workers", "0", "--no-prediction-log", "--mqtt", "{}:{}".format(*self.broker)],
-            env={**os.environ, "EDGEPILOT_DATA_DIR": str(self.data_dir)},
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        wait_for_port(self.port, proc=self.proc)
-
-    def get(self, path: str) -> Any:
-        resp = httpx.get(
-            f"{self.url}/api/v1{path}", headers={"Authorization": f"Bearer {self.token}"}
-        )
-        assert resp.status_code == 200, resp.text
-        return resp.json()
-
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        resp = httpx.post(
-            f"{self.url}/api/v1{path}", json=body, headers={"Authorization": f"Bearer {self.token}"}
-        )
-        assert resp.status_code == 201, resp.text
-        doc: dict[str, Any] = resp.json()
-        return doc
-
-    def add_agent(self, device_id: str, **device: Any) -> AgentProc:
-        doc = self.post("/devices", {"id": device_id, **device})
-        home = self.root / device_id
-        home.mkdir()
-        (home / "agent.toml").write_text(
-            agent_toml(
-                device_id,
-                home / "data",
-                self.broker,
-                doc["hub_public_key"],
-                mqtt={
-                    "username": doc["username"],
-                    "password": doc["password"],
-                    "topic_root": doc["broker"]["topic_root"],
-                },
-                telemetry={"interval_s": 0.5},
-            )
-        )
-        agent = AgentProc(home / "agent.toml", home / "data", home / "agent.log")
-        self.agents[device_id] = agent
-        return agent.start()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def close(self) -> None:
-        for agent in self.agents.values():
-            agent.kill()
-        self.kill()
-        self.log.close()
-
-
 @pytest.fixture
-def live_hub(tmp_path: Path, mosquitto: tuple[str, int], onnx_bytes: bytes) -> Iterator[LiveHub]:
-    hub = LiveHub(tmp_path, mosquitto, onnx_bytes)
+def watched(tmp_path: Path, mosquitto: tuple[str, int]) -> Iterator[LiveFleet]:
+    """The shared live fleet (tests/live_fleet.py) with its hub only: the test registers its
+    own devices, with the tags and groups it filters on."""
+    fleet = LiveFleet(tmp_path / "fleet", mosquitto, devices=0, deploy=False)
+    fleet.telemetry_interval_s = 0.5
     try:
-        yield hub
+        yield fleet.start()
     finally:
-        hub.close()
+        fleet.close()
+
+
+def kill_hub(fleet: LiveFleet) -> None:
+    assert fleet.proc is not None
+    fleet.proc.kill()
+    fleet.proc.wait(10)
+
+
+def restart_hub(fleet: LiveFleet) -> None:
+    """The same hub (port, data) again: a new process, so a new boot of its event ids."""
+    fleet.http.close()
+    fleet.prefix += "r"  # start_hub makes a viewer token named after it: a new name
+    fleet.start_hub()
 
 
 async def until(pilot: Pilot[None], condition: Any, timeout: float, what: str) -> None:
@@ -300,25 +236,28 @@ async def until(pilot: Pilot[None], condition: Any, timeout: float, what: str) -
 
 
 @pytest.mark.slow  # about 25 s: a hub, three agents, a deployment, a hub restart
-def test_watch_follows_a_real_fleet(live_hub: LiveHub) -> None:
+def test_watch_follows_a_real_fleet(watched: LiveFleet) -> None:
     """The table lists the devices; a filter narrows it; a deployment's progress shows per
     device; Enter opens a device whose sparkline has points; a stopped agent's row turns
     offline; a stopped hub makes the view stale with the rows kept, and a restarted one live."""
+    fleet = watched
     cam, door, pi = unique("cam"), unique("door"), unique("pi")
     mine = {cam, door, pi}
+    fleet.register_device(cam, tags=["cam"], group="lab")
+    fleet.register_device(door, tags=["cam", "door"], group="yard")
+    fleet.register_device(pi, group="lab")
     with ThreadPoolExecutor(4) as pool:  # processes that start slowly: all at once
         refused = pool.submit(
-            run_cli, ["watch", "--hub", live_hub.url, "--token", "ep_wrong"], {**os.environ}
+            run_cli, ["watch", "--hub", fleet.url, "--token", "ep_wrong"], {**os.environ}
         )
-        for agent in [
-            pool.submit(live_hub.add_agent, cam, tags=["cam"], group="lab"),
-            pool.submit(live_hub.add_agent, door, tags=["cam", "door"], group="yard"),
-            pool.submit(live_hub.add_agent, pi, group="lab"),
-        ]:
-            agent.result()
+        version = pool.submit(fleet.register_model, iris_model())
+        for agent in pool.map(fleet.start_agent, [cam, door, pi]):
+            assert agent.port
     assert refused.result().returncode == 2
     assert "refused the token (401)" in refused.result().stderr
-    feed = Feed(live_hub.url, live_hub.token, backoff=(0.2, 1.0))
+    made = version.result()
+    ref = f"{made['project']}/{made['model']}:{made['number']}"
+    feed = Feed(fleet.url, fleet.viewer_token, backoff=(0.2, 1.0))  # a viewer is enough
     app = WatchApp(feed, refresh_s=0.1)
 
     def cell(device_id: str, column: str) -> str:
@@ -342,7 +281,7 @@ def test_watch_follows_a_real_fleet(live_hub: LiveHub) -> None:
             await until(pilot, lambda: app.shown_ids == [cam], 5, "the filter to keep cam")
             await pilot.press("enter")  # from the filter to the table
 
-            dep = live_hub.post("/deployments", {"version": live_hub.version, "tag": "cam"})
+            dep = fleet.deploy(ref, tag="cam")
             await pilot.press("d")
             await until(
                 pilot,
@@ -357,10 +296,9 @@ def test_watch_follows_a_real_fleet(live_hub: LiveHub) -> None:
                 10,
                 "the deployment's progress at 100%",
             )
-            await until(pilot, lambda: cell(cam, "model") == live_hub.version, 10, "cam's model")
-            code, answer = live_hub.agents[cam].predict([[5.1, 3.5, 1.4, 0.2]])
-            assert code == 200, answer
-            await until(pilot, lambda: live_hub.get(f"/devices/{cam}/logs"), 15, "its log")
+            await until(pilot, lambda: cell(cam, "model") == ref, 10, "cam's model")
+            fleet.predict(cam)
+            await until(pilot, lambda: fleet.api_get(f"/devices/{cam}/logs"), 15, "its log")
 
             await pilot.press("f", "enter")  # the fleet tab; open the device under the cursor
             await until(pilot, lambda: isinstance(app.screen, DeviceScreen), 5, "device screen")
@@ -387,7 +325,7 @@ def test_watch_follows_a_real_fleet(live_hub: LiveHub) -> None:
             await until(pilot, lambda: mine <= set(app.shown_ids), 5, "the whole fleet again")
             await pilot.press("s")  # sort by the next column: status (offline first)
             assert app.sort_key == "status"
-            live_hub.agents[door].kill()  # its last will: offline
+            fleet.stop_agent(door)  # its last will: offline
             await until(
                 pilot, lambda: cell(door, "status").startswith("offline since "), 20, "offline"
             )
@@ -395,16 +333,21 @@ def test_watch_follows_a_real_fleet(live_hub: LiveHub) -> None:
             await until(pilot, lambda: app.shown_ids[0] == door, 10, "the offline row on top")
 
             boot = (feed.state.last_event_id or "").split("-")[0]
-            live_hub.kill()
+            kill_hub(fleet)
             await until(pilot, lambda: app.headline.startswith("STALE: "), 10, "stale")
             assert app.headline.startswith("STALE: hub unreachable since ")
             assert ", retrying" in app.headline
             assert mine <= set(app.shown_ids) and cell(door, "status").startswith("offline")
 
-            live_hub.start()  # a new boot: the stream says `missed`, the view refetches
+            restart_hub(fleet)  # a new boot: the stream says `missed`, the view refetches
             await until(pilot, lambda: app.headline.startswith("live |"), 20, "live again")
             assert mine <= set(app.shown_ids) and cell(cam, "status") == "online"
-            assert not (feed.state.last_event_id or "").startswith(boot)  # the new hub's events
+            await until(  # `missed` (another boot): the overview again, the new hub's events
+                pilot,
+                lambda: not (feed.state.last_event_id or "").startswith(boot),
+                10,
+                "events of the new hub",
+            )
 
     asyncio.run(scenario())
 
