@@ -343,6 +343,7 @@ class WorkerResult:
     wall_window_s: float
     tick_late_ms: dict[int, bytes]  # slice -> array('f'): how late device ticks ran
     backlog_max: int  # the largest outbox seen at a device
+    rss_mb: float  # this process's resident memory at the end
     unacked_end: int  # records not yet acked, all devices, at the end
     issued_end: int  # records made, all devices
 
@@ -439,6 +440,15 @@ class Worker:
 def _cpu_s() -> float:
     t = os.times()
     return t.user + t.system
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        lines = fh.read().splitlines()
+    for line in lines:
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _sys_s() -> float:
@@ -566,6 +576,7 @@ def _run_worker(cfg: WorkerConfig, shared: Any, results: Any) -> None:
             wall_window_s=end - wall_at_window if cpu_at_window is not None else 0.0,
             tick_late_ms={s: a.tobytes() for s, a in w.late.items()},
             backlog_max=w.backlog_max,
+            rss_mb=_rss_mb(),
             unacked_end=unacked,
             issued_end=issued,
         )

@@ -392,7 +392,7 @@ def hub_metrics(hub: HubUnderTest) -> dict[str, float]:
         if line.startswith("#") or not line.strip():
             continue
         name, _, value = line.rpartition(" ")
-        if any(k in name for k in ("ingest", "mqtt", "stream", "queue", "fleet_messages")):
+        if any(k in name for k in ("ingest", "mqtt", "stream", "queue", "fleet", "device")):
             try:
                 out[name] = float(value)
             except ValueError:

@@ -310,6 +310,8 @@ def summarize(
         "records_made_per_s": round(made / dt, 1),
         # 1-5 logs a second (3 on average) and a telemetry record every 5 s, per device
         "records_nominal_per_s": round(3.2 * n, 1),
+        "offered_load": round(made / dt / (3.2 * n), 3),
+        "sim_worker_rss_mb": [round(r.rss_mb, 1) for r in got],
         "rows_per_s": round(sum(rows.values()) / dt, 1),
         "rows": rows,
         "hub_cpu_us_per_message": _r(1e6 * hub_cores * dt / hub_msgs) if hub_msgs else None,
@@ -384,6 +386,7 @@ def print_table(res: dict[str, Any]) -> None:
         ("simulator tick lateness p99 (worst slice)", f"{ms(res['sim_tick_late_p99_ms'])} ms"),
         ("records made (nominal) / rows stored", f"{res['records_made_per_s']:,.0f} "
          f"({res['records_nominal_per_s']:,.0f}) / {res['rows_per_s']:,.0f} per s"),
+        ("offered load (records made / nominal)", f"{100 * res['offered_load']:.0f}%"),
         ("ack lag p50 / p99 / max", f"{ms(res['ack_lag_p50_ms'])} / {ms(res['ack_lag_p99_ms'])}"
          f" / {ms(res['ack_lag_max_ms'])} ms"),
         ("ack lag grows over the window", "YES" if res["ack_lag_grows"] else "no"),
