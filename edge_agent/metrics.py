@@ -28,8 +28,12 @@ from edge_agent.telemetry import SystemSampler
 __all__ = ["AgentMetrics"]
 
 
-def _gauge(name: str, text: str, value: float | None) -> GaugeMetricFamily | None:
-    return None if value is None else GaugeMetricFamily(name, text, value=float(value))
+def _gauge(name: str, text: str, value: float | None) -> GaugeMetricFamily:
+    """A gauge, without a sample while its value is unknown (the family is always listed)."""
+    family = GaugeMetricFamily(name, text)
+    if value is not None:
+        family.add_metric([], float(value))
+    return family
 
 
 class _AgentCollector(Collector):
@@ -91,13 +95,11 @@ class _AgentCollector(Collector):
             "1 while the agent is connected to the hub's broker",
             value=1.0 if doc.get("mqtt_connected") else 0.0,
         )
-        uptime = _gauge(
+        yield _gauge(
             "ep_agent_uptime_seconds", "Seconds since the agent started", doc.get("uptime_s")
         )
-        if uptime is not None:
-            yield uptime
         system = self.sampler.sample()
-        for family in (
+        yield from (
             _gauge(
                 "ep_agent_cpu_percent",
                 "The agent's CPU since the previous scrape (100 = one core)",
@@ -116,9 +118,7 @@ class _AgentCollector(Collector):
                 "The hottest plausible thermal zone",
                 system.get("temperature_c"),
             ),
-        ):
-            if family is not None:
-                yield family
+        )
 
 
 class AgentMetrics:
