@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -22,10 +24,12 @@ from cloud_hub.fleet.broker_auth import (
     add_account,
     verify_password,
 )
+from cloud_hub.fleet.devices import RELOAD_COALESCE_FROM, RELOAD_GAP_S
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
 from cloud_hub.settings import HubSettings
-from tests.conftest import admin_headers, run_cli
+from tests.cloud_hub.conftest import wait_until
+from tests.conftest import SecureMosquitto, admin_headers, run_cli
 
 
 @pytest.fixture
@@ -163,3 +167,62 @@ def test_the_hub_password_is_hashed_once_and_again_when_it_changes(hub: Hub) -> 
     secret.write_text("a-new-hub-password\n")  # replaced by hand
     store.register(DeviceCreate(id="a-3"))
     assert hub_hash() != first and verify_password("a-new-hub-password", hub_hash())
+
+
+def _try_connect(host: str, port: int, user: str, password: str) -> bool:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    result: list[bool] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.username_pw_set(user, password)
+    client.on_connect = lambda c, u, f, reason, p: result.append(not reason.is_failure)
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        wait_until(lambda: result, 5, "CONNACK")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return result[0]
+
+
+def _connects(host: str, port: int, user: str, password: str, timeout: float) -> bool:
+    """Connect as an agent does (again after a refusal) until the broker accepts, or time out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _try_connect(host, port, user, password):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_large_fleet_reloads_its_broker_at_most_once_a_second_and_after_the_last(
+    tmp_path: Path, secure_mosquitto: Any
+) -> None:
+    data_dir = tmp_path / "hub"
+    hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False))
+    with ThreadPoolExecutor(16) as pool:  # a fleet past the threshold, before the broker runs
+        list(pool.map(lambda i: _register(hub, [f"old-{i:04d}"]), range(RELOAD_COALESCE_FROM)))
+    broker: SecureMosquitto = secure_mosquitto(data_dir, tls=False)
+    hub.close()
+    hub = Hub.open(
+        HubSettings(data_dir=data_dir, run_scheduler=False, broker_pid_file=broker.pid_file)
+    )
+    try:
+        reloads = broker.reload_count()
+        started = time.monotonic()
+        passwords: dict[str, str] = {}
+
+        def register(dev: str) -> None:
+            passwords[dev] = hub.fleet.devices.register(DeviceCreate(id=dev)).password
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(register, [f"new-{i:03d}" for i in range(120)]))
+        took = time.monotonic() - started
+        # the last one registered is let in once the trailing reload has run (an agent retries)
+        assert _connects(broker.host, broker.port, "new-119", passwords["new-119"], 10)
+        done = broker.reload_count() - reloads
+        assert 1 <= done <= int(took / RELOAD_GAP_S) + 2, (done, took)
+    finally:
+        hub.close()
