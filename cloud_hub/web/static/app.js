@@ -169,7 +169,10 @@ async function start(linked = fromLink) {
     return;
   }
   try {
-    begin(await getJson("/overview"));
+    const t0 = performance.now();
+    const overview = await getJson("/overview");
+    begin(overview);
+    stats.overviewMs = performance.now() - t0; // fetch + first render
   } catch (err) {
     if (err instanceof AuthError) {
       signOut(

@@ -33,18 +33,32 @@ export function timed(fn) {
   }
 }
 
+// What a flush costs the browser (style, layout, paint of what changed) hardly depends on how
+// many cells changed: flushes come at most every MIN_FLUSH_MS, each with all that changed since.
+export const MIN_FLUSH_MS = 250;
 let pending = null;
+let lastFlush = -Infinity;
 const flushers = new Set();
 
-/** Run `fn` in the next animation frame (once however often it is asked for). */
+/** Run `fn` in an animation frame soon (once however often it is asked for): the next frame,
+ * or the first one MIN_FLUSH_MS after the last flush. */
 export function schedule(fn) {
   flushers.add(fn);
-  if (pending === null) pending = requestAnimationFrame(flush);
+  if (pending !== null) return;
+  const wait = lastFlush + MIN_FLUSH_MS - performance.now();
+  if (wait <= 0) {
+    pending = requestAnimationFrame(flush);
+  } else {
+    pending = setTimeout(() => {
+      pending = requestAnimationFrame(flush);
+    }, wait);
+  }
 }
 
 function flush() {
   pending = null;
   const t0 = performance.now();
+  lastFlush = t0;
   const todo = [...flushers];
   flushers.clear();
   for (const fn of todo) {
