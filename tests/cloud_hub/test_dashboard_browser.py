@@ -257,6 +257,12 @@ def test_the_dashboard_shows_the_live_fleet(live_fleet: LiveFleet, browser: WebD
     assert stored[0]["request_id"] in driver.find_element(By.ID, "logs").text
     shot(driver, "07-logs")
 
+    # the alerts and endpoints views render what the hub says (none open, none served here)
+    for view, text in (("alerts", "No open alerts."), ("endpoints", "No endpoints.")):
+        driver.get(f"{fleet.url}/ui/#/{view}")
+        wait(driver, lambda d, t=text: t in d.find_element(By.ID, "main").text, 10, view)
+    print(f"offline painted {lag:.3f}s after the hub's status_since")
+
     # a phone: the table becomes cards, nothing wider than the screen
     driver.set_window_size(390, 844)
     driver.get(f"{fleet.url}/ui/#/")
