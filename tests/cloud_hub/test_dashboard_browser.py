@@ -258,9 +258,12 @@ def test_the_dashboard_shows_the_live_fleet(live_fleet: LiveFleet, browser: WebD
     shot(driver, "07-logs")
 
     # the alerts and endpoints views render what the hub says (none open, none served here)
+    def shows(text: str) -> Callable[[WebDriver], bool]:
+        return lambda d: text in d.find_element(By.ID, "main").text
+
     for view, text in (("alerts", "No open alerts."), ("endpoints", "No endpoints.")):
         driver.get(f"{fleet.url}/ui/#/{view}")
-        wait(driver, lambda d, t=text: t in d.find_element(By.ID, "main").text, 10, view)
+        wait(driver, shows(text), 10, view)
     print(f"offline painted {lag:.3f}s after the hub's status_since")
 
     # a phone: the table becomes cards, nothing wider than the screen
