@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,7 @@ class HubStream:
         self.timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
         self._client: httpx.Client | None = None
 
-    def events(self) -> Iterator[StreamEvent]:
+    def events(self) -> Generator[StreamEvent, None, None]:
         headers = _headers(self.token)
         if self.last_event_id:
             headers["Last-Event-ID"] = self.last_event_id

@@ -68,6 +68,9 @@ class TelemetryLive(BaseModel):
 
     id: str
     telemetry_ts: float | None = Field(description="the device's clock of the newest sample")
+    last_seen: float | None = Field(
+        default=None, description="unix s (the hub's clock) when the newest batch arrived"
+    )
     cpu: float | None = Field(default=None, description="percent; 100 = one core busy")
     memory: float | None = Field(default=None, description="percent of the device's memory")
     memory_rss: float | None = Field(default=None, description="the agent's resident MB")

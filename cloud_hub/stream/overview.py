@@ -206,10 +206,13 @@ class Overview:
         devices = []
         for row in self.devices.live_rows():
             numbers = telemetry.get(row.id) or TelemetryLive(id=row.id, telemetry_ts=None)
+            state = self._state(row)
+            seen = [t for t in (state.last_seen, numbers.last_seen) if t is not None]
             devices.append(
                 DeviceLive(
-                    **numbers.model_dump(),
-                    **self._state(row).model_dump(exclude={"id"}),
+                    **numbers.model_dump(exclude={"last_seen"}),
+                    **state.model_dump(exclude={"id", "last_seen"}),
+                    last_seen=max(seen, default=None),
                     name=row.name,
                     tags=row.tags,
                     group=row.group,

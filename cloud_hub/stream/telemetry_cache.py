@@ -10,6 +10,7 @@ metrics store.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 from cloud_hub.fleet.metrics_store import metrics_of
@@ -26,8 +27,11 @@ class TelemetryCache:
         self._latest: dict[str, TelemetryLive] = {}
         self._lock = threading.Lock()
 
-    def update(self, device_id: str, records: Sequence[TelemetryRecord]) -> TelemetryLive | None:
-        """Fold a batch in; returns the device's numbers when they changed, else None."""
+    def update(
+        self, device_id: str, records: Sequence[TelemetryRecord], *, now: float | None = None
+    ) -> TelemetryLive | None:
+        """Fold a batch that arrived at `now` in; returns the device's numbers when they
+        changed, else None."""
         if not records:
             return None
         ordered = sorted(records, key=lambda r: r.ts)
@@ -43,6 +47,7 @@ class TelemetryCache:
                 live = self._fold(device_id, record, prev_ts, live)
                 prev_ts = record.ts
             assert live is not None
+            live.last_seen = time.time() if now is None else now
             self._latest[device_id] = live
             return live
 

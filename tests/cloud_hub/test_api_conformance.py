@@ -23,6 +23,7 @@ from cloud_hub.settings import HubSettings
 from tests.conftest import admin_headers
 
 MAX_EXAMPLES = 5  # per operation and phase
+STREAMS = ["/api/v1/stream"]
 
 EXCLUDED = {
     # "A schema-valid request must be accepted": the hub checks more than a JSON schema can say
@@ -85,6 +86,9 @@ def describe(phase: str, check: str, info: Any) -> str:
 def test_every_operation_conforms_to_the_openapi_document(app: tuple[FastAPI, Hub]) -> None:
     asgi, hub = app
     schema = schemathesis.openapi.from_asgi("/openapi.json", asgi, config=config(hub))
+    # A live stream answered 200 never ends, so no request/response check can finish on it;
+    # its answers (401, 400 for a bad Last-Event-ID, the events): tests/cloud_hub/test_stream.py
+    schema = schema.exclude(path=STREAMS)
     problems: list[str] = []
     tested = 0
     for event in from_schema(schema).execute():

@@ -183,6 +183,7 @@ def test_the_stream_shows_a_device_come_online_send_telemetry_and_go_offline_by_
         first = reader.next("telemetry", {"id": "cam-1"})
         assert first.data["cpu"] == 12.5 and first.data["outbox_backlog"] == 3
         assert first.data["latency_p99"] == 9.0
+        assert first.data["last_seen"] >= online.data["status_since"]  # the hub's clock
         dev.send("telemetry", telemetry("cam-1", 2, 80.0, 7))
         second = reader.next("telemetry", {"id": "cam-1", "cpu": 80.0})
         assert second.data["inferences_per_s"] == 10.0  # 50 inferences over 5 s
