@@ -124,7 +124,8 @@ class LiveFleet:
             timeout=30,
         )
         wait_until(lambda: self.api_get("/health") is not None, 30, "the hub's API")
-        self.viewer_token = self.make_token(f"{self.prefix}-viewer", "viewer")
+        if not self.viewer_token:  # the same token after a restart: the hub kept it
+            self.viewer_token = self.make_token(f"{self.prefix}-viewer", "viewer")
 
     def make_token(self, name: str, role: str, expires_in_s: float | None = None) -> str:
         body: dict[str, Any] = {"name": name, "role": role}

@@ -222,7 +222,6 @@ def kill_hub(fleet: LiveFleet) -> None:
 def restart_hub(fleet: LiveFleet) -> None:
     """The same hub (port, data) again: a new process, so a new boot of its event ids."""
     fleet.http.close()
-    fleet.prefix += "r"  # start_hub makes a viewer token named after it: a new name
     fleet.start_hub()
 
 
