@@ -372,16 +372,22 @@ def test_without_a_viewer_account_it_says_how_to_make_one(cli_env: dict[str, str
     assert "would disconnect the hub" in " ".join(refused.stderr.split())
 
 
-def test_a_viewer_reads_the_fleet_and_cannot_publish(
-    tmp_path: Path, secure_mosquitto: Any, cli_env: dict[str, str]
-) -> None:
-    data_dir = tmp_path / "hub"
+def fleet_with_viewer(data_dir: Path, secure_mosquitto: Any) -> tuple[str, SecureMosquitto]:
+    """Device cam-9 registered at a hub of `data_dir`, and its broker (configured by
+    broker-config, no TLS) with a viewer account `watcher`: (cam-9's password, the broker)."""
     hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False))
     try:
         device_password = hub.fleet.devices.register(DeviceCreate(id="cam-9")).password
     finally:
         hub.close()
-    broker: SecureMosquitto = secure_mosquitto(data_dir, tls=False, args=("--viewer", "watcher"))
+    return device_password, secure_mosquitto(data_dir, tls=False, args=("--viewer", "watcher"))
+
+
+def test_a_viewer_reads_the_fleet_and_cannot_publish(
+    tmp_path: Path, secure_mosquitto: Any, cli_env: dict[str, str]
+) -> None:
+    data_dir = tmp_path / "hub"
+    device_password, broker = fleet_with_viewer(data_dir, secure_mosquitto)
     env = {**cli_env, "EDGEPILOT_DATA_DIR": str(data_dir)}
     where = f"{broker.host}:{broker.port}"
     topics = Topics(ROOT)
@@ -475,12 +481,7 @@ def test_mosquitto_sub_with_the_viewer_account_prints_telemetry_and_its_publish_
     """What README tells an operator to run: Mosquitto's own clients (Debian's
     mosquitto-clients), logged in as the viewer account broker-config made."""
     data_dir = tmp_path / "hub"
-    hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False))
-    try:
-        device_password = hub.fleet.devices.register(DeviceCreate(id="cam-9")).password
-    finally:
-        hub.close()
-    broker: SecureMosquitto = secure_mosquitto(data_dir, tls=False, args=("--viewer", "watcher"))
+    device_password, broker = fleet_with_viewer(data_dir, secure_mosquitto)
     password = (data_dir / "mosquitto" / "account-watcher.password").read_text().strip()
     login = ["-h", broker.host, "-p", str(broker.port), "-u", "watcher", "-P", password]
     sub = subprocess.Popen(
