@@ -295,7 +295,11 @@ class DeviceView:
         yield from (p for p in marks if p not in self.cursors)
         after = self.high_ts if math.isfinite(self.high_ts) else self.since
         rows = self.db.conn.execute(
-            "SELECT DISTINCT device_id, epoch FROM inference_logs WHERE ts > ?", [after]
+            # the ts index holds the key: a covering read of the new rows (the planner would
+            # otherwise scan the table)
+            "SELECT DISTINCT device_id, epoch FROM inference_logs INDEXED BY inference_logs_ts "
+            "WHERE ts > ?",
+            [after],
         )
         yield from ((str(r[0]), str(r[1])) for r in rows)
 
