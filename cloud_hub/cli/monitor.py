@@ -246,7 +246,11 @@ def rules_add(
     ctx: typer.Context,
     metric: Annotated[
         str,
-        typer.Option("--metric", help="latency_p99_ms, error_rate, psi_max or output_shift"),
+        typer.Option(
+            "--metric",
+            help="latency_p99_ms, error_rate, psi_max, output_shift, offline_s or "
+            "outbox_backlog_growth",
+        ),
     ],
     threshold: Annotated[float, typer.Option("--threshold", help="alert above this")],
     scope: Annotated[str, typer.Option("--scope", help="all, version, endpoint or device")] = "all",
