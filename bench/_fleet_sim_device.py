@@ -28,7 +28,7 @@ import time
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -69,12 +69,16 @@ class WorkerConfig:
     nice: int = 0  # added to this process's niceness
 
 
-@dataclass
-class Pending:
+class Pending(NamedTuple):
+    """A record in a device's outbox, small (a fleet behind on acks holds millions): the
+    record itself is made from its template when it is sent."""
+
     seq: int
-    kind: str  # "log" | "telemetry"
-    record: LogRecord | TelemetryRecord
-    made_at: float
+    telemetry: bool
+    template: int  # index into the worker's templates
+    made_at: float  # monotonic, for the ack lag
+    ts: float  # wall clock: the record's ts
+    pending: int  # telemetry: the outbox size it reports
 
 
 @dataclass
@@ -158,12 +162,12 @@ class SimDevice:
         for _ in range(rng.randint(1, 5)):
             self.issued += 1
             self.outbox.append(
-                Pending(self.issued, "log", self.w.log_record(self.id, self.issued, wall), now)
+                Pending(self.issued, False, rng.randrange(len(self.w.log_templates)), now, wall, 0)
             )
         if self.ticks % TELEMETRY_EVERY == 0:
             self.issued += 1
-            rec = self.w.telemetry_record(self.issued, wall, len(self.outbox))
-            self.outbox.append(Pending(self.issued, "telemetry", rec, now))
+            t = rng.randrange(len(self.w.telemetry_templates))
+            self.outbox.append(Pending(self.issued, True, t, now, wall, len(self.outbox)))
             self.w.counters.telemetry += 1
         self.w.counters.issued += self.issued - before
         if self.connected and self.ticks % 5 == self.misc_phase:
@@ -202,8 +206,8 @@ class SimDevice:
             self.w.counters.batches += 1
 
     def _publish(self, floor: int, batch: list[Pending]) -> bool:
-        logs = [p.record for p in batch if p.kind == "log"]
-        telemetry = [p.record for p in batch if p.kind == "telemetry"]
+        logs = [self.w.log_record(self.id, p) for p in batch if not p.telemetry]
+        telemetry = [self.w.telemetry_record(p) for p in batch if p.telemetry]
         try:
             if logs:
                 payload = LogBatch(
@@ -428,13 +432,15 @@ class Worker:
                 )
             )
 
-    def log_record(self, device_id: str, seq: int, ts: float) -> LogRecord:
-        tmpl = self.log_templates[self.rng.randrange(len(self.log_templates))]
-        return tmpl.model_copy(update={"seq": seq, "request_id": f"{device_id}-{seq}", "ts": ts})
+    def log_record(self, device_id: str, p: Pending) -> LogRecord:
+        return self.log_templates[p.template].model_copy(
+            update={"seq": p.seq, "request_id": f"{device_id}-{p.seq}", "ts": p.ts}
+        )
 
-    def telemetry_record(self, seq: int, ts: float, pending: int) -> TelemetryRecord:
-        tmpl = self.telemetry_templates[self.rng.randrange(len(self.telemetry_templates))]
-        return tmpl.model_copy(update={"seq": seq, "ts": ts, "outbox_pending": pending})
+    def telemetry_record(self, p: Pending) -> TelemetryRecord:
+        return self.telemetry_templates[p.template].model_copy(
+            update={"seq": p.seq, "ts": p.ts, "outbox_pending": p.pending}
+        )
 
 
 def _cpu_s() -> float:

@@ -288,7 +288,14 @@ def summarize(
     p99s = [s["ack_lag_p99_ms"] for s in per_slice if s["ack_lag_p99_ms"] is not None]
     third = max(1, len(p99s) // 3)
     head, tail = p99s[:third], p99s[-third:]
-    grows = bool(p99s) and (sorted(tail)[len(tail) // 2] > 2 * sorted(head)[len(head) // 2] + 250)
+    unacked = sum(r.unacked_end for r in got)
+    # growing: the late slices' p99 well above the early ones', a slice without a single ack,
+    # or more than 10 s of the fleet's records still waiting for their ack at the end
+    grows = (
+        (bool(p99s) and sorted(tail)[len(tail) // 2] > 2 * sorted(head)[len(head) // 2] + 250)
+        or any(sl["acks"] == 0 for sl in per_slice)
+        or unacked > 10 * 3.2 * n
+    )
     made = win.get("issued", 0)
     sim_cores = [round(r.cpu_window_s / r.wall_window_s, 3) for r in got if r.wall_window_s]
     w0, w1 = window
@@ -347,7 +354,7 @@ def summarize(
         },
         "counters_window": win,
         "counters_total": {k: sum(r.counters.get(k, 0) for r in got) for k in got[0].counters},
-        "unacked_at_end": sum(r.unacked_end for r in got),
+        "unacked_at_end": unacked,
         "backlog_max_per_device": max(r.backlog_max for r in got),
         "connected_at_end": sum(r.connected for r in got),
     }
