@@ -209,6 +209,15 @@ class HubSettings(BaseModel):
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="the shared subscription's group name",
     )
+    thread_switch_interval_ms: float = Field(
+        default=0.5,
+        gt=0,
+        le=100,
+        description="how long one Python thread may hold the interpreter before another runs "
+        "(sys.setswitchinterval; Python's default is 5 ms). The MQTT and ingest threads give it "
+        "up on every socket read and SQLite call and then wait up to this long behind a busy "
+        "thread (the monitor, a request): short keeps ingest moving",
+    )
     # -- the live stream (GET /api/v1/stream) ----------------------------------------------
     stream_ring_events: int = Field(
         default=20_000,

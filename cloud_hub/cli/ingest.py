@@ -6,6 +6,7 @@ acknowledging what it holds."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,6 +46,7 @@ def ingest(
         overrides["mqtt_ca_file"] = mqtt_ca_file
     settings = _state(ctx).settings(**overrides)
     hub = Hub.open(settings)
+    sys.setswitchinterval(settings.thread_switch_interval_ms / 1000)
     try:
         consumer = IngestConsumer(hub)
     except Refused as exc:

@@ -974,6 +974,7 @@ def hub_serve(
         **broker,
     )
     hub = Hub.open(settings)
+    sys.setswitchinterval(settings.thread_switch_interval_ms / 1000)
     scheme = "https" if tls_cert is not None else "http"
     render.err_console.print(
         f"EdgePilot hub on {scheme}://{host}:{port}  (data: {settings.data_dir}, docs: /docs)\n"
