@@ -25,7 +25,7 @@ class Database:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.migrate()
@@ -39,7 +39,18 @@ class Database:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         with self._lock:
-            self._all.append(conn)
+            # a thread that ended never uses its connection again: close it, or a process
+            # whose threads come and go (request workers, services started and stopped) keeps
+            # two file descriptors per thread it ever had, past select()'s limit of 1024
+            alive = []
+            for thread, old in self._all:
+                if thread.is_alive():
+                    alive.append((thread, old))
+                else:
+                    with contextlib.suppress(sqlite3.ProgrammingError):
+                        old.close()
+            alive.append((threading.current_thread(), conn))
+            self._all = alive
         return conn
 
     @property
@@ -97,7 +108,7 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
+            for _, conn in self._all:
                 with contextlib.suppress(sqlite3.ProgrammingError):  # closed elsewhere
                     conn.close()
             self._all.clear()
