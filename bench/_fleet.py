@@ -1,6 +1,7 @@
 """Shared parts of the agent and delivery benchmarks: a real hub, Mosquitto, agent processes.
 
-Everything runs on loopback: a Mosquitto broker (cloud_hub.local_broker.LocalBroker), the hub's
+Everything runs on loopback: a Mosquitto broker (cloud_hub.devtools.local_broker.LocalBroker), the
+hub's
 registry and FleetService in this process (as `edgepilot hub serve --mqtt` runs them), and agents
 as real `edgepilot-agent run --config agent.toml` processes, each configured with the file the hub
 writes at registration (`cloud_hub.cli.fleet.agent_config`; the HTTP port is set to 0 through the
@@ -29,11 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cloud_hub.cli.fleet import agent_config  # noqa: E402
+from cloud_hub.core.settings import HubSettings  # noqa: E402
+from cloud_hub.devtools.local_broker import LocalBroker  # noqa: E402
 from cloud_hub.fleet.mqtt_service import FleetService  # noqa: E402
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate  # noqa: E402
 from cloud_hub.hub import Hub  # noqa: E402
-from cloud_hub.local_broker import LocalBroker  # noqa: E402
-from cloud_hub.settings import HubSettings  # noqa: E402
 
 BIN = Path(sys.executable).parent
 AGENT = BIN / "edgepilot-agent"
@@ -138,7 +139,7 @@ def digits_version(hub_dir: Path) -> int:
 
 
 def digit_pngs(limit: int = 200) -> tuple[list[bytes], list[int]]:
-    from cloud_hub.demo import digit_images
+    from cloud_hub.devtools.demo import digit_images
 
     pngs, labels = digit_images(limit)
     return pngs, [int(v) for v in labels]

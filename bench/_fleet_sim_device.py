@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.wire import (
+from edge_agent.core.wire import (
     Ack,
     DeviceStatus,
     LogBatch,

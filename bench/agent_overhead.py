@@ -43,15 +43,15 @@ from _fleet import (
     train_digits_cnn,
 )
 
+from edge_agent.core.preprocess import prepare_frame
+from edge_agent.core.runtimes import Runtime, load_runtime
+from edge_agent.core.wire import ModelRef
 from edge_agent.inference import InferenceService
 from edge_agent.model_manager import ModelManager
 from edge_agent.model_store import ModelStore
 from edge_agent.outbox import BatchWriter, Outbox
-from edge_agent.preprocess import prepare_frame
-from edge_agent.runtimes import Runtime, load_runtime
 from edge_agent.source import FrameSource
 from edge_agent.telemetry import LatencyTracker
-from edge_agent.wire import ModelRef
 
 TARGET_RATIO = 0.8
 MLP_SPEC: dict[str, Any] = {
@@ -327,9 +327,9 @@ def main() -> None:
             version_id = digits_version(hub_dir)
         else:
             version_id = train_digits_cnn(hub_dir)
-        from cloud_hub.artifact_store import ArtifactStore
-        from cloud_hub.db import Database
-        from cloud_hub.registry import Registry
+        from cloud_hub.core.db import Database
+        from cloud_hub.registry.artifacts import ArtifactStore
+        from cloud_hub.registry.registry import Registry
 
         db = Database(hub_dir / "registry.db")
         registry = Registry(db, ArtifactStore(hub_dir / "artifacts"))

@@ -27,9 +27,9 @@ def _model(data_dir: Path) -> str:
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
+    from cloud_hub.core.settings import HubSettings
     from cloud_hub.hub import Hub
-    from cloud_hub.registry import NewArtifact
-    from cloud_hub.settings import HubSettings
+    from cloud_hub.registry.registry import NewArtifact
     from converters import sklearn_to_onnx
 
     x, y = load_iris(return_X_y=True)
@@ -85,8 +85,8 @@ async def _run(data_dir: Path, ref: str, requests: int, rounds: int) -> dict[str
     import httpx
 
     from cloud_hub.api.app import create_app
+    from cloud_hub.core.settings import HubSettings
     from cloud_hub.hub import Hub
-    from cloud_hub.settings import HubSettings
 
     hub = Hub.open(
         HubSettings(data_dir=data_dir, run_scheduler=False, prediction_log=False, monitor=False)

@@ -2,7 +2,8 @@
 
 Trains the built-in digits MLP and CNN, exports every artifact, and measures them side by side in
 one process, one inference thread each. Latencies are medians of many calls through
-edge_agent.runtimes (what the agent pays, Python wrapper included), measured in interleaved rounds
+edge_agent.core.runtimes (what the agent pays, Python wrapper included), measured in interleaved
+rounds
 so that a burst of load from elsewhere on the machine hits every artifact alike.
 
     python bench/convert_quantize.py [--rounds 7] [--json out.json]
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cloud_hub.training.trainers import TrainedModel, export_artifacts, train_model  # noqa: E402
 from converters.quantize import cpu_has_fast_int8, quantize_onnx  # noqa: E402
-from edge_agent.runtimes import ModelFormat, Runtime, load_runtime  # noqa: E402
+from edge_agent.core.runtimes import ModelFormat, Runtime, load_runtime  # noqa: E402
 
 RUNTIME_NAMES = {"onnx": "onnxruntime", "tflite": "LiteRT"}
 

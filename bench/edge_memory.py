@@ -48,8 +48,8 @@ from _fleet import machine, print_machine
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cloud_hub.signing import HubSigner  # noqa: E402
-from edge_agent.wire import ProbationPolicy  # noqa: E402
+from cloud_hub.registry.signing import HubSigner  # noqa: E402
+from edge_agent.core.wire import ProbationPolicy  # noqa: E402
 from tests.agent_processes import AgentProc, agent_toml, wait_until  # noqa: E402
 from tests.conftest import Mosquitto  # noqa: E402
 from tests.edge_agent.conftest import WireHub  # noqa: E402

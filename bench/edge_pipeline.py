@@ -44,16 +44,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_agent.config import RuntimeSettings  # noqa: E402
+from edge_agent.core.preprocess import Geometry, decode_image, prepare_image  # noqa: E402
+from edge_agent.core.runtimes import load_runtime  # noqa: E402
+from edge_agent.core.wire import ModelRef  # noqa: E402
 from edge_agent.inference import InferenceService  # noqa: E402
 from edge_agent.memory import configure_allocator  # noqa: E402
 from edge_agent.model_manager import ModelManager  # noqa: E402
 from edge_agent.model_store import ModelStore  # noqa: E402
 from edge_agent.outbox import BatchWriter, Outbox  # noqa: E402
-from edge_agent.preprocess import Geometry, decode_image, prepare_image  # noqa: E402
-from edge_agent.runtimes import load_runtime  # noqa: E402
 from edge_agent.source import FrameSource  # noqa: E402
 from edge_agent.telemetry import LatencyTracker  # noqa: E402
-from edge_agent.wire import ModelRef  # noqa: E402
 from tests.third_party import mediapipe_model  # noqa: E402
 
 TARGET = 0.9

@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 from _fleet import build_mlp, machine, median, print_machine
 
+from edge_agent.core.wire import ModelRef
 from edge_agent.inference import InferenceService
 from edge_agent.model_manager import ModelManager
 from edge_agent.model_store import ModelStore
 from edge_agent.outbox import BatchWriter, Outbox
 from edge_agent.shadow import ShadowRunner
 from edge_agent.telemetry import LatencyTracker
-from edge_agent.wire import ModelRef
 
 WORKLOADS = ("request, 1 caller", "request, 4 callers", "source")
 
@@ -154,7 +154,7 @@ class Cell:
 
 
 def model_ms(data: bytes, x: np.ndarray) -> float:
-    from edge_agent.runtimes import load_runtime
+    from edge_agent.core.runtimes import load_runtime
 
     runtime = load_runtime(data, "onnx", threads=1)
     for _ in range(20):

@@ -68,11 +68,11 @@ from typing import Any
 from _fleet import EDGEPILOT, Agent, build_mlp, loadavg, machine, print_machine, wait_until
 
 from cloud_hub.cli.fleet import agent_config
+from cloud_hub.core.settings import HubSettings
+from cloud_hub.devtools.local_broker import find_mosquitto, free_port
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
 from cloud_hub.hub import Hub
-from cloud_hub.local_broker import find_mosquitto, free_port
-from cloud_hub.settings import HubSettings
-from cloud_hub.uploads import register_upload
+from cloud_hub.registry.uploads import register_upload
 
 ADMIN_TOKEN_FILE = "admin-token"  # where the hub keeps its machine-local admin token
 DEVICES = ("fault-a", "fault-b")

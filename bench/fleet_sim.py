@@ -12,7 +12,7 @@ What runs (all on loopback, all real processes):
 - The devices are registered through the REST API (`POST /api/v1/devices`, a few requests in
   flight), the rate measured per 500.
 - Worker processes (bench/_fleet_sim_device.py) each drive a share of the devices with one
-  selector loop over paho clients: the agent's wire protocol through edge_agent.wire (retained
+  selector loop over paho clients: the agent's wire protocol through edge_agent.core.wire (retained
   status with a last will, a LogBatch of 1-5 records every second, a TelemetryBatch every 5 s,
   the forwarder's epoch/floor/sequence rules, acks honoured, records resent until acked). They
   connect in paced waves: Mosquitto 2.0's listen backlog is a fixed 100.

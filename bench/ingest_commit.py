@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
 from cloud_hub.fleet.ingest import Ingest, Item
-from edge_agent.wire import LogBatch, LogRecord
+from edge_agent.core.wire import LogBatch, LogRecord
 
 EPOCH = "0123456789abcdef"
 

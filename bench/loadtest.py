@@ -1,4 +1,4 @@
-"""Benchmark: how accurately `edgepilot loadtest` keeps its rate (cloud_hub.loadtest).
+"""Benchmark: how accurately `edgepilot loadtest` keeps its rate (cloud_hub.devtools.loadtest).
 
 Two servers, each in its own process on loopback: (t) a trivial asyncio HTTP/1.1 server that
 answers every request at once with a fixed JSON body, so what is measured is the generator
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import _servers as servers  # noqa: E402  (bench/, the script's own folder)
 from _servers import Server  # noqa: E402
 
-from cloud_hub.loadtest import LoadTestResult, Payload, Target, run_load  # noqa: E402
+from cloud_hub.devtools.loadtest import LoadTestResult, Payload, Target, run_load  # noqa: E402
 
 TARGET_RATE = 500
 TOLERANCE = 0.02
@@ -89,8 +89,8 @@ def serve(kind: str, port: int, hub_data: Path | None) -> None:
     import uvicorn
 
     from cloud_hub.api.app import create_app
+    from cloud_hub.core.settings import HubSettings
     from cloud_hub.hub import Hub
-    from cloud_hub.settings import HubSettings
 
     assert hub_data is not None
     hub = Hub.open(HubSettings(data_dir=hub_data, run_scheduler=False, serving_workers=0))
@@ -108,9 +108,9 @@ TOKEN: list[str] = []  # the hub data dir's admin token, once prepare_hub has op
 
 def prepare_hub(hub_data: Path) -> None:
     """The digits MLP in the registry (trained now if missing), ONNX fp32; its admin token."""
-    from cloud_hub.errors import NotFound
+    from cloud_hub.core.errors import NotFound
+    from cloud_hub.core.settings import HubSettings
     from cloud_hub.hub import Hub
-    from cloud_hub.settings import HubSettings
     from cloud_hub.training.request import TrainRequest
 
     hub = Hub.open(HubSettings(data_dir=hub_data, run_scheduler=False))

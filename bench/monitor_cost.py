@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 from _fleet import build_mlp, machine, print_machine
 
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.hub import Hub
 from cloud_hub.monitoring import WindowReader
 from cloud_hub.monitoring.baseline import BaselineStore, compute_baseline
 from cloud_hub.monitoring.incremental import DeviceView
-from cloud_hub.registry import NewArtifact
-from cloud_hub.settings import HubSettings
-from edge_agent.features import encode
+from cloud_hub.registry.registry import NewArtifact
+from edge_agent.core.features import encode
 
 LABELS = [str(i) for i in range(10)]
 

@@ -2,7 +2,8 @@
 
 A Mosquitto broker and the hub (registry + FleetService, as `edgepilot hub serve --mqtt` runs
 them) on loopback; an ONNX MLP of about --size-mb MB built with onnx.helper and registered through
-the registry's upload path (`cloud_hub.uploads.register_upload`); --agents devices registered with
+the registry's upload path (`cloud_hub.registry.uploads.register_upload`); --agents devices
+registered with
 one tag, each a real `edgepilot-agent run` process with the config the hub writes (transfer
 settings: the agent's defaults). Every agent is started and seen online at the hub first; then one
 all-at-once deployment to the tag is created, and the clock runs from its creation until every
@@ -29,7 +30,7 @@ from typing import Any
 
 from _fleet import Fleet, build_mlp, machine, median, print_machine, wait_until
 
-from cloud_hub.uploads import register_upload
+from cloud_hub.registry.uploads import register_upload
 
 TARGET_S = 5.0
 TARGET_BYTES = 1.05

@@ -209,12 +209,12 @@ def measure(engine: Any, name: str, requests: list[Any], calls: int) -> list[flo
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from sklearn.datasets import load_digits
 
-    from cloud_hub.errors import NotFound
+    from cloud_hub.core.errors import NotFound
+    from cloud_hub.core.settings import HubSettings
     from cloud_hub.hub import Hub
-    from cloud_hub.serving.engine import ServingEngine
-    from cloud_hub.serving.spec import EndpointSpec
-    from cloud_hub.serving.values import PredictRequest
-    from cloud_hub.settings import HubSettings
+    from cloud_hub.serving.engine.engine import ServingEngine
+    from cloud_hub.serving.engine.spec import EndpointSpec
+    from cloud_hub.serving.engine.values import PredictRequest
 
     register_pass_through()
     bench = _serving_bench()

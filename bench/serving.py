@@ -133,8 +133,8 @@ def serve(kind: str, port: int, hub_data: Path, model: Path | None, labels: str)
         app = no_model_app(json.loads(labels))
     else:
         from cloud_hub.api.app import create_app
+        from cloud_hub.core.settings import HubSettings
         from cloud_hub.hub import Hub
-        from cloud_hub.settings import HubSettings
 
         # "hub-nolog": the prediction log (and the monitor reading it) off, to show their cost
         logged = kind == "hub"
@@ -158,7 +158,7 @@ AUTH: dict[str, str] = {}  # the hub data dir's admin token (prepare_hub), sent 
 
 
 def use_token(hub_data: Path) -> None:
-    from cloud_hub.settings import HubSettings
+    from cloud_hub.core.settings import HubSettings
 
     token = HubSettings(data_dir=hub_data).admin_token_path.read_text().strip()
     AUTH["Authorization"] = f"Bearer {token}"
@@ -306,9 +306,9 @@ def machine() -> dict[str, str]:
 
 def prepare_hub(hub_data: Path) -> tuple[Path, list[str], float]:
     """The digits CNN in the registry (trained now if missing): its ONNX file and labels."""
-    from cloud_hub.errors import NotFound
+    from cloud_hub.core.errors import NotFound
+    from cloud_hub.core.settings import HubSettings
     from cloud_hub.hub import Hub
-    from cloud_hub.settings import HubSettings
     from cloud_hub.training.request import TrainRequest
 
     hub = Hub.open(HubSettings(data_dir=hub_data, run_scheduler=False))
@@ -480,8 +480,8 @@ def heavy_model_bytes(d_in: int, width: int, depth: int, classes: int = 10) -> b
 
 
 def register_heavy(hub: Any) -> None:
-    from cloud_hub.errors import NotFound
-    from cloud_hub.registry import NewArtifact
+    from cloud_hub.core.errors import NotFound
+    from cloud_hub.registry.registry import NewArtifact
 
     try:
         hub.registry.resolve_version(HEAVY_REF)
@@ -558,12 +558,12 @@ def in_process(args: argparse.Namespace) -> dict[str, Any]:
     interleaved rounds. Rows/s, latency, batch sizes, and the process's CPU (cores)."""
     from sklearn.datasets import load_digits
 
-    from cloud_hub.errors import NotFound
+    from cloud_hub.core.errors import NotFound
+    from cloud_hub.core.settings import HubSettings
     from cloud_hub.hub import Hub
-    from cloud_hub.serving.engine import ServingEngine
-    from cloud_hub.serving.spec import EndpointSpec
-    from cloud_hub.serving.values import PredictRequest
-    from cloud_hub.settings import HubSettings
+    from cloud_hub.serving.engine.engine import ServingEngine
+    from cloud_hub.serving.engine.spec import EndpointSpec
+    from cloud_hub.serving.engine.values import PredictRequest
 
     hub = Hub.open(HubSettings(data_dir=args.hub_data, run_scheduler=False))
     register_heavy(hub)
@@ -650,8 +650,8 @@ def model_cost(hub_data: Path, model: Path) -> dict[str, float]:
     """The models alone (onnxruntime, one thread): ms per call at batch 1 and per row at 64."""
     import onnxruntime as ort
 
+    from cloud_hub.core.settings import HubSettings
     from cloud_hub.hub import Hub
-    from cloud_hub.settings import HubSettings
 
     hub = Hub.open(HubSettings(data_dir=hub_data, run_scheduler=False))
     try:

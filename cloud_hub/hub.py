@@ -7,13 +7,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud_hub.artifact_store import ArtifactStore
 from cloud_hub.auth.tokens import TokenStore, ensure_local_admin
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.enrollment import EnrollmentService
 from cloud_hub.fleet.fleet import Fleet
-from cloud_hub.registry import Registry
-from cloud_hub.settings import HubSettings
+from cloud_hub.registry.artifacts import ArtifactStore
+from cloud_hub.registry.registry import Registry
 from cloud_hub.training.pipeline import EventHandler, TrainingPipeline
 
 

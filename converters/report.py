@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, computed_field
 
 from converters.errors import ConversionError
-from edge_agent.runtimes import ModelFormat, Runtime, load_runtime
+from edge_agent.core.runtimes import ModelFormat, Runtime, load_runtime
 
 DEFAULT_THRESHOLD = 0.99
 RUNS_BATCH1 = 50

@@ -7,7 +7,7 @@ from pathlib import PurePath
 from pydantic import BaseModel, ConfigDict
 
 from converters.errors import InvalidModelFile
-from edge_agent.runtimes import (
+from edge_agent.core.runtimes import (
     ModelFormat,
     ModelLoadError,
     TensorSpec,
@@ -42,7 +42,7 @@ def inspect_model_file(data: bytes, filename: str | None = None) -> ModelFileInf
     naming the file and the reason for empty or garbage bytes ("<name> is not an ONNX or TFLite
     model: ...") and for a model its runtime cannot load ("<name> does not load: <the runtime's
     message>", e.g. a truncated file, or a custom op the runtime lacks, named).
-    RuntimeUnavailable (from edge_agent.runtimes) means the engine for the detected format is
+    RuntimeUnavailable (from edge_agent.core.runtimes) means the engine for the detected format is
     not installed.
     """
     name = filename or "the uploaded file"

@@ -18,6 +18,15 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from edge_agent.config import AgentSettings
+from edge_agent.core.preprocess import Geometry
+from edge_agent.core.wire import (
+    DeviceStatus,
+    FetchRequest,
+    InferRequest,
+    InferResult,
+    Report,
+    ServingParams,
+)
 from edge_agent.deployer import Deployer
 from edge_agent.forwarder import Forwarder
 from edge_agent.hardware import agent_version, available_runtimes, hardware_model
@@ -28,18 +37,9 @@ from edge_agent.model_manager import ModelEvent, ModelManager
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.outbox import BatchWriter, Outbox
-from edge_agent.preprocess import Geometry
 from edge_agent.shadow import ShadowRunner
 from edge_agent.source import FrameSource
 from edge_agent.telemetry import LatencyTracker, SystemSampler, telemetry_record
-from edge_agent.wire import (
-    DeviceStatus,
-    FetchRequest,
-    InferRequest,
-    InferResult,
-    Report,
-    ServingParams,
-)
 
 __all__ = ["Agent", "agent_version", "available_runtimes"]
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 import numpy as np
 import typer
 
-from edge_agent.runtimes import (
+from edge_agent.core.runtimes import (
     ModelLoadError,
     RuntimeUnavailable,
     detect_format,

@@ -36,9 +36,9 @@ from pydantic import (
     model_validator,
 )
 
+from edge_agent.core.wire import HardwareId
 from edge_agent.identity import Identity, IdentityError, load_identity
 from edge_agent.signing import InvalidPublicKey, check_public_key
-from edge_agent.wire import HardwareId
 
 __all__ = [
     "ENV_PREFIX",

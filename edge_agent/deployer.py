@@ -33,11 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent.config import AgentSettings
-from edge_agent.model_manager import ActivationError, ModelEvent, ModelManager
-from edge_agent.model_store import ModelStore
-from edge_agent.signing import VerificationError, verify_model
-from edge_agent.transfer import Transfer, TransferFailed
-from edge_agent.wire import (
+from edge_agent.core.wire import (
     DeploymentState,
     DesiredState,
     FetchRequest,
@@ -46,6 +42,10 @@ from edge_agent.wire import (
     ServingParams,
     WireError,
 )
+from edge_agent.model_manager import ActivationError, ModelEvent, ModelManager
+from edge_agent.model_store import ModelStore
+from edge_agent.signing import VerificationError, verify_model
+from edge_agent.transfer import Transfer, TransferFailed
 
 __all__ = ["Deployer"]
 

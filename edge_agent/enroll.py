@@ -37,6 +37,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edge_agent.config import EnrollSettings
+from edge_agent.core.wire import (
+    ENROLL_PATH,
+    EnrollRequest,
+    EnrollResponse,
+    WireError,
+    enroll_signing_message,
+)
 from edge_agent.hardware import (
     HardwareIdUnavailable,
     agent_version,
@@ -50,13 +57,6 @@ from edge_agent.identity import (
     device_key,
     public_key_b64,
     save_identity,
-)
-from edge_agent.wire import (
-    ENROLL_PATH,
-    EnrollRequest,
-    EnrollResponse,
-    WireError,
-    enroll_signing_message,
 )
 
 __all__ = [

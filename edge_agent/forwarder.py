@@ -27,8 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent.config import ForwarderSettings
-from edge_agent.outbox import Outbox, OutboxError, OutboxRecord
-from edge_agent.wire import (
+from edge_agent.core.wire import (
     SEQ_WINDOW,
     Ack,
     LogBatch,
@@ -37,6 +36,7 @@ from edge_agent.wire import (
     TelemetryRecord,
     WireError,
 )
+from edge_agent.outbox import Outbox, OutboxError, OutboxRecord
 
 __all__ = ["Forwarder"]
 

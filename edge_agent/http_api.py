@@ -58,16 +58,16 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from edge_agent.inference import InferenceService, NoActiveModel, ServingDisabled
-from edge_agent.memory import LARGE_BODY_BYTES, release_memory
-from edge_agent.metrics_totals import RunningTotals
-from edge_agent.preprocess import (
+from edge_agent.core.preprocess import (
     Geometry,
     ImageError,
     decode_image,
     prepare_image,
     require_image_spec,
 )
+from edge_agent.inference import InferenceService, NoActiveModel, ServingDisabled
+from edge_agent.memory import LARGE_BODY_BYTES, release_memory
+from edge_agent.metrics_totals import RunningTotals
 
 __all__ = ["HttpApi"]
 

@@ -4,7 +4,7 @@ The HTTP API, the OpenCV source and the MQTT request topic all call `InferenceSe
 with a batch: one array (a one-input model) or arrays by input name, and, for images, the
 `Geometry` of each row (from `preprocess.prepare_image`) so that boxes and points come back in
 the caller's image pixels. Each call runs the model through the ModelManager (hot-swap safe),
-decodes every row with the version's task head (`edge_agent.heads.decode`, outputs dequantized
+decodes every row with the version's task head (`edge_agent.core.heads.decode`, outputs dequantized
 first), records latency for telemetry, and writes one log record per row to the outbox before it
 returns, so a logged request is never lost. A log's `output` is the head's result (a
 segmentation's mask PNG left out) and `outputs_digest` the sha256 of the row's raw tensors.
@@ -40,15 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.digests import input_digests, outputs_digest
-from edge_agent.features import summary_lists
+from edge_agent.core.digests import input_digests, outputs_digest
+from edge_agent.core.features import summary_lists
+from edge_agent.core.preprocess import Geometry
+from edge_agent.core.runtimes import TensorSpec
+from edge_agent.core.wire import ServingParams
 from edge_agent.model_manager import ModelManager, NoActiveModel, Prediction
 from edge_agent.outbox import BatchWriter
-from edge_agent.preprocess import Geometry
-from edge_agent.runtimes import TensorSpec
 from edge_agent.shadow import ShadowRunner
 from edge_agent.telemetry import LatencyTracker
-from edge_agent.wire import ServingParams
 
 __all__ = [
     "HeadFailed",

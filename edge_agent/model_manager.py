@@ -14,7 +14,7 @@ run by `predict_shadow` on the same inputs, never answering anyone and never on 
 Activating the version that is the shadow (a promotion) takes its loaded runtime: no reload.
 
 A loaded model is its runtime and its task head: the version's `ModelRef.head` checked against
-the runtime's outputs (`edge_agent.heads.check_head`), or, without one, the default for the
+the runtime's outputs (`edge_agent.core.heads.check_head`), or, without one, the default for the
 signature (`default_head`: classification of a lone rank-2 float output, or of one beside a
 scikit-learn classifier's integer labels; else raw). A classification head without labels
 takes the version's labels (left out, with a warning, when they do not fit its classes). A head
@@ -43,12 +43,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import ValidationError
 
-from edge_agent.heads import HeadError, check_head, decode, default_head, parse_head
+from edge_agent.core.heads import HeadError, check_head, decode, default_head, parse_head
+from edge_agent.core.preprocess import Geometry, infer_preprocessing, prepare_image
+from edge_agent.core.runtimes import Runtime, TensorSpec, dims, load_runtime
+from edge_agent.core.wire import ModelRef, ProbationPolicy
 from edge_agent.memory import release_memory
 from edge_agent.model_store import InstalledModel, ModelStore
-from edge_agent.preprocess import Geometry, infer_preprocessing, prepare_image
-from edge_agent.runtimes import Runtime, TensorSpec, dims, load_runtime
-from edge_agent.wire import ModelRef, ProbationPolicy
 
 __all__ = [
     "ActivationError",
@@ -95,7 +95,7 @@ class Prediction:
     def answers(
         self, geometry: Sequence[Geometry | None] | None = None, *, include_mask: bool = False
     ) -> list[dict[str, Any]]:
-        """The head's structured answer, one dict per row (`edge_agent.heads.decode`)."""
+        """The head's structured answer, one dict per row (`edge_agent.core.heads.decode`)."""
         return decode(self.head, self.floats(), self.rows, geometry, include_mask=include_mask)
 
 

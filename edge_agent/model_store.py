@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.wire import ModelRef, WireError
+from edge_agent.core.wire import ModelRef, WireError
 
 __all__ = ["InstalledModel", "ModelStore"]
 

@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import MqttSettings
-from edge_agent.wire import DeviceStatus, TopicKind, Topics
+from edge_agent.core.wire import DeviceStatus, TopicKind, Topics
 
 __all__ = ["MqttLink", "make_client", "tls_context"]
 

@@ -4,7 +4,7 @@
 model's head results and latency) to `ShadowRunner.submit` and answers at once; one background
 thread runs the shadow on it, decodes it with the shadow's own head, logs that result to the
 outbox under the same request id (LogRecord role "shadow"), and counts, for telemetry, both
-models' latencies and their agreement per task (`edge_agent.heads.compare`: the same class; for
+models' latencies and their agreement per task (`edge_agent.core.heads.compare`: the same class; for
 detection boxes matched at IoU >= 0.5; cosine similarity of embeddings; mean absolute difference
 of keypoints and regressions; overlap of segmentation classes): `agreed` counts the samples that
 agree, `similarity` is the mean agreement score. Two raw results agree when their tensors are
@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.heads.compare import agreement, agrees
+from edge_agent.core.heads.compare import agreement, agrees
+from edge_agent.core.wire import ShadowStats
 from edge_agent.model_manager import ModelManager, NoActiveModel
 from edge_agent.outbox import BatchWriter
 from edge_agent.telemetry import DEFAULT_RESERVOIR, percentiles
-from edge_agent.wire import ShadowStats
 
 __all__ = ["ShadowRunner"]
 
@@ -272,7 +272,7 @@ class ShadowRunner:
                 self._queue.task_done()
 
     def _one(self, job: _Job) -> None:
-        from edge_agent.digests import outputs_digest
+        from edge_agent.core.digests import outputs_digest
         from edge_agent.inference import log_output  # it imports this module
 
         try:

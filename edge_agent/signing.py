@@ -14,7 +14,7 @@ import hashlib
 import hmac
 from typing import TYPE_CHECKING
 
-from edge_agent.wire import ModelRef, signing_message
+from edge_agent.core.wire import ModelRef, signing_message
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

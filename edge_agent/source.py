@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.preprocess import Geometry, ImageError, prepare_image, require_image_spec
+from edge_agent.core.preprocess import Geometry, ImageError, prepare_image, require_image_spec
 
 __all__ = ["FrameSource", "IMAGE_SUFFIXES"]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.core.wire import ShadowStats
 from edge_agent.outbox import OutboxStats
-from edge_agent.wire import ShadowStats
 
 __all__ = [
     "LatencyTracker",

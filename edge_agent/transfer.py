@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.config import TransferSettings
-from edge_agent.wire import Chunk, FetchRequest, ModelRef, WireError
+from edge_agent.core.wire import Chunk, FetchRequest, ModelRef, WireError
 
 __all__ = ["Transfer", "TransferFailed"]
 

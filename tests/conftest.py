@@ -16,8 +16,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from cloud_hub.core.settings import HubSettings  # noqa: E402
 from cloud_hub.hub import Hub  # noqa: E402
-from cloud_hub.settings import HubSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from cloud_hub.auth.tokens import read_token_file
-from cloud_hub.settings import HubSettings
+from cloud_hub.core.settings import HubSettings
 from tests.agent_processes import AgentProc, agent_toml, wait_until
 from tests.conftest import BIN, REPO, free_port, wait_for_port
 

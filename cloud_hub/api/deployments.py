@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, status
 from cloud_hub.api.auth import OPERATOR, VIEWER
 from cloud_hub.api.deps import HubDep
 from cloud_hub.fleet.schemas import Deployment, DeploymentCreate, ShadowReport
-from edge_agent.wire import ServingParams
+from edge_agent.core.wire import ServingParams
 
 router = APIRouter(tags=["fleet"])
 

@@ -7,7 +7,7 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 
 from cloud_hub.hub import Hub
-from cloud_hub.registry import Registry
+from cloud_hub.registry.registry import Registry
 
 
 def get_hub(request: Request) -> Hub:

@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from cloud_hub.api.auth import OPERATOR, PREDICT, VIEWER
 from cloud_hub.api.hygiene import error_response
 from cloud_hub.hub import Hub
+from cloud_hub.predlog import reports
+from cloud_hub.predlog.reports import AbReport, Metric, ShadowReport
 from cloud_hub.serving import (
     BadInput,
     EndpointInfo,
@@ -21,12 +23,10 @@ from cloud_hub.serving import (
     ServingEngine,
     SpecError,
     StepFailed,
-    reports,
 )
-from cloud_hub.serving.errors import ModelOff
-from cloud_hub.serving.params import EndpointParams
-from cloud_hub.serving.reports import AbReport, Metric, ShadowReport
-from cloud_hub.serving.values import parse_body
+from cloud_hub.serving.engine.errors import ModelOff
+from cloud_hub.serving.engine.params import EndpointParams
+from cloud_hub.serving.engine.values import parse_body
 
 router = APIRouter(tags=["endpoints"])
 

@@ -17,7 +17,7 @@ from cloud_hub.fleet.enroll_store import (
     NewEnrollToken,
 )
 from cloud_hub.fleet.schemas import Device
-from edge_agent.wire import ENROLL_PATH, EnrollRequest, EnrollResponse
+from edge_agent.core.wire import ENROLL_PATH, EnrollRequest, EnrollResponse
 
 router = APIRouter(tags=["fleet"])
 

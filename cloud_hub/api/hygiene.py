@@ -52,8 +52,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, Refused, RegistryError
-from cloud_hub.settings import HubSettings
+from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound, Refused, RegistryError
+from cloud_hub.core.settings import HubSettings
 
 MAX_DETAIL = 500  # characters of an error's `detail`
 MAX_MSG = 200  # characters of one validation error's `msg`

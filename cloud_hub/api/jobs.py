@@ -17,9 +17,15 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from cloud_hub.api.auth import OPERATOR, VIEWER
 from cloud_hub.api.deps import HubDep
 from cloud_hub.api.endpoints import _PREDICT_BODY, EngineDep, _read_body
-from cloud_hub.serving.batch import BatchRequest, BatchRunner, BatchView, StoredPrediction, check
-from cloud_hub.serving.jobs import Job, JobQueue, JobState
-from cloud_hub.serving.values import parse_body
+from cloud_hub.serving.engine.values import parse_body
+from cloud_hub.serving.jobs.batch import (
+    BatchRequest,
+    BatchRunner,
+    BatchView,
+    StoredPrediction,
+    check,
+)
+from cloud_hub.serving.jobs.queue import Job, JobQueue, JobState
 
 router = APIRouter(tags=["jobs"])
 

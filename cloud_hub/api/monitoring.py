@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.auth import OPERATOR, VIEWER
 from cloud_hub.api.deps import HubDep
-from cloud_hub.errors import NotFound
+from cloud_hub.core.errors import NotFound
 from cloud_hub.hub import Hub
 from cloud_hub.monitoring import Baseline, BaselineStore, By, WindowReader, WindowStats
 from cloud_hub.monitoring.baseline import dataset_baseline

@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from cloud_hub.api.auth import OPERATOR, VIEWER
 from cloud_hub.api.deps import RegistryDep
-from cloud_hub.schemas import Model, ModelCreate, Project, ProjectCreate
+from cloud_hub.registry.schemas import Model, ModelCreate, Project, ProjectCreate
 
 router = APIRouter(tags=["projects"])
 

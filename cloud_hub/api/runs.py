@@ -9,8 +9,8 @@ from pydantic import BaseModel
 
 from cloud_hub.api.auth import OPERATOR, VIEWER
 from cloud_hub.api.deps import HubDep, RegistryDep
-from cloud_hub.errors import InvalidInput
-from cloud_hub.schemas import Run
+from cloud_hub.core.errors import InvalidInput
+from cloud_hub.registry.schemas import Run
 from cloud_hub.training.request import TrainRequest
 
 router = APIRouter(tags=["training"])

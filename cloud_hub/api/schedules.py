@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from cloud_hub.api.auth import OPERATOR, VIEWER
 from cloud_hub.api.deps import RegistryDep
-from cloud_hub.schemas import NAME_PATTERN, Run, Schedule
+from cloud_hub.registry.schemas import NAME_PATTERN, Run, Schedule
 from cloud_hub.training.request import TrainRequest
 from cloud_hub.training.scheduler import create_schedule
 

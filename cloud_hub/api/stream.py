@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from cloud_hub.api.auth import VIEWER
-from cloud_hub.errors import InvalidInput, Refused
+from cloud_hub.core.errors import InvalidInput, Refused
 from cloud_hub.stream.bus import Position
 from cloud_hub.stream.events import FleetOverview, Hello, Missed
 from cloud_hub.stream.live import LiveStream

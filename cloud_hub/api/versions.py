@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.auth import ARTIFACT, OPERATOR, VIEWER
 from cloud_hub.api.deps import HubDep, RegistryDep
-from cloud_hub.errors import InvalidInput
-from cloud_hub.schemas import Version
-from cloud_hub.uploads import register_upload, update_version
-from edge_agent.heads.spec import HeadSpec, Task
-from edge_agent.preprocess import PreprocessingSpec
+from cloud_hub.core.errors import InvalidInput
+from cloud_hub.registry.schemas import Version
+from cloud_hub.registry.uploads import register_upload, update_version
+from edge_agent.core.heads.spec import HeadSpec, Task
+from edge_agent.core.preprocess import PreprocessingSpec
 
 router = APIRouter(tags=["versions"])
 
@@ -62,7 +62,7 @@ async def upload_version(
     preprocessing: Annotated[
         str | None,
         Form(
-            description="JSON preprocessing spec (edge_agent.preprocess.PreprocessingSpec) "
+            description="JSON preprocessing spec (edge_agent.core.preprocess.PreprocessingSpec) "
             "[default: inferred from an image-shaped input, else none]"
         ),
     ] = None,
@@ -167,7 +167,7 @@ def quantize(version_id: int, body: QuantizeBody, registry: RegistryDep) -> Vers
     (prepared with the version's preprocessing spec), registered as a new child version."""
     from pathlib import Path
 
-    from cloud_hub.conversion import eval_data_from_dataset, quantize_version
+    from cloud_hub.registry.conversion import eval_data_from_dataset, quantize_version
     from cloud_hub.training.preprocessing import PreprocessingSpec
 
     version = registry.get_version_by_id(version_id)

@@ -1,5 +1,5 @@
 """`edgepilot balena setup` and `edgepilot balena config`: a balena fleet whose devices enroll
-themselves at this hub (the work is in cloud_hub.balena)."""
+themselves at this hub (the work is in cloud_hub.provisioning.balena)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _api_key(token_file: Path | None) -> str:
 
 
 def _client(token_file: Path | None, api: str, timeout_s: float) -> Any:
-    from cloud_hub.balena import BalenaClient
+    from cloud_hub.provisioning.balena import BalenaClient
 
     key = _api_key(token_file)
     with user_errors():
@@ -103,7 +103,7 @@ def balena_setup(
     fleet's variables (hub, token, data dir) so its devices enroll themselves. Run it again to
     replace the token: the one it made before is revoked."""
     from cloud_hub.auth.tokens import parse_duration
-    from cloud_hub.balena import setup
+    from cloud_hub.provisioning.balena import setup
 
     with user_errors():
         expires_s = parse_duration(expires)
@@ -171,8 +171,8 @@ def balena_config(
 ) -> None:
     """Write the config.json for `balena os configure IMAGE --config config.json` (it holds a
     provisioning key: written 0600)."""
-    from cloud_hub.balena import ENV_TOKEN, BalenaError
-    from cloud_hub.files import write_atomic
+    from cloud_hub.provisioning.balena import ENV_TOKEN, BalenaError
+    from edge_agent.core.fs import write_atomic
 
     if output.exists() and not force:
         raise fail(f"{output} exists: give --force to overwrite it")

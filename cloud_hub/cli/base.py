@@ -17,9 +17,9 @@ import typer
 from pydantic import ValidationError
 
 from cloud_hub.cli import render
-from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
+from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
+from cloud_hub.core.settings import HubSettings, resolve_data_dir
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings, resolve_data_dir
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 TOKEN_ENV = "EDGEPILOT_TOKEN"

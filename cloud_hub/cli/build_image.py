@@ -1,5 +1,5 @@
 """`edgepilot build-image`: a Docker build context serving a version or an endpoint with no
-registry access (the model-in-image pattern; see `cloud_hub/serving/image.py`)."""
+registry access (the model-in-image pattern; see `cloud_hub/serving/image/build.py`)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def build_image(
     from cloud_hub.cli import render
     from cloud_hub.cli.base import state as _state
     from cloud_hub.cli.base import user_errors
-    from cloud_hub.serving.image import build_image as build
+    from cloud_hub.serving.image.build import build_image as build
 
     with user_errors():
         result = build(

@@ -11,8 +11,8 @@ from rich.live import Live
 from rich.table import Table
 
 from cloud_hub.cli import render
-from cloud_hub.demo import DemoError, DemoFigures, DemoRunner, DemoSettings, figures_json
-from cloud_hub.local_broker import BrokerError
+from cloud_hub.devtools.demo import DemoError, DemoFigures, DemoRunner, DemoSettings, figures_json
+from cloud_hub.devtools.local_broker import BrokerError
 
 
 def _table(fig: DemoFigures) -> Table:

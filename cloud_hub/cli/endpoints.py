@@ -19,7 +19,7 @@ from rich.table import Table
 from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, fail, user_errors
 from cloud_hub.cli.base import state as _state
-from cloud_hub.errors import InvalidInput
+from cloud_hub.core.errors import InvalidInput
 
 endpoints_app = typer.Typer(help="Serving endpoints (graphs of steps).", no_args_is_help=True)
 
@@ -69,7 +69,7 @@ def apply(
 @endpoints_app.command("list")
 def list_(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """List endpoints."""
-    from cloud_hub.serving.store import EndpointStore
+    from cloud_hub.serving.engine.store import EndpointStore
 
     stored = EndpointStore(_state(ctx).hub.db).list()
     if json_out:
@@ -93,7 +93,7 @@ def list_(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 @endpoints_app.command("show")
 def show(ctx: typer.Context, name: str, json_out: JsonOpt = False) -> None:
     """Show an endpoint's spec: steps, what feeds them, models."""
-    from cloud_hub.serving.store import EndpointStore
+    from cloud_hub.serving.engine.store import EndpointStore
 
     with user_errors():
         stored = EndpointStore(_state(ctx).hub.db).get(name)
@@ -123,7 +123,7 @@ def _show(item: Any) -> None:
 @endpoints_app.command("delete")
 def delete(ctx: typer.Context, name: str) -> None:
     """Delete an endpoint."""
-    from cloud_hub.serving.store import EndpointStore
+    from cloud_hub.serving.engine.store import EndpointStore
 
     with user_errors():
         EndpointStore(_state(ctx).hub.db).delete(name)
@@ -223,9 +223,9 @@ def batch(
 ) -> None:
     """Queue a batch: predict the rows of a CSV, a folder of images or a table that have no
     prediction yet, results into the hub database (a hub worker runs it, or --here)."""
-    from cloud_hub.serving.batch import BatchRequest, BatchSource, BatchView, check
-    from cloud_hub.serving.jobs import JobQueue
-    from cloud_hub.serving.store import EndpointStore
+    from cloud_hub.serving.engine.store import EndpointStore
+    from cloud_hub.serving.jobs.batch import BatchRequest, BatchSource, BatchView, check
+    from cloud_hub.serving.jobs.queue import JobQueue
 
     state = _state(ctx)
     hub = state.hub
@@ -281,8 +281,8 @@ def _run_here(ctx: typer.Context, queue: Any, job_id: str, endpoint: str) -> Any
     import time
 
     from cloud_hub.serving import ServingEngine
+    from cloud_hub.serving.jobs.worker import JobWorker, worker_name
     from cloud_hub.serving.service import prediction_log
-    from cloud_hub.serving.worker import JobWorker, worker_name
 
     hub = _state(ctx).hub
     log = prediction_log(hub.db, hub.settings)
@@ -331,8 +331,8 @@ def job(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a job (an async prediction, a deferred slow step, or a batch)."""
-    from cloud_hub.serving.batch import BatchView
-    from cloud_hub.serving.jobs import JobQueue
+    from cloud_hub.serving.jobs.batch import BatchView
+    from cloud_hub.serving.jobs.queue import JobQueue
 
     queue = JobQueue(_state(ctx).hub.db)
     with user_errors():
@@ -391,7 +391,7 @@ def params(
     """Show or change the endpoint's run-time parameters (kill switches, per-step values such as
     thresholds and A/B weights): checked against the endpoint, stored, and in force in a running
     hub within `serving_poll_s`, with no redeploy. With no option: show them."""
-    from cloud_hub.serving.params import EndpointParams
+    from cloud_hub.serving.engine.params import EndpointParams
 
     changing = bool(kill or unkill or set_ or unset or reset)
     engine = _engine(ctx)
@@ -452,8 +452,8 @@ def report(
     """A/B or shadow report from the prediction log."""
     import time
 
-    from cloud_hub.serving import reports
-    from cloud_hub.serving.store import EndpointStore
+    from cloud_hub.predlog import reports
+    from cloud_hub.serving.engine.store import EndpointStore
 
     hub = _state(ctx).hub
     with user_errors():

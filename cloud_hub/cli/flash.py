@@ -1,6 +1,6 @@
 """`edgepilot flash IMAGE`: a Raspberry Pi OS (or Jetson) image whose devices install the agent
 and enroll themselves at the hub on first boot. No root, mount or loop device: the boot
-partition is found from the MBR or GPT and written with mtools (cloud_hub.flashing)."""
+partition is found from the MBR or GPT and written with mtools (cloud_hub.provisioning.flashing)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from rich.table import Table
 
 from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, fail, state, user_errors
-from cloud_hub.errors import InvalidInput
+from cloud_hub.core.errors import InvalidInput
 from cloud_hub.fleet.enroll_store import ENROLL_TOKEN_PREFIX, NewEnrollToken
 
 _SHOWN = len(ENROLL_TOKEN_PREFIX) + 7  # as `enroll-tokens list` shows a token
@@ -129,8 +129,8 @@ def flash(
     partition: each device flashed from it installs the agent and enrolls itself at the hub on
     first boot. The input image is never changed in place until the new one is complete; the
     secrets on the card are deleted by the first boot."""
-    from cloud_hub.flashing.firstboot import FlashConfig, WifiConfig
-    from cloud_hub.flashing.image import compression_of, default_output, flash_image
+    from cloud_hub.provisioning.flashing.firstboot import FlashConfig, WifiConfig
+    from cloud_hub.provisioning.flashing.image import compression_of, default_output, flash_image
 
     if fleet is None and token_file is None:
         raise fail("give --fleet (a new enrollment token is made) or --token-file")

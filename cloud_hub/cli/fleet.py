@@ -26,7 +26,7 @@ from rich.table import Table
 from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, State, fail, user_errors
 from cloud_hub.cli.base import state as _state
-from cloud_hub.errors import InvalidInput
+from cloud_hub.core.errors import InvalidInput
 from cloud_hub.fleet.broker_auth import DEFAULT_MAX_PACKET_SIZE
 from cloud_hub.fleet.metrics_store import MetricsStore
 from cloud_hub.fleet.schemas import (
@@ -38,7 +38,7 @@ from cloud_hub.fleet.schemas import (
     ShadowCreate,
     ShadowReport,
 )
-from edge_agent.wire import ServingParams
+from edge_agent.core.wire import ServingParams
 
 devices_app = typer.Typer(help="Edge devices.", no_args_is_help=True)
 deployments_app = typer.Typer(help="Deployments of versions to devices.", no_args_is_help=True)

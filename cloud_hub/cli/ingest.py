@@ -31,7 +31,7 @@ def ingest(
     from cloud_hub.cli.base import fail, user_errors
     from cloud_hub.cli.base import state as _state
     from cloud_hub.cli.fleet import parse_address
-    from cloud_hub.errors import Refused
+    from cloud_hub.core.errors import Refused
     from cloud_hub.fleet.ingest_consumer import IngestConsumer
     from cloud_hub.fleet.mqtt_service import shared_logs_filter
     from cloud_hub.hub import Hub

@@ -1,7 +1,8 @@
 """`edgepilot loadtest`: requests at a fixed rate, open loop, against a hub endpoint or a
 device's local API; latency percentiles, achieved rate, success ratio, status codes.
 
-The load generator is `cloud_hub.loadtest`; this module builds the target and the bodies, checks
+The load generator is `cloud_hub.devtools.loadtest`; this module builds the target and the bodies,
+checks
 them with one request first (so an unknown endpoint or an unreachable URL is a message, exit code
 2, not a run of errors), shows progress while the test runs, and prints a table or JSON.
 """
@@ -31,7 +32,7 @@ def _hub_endpoint(hub: str, name: str, timeout_s: float, token: str | None) -> d
     does not have it."""
     import httpx
 
-    from cloud_hub.loadtest import LoadTestError, Target
+    from cloud_hub.devtools.loadtest import LoadTestError, Target
 
     try:
         base = Target.parse(hub).origin
@@ -137,7 +138,7 @@ def loadtest(
 
     The body: --body FILE, --inputs FILE (rows, in turn), or for a hub endpoint random rows of
     the shape its model takes. Against a device's local API (--url) give --body or --inputs."""
-    from cloud_hub.loadtest import (
+    from cloud_hub.devtools.loadtest import (
         LoadTestError,
         Target,
         payloads_for_endpoint,

@@ -12,9 +12,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, State, fail, state, user_errors
-from cloud_hub.errors import InvalidInput, NotFound
+from cloud_hub.core.errors import InvalidInput, NotFound
 from cloud_hub.hub import Hub
-from edge_agent.heads.spec import Task
+from edge_agent.core.heads.spec import Task
 
 app = typer.Typer(
     help="EdgePilot: train, convert and ship models to edge devices.",
@@ -300,7 +300,7 @@ def _preprocessing_from_flags(
     """A preprocessing spec from --preprocessing FILE and the flags (the flags win), on top of
     `base`; None when nothing was given. Checked as a PreprocessingSpec (exit 2 naming the
     field)."""
-    from cloud_hub.signature import check_preprocessing
+    from cloud_hub.registry.signature import check_preprocessing
 
     given = {k: v for k, v in flags.items() if v is not None}
     if file is None and not given:
@@ -424,7 +424,7 @@ def models_upload(
     """Register a model file as a new version. Every model its runtime loads is accepted
     (ONNX or TFLite, by content); its head and preprocessing are checked against its
     signature. Without preprocessing options, an image-shaped input's spec is inferred."""
-    from cloud_hub.uploads import upload_model
+    from cloud_hub.registry.uploads import upload_model
 
     with user_errors():
         project, model = _split_ref(ref, project, model)
@@ -496,7 +496,7 @@ def models_update(
 ) -> None:
     """Change a version's task, head, labels or preprocessing (checked against its signature,
     as at upload). Preprocessing flags change those fields of the current spec."""
-    from cloud_hub.uploads import update_version
+    from cloud_hub.registry.uploads import update_version
 
     registry = _state(ctx).hub.registry
     with user_errors():
@@ -631,7 +631,7 @@ def _eval_data(
     labels_npy: Path | None,
     scale: float,
 ) -> Any:
-    from cloud_hub.conversion import eval_data_from_arrays, eval_data_from_dataset
+    from cloud_hub.registry.conversion import eval_data_from_arrays, eval_data_from_dataset
     from cloud_hub.training.preprocessing import PreprocessingSpec
 
     if calibration is not None:
@@ -693,7 +693,7 @@ def quantize(
     json_out: JsonOpt = False,
 ) -> None:
     """int8-quantize an ONNX model (static QDQ with calibration, or dynamic) into a new version."""
-    from cloud_hub.conversion import quantize_file, quantize_version
+    from cloud_hub.registry.conversion import quantize_file, quantize_version
 
     registry = _state(ctx).hub.registry
     with user_errors():
@@ -749,7 +749,7 @@ def convert(
 ) -> None:
     """Convert a model to ONNX / TFLite (and int8), checked against the original, as a new
     version. A trained version is converted again from its run's cached model."""
-    from cloud_hub.conversion import convert_model_file
+    from cloud_hub.registry.conversion import convert_model_file
 
     state = _state(ctx)
     registry = state.hub.registry

@@ -185,7 +185,7 @@ def _evaluate_and_publish(state: Any, address: str, topic_root: str) -> list[Any
     from cloud_hub.cli.fleet import parse_address
     from cloud_hub.hub import Hub
     from cloud_hub.monitoring.service import MonitorService
-    from cloud_hub.serving.notify import MqttPublisher
+    from cloud_hub.serving.jobs.notify import MqttPublisher
 
     with user_errors():
         host, port = parse_address(address, "--mqtt")

@@ -21,6 +21,7 @@ import typer
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.cli.base import State, fail
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.broker_auth import (
     HUB_USER,
     VIEWER_READS,
@@ -31,7 +32,6 @@ from cloud_hub.fleet.broker_auth import (
     load_accounts,
 )
 from cloud_hub.fleet.traffic import Decoded, decode
-from cloud_hub.settings import HubSettings
 
 mqtt_app = typer.Typer(help="Look at the fleet's MQTT traffic.", no_args_is_help=True)
 

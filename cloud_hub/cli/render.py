@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from cloud_hub.schemas import Model, Run, Schedule, Version
+from cloud_hub.registry.schemas import Model, Run, Schedule, Version
 
 console = Console()
 err_console = Console(stderr=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cloud_hub.errors import InvalidInput
-from cloud_hub.schemas import Artifact
+from cloud_hub.core.errors import InvalidInput
+from cloud_hub.registry.schemas import Artifact
 
 #: The model format each runtime loads.
 RUNTIME_FORMAT = {"onnxruntime": "onnx", "litert": "tflite"}

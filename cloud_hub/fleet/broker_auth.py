@@ -60,11 +60,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
-from cloud_hub.errors import InvalidInput
-from cloud_hub.files import write_atomic
+from cloud_hub.core.errors import InvalidInput
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.tls import TlsFiles
-from cloud_hub.settings import HubSettings
-from edge_agent.wire import TopicKind, Topics
+from edge_agent.core.fs import write_atomic
+from edge_agent.core.wire import TopicKind, Topics
 
 __all__ = [
     "DEFAULT_MAX_PACKET_SIZE",

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from cloud_hub.db import Database
-from cloud_hub.errors import InvalidInput, NotFound
+from cloud_hub.core.db import Database
+from cloud_hub.core.errors import InvalidInput, NotFound
 from cloud_hub.fleet.artifacts import choose_artifact, parse_choice
 from cloud_hub.fleet.devices import DeviceStore
 from cloud_hub.fleet.schemas import (
@@ -40,10 +40,10 @@ from cloud_hub.fleet.schemas import (
     ShadowDeviceReport,
     ShadowReport,
 )
-from cloud_hub.registry import Registry, check_name, utcnow
-from cloud_hub.schemas import Artifact, Version
-from edge_agent.heads.compare import logged_answers_agree
-from edge_agent.wire import ProbationPolicy, ServingParams
+from cloud_hub.registry.registry import Registry, check_name, utcnow
+from cloud_hub.registry.schemas import Artifact, Version
+from edge_agent.core.heads.compare import logged_answers_agree
+from edge_agent.core.wire import ProbationPolicy, ServingParams
 
 ACTIVE_STATUSES = ("canary", "rolling_out")
 
@@ -323,7 +323,7 @@ class DeploymentStore:
     def shadow_report(self, deployment_id: int) -> ShadowReport:
         """The shadow against the active model, per device and in all, from the stored logs: every
         request both answered on the device (the same request id), agreement of their answers
-        (the top class; per task for other heads: `edge_agent.heads.compare`),
+        (the top class; per task for other heads: `edge_agent.core.heads.compare`),
         and both models' latencies (p50, p99)."""
         dep = self.get(deployment_id)
         if dep.shadow_version_id is None or dep.shadow_version is None:

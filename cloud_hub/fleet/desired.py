@@ -10,12 +10,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cloud_hub.db import Database
-from cloud_hub.errors import NotFound
-from cloud_hub.registry import Registry
-from cloud_hub.signature import head_for_artifact
-from cloud_hub.signing import HubSigner
-from edge_agent.wire import DesiredState, ModelRef, ProbationPolicy, ServingParams
+from cloud_hub.core.db import Database
+from cloud_hub.core.errors import NotFound
+from cloud_hub.registry.registry import Registry
+from cloud_hub.registry.signature import head_for_artifact
+from cloud_hub.registry.signing import HubSigner
+from edge_agent.core.wire import DesiredState, ModelRef, ProbationPolicy, ServingParams
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from cloud_hub.auth.tokens import hash_token
-from cloud_hub.db import Database
-from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound
-from cloud_hub.registry import check_name
-from cloud_hub.schemas import NAME_PATTERN
+from cloud_hub.core.db import Database
+from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound
+from cloud_hub.registry.registry import check_name
+from cloud_hub.registry.schemas import NAME_PATTERN
 
 __all__ = [
     "ENROLL_TOKEN_PREFIX",

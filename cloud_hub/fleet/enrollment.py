@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cloud_hub.db import Database
-from cloud_hub.errors import Refused
+from cloud_hub.core.db import Database
+from cloud_hub.core.errors import Refused
 from cloud_hub.fleet.devices import DeviceRevoked, DeviceStore, Enrollment
 from cloud_hub.fleet.enroll_store import (
     EnrollToken,
@@ -45,7 +45,7 @@ from cloud_hub.fleet.enroll_store import (
     iso,
 )
 from cloud_hub.fleet.schemas import Device, DeviceCreate
-from edge_agent.wire import (
+from edge_agent.core.wire import (
     ENROLL_MAX_SKEW_S,
     EnrollBroker,
     EnrollRequest,

@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.broker_auth import BrokerFiles, hub_ca_file
 from cloud_hub.fleet.broker_reload import BrokerReloader
 from cloud_hub.fleet.deployments import DeploymentStore
 from cloud_hub.fleet.devices import DeviceStore
 from cloud_hub.fleet.enrollment import EnrollmentService
 from cloud_hub.fleet.schemas import BrokerInfo
-from cloud_hub.registry import Registry
-from cloud_hub.settings import HubSettings
-from cloud_hub.signing import HubSigner
+from cloud_hub.registry.registry import Registry
+from cloud_hub.registry.signing import HubSigner
 
 
 def device_broker(settings: HubSettings) -> BrokerInfo:

@@ -60,13 +60,13 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.errors import Rejected
 from cloud_hub.fleet.metrics_store import record_new as record_metrics
-from cloud_hub.registry import utcnow
-from cloud_hub.settings import HubSettings
-from edge_agent.features import encode as encode_features
-from edge_agent.wire import LogBatch, TelemetryBatch
+from cloud_hub.registry.registry import utcnow
+from edge_agent.core.features import encode as encode_features
+from edge_agent.core.wire import LogBatch, TelemetryBatch
 
 __all__ = ["Batch", "Ingest", "Item", "Outcome"]
 

@@ -16,7 +16,7 @@ sent again by its agent.
 
 from __future__ import annotations
 
-from cloud_hub.errors import Refused
+from cloud_hub.core.errors import Refused
 from cloud_hub.fleet.broker_auth import INGEST_ACCOUNTS, BrokerFiles, claim_ingest_account
 from cloud_hub.fleet.mqtt_service import FleetService, build_client
 from cloud_hub.hub import Hub

@@ -31,10 +31,10 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from cloud_hub.auth.tokens import parse_duration
-from cloud_hub.db import Database
-from cloud_hub.errors import InvalidInput
-from cloud_hub.settings import HubSettings
-from edge_agent.wire import TelemetryRecord
+from cloud_hub.core.db import Database
+from cloud_hub.core.errors import InvalidInput
+from cloud_hub.core.settings import HubSettings
+from edge_agent.core.wire import TelemetryRecord
 
 __all__ = [
     "METRICS",

@@ -39,8 +39,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
-from cloud_hub.artifact_store import ArtifactStore
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.broker_auth import HUB_USER, BrokerFiles, hub_ca_file, hub_password
 from cloud_hub.fleet.desired import DesiredStates
 from cloud_hub.fleet.errors import Rejected
@@ -50,11 +50,10 @@ from cloud_hub.fleet.metrics_store import MetricsStore
 from cloud_hub.fleet.observer import FleetObserver
 from cloud_hub.fleet.presence import Presence
 from cloud_hub.fleet.rollout import Assignment, Rollout
-from cloud_hub.registry import Registry
-from cloud_hub.settings import HubSettings
-from cloud_hub.signing import HubSigner
-from edge_agent.mqtt_link import tcp_no_delay, tls_context
-from edge_agent.wire import (
+from cloud_hub.registry.artifacts import ArtifactStore
+from cloud_hub.registry.registry import Registry
+from cloud_hub.registry.signing import HubSigner
+from edge_agent.core.wire import (
     Ack,
     Chunk,
     DeviceStatus,
@@ -66,6 +65,7 @@ from edge_agent.wire import (
     Topics,
     WireError,
 )
+from edge_agent.mqtt_link import tcp_no_delay, tls_context
 
 if TYPE_CHECKING:
     from cloud_hub.hub import Hub

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from edge_agent.wire import TelemetryRecord
+from edge_agent.core.wire import TelemetryRecord
 
 __all__ = ["FleetObserver"]
 

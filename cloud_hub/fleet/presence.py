@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-from cloud_hub.db import Database
-from cloud_hub.registry import utcnow
-from edge_agent.wire import DeviceStatus
+from cloud_hub.core.db import Database
+from cloud_hub.registry.registry import utcnow
+from edge_agent.core.wire import DeviceStatus
 
 
 class Presence:

@@ -17,10 +17,10 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
 from cloud_hub.fleet.errors import Rejected
-from cloud_hub.registry import utcnow
-from edge_agent.wire import Report
+from cloud_hub.registry.registry import utcnow
+from edge_agent.core.wire import Report
 
 FAILED = ("failed", "rolled_back")
 FINISHED = ("active", *FAILED)

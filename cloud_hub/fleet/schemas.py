@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_hub.schemas import NAME_PATTERN
-from edge_agent.wire import ServingParams
+from cloud_hub.registry.schemas import NAME_PATTERN
+from edge_agent.core.wire import ServingParams
 
 Strategy = Literal["all_at_once", "canary"]
 TargetKind = Literal["device", "tag", "group"]
@@ -127,7 +127,7 @@ class DeploymentCreate(BaseModel):
     )
     threads: int = Field(default=1, ge=1, le=64)
     probation: dict[str, Any] = Field(
-        default_factory=dict, description="edge_agent.wire.ProbationPolicy fields"
+        default_factory=dict, description="edge_agent.core.wire.ProbationPolicy fields"
     )
     params: ServingParams = Field(
         default_factory=ServingParams,

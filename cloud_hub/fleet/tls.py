@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cloud_hub.files import write_atomic
+from edge_agent.core.fs import write_atomic
 
 __all__ = [
     "CA_DAYS",

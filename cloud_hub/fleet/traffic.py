@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from edge_agent.wire import (
+from edge_agent.core.wire import (
     TOPIC_SPECS,
     Chunk,
     LogBatch,

@@ -29,14 +29,14 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, computed_field
 
-from cloud_hub.db import Database
-from cloud_hub.errors import InvalidInput, NotFound
+from cloud_hub.core.db import Database
+from cloud_hub.core.errors import InvalidInput, NotFound
 from cloud_hub.monitoring.device_health import describe as describe_device
 from cloud_hub.monitoring.device_health import device_values
 from cloud_hub.monitoring.incremental import DeviceView, DeviceWindows
 from cloud_hub.monitoring.rules import DEVICE_METRICS, AlertRule, RuleStore
 from cloud_hub.monitoring.windows import By, WindowReader, WindowStats
-from cloud_hub.registry import utcnow
+from cloud_hub.registry.registry import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 reference that drift and output shift are measured against.
 
 Inputs are described by the same feature summary the prediction log keeps of every input
-(`edge_agent.features.summarize` of the model's input, i.e. after the version's preprocessing,
+(`edge_agent.core.features.summarize` of the model's input, i.e. after the version's preprocessing,
 rounded like the log's): per feature, the decile bin edges and the training share of each bin.
 Answers are described by the class distribution of the training labels and of the model's own
 predictions on the training inputs (what a window's answers are compared with).
@@ -21,18 +21,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from cloud_hub.db import Database
-from cloud_hub.errors import NotFound
+from cloud_hub.core.db import Database
+from cloud_hub.core.errors import NotFound
 from cloud_hub.monitoring import stats
-from edge_agent.features import summarize
+from edge_agent.core.features import summarize
 
 if TYPE_CHECKING:
-    from cloud_hub.registry import Registry
-    from cloud_hub.schemas import Version
+    from cloud_hub.registry.registry import Registry
+    from cloud_hub.registry.schemas import Version
 
 log = logging.getLogger(__name__)
 
-DECIMALS = 4  # as edge_agent.features.summary_lists: baseline and log values compare exactly
+DECIMALS = 4  # as edge_agent.core.features.summary_lists: baseline and log values compare exactly
 PREDICT_SAMPLES = 2000  # training inputs run through the model for the answer distribution
 
 
@@ -212,7 +212,7 @@ def dataset_baseline(
     with the version's preprocessing spec and answered by its fp32 artifact."""
     from pathlib import Path
 
-    from cloud_hub.errors import InvalidInput
+    from cloud_hub.core.errors import InvalidInput
     from cloud_hub.training.datasets import DatasetError, load_dataset
     from cloud_hub.training.preprocessing import PreprocessingSpec
 
@@ -246,7 +246,7 @@ def dataset_baseline(
 def _version_scores(registry: Registry, version: Version, X: np.ndarray) -> np.ndarray | None:
     """The version's class scores on (a sample of) X from a ready fp32 artifact; None when it
     cannot be run here (the label distribution is used instead)."""
-    from edge_agent.runtimes import load_runtime
+    from edge_agent.core.runtimes import load_runtime
 
     ready = [a for a in version.artifacts if a.status == "ready"]
     ready.sort(key=lambda a: (a.precision != "fp32", a.format != "onnx"))

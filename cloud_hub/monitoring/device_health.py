@@ -9,7 +9,7 @@ that alerts open, hold and resolve as for the other metrics: `count` is what the
 
 from __future__ import annotations
 
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
 from cloud_hub.fleet.metrics_store import rises
 from cloud_hub.monitoring.rules import AlertRule
 from cloud_hub.monitoring.windows import WindowStats

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
 from cloud_hub.monitoring import stats
 from cloud_hub.monitoring.baseline import DECIMALS, Baseline, BaselineStore
 from cloud_hub.monitoring.windows import (
@@ -56,7 +56,7 @@ from cloud_hub.monitoring.windows import (
     WindowStats,
     top_label,
 )
-from edge_agent.features import decode as decode_features
+from edge_agent.core.features import decode as decode_features
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class _Bins:
     def __init__(self, baseline: Baseline) -> None:
         self.baseline = baseline
         self.width = len(baseline.features)
-        self.row_bytes = 4 * self.width  # a summary as edge_agent.features.encode stores it
+        self.row_bytes = 4 * self.width  # a summary as edge_agent.core.features.encode stores it
         sizes = [stats.bin_count(fb.edges) for fb in baseline.features]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.sizes = sizes

@@ -19,8 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_hub.db import Database
-from cloud_hub.errors import InvalidInput, NotFound
+from cloud_hub.core.db import Database
+from cloud_hub.core.errors import InvalidInput, NotFound
 
 Metric = Literal[
     "latency_p99_ms", "error_rate", "psi_max", "output_shift", "offline_s", "outbox_backlog_growth"

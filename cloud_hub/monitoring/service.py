@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.monitoring.alerts import AlertEvent, Monitor, alerts_topic
-from cloud_hub.serving.notify import MqttPublisher, Publisher
-from cloud_hub.settings import HubSettings
+from cloud_hub.serving.jobs.notify import MqttPublisher, Publisher
 
 log = logging.getLogger(__name__)
 

@@ -41,10 +41,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
 from cloud_hub.monitoring import stats
 from cloud_hub.monitoring.baseline import DECIMALS, Baseline, BaselineStore, answer_measures
-from edge_agent.features import decode as decode_features
+from edge_agent.core.features import decode as decode_features
 
 By = Literal["version", "endpoint", "device"]
 BY: tuple[By, ...] = ("version", "endpoint", "device")
@@ -103,7 +103,7 @@ class Rec:
     label: str | None
     output: str | None
     latency_ms: float | None
-    features: bytes | str | None  # edge_agent.features.encode (or JSON text)
+    features: bytes | str | None  # edge_agent.core.features.encode (or JSON text)
 
 
 _PRED = (

@@ -21,10 +21,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_hub.db import Database
-from cloud_hub.errors import InvalidInput
+from cloud_hub.core.db import Database
+from cloud_hub.core.errors import InvalidInput
 from cloud_hub.predlog.writer import COLUMNS
-from edge_agent.features import decode as decode_features
+from edge_agent.core.features import decode as decode_features
 
 Origin = Literal["endpoint", "device"]
 

@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.features import encode as encode_floats
+from edge_agent.core.features import encode as encode_floats
 
 if TYPE_CHECKING:
-    from cloud_hub.db import Database
+    from cloud_hub.core.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class LogEntry:
     latency_ms: float | None = None
     error: str | None = None
     tags: dict[str, str] | None = None
-    # edge_agent.features.summarize of the model input (a numpy row: rounded when written)
+    # edge_agent.core.features.summarize of the model input (a numpy row: rounded when written)
     features: Any = None
     outputs_digest: str | None = None  # sha256 of the row's raw output tensors
 

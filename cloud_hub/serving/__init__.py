@@ -4,12 +4,12 @@ See `spec.py` for the endpoint document, `step.py` for the step interface every 
 `steps/` for the built-in kinds and `engine.py` for how endpoints are built, swapped and served.
 """
 
-from cloud_hub.serving.endpoint import Prediction, PredictResponse
-from cloud_hub.serving.engine import EndpointInfo, EndpointUnavailable, ServingEngine
-from cloud_hub.serving.errors import BadInput, PayloadTooLarge, SpecError
-from cloud_hub.serving.graph import StepFailed
-from cloud_hub.serving.spec import BatchingSpec, EndpointSpec, ModelRef, StepSpec
-from cloud_hub.serving.step import (
+from cloud_hub.serving.engine.endpoint import Prediction, PredictResponse
+from cloud_hub.serving.engine.engine import EndpointInfo, EndpointUnavailable, ServingEngine
+from cloud_hub.serving.engine.errors import BadInput, PayloadTooLarge, SpecError
+from cloud_hub.serving.engine.graph import StepFailed
+from cloud_hub.serving.engine.spec import BatchingSpec, EndpointSpec, ModelRef, StepSpec
+from cloud_hub.serving.engine.step import (
     STEP_KINDS,
     RunContext,
     Signature,
@@ -17,7 +17,7 @@ from cloud_hub.serving.step import (
     StepParams,
     register_step,
 )
-from cloud_hub.serving.values import PredictRequest, Value
+from cloud_hub.serving.engine.values import PredictRequest, Value
 
 __all__ = [
     "STEP_KINDS",

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.predlog.writer import PredictionLogWriter
-from cloud_hub.serving.engine import ServingEngine
-from cloud_hub.serving.jobs import JobQueue
-from cloud_hub.serving.notify import JobNotifier, MqttPublisher
-from cloud_hub.serving.worker import WorkerPool
-from cloud_hub.settings import HubSettings
+from cloud_hub.serving.engine.engine import ServingEngine
+from cloud_hub.serving.jobs.notify import JobNotifier, MqttPublisher
+from cloud_hub.serving.jobs.queue import JobQueue
+from cloud_hub.serving.jobs.worker import WorkerPool
 
 
 def job_queue(db: Database, settings: HubSettings) -> JobQueue:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cloud_hub.errors import InvalidInput
+from cloud_hub.core.errors import InvalidInput
 from cloud_hub.stream.events import EventKind
 
 __all__ = ["Event", "EventBus", "Position", "Read"]

@@ -31,7 +31,7 @@ from cloud_hub.stream.overview import (
     endpoint_live,
 )
 from cloud_hub.stream.telemetry_cache import TelemetryCache
-from edge_agent.wire import TelemetryRecord
+from edge_agent.core.wire import TelemetryRecord
 
 __all__ = ["FleetFeed", "LiveStream", "Sampler"]
 

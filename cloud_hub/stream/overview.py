@@ -13,12 +13,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from cloud_hub.errors import NotFound
+from cloud_hub.core.errors import NotFound
 from cloud_hub.fleet.deployments import DeploymentStore
 from cloud_hub.fleet.devices import DeviceRow, DeviceStore
 from cloud_hub.fleet.schemas import Deployment, DeploymentDevice
 from cloud_hub.monitoring.alerts import Alert, AlertStore
-from cloud_hub.registry import Registry
+from cloud_hub.registry.registry import Registry
 from cloud_hub.stream.events import (
     AlertLive,
     DeploymentLive,

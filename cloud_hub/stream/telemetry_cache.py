@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from cloud_hub.fleet.metrics_store import metrics_of
 from cloud_hub.stream.events import TelemetryLive
-from edge_agent.wire import TelemetryRecord
+from edge_agent.core.wire import TelemetryRecord
 
 __all__ = ["TelemetryCache"]
 

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cloud_hub.artifact_store import ArtifactStore
-from cloud_hub.errors import InvalidInput, NotFound
-from cloud_hub.registry import NewArtifact, Registry, utcnow
-from cloud_hub.schemas import Run
-from cloud_hub.signature import signature_of
+from cloud_hub.core.errors import InvalidInput, NotFound
+from cloud_hub.registry.artifacts import ArtifactStore
+from cloud_hub.registry.registry import NewArtifact, Registry, utcnow
+from cloud_hub.registry.schemas import Run
+from cloud_hub.registry.signature import signature_of
 from cloud_hub.training.datasets import Dataset, DatasetError, load_dataset
 from cloud_hub.training.preprocessing import PreprocessingSpec, fit_spec
 from cloud_hub.training.request import TrainRequest

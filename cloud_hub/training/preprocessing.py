@@ -1,4 +1,5 @@
-"""Fitting the preprocessing spec saved on a version (the spec itself is `edge_agent.preprocess`).
+"""Fitting the preprocessing spec saved on a version (the spec itself is
+`edge_agent.core.preprocess`).
 
 The same spec is applied at training time here, and later by the agent and the serving engine,
 so a model always sees inputs prepared the way it was trained.
@@ -10,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from edge_agent.preprocess import PreprocessingSpec
+from edge_agent.core.preprocess import PreprocessingSpec
 
 __all__ = ["PreprocessingSpec", "fit_spec"]
 

@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
 
-from cloud_hub.errors import InvalidInput
-from cloud_hub.registry import Registry
-from cloud_hub.schemas import Schedule
+from cloud_hub.core.errors import InvalidInput
+from cloud_hub.registry.registry import Registry
+from cloud_hub.registry.schemas import Schedule
 from cloud_hub.training.pipeline import TrainingPipeline
 from cloud_hub.training.request import TrainRequest
 

@@ -16,7 +16,7 @@ from converters.errors import QuantizationUnsupported
 from converters.keras_convert import keras_to_onnx, keras_to_tflite
 from converters.quantize import quantize_onnx
 from converters.sklearn_onnx import sklearn_to_onnx
-from edge_agent.runtimes import ModelFormat
+from edge_agent.core.runtimes import ModelFormat
 
 MODEL_KINDS = ("logreg", "mlp", "random_forest", "cnn")
 SKLEARN_KINDS = frozenset({"logreg", "mlp", "random_forest"})

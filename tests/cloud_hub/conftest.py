@@ -13,12 +13,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.hub import Hub
-from cloud_hub.registry import NewArtifact
-from cloud_hub.schemas import Version
-from cloud_hub.settings import HubSettings
-from edge_agent.wire import (
+from cloud_hub.registry.registry import NewArtifact
+from cloud_hub.registry.schemas import Version
+from edge_agent.core.wire import (
     Ack,
     Chunk,
     DesiredState,

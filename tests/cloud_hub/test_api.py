@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
-from cloud_hub.artifact_store import sha256_hex
 from cloud_hub.hub import Hub
+from cloud_hub.registry.artifacts import sha256_hex
 from cloud_hub.training.request import TrainRequest
 from tests.conftest import admin_headers
 

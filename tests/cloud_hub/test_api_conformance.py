@@ -18,8 +18,8 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import events, from_schema
 
 from cloud_hub.api.app import create_app
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
 from tests.conftest import admin_headers
 
 MAX_EXAMPLES = 5  # per operation and phase

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
 from tests.conftest import admin_headers
 
 API = "/api/v1"

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from cloud_hub.api.app import create_app
 from cloud_hub.auth.roles import Role
 from cloud_hub.auth.tokens import LOCAL_ADMIN, TokenCreate, TokenStore
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.rollout import Rollout
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
 from tests.cloud_hub.conftest import register_model
 from tests.conftest import admin_headers, run_cli
 

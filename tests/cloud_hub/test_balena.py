@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.balena import (
+from cloud_hub.fleet.enrollment import EnrollmentRefused
+from cloud_hub.hub import Hub
+from cloud_hub.provisioning.balena import (
     DEVICE_DATA_DIR,
     ENV_DATA_DIR,
     ENV_HUB,
@@ -22,11 +24,9 @@ from cloud_hub.balena import (
     setup,
     token_name,
 )
-from cloud_hub.fleet.enrollment import EnrollmentRefused
-from cloud_hub.hub import Hub
 from edge_agent.config import load_config, needs_enrollment
+from edge_agent.core.wire import EnrollRequest
 from edge_agent.enroll import signed_request
-from edge_agent.wire import EnrollRequest
 from tests.balena_fake import FakeBalena
 from tests.conftest import free_port, run_cli
 

@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.broker_auth import (
     DEVICE_PUBLISHES,
     DEVICE_READS,
@@ -39,10 +40,8 @@ from cloud_hub.fleet.mqtt_service import SUBSCRIBED, FleetService
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
 from cloud_hub.hub import Hub
 from cloud_hub.monitoring.alerts import alerts_topic
-from cloud_hub.serving.notify import MqttPublisher, job_topic
-from cloud_hub.settings import HubSettings
-from edge_agent.mqtt_link import INBOUND, tls_context
-from edge_agent.wire import (
+from cloud_hub.serving.jobs.notify import MqttPublisher, job_topic
+from edge_agent.core.wire import (
     TOPIC_KINDS,
     Ack,
     Chunk,
@@ -55,6 +54,7 @@ from edge_agent.wire import (
     TopicKind,
     Topics,
 )
+from edge_agent.mqtt_link import INBOUND, tls_context
 from tests.agent_processes import wait_until
 from tests.cloud_hub.conftest import register_model
 from tests.conftest import SecureMosquitto, run_cli

@@ -16,7 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
-from cloud_hub.errors import AlreadyExists
+from cloud_hub.core.errors import AlreadyExists
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.broker_auth import (
     HUB_USER,
     Account,
@@ -27,7 +28,6 @@ from cloud_hub.fleet.broker_auth import (
 from cloud_hub.fleet.devices import RELOAD_COALESCE_FROM, RELOAD_GAP_S
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
 from tests.cloud_hub.conftest import wait_until
 from tests.conftest import SecureMosquitto, admin_headers, run_cli
 

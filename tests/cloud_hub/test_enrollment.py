@@ -23,10 +23,10 @@ from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.api.app import create_app
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.broker_reload import BrokerReloader
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
-from edge_agent.wire import EnrollRequest, enroll_signing_message
+from edge_agent.core.wire import EnrollRequest, enroll_signing_message
 from tests.agent_processes import wait_until
 from tests.conftest import SecureMosquitto, admin_headers, run_cli
 

@@ -14,12 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate, ShadowCreate
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
+from edge_agent.core.wire import LogBatch, LogRecord
 from edge_agent.signing import verify_model
-from edge_agent.wire import LogBatch, LogRecord
 from tests.cloud_hub.conftest import Device, register_model, unique, wait_until
 from tests.conftest import BIN, REPO, admin_headers, free_port, run_cli, wait_for_port
 
@@ -210,7 +210,7 @@ def test_cli_deployment_reaches_a_device_through_hub_serve(
         desired = dev.desired(timeout=30)
         assert desired.model is not None
         verify_model(desired.model, dev.fetch(desired, window=4096), public_key)
-        from edge_agent.wire import Report
+        from edge_agent.core.wire import Report
 
         dev.send(
             "report",

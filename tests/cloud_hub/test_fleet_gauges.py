@@ -19,7 +19,7 @@ from cloud_hub.api.metrics import FleetCollector
 from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
-from edge_agent.wire import DeviceStatus, TelemetryBatch, TelemetryRecord
+from edge_agent.core.wire import DeviceStatus, TelemetryBatch, TelemetryRecord
 from tests.cloud_hub.conftest import Device, wait_until
 from tests.conftest import admin_headers
 

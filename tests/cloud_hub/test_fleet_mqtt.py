@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
 from cloud_hub.hub import Hub
-from cloud_hub.schemas import Version
-from cloud_hub.settings import HubSettings
-from edge_agent.signing import VerificationError, verify_model
-from edge_agent.wire import (
+from cloud_hub.registry.schemas import Version
+from edge_agent.core.wire import (
     DesiredState,
     DeviceStatus,
     FetchRequest,
@@ -27,6 +26,7 @@ from edge_agent.wire import (
     TelemetryBatch,
     TelemetryRecord,
 )
+from edge_agent.signing import VerificationError, verify_model
 from tests.cloud_hub.conftest import Device, register_model, unique, wait_until
 from tests.conftest import Mosquitto
 

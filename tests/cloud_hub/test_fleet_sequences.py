@@ -15,16 +15,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_hub.core.migrations import MIGRATIONS
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
-from cloud_hub.migrations import MIGRATIONS
-from cloud_hub.settings import HubSettings
 from edge_agent.config import ForwarderSettings
-from edge_agent.forwarder import Forwarder
-from edge_agent.outbox import Outbox
-from edge_agent.wire import (
+from edge_agent.core.wire import (
     SEQ_WINDOW,
     Ack,
     LogBatch,
@@ -33,6 +31,8 @@ from edge_agent.wire import (
     TelemetryRecord,
     Topics,
 )
+from edge_agent.forwarder import Forwarder
+from edge_agent.outbox import Outbox
 from tests.cloud_hub.conftest import Device, unique, wait_until
 
 MakeDevice = Callable[[str], Device]

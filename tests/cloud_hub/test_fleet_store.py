@@ -13,23 +13,23 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound
+from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound
 from cloud_hub.fleet.broker_auth import hash_password, mosquitto_conf, verify_password
 from cloud_hub.fleet.desired import DesiredStates
 from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.fleet.rollout import Rollout
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate, ShadowCreate
 from cloud_hub.hub import Hub
-from cloud_hub.registry import NewArtifact
-from cloud_hub.schemas import Version
-from edge_agent.signing import verify_model
-from edge_agent.wire import (
+from cloud_hub.registry.registry import NewArtifact
+from cloud_hub.registry.schemas import Version
+from edge_agent.core.wire import (
     LogBatch,
     LogRecord,
     ServingParams,
     TelemetryBatch,
     TelemetryRecord,
 )
+from edge_agent.signing import verify_model
 from tests.cloud_hub.conftest import register_model, wait_until
 from tests.conftest import _mosquitto, free_port, wait_for_port
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.broker_auth import BrokerFiles, hub_password
 from cloud_hub.fleet.mqtt_service import build_client
 from cloud_hub.fleet.schemas import DeviceCreate
@@ -31,11 +32,10 @@ from cloud_hub.fleet.tls import (
     sign_device_certificate,
 )
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
-from cloud_hub.signing import HubSigner
+from cloud_hub.registry.signing import HubSigner
 from edge_agent.config import ConfigError, MqttSettings, load_settings
+from edge_agent.core.wire import DeviceStatus
 from edge_agent.mqtt_link import MqttLink, tls_context
-from edge_agent.wire import DeviceStatus
 from tests.agent_processes import wait_until
 from tests.conftest import BIN, REPO, SecureMosquitto, free_port, run_cli, wait_for_port
 

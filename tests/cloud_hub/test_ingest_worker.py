@@ -15,15 +15,15 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.errors import Rejected
 from cloud_hub.fleet.ingest import Ingest, Item
 from cloud_hub.fleet.ingest_worker import IngestWorker, Pending
 from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
-from edge_agent.wire import Ack, LogBatch, LogRecord, TelemetryBatch, TelemetryRecord, Topics
+from edge_agent.core.wire import Ack, LogBatch, LogRecord, TelemetryBatch, TelemetryRecord, Topics
 from tests.cloud_hub.conftest import Device, unique, wait_until
 
 MakeDevice = Callable[[str], Device]

@@ -1,4 +1,5 @@
-"""`edgepilot loadtest` and its open-loop generator (cloud_hub.loadtest), against a real hub
+"""`edgepilot loadtest` and its open-loop generator (cloud_hub.devtools.loadtest), against a real
+hub
 (`edgepilot hub serve` in its own process, an endpoint posted over REST), a real agent process,
 and small servers written here that are slow or answer errors on purpose."""
 
@@ -20,8 +21,7 @@ import pytest
 
 from cloud_hub.auth.roles import Role
 from cloud_hub.auth.tokens import TokenCreate
-from cloud_hub.hub import Hub
-from cloud_hub.loadtest import (
+from cloud_hub.devtools.loadtest import (
     LoadTestError,
     Payload,
     Target,
@@ -29,6 +29,7 @@ from cloud_hub.loadtest import (
     read_rows,
     run_load,
 )
+from cloud_hub.hub import Hub
 from tests.agent_processes import AgentProc
 from tests.cloud_hub.serving.conftest import digits_rows, example, serving_hub  # noqa: F401
 from tests.conftest import BIN, REPO, admin_headers, free_port, run_cli, wait_for_port

@@ -12,13 +12,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.fleet.metrics_store import METRICS, MetricsStore
 from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
-from edge_agent.wire import TelemetryBatch, TelemetryRecord
+from edge_agent.core.wire import TelemetryBatch, TelemetryRecord
 from tests.cloud_hub.conftest import Device, wait_until
 from tests.conftest import admin_headers, run_cli
 

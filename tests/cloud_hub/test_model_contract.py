@@ -318,7 +318,7 @@ def test_the_desired_state_carries_the_head(
     fleet_hub: Hub, service: Any, make_device: Callable[[str], Device]
 ) -> None:
     from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
-    from cloud_hub.uploads import upload_model
+    from cloud_hub.registry.uploads import upload_model
 
     path = mediapipe_model("iris_landmark.tflite")
     head = {"task": "regression", "output": "output_iris", "names": []}

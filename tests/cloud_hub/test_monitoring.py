@@ -23,6 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.hub import Hub
 from cloud_hub.monitoring import AlertEvent, BaselineStore, WindowReader, WindowStats
@@ -30,11 +31,10 @@ from cloud_hub.monitoring.alerts import AlertStore
 from cloud_hub.monitoring.incremental import DeviceWindows
 from cloud_hub.monitoring.stats import bin_index, percentiles, psi
 from cloud_hub.predlog.writer import LogEntry, PredictionLogWriter
-from cloud_hub.registry import NewArtifact
-from cloud_hub.settings import HubSettings
+from cloud_hub.registry.registry import NewArtifact
 from cloud_hub.training.request import TrainRequest
-from edge_agent.features import summary_lists
-from edge_agent.wire import LogBatch, LogRecord
+from edge_agent.core.features import summary_lists
+from edge_agent.core.wire import LogBatch, LogRecord
 from tests.cloud_hub.serving.conftest import Subscriber, digits_rows, wait_for
 from tests.conftest import admin_headers, run_cli
 
@@ -415,7 +415,7 @@ def test_rules_are_validated_naming_the_field(trained: Path, tmp_path: Path) -> 
 def _store_device_logs(hub: Hub, device_id: str, version_id: int, x: np.ndarray, seq0: int) -> None:
     """Device inference logs through the fleet's real ingest path, each with the feature summary
     of its input, as an agent sends them."""
-    from edge_agent.runtimes import load_runtime
+    from edge_agent.core.runtimes import load_runtime
 
     version = hub.registry.get_version_by_id(version_id)
     runtime = load_runtime(hub.registry.artifact_blob(version.artifacts[0].sha256), "onnx")
@@ -575,7 +575,7 @@ def test_a_failing_window_or_write_does_not_stop_the_pass(
 
 
 def test_an_alert_does_not_flap_on_a_metric_hovering_at_its_threshold(tmp_path: Path) -> None:
-    from cloud_hub.db import Database
+    from cloud_hub.core.db import Database
     from cloud_hub.monitoring import AlertRuleIn, Monitor, RuleStore
 
     db = Database(tmp_path / "hub.db")
@@ -618,9 +618,9 @@ def test_an_alert_does_not_flap_on_a_metric_hovering_at_its_threshold(tmp_path: 
 
 
 def test_the_monitor_runs_when_its_publisher_cannot_start(tmp_path: Path) -> None:
-    from cloud_hub.db import Database
+    from cloud_hub.core.db import Database
     from cloud_hub.monitoring.service import MonitorService
-    from cloud_hub.serving.notify import MqttPublisher
+    from cloud_hub.serving.jobs.notify import MqttPublisher
 
     class Unstartable(MqttPublisher):
         def __init__(self) -> None:  # no client: its start fails (e.g. an empty mqtt_host)

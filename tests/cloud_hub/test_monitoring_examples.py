@@ -26,11 +26,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
 
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.hub import Hub
 from cloud_hub.monitoring.baseline import BaselineStore, compute_baseline
-from cloud_hub.settings import HubSettings
-from edge_agent.features import summary_lists
-from edge_agent.wire import DeviceStatus, LogBatch, LogRecord, TelemetryBatch, TelemetryRecord
+from edge_agent.core.features import summary_lists
+from edge_agent.core.wire import DeviceStatus, LogBatch, LogRecord, TelemetryBatch, TelemetryRecord
 from tests.agent_processes import AgentProc, agent_toml
 from tests.cloud_hub.conftest import Device, register_model, unique, wait_until
 from tests.conftest import BIN, REPO, free_port, wait_for_port

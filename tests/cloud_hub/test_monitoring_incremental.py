@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.hub import Hub
 from cloud_hub.monitoring import AlertRuleIn, Monitor, RuleStore, WindowReader
 from cloud_hub.monitoring.baseline import BaselineStore, compute_baseline
 from cloud_hub.monitoring.incremental import DeviceView
-from cloud_hub.registry import NewArtifact
-from cloud_hub.settings import HubSettings
-from edge_agent.wire import LogBatch, LogRecord
+from cloud_hub.registry.registry import NewArtifact
+from edge_agent.core.wire import LogBatch, LogRecord
 
 LABELS = ["a", "b", "c"]
 WIDTH = 8

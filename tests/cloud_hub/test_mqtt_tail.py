@@ -16,12 +16,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.broker_auth import HUB_USER, BrokerFiles, hub_password
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.fleet.traffic import MESSAGE_CLASSES, decode
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
-from edge_agent.wire import (
+from edge_agent.core.wire import (
     TOPIC_KINDS,
     Ack,
     Chunk,

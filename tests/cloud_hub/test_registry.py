@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.artifact_store import ArtifactStore, sha256_hex
-from cloud_hub.db import Database
-from cloud_hub.errors import AlreadyExists, InvalidInput, NotFound
+from cloud_hub.core.db import Database
+from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound
+from cloud_hub.core.migrations import MIGRATIONS
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.hub import Hub
-from cloud_hub.migrations import MIGRATIONS
-from cloud_hub.registry import NewArtifact, Registry
-from cloud_hub.settings import HubSettings
+from cloud_hub.registry.artifacts import ArtifactStore, sha256_hex
+from cloud_hub.registry.registry import NewArtifact, Registry
 
 
 def test_projects_by_id_and_name(hub: Hub) -> None:

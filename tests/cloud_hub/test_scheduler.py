@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.errors import InvalidInput
+from cloud_hub.core.errors import InvalidInput
 from cloud_hub.hub import Hub
 from cloud_hub.training.request import TrainRequest
 from cloud_hub.training.scheduler import TrainingScheduler, create_schedule, next_fire

@@ -13,12 +13,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.broker_auth import acl_rules, ingest_users
 from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
-from edge_agent.wire import Ack, LogBatch, LogRecord, Topics
+from edge_agent.core.wire import Ack, LogBatch, LogRecord, Topics
 from tests.agent_processes import wait_until
 from tests.conftest import BIN, SecureMosquitto
 

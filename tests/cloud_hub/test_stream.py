@@ -16,12 +16,12 @@ import uvicorn
 
 from cloud_hub.api.app import create_app
 from cloud_hub.auth.tokens import TokenCreate
-from cloud_hub.errors import InvalidInput
+from cloud_hub.core.errors import InvalidInput
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
 from cloud_hub.stream.bus import EventBus
 from cloud_hub.stream.client import HubRefused, HubStream, StreamEvent, fetch_overview
-from edge_agent.wire import DeviceStatus, TelemetryBatch, TelemetryRecord
+from edge_agent.core.wire import DeviceStatus, TelemetryBatch, TelemetryRecord
 from tests.cloud_hub.conftest import Device, register_model, wait_until
 from tests.conftest import admin_headers, free_port
 

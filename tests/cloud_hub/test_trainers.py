@@ -16,7 +16,7 @@ from cloud_hub.training.trainers import (
     export_artifacts,
     train_model,
 )
-from edge_agent.runtimes import load_runtime
+from edge_agent.core.runtimes import load_runtime
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 

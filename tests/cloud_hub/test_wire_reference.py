@@ -3,16 +3,17 @@ contract's table of topics agrees with what the broker lets each side do."""
 
 from __future__ import annotations
 
+from cloud_hub.devtools.wire_reference import render
 from cloud_hub.fleet.broker_auth import DEVICE_PUBLISHES, DEVICE_READS, VIEWER_READS
-from cloud_hub.wire_reference import render
-from edge_agent.wire import TOPIC_KINDS, TOPIC_SPECS
+from edge_agent.core.wire import TOPIC_KINDS, TOPIC_SPECS
 from tests.conftest import REPO
 
 
 def test_the_committed_page_is_what_the_code_generates() -> None:
     page = (REPO / "docs" / "wire.md").read_text()
     assert page == render(), (
-        "docs/wire.md is stale: run `.venv/bin/python -m cloud_hub.wire_reference > docs/wire.md`"
+        "docs/wire.md is stale: run "
+        "`.venv/bin/python -m cloud_hub.devtools.wire_reference > docs/wire.md`"
     )
     for kind in TOPIC_KINDS:
         assert f"`ep/dev/{{id}}/{kind}`" in page

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from converters import ConversionError, keras_to_onnx, keras_to_tflite
-from edge_agent.runtimes import load_runtime
+from edge_agent.core.runtimes import load_runtime
 
 Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 

@@ -23,7 +23,7 @@ from converters import (
     quantize_onnx,
     sklearn_to_onnx,
 )
-from edge_agent.runtimes import load_runtime
+from edge_agent.core.runtimes import load_runtime
 
 Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 

@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from converters import ConversionError, sklearn_to_onnx
-from edge_agent.runtimes import load_runtime
+from edge_agent.core.runtimes import load_runtime
 
 
 def _split(X: np.ndarray, y: np.ndarray) -> list[Any]:

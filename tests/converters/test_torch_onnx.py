@@ -9,7 +9,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from converters import ConversionError, torch_to_onnx
-from edge_agent.runtimes import load_runtime
+from edge_agent.core.runtimes import load_runtime
 
 
 @pytest.fixture(scope="module")

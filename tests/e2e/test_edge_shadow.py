@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
 from cloud_hub.hub import Hub
-from cloud_hub.registry import NewArtifact
-from cloud_hub.schemas import Version
+from cloud_hub.registry.registry import NewArtifact
+from cloud_hub.registry.schemas import Version
 from tests.agent_processes import AgentProc, wait_until
 from tests.conftest import REPO, admin_headers
 from tests.e2e.test_fleet_loop import Fleet

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
+from cloud_hub.core.settings import HubSettings
+from cloud_hub.devtools.local_broker import LocalBroker
 from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
 from cloud_hub.hub import Hub
-from cloud_hub.local_broker import LocalBroker
-from cloud_hub.registry import NewArtifact
-from cloud_hub.schemas import Version
-from cloud_hub.settings import HubSettings
+from cloud_hub.registry.registry import NewArtifact
+from cloud_hub.registry.schemas import Version
 from cloud_hub.stream.client import HubStream, fetch_overview
 from tests.agent_processes import AgentProc, agent_toml, wait_until
 from tests.conftest import BIN, REPO, Mosquitto

@@ -19,13 +19,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.cli.fleet import agent_config
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.broker_auth import BrokerFiles, account_password
 from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
+from edge_agent.core.wire import Ack, Chunk, DesiredState, ServingParams, Topics
 from edge_agent.mqtt_link import tls_context
-from edge_agent.wire import Ack, Chunk, DesiredState, ServingParams, Topics
 from tests.agent_processes import AgentProc, agent_toml, wait_until
 from tests.conftest import SecureMosquitto
 from tests.e2e.test_fleet_loop import IRIS_SAMPLE, iris_onnx, register

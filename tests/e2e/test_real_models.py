@@ -19,11 +19,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
-from cloud_hub.errors import InvalidInput
+from cloud_hub.core.errors import InvalidInput
 from cloud_hub.fleet.schemas import DeploymentCreate
-from cloud_hub.schemas import Version
-from cloud_hub.uploads import register_upload
-from edge_agent.runtimes import Runtime, detect_format, load_runtime
+from cloud_hub.registry.schemas import Version
+from cloud_hub.registry.uploads import register_upload
+from edge_agent.core.runtimes import Runtime, detect_format, load_runtime
 from tests.agent_processes import AgentProc
 from tests.conftest import REPO, admin_headers
 from tests.e2e.test_fleet_loop import Fleet

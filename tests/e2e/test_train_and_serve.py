@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from cloud_hub.artifact_store import sha256_hex
+from cloud_hub.registry.artifacts import sha256_hex
 from tests.conftest import BIN, free_port, run_cli, wait_for_port
 
 

@@ -28,11 +28,11 @@ import httpx
 import pytest
 
 from cloud_hub.auth.tokens import read_token_file
-from cloud_hub.db import Database
+from cloud_hub.core.db import Database
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.enroll_store import EnrollTokenCreate, EnrollTokenStore, FleetStore
 from cloud_hub.fleet.schemas import DeploymentCreate
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
 from tests.agent_processes import AgentProc, wait_until
 from tests.cloud_hub.flashing.images import make_image
 from tests.cloud_hub.flashing.test_firstboot import fake_device, run_script

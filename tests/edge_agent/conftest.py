@@ -26,9 +26,9 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
-from cloud_hub.signing import HubSigner
+from cloud_hub.registry.signing import HubSigner
 from converters import sklearn_to_onnx
-from edge_agent.wire import (
+from edge_agent.core.wire import (
     Ack,
     Chunk,
     DesiredState,

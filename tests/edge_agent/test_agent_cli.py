@@ -45,7 +45,7 @@ def test_predict_and_info(tmp_path: Path) -> None:
 
 
 def test_predict_prints_every_output_of_a_model_without_class_scores(tmp_path: Path) -> None:
-    from edge_agent.runtimes import load_runtime
+    from edge_agent.core.runtimes import load_runtime
     from tests.third_party import mediapipe_model
 
     model = mediapipe_model("hand_landmark_full.tflite")  # 4 outputs: landmarks, scores, ...

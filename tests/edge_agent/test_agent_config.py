@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.signing import HubSigner
+from cloud_hub.registry.signing import HubSigner
 from edge_agent.config import ConfigError, load_settings
 from tests.agent_processes import AGENT, wait_until
 

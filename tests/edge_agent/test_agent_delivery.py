@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edge_agent.wire import ProbationPolicy
+from edge_agent.core.wire import ProbationPolicy
 from tests.agent_processes import wait_until
 from tests.edge_agent.conftest import IrisModels
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.wire import Ack, InferRequest, InferResult
+from edge_agent.core.wire import Ack, InferRequest, InferResult
 from tests.agent_processes import AgentProc, wait_until
 from tests.edge_agent.conftest import IrisModels, WireHub
 

@@ -27,14 +27,14 @@ import cv2
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_agent.preprocess import (
+from edge_agent.core.preprocess import (
     PreprocessingSpec,
     decode_image,
     infer_preprocessing,
     prepare_image,
 )
-from edge_agent.runtimes import load_runtime
-from edge_agent.wire import InferRequest, InferResult, ModelRef
+from edge_agent.core.runtimes import load_runtime
+from edge_agent.core.wire import InferRequest, InferResult, ModelRef
 from tests.agent_processes import AgentProc, wait_until
 from tests.edge_agent.conftest import WireHub
 from tests.model_zoo import multi_input_model, segmentation_model

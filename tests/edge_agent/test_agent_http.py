@@ -143,7 +143,7 @@ def test_images_over_http_and_from_an_opencv_folder_source(
 
 def test_frame_source_reads_a_video_file_and_loops(tmp_path: Path) -> None:
     """In-process: a video file is read frame by frame, prepared with the spec, and looped."""
-    from edge_agent.preprocess import Geometry
+    from edge_agent.core.preprocess import Geometry
     from edge_agent.source import FrameSource
 
     video = tmp_path / "clip.avi"

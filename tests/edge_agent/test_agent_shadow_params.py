@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.wire import InferRequest, InferResult, Report
+from edge_agent.core.wire import InferRequest, InferResult, Report
 from tests.agent_processes import AgentProc, wait_until
 from tests.edge_agent.conftest import IrisModels, WireHub
 

@@ -20,13 +20,13 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from cloud_hub.signing import HubSigner
+from cloud_hub.registry.signing import HubSigner
 from converters import sklearn_to_onnx
 from edge_agent.config import AgentSettings
+from edge_agent.core.wire import DesiredState, ModelRef, ProbationPolicy, Report
 from edge_agent.deployer import Deployer
 from edge_agent.model_manager import ModelEvent, ModelManager
 from edge_agent.model_store import ModelStore
-from edge_agent.wire import DesiredState, ModelRef, ProbationPolicy, Report
 from tests.agent_processes import wait_until
 from tests.edge_agent.conftest import IrisModels
 

@@ -22,10 +22,10 @@ import httpx
 import pytest
 
 from cloud_hub.api.app import create_app
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.tls import TlsFiles, ensure_server_certificate
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
-from cloud_hub.signing import HubSigner
+from cloud_hub.registry.signing import HubSigner
 from edge_agent.config import (
     ConfigError,
     EnrollSettings,
@@ -33,9 +33,9 @@ from edge_agent.config import (
     load_settings,
     needs_enrollment,
 )
+from edge_agent.core.wire import EnrollBroker
 from edge_agent.enroll import EnrollmentRefused, enroll, enroll_until_done
 from edge_agent.identity import Identity, load_identity, save_identity
-from edge_agent.wire import EnrollBroker
 from tests.agent_processes import AGENT, wait_until
 from tests.conftest import REPO, admin_headers, free_port
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import sklearn.datasets
 
-from edge_agent.heads import HeadError, check_head, decode, parse_head
-from edge_agent.heads.detection import generate_anchors
-from edge_agent.preprocess import Geometry, PreprocessingSpec, prepare_image
-from edge_agent.runtimes import Runtime, load_runtime
+from edge_agent.core.heads import HeadError, check_head, decode, parse_head
+from edge_agent.core.heads.detection import generate_anchors
+from edge_agent.core.preprocess import Geometry, PreprocessingSpec, prepare_image
+from edge_agent.core.runtimes import Runtime, load_runtime
 from tests import model_zoo
 from tests.third_party import mediapipe_model
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.heads import decode, parse_head
-from edge_agent.heads.compare import agreement, agrees, iou
+from edge_agent.core.heads import decode, parse_head
+from edge_agent.core.heads.compare import agreement, agrees, iou
 
 
 def _det(*boxes: tuple[list[float], float, int]) -> dict:
@@ -90,7 +90,7 @@ def test_results_of_different_tasks_are_refused() -> None:
 
 def test_logged_answers_agree_across_agent_releases() -> None:
     """A shadow report pairs logs from agents before heads (scores lists) with head results."""
-    from edge_agent.heads.compare import logged_answers_agree
+    from edge_agent.core.heads.compare import logged_answers_agree
 
     new = {"task": "classification", "class": 2, "scores": [0.1, 0.2, 0.7]}
     assert logged_answers_agree([0.1, 0.2, 0.7], [0.0, 0.1, 0.9])

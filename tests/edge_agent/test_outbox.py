@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from edge_agent.core.wire import LogRecord, TelemetryRecord
 from edge_agent.outbox import (
     BatchWriter,
     InvalidRecordError,
@@ -26,7 +27,6 @@ from edge_agent.outbox import (
     OutboxError,
     RecordTooLargeError,
 )
-from edge_agent.wire import LogRecord, TelemetryRecord
 
 REPO = Path(__file__).resolve().parents[2]
 

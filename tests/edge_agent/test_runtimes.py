@@ -1,4 +1,4 @@
-"""edge_agent.runtimes: real onnxruntime and LiteRT inference behind one interface."""
+"""edge_agent.core.runtimes: real onnxruntime and LiteRT inference behind one interface."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sklearn.neural_network import MLPClassifier
 
 from converters import keras_to_tflite, sklearn_to_onnx
 from converters._tf import import_tensorflow
-from edge_agent.runtimes import (
+from edge_agent.core.runtimes import (
     ModelLoadError,
     TensorSpec,
     detect_format,
@@ -212,7 +212,7 @@ def test_module_import_stays_light() -> None:
     import sys
 
     code = (
-        "import sys, edge_agent.runtimes; "
+        "import sys, edge_agent.core.runtimes; "
         "heavy = [m for m in ('onnxruntime', 'ai_edge_litert', 'tensorflow', 'onnx', 'torch') "
         "if m in sys.modules]; print(heavy)"
     )

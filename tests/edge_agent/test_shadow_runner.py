@@ -14,13 +14,13 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from edge_agent.heads.spec import ClassificationHead
+from edge_agent.core.heads.spec import ClassificationHead
+from edge_agent.core.wire import ServingParams
 from edge_agent.inference import InferenceService, ServingDisabled
 from edge_agent.model_manager import ModelManager, Prediction
 from edge_agent.outbox import BatchWriter, Outbox
 from edge_agent.shadow import ShadowRunner
 from edge_agent.telemetry import LatencyTracker
-from edge_agent.wire import ServingParams
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,8 @@ def test_a_detection_shadow_is_compared_box_by_box(tmp_path: Path) -> None:
     threshold 0.3) and, as the shadow, the same model with a threshold of 0.95."""
     import hashlib
 
+    from edge_agent.core.wire import ModelRef
     from edge_agent.model_store import ModelStore
-    from edge_agent.wire import ModelRef
     from tests.model_zoo import box_detector
 
     zoo = box_detector()

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.signing import HubSigner, SigningKeyError
+from cloud_hub.registry.signing import HubSigner, SigningKeyError
+from edge_agent.core.wire import ModelRef
 from edge_agent.signing import (
     InvalidPublicKey,
     VerificationError,
     load_public_key,
     verify_model,
 )
-from edge_agent.wire import ModelRef
 
 DATA = b"\x08\x07model-bytes" * 100
 

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_agent.digests import input_digest
+from edge_agent.core.digests import input_digest
+from edge_agent.core.wire import ModelRef
 from edge_agent.inference import InferenceService
 from edge_agent.model_manager import ModelManager
 from edge_agent.model_store import ModelStore
 from edge_agent.outbox import BatchWriter, Outbox
 from edge_agent.source import FrameSource
 from edge_agent.telemetry import LatencyTracker
-from edge_agent.wire import ModelRef
 
 SPEC: dict[str, Any] = {
     "input_kind": "image",

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import TransferSettings
+from edge_agent.core.wire import Chunk, FetchRequest, ModelRef
 from edge_agent.transfer import Transfer, TransferFailed
-from edge_agent.wire import Chunk, FetchRequest, ModelRef
 
 DATA = os.urandom(10_000)
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -8,7 +8,7 @@ import math
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from edge_agent.wire import (
+from edge_agent.core.wire import (
     Ack,
     DesiredState,
     LogBatch,

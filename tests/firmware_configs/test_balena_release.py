@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 import firmware_configs
-from edge_agent.wire import ENROLL_PATH
+from edge_agent.core.wire import ENROLL_PATH
 from tests.agent_processes import wait_until
 from tests.firmware_configs.dockerfile import parse
 from tests.firmware_configs.test_dockerfiles import assert_runs_the_agent_safely

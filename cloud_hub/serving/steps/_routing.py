@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from cloud_hub.serving.step import Signature, Step
-from cloud_hub.serving.values import Value
+from cloud_hub.serving.engine.step import Signature, Step
+from cloud_hub.serving.engine.values import Value
 
 
 def check_same_classes(

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
-from cloud_hub.errors import InvalidInput
-from cloud_hub.serving.errors import ModelOff
-from cloud_hub.serving.step import (
+from cloud_hub.core.errors import InvalidInput
+from cloud_hub.serving.engine.errors import ModelOff
+from cloud_hub.serving.engine.step import (
     BuildEnv,
     RunContext,
     Signature,
@@ -35,8 +35,8 @@ from cloud_hub.serving.step import (
     StepParams,
     register_step,
 )
+from cloud_hub.serving.engine.values import Value
 from cloud_hub.serving.steps._routing import Latencies, bucket, check_same_classes, tag_error
-from cloud_hub.serving.values import Value
 
 
 class AbSplitParams(StepParams):

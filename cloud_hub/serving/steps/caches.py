@@ -11,10 +11,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from cloud_hub.serving.datasource import DataSource, SourceSpec, open_source
-from cloud_hub.serving.errors import BadInput
-from cloud_hub.serving.prep import output_signature, parse_spec, prepare_images, prepare_rows
-from cloud_hub.serving.step import (
+from cloud_hub.serving.engine.errors import BadInput
+from cloud_hub.serving.engine.prep import output_signature, parse_spec, prepare_images, prepare_rows
+from cloud_hub.serving.engine.step import (
     BuildEnv,
     RunContext,
     Signature,
@@ -22,8 +21,9 @@ from cloud_hub.serving.step import (
     StepParams,
     register_step,
 )
-from cloud_hub.serving.ttl_cache import TTLCache
-from cloud_hub.serving.values import Value, concat, merge
+from cloud_hub.serving.engine.ttl_cache import TTLCache
+from cloud_hub.serving.engine.values import Value, concat, merge
+from cloud_hub.serving.jobs.datasource import DataSource, SourceSpec, open_source
 
 
 class PredictionCacheParams(StepParams):

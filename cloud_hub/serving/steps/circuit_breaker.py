@@ -26,9 +26,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cloud_hub.errors import InvalidInput
-from cloud_hub.serving.errors import ModelOff
-from cloud_hub.serving.step import (
+from cloud_hub.core.errors import InvalidInput
+from cloud_hub.serving.engine.errors import ModelOff
+from cloud_hub.serving.engine.step import (
     BuildEnv,
     RunContext,
     Signature,
@@ -36,8 +36,8 @@ from cloud_hub.serving.step import (
     StepParams,
     register_step,
 )
+from cloud_hub.serving.engine.values import Value
 from cloud_hub.serving.steps._routing import check_same_classes, fixed_answer, with_extra_class
-from cloud_hub.serving.values import Value
 
 State = Literal["closed", "open", "half_open"]
 

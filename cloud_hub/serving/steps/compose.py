@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from cloud_hub.serving.step import (
+from cloud_hub.serving.engine.step import (
     BuildEnv,
     RunContext,
     Signature,
@@ -18,7 +18,7 @@ from cloud_hub.serving.step import (
     StepParams,
     register_step,
 )
-from cloud_hub.serving.values import Value, merge_scores
+from cloud_hub.serving.engine.values import Value, merge_scores
 
 
 def _same_labels(step: Step, name: str, sig: Signature, first: Signature, what: str) -> None:

@@ -30,9 +30,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cloud_hub.serving.devices import DeviceFacts
-from cloud_hub.serving.errors import ModelOff
-from cloud_hub.serving.step import (
+from cloud_hub.serving.engine.devices import DeviceFacts
+from cloud_hub.serving.engine.errors import ModelOff
+from cloud_hub.serving.engine.step import (
     BuildEnv,
     RunContext,
     Signature,
@@ -40,8 +40,8 @@ from cloud_hub.serving.step import (
     StepParams,
     register_step,
 )
+from cloud_hub.serving.engine.values import Value
 from cloud_hub.serving.steps._routing import check_same_classes
-from cloud_hub.serving.values import Value
 
 Scalar = str | int | float | bool
 

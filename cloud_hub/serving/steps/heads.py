@@ -2,7 +2,7 @@
 of a `model` step with `head: none` and answers with its task's structured result (`classify`:
 class scores, as a model step with its head gives them; the others one result per row).
 
-Params are the head's options (edge_agent.heads.spec, without `task`), all optional: what is
+Params are the head's options (edge_agent.core.heads.spec, without `task`), all optional: what is
 not given comes from the feeding model version's own head when it is of the same task. The head
 is checked against that model's outputs when the endpoint is created: a head naming a missing
 output, or an output of the wrong rank, is refused naming the step and the field. `segment`
@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 from pydantic import ConfigDict, ValidationError
 
-from cloud_hub.serving.heads import HEAD_STEP_TASKS, apply_head, signature_of
-from cloud_hub.serving.step import (
+from cloud_hub.serving.engine.heads import HEAD_STEP_TASKS, apply_head, signature_of
+from cloud_hub.serving.engine.step import (
     BuildEnv,
     RunContext,
     Signature,
@@ -25,8 +25,8 @@ from cloud_hub.serving.step import (
     StepParams,
     register_step,
 )
-from cloud_hub.serving.values import Value
-from edge_agent.heads import HeadError, check_head, parse_head
+from cloud_hub.serving.engine.values import Value
+from edge_agent.core.heads import HeadError, check_head, parse_head
 
 
 class HeadParams(StepParams):

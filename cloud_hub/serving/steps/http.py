@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from cloud_hub.serving.errors import BadInput
-from cloud_hub.serving.step import (
+from cloud_hub.serving.engine.errors import BadInput
+from cloud_hub.serving.engine.step import (
     BuildEnv,
     RunContext,
     Signature,
@@ -29,8 +29,8 @@ from cloud_hub.serving.step import (
     StepParams,
     register_step,
 )
+from cloud_hub.serving.engine.values import Value
 from cloud_hub.serving.steps._routing import Latencies
-from cloud_hub.serving.values import Value
 
 
 class HttpParams(StepParams):

@@ -20,9 +20,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from cloud_hub.serving.errors import BadInput, ModelOff
-from cloud_hub.serving.heads import apply_head, signature_of
-from cloud_hub.serving.step import (
+from cloud_hub.serving.engine.errors import BadInput, ModelOff
+from cloud_hub.serving.engine.heads import apply_head, signature_of
+from cloud_hub.serving.engine.step import (
     BuildEnv,
     RunContext,
     Signature,
@@ -31,8 +31,8 @@ from cloud_hub.serving.step import (
     register_step,
     shapes_compatible,
 )
-from cloud_hub.serving.values import Value
-from edge_agent.runtimes import InputError
+from cloud_hub.serving.engine.values import Value
+from edge_agent.core.runtimes import InputError
 
 
 class ModelParams(StepParams):

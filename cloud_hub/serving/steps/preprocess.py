@@ -8,14 +8,14 @@ from typing import Any
 
 from pydantic import model_validator
 
-from cloud_hub.serving.errors import BadInput
-from cloud_hub.serving.prep import (
+from cloud_hub.serving.engine.errors import BadInput
+from cloud_hub.serving.engine.prep import (
     output_signature,
     parse_spec,
     prepare_images_geometry,
     prepare_rows,
 )
-from cloud_hub.serving.step import (
+from cloud_hub.serving.engine.step import (
     BuildEnv,
     RunContext,
     Signature,
@@ -23,7 +23,7 @@ from cloud_hub.serving.step import (
     StepParams,
     register_step,
 )
-from cloud_hub.serving.values import Value
+from cloud_hub.serving.engine.values import Value
 
 
 class PreprocessParams(StepParams):

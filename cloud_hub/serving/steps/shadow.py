@@ -7,7 +7,7 @@ prediction log with `role: "shadow"` under the same request id (the primary's is
 time) mirrors only that share of the requests; at most `max_pending` mirrored calls run at once,
 past that a request is not mirrored (counted as `dropped`), so a slow candidate cannot pile work
 up behind the served traffic. Class scores agree when the winning labels do; head results
-(detection, embeddings, ...) agree per task as `edge_agent.heads.compare` says, and the mean
+(detection, embeddings, ...) agree per task as `edge_agent.core.heads.compare` says, and the mean
 agreement score is in the stats (`similarity`). `GET /api/v1/endpoints/{name}/reports/shadow`
 compares them.
 
@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from cloud_hub.serving.step import (
+from cloud_hub.serving.engine.step import (
     BuildEnv,
     RunContext,
     Signature,
@@ -37,15 +37,15 @@ from cloud_hub.serving.step import (
     StepParams,
     register_step,
 )
+from cloud_hub.serving.engine.values import Value
 from cloud_hub.serving.steps._routing import Latencies, check_same_classes
-from cloud_hub.serving.values import Value
-from edge_agent.heads import compare
+from edge_agent.core.heads import compare
 
 
 def agreement(primary: Value, got: Value) -> tuple[int, float]:
     """Rows on which the candidate agrees with the primary, and the sum of their agreement
     scores: class scores by the winning label; head results per task
-    (`edge_agent.heads.compare`: boxes matched at IoU 0.5, cosine of embeddings, ...)."""
+    (`edge_agent.core.heads.compare`: boxes matched at IoU 0.5, cosine of embeddings, ...)."""
     if primary.kind == "results" or got.kind == "results":
         same, total = 0, 0.0
         for a, b in zip(primary.results or (), got.results or (), strict=True):
@@ -114,7 +114,7 @@ class ShadowStep(Step):
 
     def signature(self, inputs: list[Signature], target: Callable[[str], Signature]) -> Signature:
         # candidates may have other classes (a new model): compared by label, not by column;
-        # head results must be of the primary's task (compared by edge_agent.heads.compare)
+        # head results must be of the primary's task (compared by edge_agent.core.heads.compare)
         primary = target(self.params.primary)
         for name in self.params.candidates:
             if primary.kind == "results":

@@ -29,7 +29,7 @@ from typing import Annotated, Any, ClassVar
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from cloud_hub.serving.step import (
+from cloud_hub.serving.engine.step import (
     BuildEnv,
     RunContext,
     Signature,
@@ -37,7 +37,7 @@ from cloud_hub.serving.step import (
     StepParams,
     register_step,
 )
-from cloud_hub.serving.values import Value
+from cloud_hub.serving.engine.values import Value
 
 Bar = Annotated[float, Field(ge=0, le=1)]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from cloud_hub.serving.step import (
+from cloud_hub.serving.engine.step import (
     BuildEnv,
     RunContext,
     Signature,
@@ -17,7 +17,7 @@ from cloud_hub.serving.step import (
     StepParams,
     register_step,
 )
-from cloud_hub.serving.values import Value
+from cloud_hub.serving.engine.values import Value
 
 
 class TimeDifferentialParams(StepParams):

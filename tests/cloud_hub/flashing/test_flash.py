@@ -15,8 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloud_hub.flashing.firstboot import FIRSTRUN_ARGS
-from cloud_hub.flashing.partitions import ImageError, find_boot_partition, read_partitions
+from cloud_hub.provisioning.flashing.firstboot import FIRSTRUN_ARGS
+from cloud_hub.provisioning.flashing.partitions import (
+    ImageError,
+    find_boot_partition,
+    read_partitions,
+)
 from tests.cloud_hub.flashing.conftest import PSK, SSH_KEY, TOKEN, ImageFactory, wpa_psk
 from tests.cloud_hub.flashing.images import (
     BASIC_DATA,

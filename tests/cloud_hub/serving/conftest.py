@@ -17,9 +17,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.hub import Hub
-from cloud_hub.registry import NewArtifact
-from cloud_hub.settings import HubSettings
+from cloud_hub.registry.registry import NewArtifact
 from cloud_hub.training.request import TrainRequest
 from tests.conftest import admin_headers
 
@@ -55,7 +55,7 @@ def _register_stacker(hub: Hub) -> None:
     from sklearn.linear_model import LogisticRegression
 
     from converters import sklearn_to_onnx
-    from edge_agent.runtimes import load_runtime
+    from edge_agent.core.runtimes import load_runtime
 
     mlp = hub.registry.resolve_version("digits/digits-mlp:1")
     runtime = load_runtime(hub.registry.artifact_blob(mlp.artifacts[0].sha256), "onnx")
@@ -105,7 +105,7 @@ def client(serving_hub: Hub) -> Iterator[TestClient]:
 
 def reference_labels(hub: Hub, ref: str, rows: np.ndarray) -> list[str]:
     """What the version's runtime says for model-ready rows, called directly."""
-    from edge_agent.runtimes import load_runtime
+    from edge_agent.core.runtimes import load_runtime
 
     version = hub.registry.resolve_version(ref)
     runtime = load_runtime(hub.registry.artifact_blob(version.artifacts[0].sha256), "onnx")

@@ -187,8 +187,8 @@ def test_bad_batches_are_refused(client: TestClient, tmp_path: Path) -> None:
 
 
 def test_cli_batch_with_progress(serving_hub: Hub, tmp_path: Path) -> None:
-    from cloud_hub.serving.spec import EndpointSpec
-    from cloud_hub.serving.store import EndpointStore
+    from cloud_hub.serving.engine.spec import EndpointSpec
+    from cloud_hub.serving.engine.store import EndpointStore
 
     store = EndpointStore(serving_hub.db)
     store.create(EndpointSpec.model_validate({**example("batch.json"), "name": "cli-batch"}))
@@ -221,11 +221,11 @@ def test_a_resumed_batch_counts_what_its_earlier_attempt_wrote_as_predicted(
 ) -> None:
     """A worker dies mid-batch; the job is taken again and resumes. The rows its first attempt
     wrote are this job's predictions, not rows some earlier run had ("skipped")."""
-    from cloud_hub.serving.batch import BatchRunner
-    from cloud_hub.serving.engine import ServingEngine
-    from cloud_hub.serving.jobs import JobQueue
-    from cloud_hub.serving.spec import EndpointSpec
-    from cloud_hub.serving.worker import JobWorker
+    from cloud_hub.serving.engine.engine import ServingEngine
+    from cloud_hub.serving.engine.spec import EndpointSpec
+    from cloud_hub.serving.jobs.batch import BatchRunner
+    from cloud_hub.serving.jobs.queue import JobQueue
+    from cloud_hub.serving.jobs.worker import JobWorker
 
     engine = ServingEngine(serving_hub.registry, serving_hub.db, threads=4)
     engine.create(EndpointSpec.model_validate({**example("batch.json"), "name": "resume-batch"}))

@@ -12,14 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from cloud_hub.errors import NotFound
+from cloud_hub.core.errors import NotFound
 from cloud_hub.hub import Hub
-from cloud_hub.registry import NewArtifact
-from cloud_hub.serving.batching import MicroBatcher, WrongRowCount
-from cloud_hub.serving.engine import ServingEngine
-from cloud_hub.serving.graph import StepFailed
-from cloud_hub.serving.spec import BatchingSpec, EndpointSpec
-from cloud_hub.serving.values import PredictRequest
+from cloud_hub.registry.registry import NewArtifact
+from cloud_hub.serving.engine.batching import MicroBatcher, WrongRowCount
+from cloud_hub.serving.engine.engine import ServingEngine
+from cloud_hub.serving.engine.graph import StepFailed
+from cloud_hub.serving.engine.spec import BatchingSpec, EndpointSpec
+from cloud_hub.serving.engine.values import PredictRequest
 from tests.cloud_hub.serving.conftest import digits_rows
 
 

@@ -275,8 +275,8 @@ def test_endpoints_survive_a_hub_restart(serving_hub: Hub) -> None:
 def test_an_endpoint_that_cannot_be_built_at_start_is_reported_broken(
     serving_hub: Hub, tmp_path: Any
 ) -> None:
-    from cloud_hub.serving.spec import EndpointSpec
-    from cloud_hub.serving.store import EndpointStore
+    from cloud_hub.serving.engine.spec import EndpointSpec
+    from cloud_hub.serving.engine.store import EndpointStore
 
     spec = EndpointSpec.model_validate({**example("sync.json"), "name": "ghost"})
     spec.models["mlp"] = "digits/digits-gone:1"

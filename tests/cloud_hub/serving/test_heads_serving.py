@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings
-from cloud_hub.uploads import register_upload
-from edge_agent.digests import outputs_digest
-from edge_agent.runtimes import load_runtime
+from cloud_hub.registry.uploads import register_upload
+from edge_agent.core.digests import outputs_digest
+from edge_agent.core.runtimes import load_runtime
 from tests.cloud_hub.conftest import wait_until
 from tests.conftest import admin_headers
 from tests.model_zoo import box_detector, embedding_model, multi_input_model
@@ -428,7 +428,7 @@ def test_device_logs_with_head_results_and_old_score_lists_are_both_read(zoo_hub
     from cloud_hub.fleet.ingest import Ingest
     from cloud_hub.monitoring.windows import WindowReader
     from cloud_hub.predlog.query import LogFilter, LogReader
-    from edge_agent.wire import LogBatch, LogRecord
+    from edge_agent.core.wire import LogBatch, LogRecord
 
     scorer = zoo_hub.registry.resolve_version("zoo/scorer:1")
     now = time.time()

@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 
 from cloud_hub.hub import Hub
 from cloud_hub.serving import Signature, Step, StepParams, Value, register_step
-from cloud_hub.serving.jobs import JobQueue
-from cloud_hub.serving.spec import EndpointSpec
-from cloud_hub.serving.store import EndpointStore
+from cloud_hub.serving.engine.spec import EndpointSpec
+from cloud_hub.serving.engine.store import EndpointStore
+from cloud_hub.serving.jobs.queue import JobQueue
 from tests.cloud_hub.serving.conftest import (
     REPO,
     Subscriber,
@@ -204,15 +204,15 @@ def test_a_job_whose_worker_died_is_taken_again_after_its_lease(
     assert [h["worker"] for h in done["history"]][0] == "dead-worker"
     assert done["worker"] != "dead-worker"
     # the dead worker cannot overwrite the result
-    from cloud_hub.serving.jobs import LostLease
+    from cloud_hub.serving.jobs.queue import LostLease
 
     with pytest.raises(LostLease):
         short.complete(job.id, "dead-worker", {"bogus": True})
 
 
 def test_a_job_slower_than_its_lease_is_not_run_twice(serving_hub: Hub) -> None:
-    from cloud_hub.serving.engine import ServingEngine
-    from cloud_hub.serving.worker import JobWorker
+    from cloud_hub.serving.engine.engine import ServingEngine
+    from cloud_hub.serving.jobs.worker import JobWorker
 
     spec = EndpointSpec.model_validate(
         {
@@ -381,7 +381,7 @@ def test_two_worker_processes_share_one_queue_and_run_every_job_once(
 
 
 def _slow_engine(serving_hub: Hub, name: str, seconds: float) -> Any:
-    from cloud_hub.serving.engine import ServingEngine
+    from cloud_hub.serving.engine.engine import ServingEngine
 
     engine = ServingEngine(serving_hub.registry, serving_hub.db, threads=4)
     engine.create(
@@ -408,7 +408,7 @@ def test_a_worker_keeps_its_leases_with_one_thread_and_one_connection(serving_hu
     """The lease keeper used to be a thread per job, each opening its own database connection,
     which the Database keeps until it closes: one connection leaked per job longer than a third
     of the lease (every long batch). Now one keeper per worker, for its whole life."""
-    from cloud_hub.serving.worker import JobWorker
+    from cloud_hub.serving.jobs.worker import JobWorker
 
     engine = _slow_engine(serving_hub, "digits-leases", 0.25)
     worker = None
@@ -440,8 +440,8 @@ def test_a_scheduled_batch_lost_on_its_last_attempt_still_gets_its_next_run(
 ) -> None:
     """A worker dies on a scheduled batch's last attempt: the batch is failed when its lease
     expires, and its next run is queued all the same (the schedule used to end there)."""
-    from cloud_hub.serving.engine import ServingEngine
-    from cloud_hub.serving.worker import JobWorker
+    from cloud_hub.serving.engine.engine import ServingEngine
+    from cloud_hub.serving.jobs.worker import JobWorker
 
     engine = ServingEngine(serving_hub.registry, serving_hub.db, threads=2)
     engine.create(EndpointSpec.model_validate({**example("batch.json"), "name": "lost-cron"}))

@@ -22,11 +22,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cloud_hub.cli.main import app
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.hub import Hub
 from cloud_hub.serving import EndpointSpec, PredictRequest, ServingEngine
-from cloud_hub.serving.image import FORBIDDEN, parse_cmd, version_spec
-from cloud_hub.serving.spec import ModelRef
-from cloud_hub.settings import HubSettings
+from cloud_hub.serving.engine.spec import ModelRef
+from cloud_hub.serving.image.build import FORBIDDEN, parse_cmd, version_spec
 from cloud_hub.training.request import TrainRequest
 from tests.cloud_hub.serving.conftest import digits_rows, example, png_b64
 
@@ -153,7 +153,7 @@ def test_version_image_serves_without_the_registry(image_hub: Hub, tmp_path: Pat
     assert (
         dockerfile.startswith("# edgepilot build-image") and "FROM python:3.11-slim" in dockerfile
     )
-    assert parse_cmd(dockerfile)[:3] == ["python", "-m", "cloud_hub.serving.image_server"]
+    assert parse_cmd(dockerfile)[:3] == ["python", "-m", "cloud_hub.serving.image.server"]
     assert "EXPOSE 8080" in dockerfile and "PORT=8080" in dockerfile
     reqs = (out / "requirements.txt").read_text().split()
     assert {r.split("==")[0] for r in reqs} == {
@@ -203,7 +203,7 @@ def test_version_image_serves_without_the_registry(image_hub: Hub, tmp_path: Pat
     # the server imports the engine copied into the context, and none of the registry
     probe = (
         "import json, sys, cloud_hub\n"
-        "from cloud_hub.serving.image_server import load_bundle\n"
+        "from cloud_hub.serving.image.server import load_bundle\n"
         "load_bundle('bundle').retire()\n"
         "print(json.dumps({'file': cloud_hub.__file__, 'modules': sorted(sys.modules)}))\n"
     )

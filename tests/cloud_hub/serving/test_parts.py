@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from cloud_hub.serving.batching import MicroBatcher
-from cloud_hub.serving.errors import BadInput
-from cloud_hub.serving.spec import BatchingSpec
+from cloud_hub.serving.engine.batching import MicroBatcher
+from cloud_hub.serving.engine.errors import BadInput
+from cloud_hub.serving.engine.spec import BatchingSpec
+from cloud_hub.serving.engine.ttl_cache import TTLCache
+from cloud_hub.serving.engine.values import PredictRequest, Value, parse_rows
 from cloud_hub.serving.steps.compose import aggregate
-from cloud_hub.serving.ttl_cache import TTLCache
-from cloud_hub.serving.values import PredictRequest, Value, parse_rows
 
 
 def _echo(calls: list[int]) -> MicroBatcher:

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.hub import Hub
-from edge_agent.features import summarize
-from edge_agent.wire import LogBatch, LogRecord
+from edge_agent.core.features import summarize
+from edge_agent.core.wire import LogBatch, LogRecord
 from tests.cloud_hub.serving.conftest import digits_rows, example
 
 API = "/api/v1/endpoints"
@@ -232,8 +232,8 @@ def test_bad_params_are_refused_naming_the_field(client: TestClient) -> None:
 
 def test_params_set_by_another_process_take_effect(client: TestClient, serving_hub: Hub) -> None:
     """The CLI writes params to the database; a running hub picks them up within its poll."""
-    from cloud_hub.serving.params import EndpointParams
-    from cloud_hub.serving.store import EndpointStore
+    from cloud_hub.serving.engine.params import EndpointParams
+    from cloud_hub.serving.engine.store import EndpointStore
 
     spec = example("serial_chain.json")
     assert client.post(API, json=spec).status_code == 201

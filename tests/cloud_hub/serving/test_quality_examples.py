@@ -67,7 +67,7 @@ class FakeDevice:
         import uvicorn
         from fastapi import FastAPI, HTTPException
 
-        from edge_agent.runtimes import load_runtime
+        from edge_agent.core.runtimes import load_runtime
 
         version = hub.registry.resolve_version("digits/digits-mlp:1")
         runtime = load_runtime(hub.registry.artifact_blob(version.artifacts[0].sha256), "onnx")
@@ -358,7 +358,7 @@ def test_shadow_answers_with_the_primary_and_logs_the_candidates(
 def test_threshold_parameters_change_answers_at_run_time(
     client: TestClient, serving_hub: Hub
 ) -> None:
-    from edge_agent.runtimes import load_runtime
+    from edge_agent.core.runtimes import load_runtime
 
     spec = example("threshold.json")
     before = post(client, spec)

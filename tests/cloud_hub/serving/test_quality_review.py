@@ -32,9 +32,9 @@ from cloud_hub.serving import (
     Value,
     register_step,
 )
-from cloud_hub.serving.spec import EndpointSpec
+from cloud_hub.serving.engine.spec import EndpointSpec
+from cloud_hub.serving.engine.store import EndpointStore
 from cloud_hub.serving.steps._routing import bucket
-from cloud_hub.serving.store import EndpointStore
 from tests.cloud_hub.serving.conftest import REPO, digits_rows, wait_for
 
 API = "/api/v1/endpoints"

@@ -350,8 +350,8 @@ def test_ab_split_error_rate_is_logged_per_variant(client: TestClient, flaky: ty
 def test_ab_report_statistics_match_scipy(serving_hub: Hub) -> None:
     from scipy import stats
 
+    from cloud_hub.predlog.reports import ab_report
     from cloud_hub.predlog.writer import LogEntry, PredictionLogWriter
-    from cloud_hub.serving.reports import ab_report
 
     rng = np.random.default_rng(3)
     a = rng.normal(0.80, 0.05, 300)
@@ -459,7 +459,7 @@ def test_condition_refusals_name_the_field(client: TestClient) -> None:
 
 
 def test_device_lookup_is_cached_briefly(serving_hub: Hub) -> None:
-    from cloud_hub.serving.devices import DeviceLookup
+    from cloud_hub.serving.engine.devices import DeviceLookup
 
     with serving_hub.db.transaction() as db:
         db.execute(

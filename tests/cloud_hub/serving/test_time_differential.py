@@ -93,10 +93,10 @@ def test_cli_predict_queues_the_slow_step_and_job_shows_it(serving_hub: Hub) -> 
     from typer.testing import CliRunner
 
     from cloud_hub.cli.main import app
-    from cloud_hub.serving.jobs import JobQueue
-    from cloud_hub.serving.spec import EndpointSpec
-    from cloud_hub.serving.store import EndpointStore
-    from cloud_hub.serving.worker import JobWorker
+    from cloud_hub.serving.engine.spec import EndpointSpec
+    from cloud_hub.serving.engine.store import EndpointStore
+    from cloud_hub.serving.jobs.queue import JobQueue
+    from cloud_hub.serving.jobs.worker import JobWorker
 
     store = EndpointStore(serving_hub.db)
     store.create(

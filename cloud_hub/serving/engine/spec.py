@@ -1,0 +1,88 @@
+"""The endpoint spec: a name, the model versions it serves, and a graph of named steps.
+
+Each step has a `kind` (a registered Step class), `params` (validated by that kind's own params
+model when the endpoint is built) and `inputs`: the steps whose outputs it consumes (none: it
+reads the request). Steps may also name other steps in their params (a cache's `target`, a
+parallel step's `branches`, a select step's `routes`): those are control edges, called on demand.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cloud_hub.registry.schemas import NAME_PATTERN
+
+STEP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+
+
+class ModelRef(BaseModel):
+    """A registered version: `PROJECT/MODEL:N` (or `:latest`) or a version id, and which of its
+    artifacts to run (default: ONNX fp32 if it has one, else its first ready artifact)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ref: str = Field(description="PROJECT/MODEL[:N|:latest] or a numeric version id")
+    format: Literal["onnx", "tflite"] | None = None
+    precision: Literal["fp32", "int8"] | None = None
+    threads: int = Field(default=1, ge=1, le=64, description="runtime threads")
+
+
+class BatchingSpec(BaseModel):
+    """Adaptive micro-batching of concurrent requests at each model step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_batch_size: int = Field(default=64, ge=1, le=4096, description="rows per model call")
+    max_wait_ms: float = Field(
+        default=2.0, ge=0, le=1000, description="longest a row waits for others to join it"
+    )
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=STEP_NAME_PATTERN)
+    kind: str
+    inputs: list[str] = Field(default_factory=list, description="steps feeding this one")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EndpointSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    models: dict[str, ModelRef | str] = Field(
+        default_factory=dict, description="alias → version reference, used by steps' `model`"
+    )
+    steps: list[StepSpec] = Field(min_length=1)
+    output: str | None = Field(
+        default=None, description="the step whose value is the answer [default: the only sink]"
+    )
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    max_body_bytes: int | None = Field(
+        default=None, gt=0, description="request body limit [default: the hub's]"
+    )
+    public: bool = Field(
+        default=False,
+        description="POST /endpoints/{name}/predict without a token; everything else about the "
+        "endpoint (its jobs too) still needs one",
+    )
+
+    @model_validator(mode="after")
+    def _unique_steps(self) -> EndpointSpec:
+        seen: set[str] = set()
+        for step in self.steps:
+            if step.name in seen:
+                raise ValueError(f"step name {step.name!r} is used twice")
+            seen.add(step.name)
+        return self
+
+    def model_refs(self) -> dict[str, ModelRef]:
+        return {
+            alias: ref if isinstance(ref, ModelRef) else ModelRef(ref=ref)
+            for alias, ref in self.models.items()
+        }
