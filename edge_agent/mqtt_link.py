@@ -14,22 +14,19 @@ the broker's certificate and host name (`tls_context`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
-import ssl
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import MqttSettings
+from edge_agent.core.mqtt import tcp_no_delay, tls_context
 from edge_agent.core.wire import DeviceStatus, TopicKind, Topics
 
-__all__ = ["MqttLink", "make_client", "tls_context"]
+__all__ = ["MqttLink", "make_client"]
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +40,6 @@ def make_client(device_id: str) -> mqtt.Client:
         protocol=mqtt.MQTTv311,
         clean_session=True,
     )
-
-
-def tls_context(ca_file: Path | None = None, ca_pem: str | None = None) -> ssl.SSLContext:
-    """A client context that verifies the broker: its chain against `ca_file` or `ca_pem` (else
-    the system's CAs) and its host name against the certificate; TLS 1.2 at least."""
-    if ca_file is not None or ca_pem is not None:
-        ctx = ssl.create_default_context(
-            cafile=str(ca_file) if ca_file is not None else None, cadata=ca_pem
-        )
-    else:
-        ctx = ssl.create_default_context()
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = True
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
-def tcp_no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """Send small messages at once. paho leaves Nagle's algorithm on: a fetch request written
-    while an earlier one is unacknowledged waits for the broker's delayed ACK (about 40 ms on
-    Linux), which stalled every window of a model transfer."""
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class MqttLink:

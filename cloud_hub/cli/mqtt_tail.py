@@ -218,7 +218,7 @@ def tail(
     if login.username is not None:
         client.username_pw_set(login.username, login.password)
     if use_tls:
-        from edge_agent.mqtt_link import tls_context
+        from edge_agent.core.mqtt import tls_context
 
         try:
             client.tls_set_context(tls_context(ca_file or hub_ca_file(settings)))

@@ -53,6 +53,7 @@ from cloud_hub.fleet.rollout import Assignment, Rollout
 from cloud_hub.registry.artifacts import ArtifactStore
 from cloud_hub.registry.registry import Registry
 from cloud_hub.registry.signing import HubSigner
+from edge_agent.core.mqtt import tcp_no_delay, tls_context
 from edge_agent.core.wire import (
     Ack,
     Chunk,
@@ -65,7 +66,6 @@ from edge_agent.core.wire import (
     Topics,
     WireError,
 )
-from edge_agent.mqtt_link import tcp_no_delay, tls_context
 
 if TYPE_CHECKING:
     from cloud_hub.hub import Hub

@@ -41,6 +41,7 @@ from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
 from cloud_hub.hub import Hub
 from cloud_hub.monitoring.alerts import alerts_topic
 from cloud_hub.serving.jobs.notify import MqttPublisher, job_topic
+from edge_agent.core.mqtt import tls_context
 from edge_agent.core.wire import (
     TOPIC_KINDS,
     Ack,
@@ -54,7 +55,7 @@ from edge_agent.core.wire import (
     TopicKind,
     Topics,
 )
-from edge_agent.mqtt_link import INBOUND, tls_context
+from edge_agent.mqtt_link import INBOUND
 from tests.agent_processes import wait_until
 from tests.cloud_hub.conftest import register_model
 from tests.conftest import SecureMosquitto, run_cli

@@ -437,7 +437,7 @@ def test_a_viewer_reads_the_fleet_and_cannot_publish(
 def test_tls_checks_the_broker_with_the_fleet_ca(
     tmp_path: Path, secure_mosquitto: Any, cli_env: dict[str, str]
 ) -> None:
-    from edge_agent.mqtt_link import tls_context
+    from edge_agent.core.mqtt import tls_context
 
     data_dir = tmp_path / "hub"
     hub = Hub.open(HubSettings(data_dir=data_dir, run_scheduler=False))

@@ -24,8 +24,8 @@ from cloud_hub.fleet.broker_auth import BrokerFiles, account_password
 from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
 from cloud_hub.hub import Hub
+from edge_agent.core.mqtt import tls_context
 from edge_agent.core.wire import Ack, Chunk, DesiredState, ServingParams, Topics
-from edge_agent.mqtt_link import tls_context
 from tests.agent_processes import AgentProc, agent_toml, wait_until
 from tests.conftest import SecureMosquitto
 from tests.e2e.test_fleet_loop import IRIS_SAMPLE, iris_onnx, register

@@ -75,7 +75,7 @@ class MqttPublisher:
             claim_events_account,
             hub_ca_file,
         )
-        from edge_agent.mqtt_link import tls_context
+        from edge_agent.core.mqtt import tls_context
 
         username, password = settings.mqtt_username, settings.mqtt_password
         self._account: EventsAccount | None = None
