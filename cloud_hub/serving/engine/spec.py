@@ -86,3 +86,8 @@ class EndpointSpec(BaseModel):
             alias: ref if isinstance(ref, ModelRef) else ModelRef(ref=ref)
             for alias, ref in self.models.items()
         }
+
+
+def endpoint_spec_schema() -> dict[str, Any]:
+    """The JSON schema of an endpoint spec document (what editors validate specs against)."""
+    return EndpointSpec.model_json_schema()
