@@ -26,14 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.core.heads.checks import check_head, default_head
 from edge_agent.core.heads.spec import (
     HEAD_ADAPTER,
     TASKS,
     HeadError,
     HeadSpec,
     Task,
-    check_head,
-    default_head,
     parse_head,
 )
 from edge_agent.core.preprocess import Geometry

@@ -35,13 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.core.heads.outputs import check_rank, find_output
 from edge_agent.core.heads.spec import (
     AnchorSpec,
     DetectionHead,
     HeadError,
     YoloSpec,
-    _find,
-    _rank,
 )
 from edge_agent.core.preprocess import Geometry
 from edge_agent.core.runtimes import TensorSpec, dims
@@ -137,8 +136,8 @@ def _scores_spec(head: DetectionHead, outputs: Sequence[TensorSpec]) -> TensorSp
         raise HeadError(
             "scores", f"decoder {head.decoder!r} needs a scores output ({have}): name it"
         )
-    spec = _find(outputs, head.scores, "scores")
-    _rank(spec, "scores", (2, 3), "a scores")
+    spec = find_output(outputs, head.scores, "scores")
+    check_rank(spec, "scores", (2, 3), "a scores")
     return spec
 
 
@@ -147,10 +146,10 @@ def check(head: Any, outputs: Sequence[TensorSpec]) -> Any:
     output is missing or has the wrong rank or size."""
     given = head.model_fields_set
     update: dict[str, Any] = {}
-    boxes = _find(outputs, head.boxes, "boxes")
+    boxes = find_output(outputs, head.boxes, "boxes")
     classes_count: int | None = None
     if head.decoder == "boxes":
-        _rank(boxes, "boxes", (3,), "a boxes")
+        check_rank(boxes, "boxes", (3,), "a boxes")
         if boxes.shape[2] is not None and boxes.shape[2] != 4:
             raise HeadError(
                 "boxes",
@@ -162,11 +161,11 @@ def check(head: Any, outputs: Sequence[TensorSpec]) -> Any:
         if len(scores.shape) == 3:
             classes_count = scores.shape[2]
         if head.classes:
-            spec = _find(outputs, head.classes, "classes")
-            _rank(spec, "classes", (2,), "a classes")
+            spec = find_output(outputs, head.classes, "classes")
+            check_rank(spec, "classes", (2,), "a classes")
             _same_count(boxes, spec, "classes")
         if head.count:
-            _rank(_find(outputs, head.count, "count"), "count", (1, 2), "a count")
+            check_rank(find_output(outputs, head.count, "count"), "count", (1, 2), "a count")
     elif head.decoder == "anchors":
         if head.anchors is None:
             raise HeadError(
@@ -174,7 +173,7 @@ def check(head: Any, outputs: Sequence[TensorSpec]) -> Any:
                 "decoder 'anchors' needs an anchors spec (num_layers, strides, input size: "
                 "MediaPipe's SsdAnchorsCalculator options)",
             )
-        _rank(boxes, "boxes", (3,), "an anchor offsets")
+        check_rank(boxes, "boxes", (3,), "an anchor offsets")
         count = len(generate_anchors(head.anchors))
         if boxes.shape[1] is not None and boxes.shape[1] != count:
             raise HeadError(
@@ -202,7 +201,7 @@ def check(head: Any, outputs: Sequence[TensorSpec]) -> Any:
             w, h = float(head.anchors.input_size_width), float(head.anchors.input_size_height)
             update["box_scale"] = [w, h, w, h]
     else:
-        _rank(boxes, "boxes", (3,), "a YOLO candidates")
+        check_rank(boxes, "boxes", (3,), "a YOLO candidates")
         yolo = head.yolo or YoloSpec()
         update["yolo"] = yolo
         values = boxes.shape[1] if yolo.transposed else boxes.shape[2]

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.core.heads.spec import HeadError, KeypointsHead, _find
+from edge_agent.core.heads.outputs import find_output
+from edge_agent.core.heads.spec import HeadError, KeypointsHead
 from edge_agent.core.preprocess import Geometry
 from edge_agent.core.runtimes import TensorSpec, dims
 
@@ -34,7 +35,7 @@ def _per_row(spec: TensorSpec) -> int | None:
 def check(head: Any, outputs: Sequence[TensorSpec]) -> Any:
     """The head with `points` filled from the output's size; HeadError naming the field when
     the output is missing, a scalar per row, or does not divide into points."""
-    spec = _find(outputs, head.output, "output")
+    spec = find_output(outputs, head.output, "output")
     if len(spec.shape) < 2:
         raise HeadError(
             "output",
@@ -62,7 +63,7 @@ def check(head: Any, outputs: Sequence[TensorSpec]) -> Any:
             )
         instances = size // (points * vpp)
     if head.presence:
-        pres = _find(outputs, head.presence, "presence")
+        pres = find_output(outputs, head.presence, "presence")
         n = _per_row(pres)
         if len(pres.shape) < 1 or (n is not None and n not in (1, instances)):
             raise HeadError(

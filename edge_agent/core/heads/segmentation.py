@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.core.heads.spec import HeadError, SegmentationHead, _find, _rank
+from edge_agent.core.heads.outputs import check_rank, find_output
+from edge_agent.core.heads.spec import HeadError, SegmentationHead
 from edge_agent.core.runtimes import TensorSpec, dims
 
 __all__ = ["check", "class_map", "decode_segmentation"]
@@ -33,8 +34,8 @@ def _channels(head: SegmentationHead, spec: TensorSpec) -> int | None:
 def check(head: Any, outputs: Sequence[TensorSpec]) -> Any:
     """The head with its layout filled; HeadError naming the field when the output is missing,
     has the wrong rank, or its labels do not match its classes."""
-    spec = _find(outputs, head.output, "output")
-    _rank(spec, "output", (3, 4), "a segmentation")
+    spec = find_output(outputs, head.output, "output")
+    check_rank(spec, "output", (3, 4), "a segmentation")
     update: dict[str, Any] = {}
     if "layout" not in head.model_fields_set and len(spec.shape) == 4:
         c_first, c_last = spec.shape[1], spec.shape[3]
