@@ -194,7 +194,7 @@ def _alert(topic: str, payload: bytes) -> Decoded:
 
 def decode(topic: str, payload: bytes, *, topic_root: str) -> Decoded:
     """What a message on `topic` says (see the module's docstring); never raises."""
-    if topic == f"{topic_root}/alerts":  # cloud_hub.monitoring.alerts.alerts_topic
+    if topic == Topics(topic_root).alerts():
         return _alert(topic, payload)
     try:
         device, kind = Topics(topic_root).parse(topic)

@@ -37,6 +37,7 @@ from cloud_hub.monitoring.incremental import DeviceView, DeviceWindows
 from cloud_hub.monitoring.rules import DEVICE_METRICS, AlertRule, RuleStore
 from cloud_hub.monitoring.windows import By, WindowReader, WindowStats
 from cloud_hub.registry.registry import utcnow
+from edge_agent.core.wire import Topics
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def clear_level(threshold: float) -> float:
 
 
 def alerts_topic(root: str) -> str:
-    return f"{root}/alerts"
+    return Topics(root).alerts()
 
 
 def metric_value(metric: str, w: WindowStats) -> tuple[float | None, int]:

@@ -7,7 +7,6 @@ with `edge_agent.signing.verify_model` before installing it.
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_agent.core.fs import fsync_dir
 from edge_agent.core.wire import signing_message
 
 __all__ = ["HubSigner", "SigningKeyError"]
@@ -88,7 +88,7 @@ class HubSigner:
                 os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def sign(self, message: bytes) -> str:
         """Base64 ed25519 signature of `message`."""
@@ -97,12 +97,3 @@ class HubSigner:
     def sign_model(self, version_id: int, sha256: str, size: int, fmt: str) -> str:
         """A ModelRef's signature: over `signing_message(version_id, sha256, size, fmt)`."""
         return self.sign(signing_message(version_id, sha256, size, fmt))
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

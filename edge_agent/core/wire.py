@@ -95,6 +95,15 @@ class Topics:
                 return parts[2], kind
         raise WireError(f"unknown topic kind {parts[3]!r} in {topic!r}")
 
+    # The hub's own topics, outside `dev/`: nothing a device may publish or read.
+    def job(self, job_id: str) -> str:
+        """An async or batch job's completion (hub → subscribers; `+` for every job)."""
+        return f"{self.root}/jobs/{job_id}"
+
+    def alerts(self) -> str:
+        """Each alert opened or resolved (hub → subscribers)."""
+        return f"{self.root}/alerts"
+
 
 def now() -> float:
     return time.time()

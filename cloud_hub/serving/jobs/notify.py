@@ -19,12 +19,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.core.settings import HubSettings
 from cloud_hub.serving.jobs.queue import Job
+from edge_agent.core.wire import Topics
 
 log = logging.getLogger(__name__)
 
 
 def job_topic(root: str, job_id: str) -> str:
-    return f"{root}/jobs/{job_id}"
+    return Topics(root).job(job_id)
 
 
 def job_message(job: Job) -> bytes:
