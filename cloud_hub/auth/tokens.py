@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from cloud_hub.auth.roles import Role
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound
-from cloud_hub.registry.registry import check_name
+from cloud_hub.core.names import check_name
 from edge_agent.core.fs import write_atomic
 
 __all__ = [

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import InvalidInput, NotFound
+from cloud_hub.core.names import check_name
 from cloud_hub.fleet.artifacts import choose_artifact, parse_choice
 from cloud_hub.fleet.devices import DeviceStore
 from cloud_hub.fleet.schemas import (
@@ -40,7 +41,7 @@ from cloud_hub.fleet.schemas import (
     ShadowDeviceReport,
     ShadowReport,
 )
-from cloud_hub.registry.registry import Registry, check_name, utcnow
+from cloud_hub.registry.registry import Registry, utcnow
 from cloud_hub.registry.schemas import Artifact, Version
 from edge_agent.core.heads.compare import logged_answers_agree
 from edge_agent.core.wire import ProbationPolicy, ServingParams

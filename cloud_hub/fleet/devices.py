@@ -13,6 +13,7 @@ from typing import Any
 
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
+from cloud_hub.core.names import check_name
 from cloud_hub.fleet.broker_auth import BrokerFiles, hash_password, new_password, write_auth_files
 from cloud_hub.fleet.broker_reload import BrokerReloader, ReloadOutcome
 from cloud_hub.fleet.schemas import (
@@ -23,7 +24,6 @@ from cloud_hub.fleet.schemas import (
     DeviceRegistration,
     InferenceLog,
 )
-from cloud_hub.registry.registry import check_name
 
 # Registrations reload the broker at most once a RELOAD_GAP_S in fleets this large
 # (`DeviceStore._reload_soon`).

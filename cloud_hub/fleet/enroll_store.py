@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from cloud_hub.auth.tokens import hash_token
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound
-from cloud_hub.registry.registry import check_name
+from cloud_hub.core.names import check_name
 from cloud_hub.registry.schemas import NAME_PATTERN
 
 __all__ = [

@@ -19,9 +19,9 @@ import sqlite_utils
 
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound
+from cloud_hub.core.names import check_name
 from cloud_hub.registry.artifacts import ArtifactStore
 from cloud_hub.registry.schemas import (
-    NAME_RE,
     Artifact,
     Model,
     Project,
@@ -65,14 +65,6 @@ def _insert(db: sqlite_utils.Database, table: str, row: dict[str, Any]) -> int:
     pk = db.table(table).insert(row).last_pk
     assert isinstance(pk, int)
     return pk
-
-
-def check_name(kind: str, name: str) -> None:
-    if not NAME_RE.match(name):
-        raise InvalidInput(
-            f"{kind} name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter"
-        )
 
 
 def _is_id(ref: str | int) -> bool:

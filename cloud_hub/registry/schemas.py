@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9._-]{0,63}$"
-NAME_RE = re.compile(NAME_PATTERN)
+from cloud_hub.core.names import NAME_PATTERN
 
 ArtifactFormat = Literal["onnx", "tflite"]
 Precision = Literal["fp32", "int8"]

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud_hub.core.errors import InvalidInput
-from cloud_hub.registry.registry import NewArtifact, Registry, check_name
+from cloud_hub.core.names import check_name
+from cloud_hub.registry.registry import NewArtifact, Registry
 from cloud_hub.registry.schemas import Version
 from cloud_hub.registry.signature import (
     check_preprocessing,

@@ -15,8 +15,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from croniter import croniter
-
+from cloud_hub.core.cron import next_fire
 from cloud_hub.core.errors import InvalidInput
 from cloud_hub.registry.registry import Registry
 from cloud_hub.registry.schemas import Schedule
@@ -30,17 +29,6 @@ STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 def stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(STAMP)
-
-
-def next_fire(cron: str, after: datetime) -> datetime:
-    """Next time `cron` fires after `after`: 5 fields, or 6 with seconds as the last field."""
-    if not croniter.is_valid(cron):
-        raise InvalidInput(
-            f"invalid cron expression {cron!r}: use 5 fields (min hour day month weekday) "
-            "or 6 with seconds last"
-        )
-    nxt: datetime = croniter(cron, after).get_next(datetime)
-    return nxt
 
 
 def create_schedule(

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from cloud_hub.core.cron import next_fire
 from cloud_hub.core.errors import InvalidInput
 from cloud_hub.hub import Hub
 from cloud_hub.training.request import TrainRequest
-from cloud_hub.training.scheduler import TrainingScheduler, create_schedule, next_fire
+from cloud_hub.training.scheduler import TrainingScheduler, create_schedule
 
 EVERY_SECOND = "* * * * * *"
 
