@@ -49,7 +49,7 @@ class Case:
 
 
 def sample_input() -> list[Any]:
-    from cloud_hub.training.datasets import load_digits
+    from cloud_hub.registry.datasets import load_digits
 
     image = np.asarray(load_digits().X[0], dtype=np.float32).reshape(1, 8, 8, 1) / 255.0
     return list(image.tolist())

@@ -36,7 +36,7 @@ TARGET_S = 3.0
 
 
 def inputs(n: int) -> list[Any]:
-    from cloud_hub.training.datasets import load_digits
+    from cloud_hub.registry.datasets import load_digits
 
     X = np.asarray(load_digits().X, dtype=np.float32) / 255.0
     return [X[i % len(X)].tolist() for i in range(n)]

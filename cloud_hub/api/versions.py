@@ -168,7 +168,7 @@ def quantize(version_id: int, body: QuantizeBody, registry: RegistryDep) -> Vers
     from pathlib import Path
 
     from cloud_hub.registry.conversion import eval_data_from_dataset, quantize_version
-    from cloud_hub.training.preprocessing import PreprocessingSpec
+    from edge_agent.core.preprocess import PreprocessingSpec
 
     version = registry.get_version_by_id(version_id)
     spec = PreprocessingSpec(**version.preprocessing) if version.preprocessing else None

@@ -632,7 +632,7 @@ def _eval_data(
     scale: float,
 ) -> Any:
     from cloud_hub.registry.conversion import eval_data_from_arrays, eval_data_from_dataset
-    from cloud_hub.training.preprocessing import PreprocessingSpec
+    from edge_agent.core.preprocess import PreprocessingSpec
 
     if calibration is not None:
         if labels_npy is None:

@@ -125,7 +125,7 @@ def digit_images(limit: int = 200) -> tuple[list[bytes], np.ndarray]:
     import cv2
     from sklearn.model_selection import train_test_split
 
-    from cloud_hub.training.datasets import load_digits
+    from cloud_hub.registry.datasets import load_digits
 
     data = load_digits()
     _, X_test, _, y_test = train_test_split(

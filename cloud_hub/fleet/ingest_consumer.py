@@ -16,10 +16,14 @@ sent again by its agent.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cloud_hub.core.errors import Refused
 from cloud_hub.fleet.broker_auth import INGEST_ACCOUNTS, BrokerFiles, claim_ingest_account
 from cloud_hub.fleet.mqtt_service import FleetService, build_client
-from cloud_hub.hub import Hub
+
+if TYPE_CHECKING:
+    from cloud_hub.hub import Hub
 
 __all__ = ["IngestConsumer"]
 

@@ -213,8 +213,8 @@ def dataset_baseline(
     from pathlib import Path
 
     from cloud_hub.core.errors import InvalidInput
-    from cloud_hub.training.datasets import DatasetError, load_dataset
-    from cloud_hub.training.preprocessing import PreprocessingSpec
+    from cloud_hub.registry.datasets import DatasetError, load_dataset
+    from edge_agent.core.preprocess import PreprocessingSpec
 
     version = registry.get_version_by_id(version_id)
     try:

@@ -18,12 +18,14 @@ from typing import Any, Literal
 import numpy as np
 
 from cloud_hub.core.errors import InvalidInput
+from cloud_hub.registry.datasets import DatasetError, load_dataset
 from cloud_hub.registry.registry import NewArtifact, Registry
 from cloud_hub.registry.schemas import Version
 from cloud_hub.registry.signature import signature_of
-from cloud_hub.training.datasets import DatasetError, load_dataset
-from cloud_hub.training.pipeline import CALIBRATION_SAMPLES
-from cloud_hub.training.preprocessing import PreprocessingSpec
+from edge_agent.core.preprocess import PreprocessingSpec
+
+#: Rows of the training split the int8 quantizer calibrates on.
+CALIBRATION_SAMPLES = 200
 
 Candidates = list[tuple[str, str, bytes, str | None]]  # format, precision, bytes, int8 method
 

@@ -22,12 +22,14 @@ import numpy as np
 
 from cloud_hub.core.errors import InvalidInput, NotFound
 from cloud_hub.registry.artifacts import ArtifactStore
+from cloud_hub.registry.conversion import CALIBRATION_SAMPLES
+from cloud_hub.registry.datasets import Dataset, DatasetError, load_dataset
 from cloud_hub.registry.registry import NewArtifact, Registry, utcnow
 from cloud_hub.registry.schemas import Run
 from cloud_hub.registry.signature import signature_of
-from cloud_hub.training.datasets import Dataset, DatasetError, load_dataset
-from cloud_hub.training.preprocessing import PreprocessingSpec, fit_spec
+from cloud_hub.training.preprocessing import fit_spec
 from cloud_hub.training.request import TrainRequest
+from edge_agent.core.preprocess import PreprocessingSpec
 
 if TYPE_CHECKING:
     from cloud_hub.training.trainers import ExportedArtifact
@@ -44,7 +46,6 @@ STEPS: tuple[str, ...] = (
     "validate",
     "register",
 )
-CALIBRATION_SAMPLES = 200
 
 # on_event(step, status, payload): status is "started", "succeeded", "failed" or "cached"
 EventHandler = Callable[[str, str, dict[str, Any]], None]

@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_agent.core.preprocess import PreprocessingSpec
 
-__all__ = ["PreprocessingSpec", "fit_spec"]
+__all__ = ["fit_spec"]
 
 
 def fit_spec(

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from cloud_hub.registry.datasets import DATASETS
 from cloud_hub.registry.schemas import NAME_PATTERN
-from cloud_hub.training.datasets import DATASETS
 
 MODEL_TYPES = ("logreg", "mlp", "random_forest", "cnn")
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cloud_hub.training.datasets import DatasetError, load_dataset
+from cloud_hub.registry.datasets import DatasetError, load_dataset
 
 
 def test_bundled_datasets() -> None:

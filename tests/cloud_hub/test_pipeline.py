@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from cloud_hub.core.errors import InvalidInput
 from cloud_hub.hub import Hub
-from cloud_hub.training.datasets import load_dataset
+from cloud_hub.registry.datasets import load_dataset
 from cloud_hub.training.pipeline import STEPS
-from cloud_hub.training.preprocessing import PreprocessingSpec
 from cloud_hub.training.request import TrainRequest
+from edge_agent.core.preprocess import PreprocessingSpec
 from edge_agent.core.runtimes import load_runtime
 
 
