@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +9,7 @@ import numpy as np
 
 from converters._tf import import_tensorflow
 from converters.errors import ConversionError
+from converters.quiet import quiet
 
 ONNX_OPSET = 17
 #: Name given to the class-score output of converted graphs.
@@ -25,21 +23,6 @@ def _input_shape(model: Any) -> tuple[int, ...]:
     if any(d is None for d in shape[1:]):
         raise ConversionError(f"the model's per-sample input shape must be fixed, got {shape}")
     return tuple(int(d) for d in shape[1:])
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the converters' prints ("Saved artifact at ...") and warnings.
-
-    sys.stdout is process-wide: prints from other threads are swallowed too while this runs.
-    """
-    with (
-        contextlib.redirect_stdout(io.StringIO()),
-        contextlib.redirect_stderr(io.StringIO()),
-        warnings.catch_warnings(),
-    ):
-        warnings.simplefilter("ignore")
-        yield
 
 
 def _rename_output(proto: Any, old: str, new: str) -> None:
@@ -68,7 +51,7 @@ def keras_to_onnx(model: Any) -> bytes:
     import tf2onnx
 
     try:
-        with _quiet():
+        with quiet():
             proto, _ = tf2onnx.convert.from_function(
                 serve, input_signature=[spec], opset=ONNX_OPSET
             )
@@ -112,7 +95,7 @@ def keras_to_tflite(model: Any, representative: np.ndarray | None = None) -> byt
         converter.inference_input_type = tf.float32
         converter.inference_output_type = tf.float32
     try:
-        with _quiet():
+        with quiet():
             data: bytes = converter.convert()
     except Exception as exc:  # the converter raises ConverterError and others
         raise ConversionError(f"TFLiteConverter cannot convert the model: {exc}") from exc

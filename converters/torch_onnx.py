@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from converters.errors import ConversionError
-from converters.keras_convert import SCORES_NAME, _quiet
+from converters.keras_convert import SCORES_NAME
+from converters.quiet import quiet
 
 #: The dynamo exporter's native opset (no version conversion pass needed).
 TORCH_ONNX_OPSET = 18
@@ -53,7 +54,7 @@ def torch_to_onnx(module: Any, example_input: np.ndarray) -> bytes:
     level = torch_logger.level
     torch_logger.setLevel(logging.ERROR)
     try:
-        with _quiet(), torch.no_grad():
+        with quiet(), torch.no_grad():
             program = torch.onnx.export(
                 module,
                 (tensor,),
