@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, 
 from fastapi.responses import JSONResponse
 
 from cloud_hub.api.auth import OPERATOR, PREDICT, VIEWER
+from cloud_hub.api.bodies import PREDICT_BODY, read_body
 from cloud_hub.api.hygiene import error_response
 from cloud_hub.hub import Hub
 from cloud_hub.predlog import reports
@@ -18,7 +19,6 @@ from cloud_hub.serving import (
     EndpointSpec,
     EndpointUnavailable,
     PayloadTooLarge,
-    PredictRequest,
     PredictResponse,
     ServingEngine,
     SpecError,
@@ -26,6 +26,7 @@ from cloud_hub.serving import (
 )
 from cloud_hub.serving.engine.errors import ModelOff
 from cloud_hub.serving.engine.params import EndpointParams
+from cloud_hub.serving.engine.spec import endpoint_spec_schema
 from cloud_hub.serving.engine.values import parse_body
 
 router = APIRouter(tags=["endpoints"])
@@ -54,6 +55,13 @@ def create_endpoint(spec: EndpointSpec, engine: EngineDep) -> EndpointInfo:
 @router.get("/endpoints", dependencies=[VIEWER])
 def list_endpoints(engine: EngineDep) -> list[EndpointInfo]:
     return engine.list()
+
+
+@router.get("/endpoints/schema", dependencies=[VIEWER])
+def endpoint_schema() -> dict[str, Any]:
+    """The JSON schema of an endpoint spec: steps discriminated on `kind`, one branch per
+    registered kind with its typed `params`."""
+    return endpoint_spec_schema()
 
 
 @router.get("/endpoints/{name}", dependencies=[VIEWER])
@@ -129,35 +137,10 @@ def shadow_report(
     return reports.shadow_report(engine.store.db, name, since=since)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    too_large = PayloadTooLarge(f"request body is larger than {limit} bytes")
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise too_large  # refused before a byte of it is read
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
-
-
-_PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": PredictRequest.model_json_schema()},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
-
-
 @router.post(
     "/endpoints/{name}/predict",
     response_model=PredictResponse,
-    openapi_extra=_PREDICT_BODY,
+    openapi_extra=PREDICT_BODY,
     dependencies=[PREDICT],
 )
 async def predict(
@@ -177,7 +160,7 @@ async def predict(
     engine = await get_engine(request)
     hub = cast(Hub, request.app.state.hub)
     limit = engine.max_body_bytes(name, hub.settings.serving_max_body_bytes)
-    body = await _read_body(request, limit)
+    body = await read_body(request, limit)
     parsed = parse_body(body, request.headers.get("content-type", ""))
     parsed.headers = dict(request.headers)  # Starlette gives the names in lower case
     if outputs == "all":  # as the agent's ?outputs=all

@@ -15,8 +15,9 @@ from typing import Annotated, cast
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
 from cloud_hub.api.auth import OPERATOR, VIEWER
+from cloud_hub.api.bodies import PREDICT_BODY, read_body
 from cloud_hub.api.deps import HubDep
-from cloud_hub.api.endpoints import _PREDICT_BODY, EngineDep, _read_body
+from cloud_hub.api.endpoints import EngineDep
 from cloud_hub.serving.engine.values import parse_body
 from cloud_hub.serving.jobs.batch import (
     BatchRequest,
@@ -45,7 +46,7 @@ NO_REQUEST = {"request"}
     "/endpoints/{name}/jobs",
     status_code=status.HTTP_202_ACCEPTED,
     response_model_exclude=NO_REQUEST,
-    openapi_extra=_PREDICT_BODY,
+    openapi_extra=PREDICT_BODY,
     dependencies=[VIEWER],
 )
 async def submit_job(
@@ -54,7 +55,7 @@ async def submit_job(
     """Queue a prediction (the body of a predict call); answers at once with the job."""
     engine.store.get(name)  # 404 for an unknown endpoint
     limit = engine.max_body_bytes(name, hub.settings.serving_max_body_bytes)
-    parsed = parse_body(await _read_body(request, limit), request.headers.get("content-type", ""))
+    parsed = parse_body(await read_body(request, limit), request.headers.get("content-type", ""))
     parsed.to_value()  # 422 now for what can be checked now: ragged rows, NaN, bad base64
     return queue.submit("predict", name, parsed.model_dump(mode="json", exclude_none=True))
 

@@ -42,3 +42,7 @@ __all__ = [
     "Value",
     "register_step",
 ]
+
+from cloud_hub.serving import steps as _steps  # noqa: E402  (registers the built-in kinds)
+
+del _steps

@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -32,7 +32,6 @@ from cloud_hub.serving.engine.spec import EndpointSpec
 from cloud_hub.serving.engine.stats import EndpointStats
 from cloud_hub.serving.engine.store import EndpointStore, StoredEndpoint
 from cloud_hub.serving.engine.values import PredictRequest
-from cloud_hub.serving.jobs.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,24 @@ class EndpointInfo(BaseModel):
     params: EndpointParams = EndpointParams()
 
 
+class DeferredJob(Protocol):
+    id: str
+
+
+class DeferredQueue(Protocol):
+    """Where deferred steps go (the job queue, `serving.jobs.queue.JobQueue`, in the hub)."""
+
+    def submit(
+        self,
+        kind: Literal["predict"],
+        endpoint: str,
+        request: dict[str, Any],
+        *,
+        step: str | None = None,
+        early: dict[str, Any] | None = None,
+    ) -> DeferredJob: ...
+
+
 class ServingEngine:
     def __init__(
         self,
@@ -62,7 +79,7 @@ class ServingEngine:
         *,
         threads: int = 64,
         base_dir: Path | None = None,
-        jobs: JobQueue | None = None,
+        jobs: DeferredQueue | None = None,
         log: PredictionLogWriter | None = None,
     ) -> None:
         self.registry = registry

@@ -12,8 +12,13 @@ import numpy as np
 
 from cloud_hub.serving.engine.errors import BadInput
 from cloud_hub.serving.engine.step import Signature
-from cloud_hub.training.preprocessing import PreprocessingSpec
-from edge_agent.core.preprocess import Geometry, ImageError, decode_image, prepare_image
+from edge_agent.core.preprocess import (
+    Geometry,
+    ImageError,
+    PreprocessingSpec,
+    decode_image,
+    prepare_image,
+)
 
 
 def parse_spec(spec: dict[str, Any]) -> PreprocessingSpec:

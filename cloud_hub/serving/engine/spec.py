@@ -8,9 +8,10 @@ parallel step's `branches`, a select step's `routes`): those are control edges, 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from cloud_hub.registry.schemas import NAME_PATTERN
 
@@ -88,6 +89,38 @@ class EndpointSpec(BaseModel):
         }
 
 
+class _StepBranch(BaseModel):
+    """What every step of the published schema has, whatever its kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=STEP_NAME_PATTERN)
+    inputs: list[str] = Field(default_factory=list, description="steps feeding this one")
+
+
+def _branch(kind: str, params: type[BaseModel]) -> type[BaseModel]:
+    """One kind's step: `kind` fixed, `params` that kind's params model."""
+    title = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", kind)) + "Step"
+    required = any(field.is_required() for field in params.model_fields.values())
+    default: Any = Field(...) if required else Field(default_factory=dict)
+    fields: dict[str, Any] = {
+        "kind": (Literal[kind], Field(...)),
+        "params": (params, default),
+    }
+    return create_model(title, __base__=_StepBranch, __doc__=params.__doc__, **fields)
+
+
 def endpoint_spec_schema() -> dict[str, Any]:
-    """The JSON schema of an endpoint spec document (what editors validate specs against)."""
-    return EndpointSpec.model_json_schema()
+    """The JSON schema of an endpoint spec document (what editors validate specs against): the
+    steps are a union discriminated on `kind`, one branch per registered kind (custom kinds
+    too), each with that kind's typed `params`."""
+    from cloud_hub.serving.engine.step import STEP_KINDS
+
+    branches = tuple(_branch(kind, STEP_KINDS[kind].Params) for kind in sorted(STEP_KINDS))
+    step: Any = Annotated[Union[branches], Field(discriminator="kind")]  # noqa: UP007
+    document = create_model(
+        "EndpointSpec",
+        __base__=EndpointSpec,
+        steps=(list[step], Field(min_length=1)),
+    )
+    return document.model_json_schema()

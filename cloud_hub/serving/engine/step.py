@@ -204,8 +204,6 @@ def register_step(cls: type[Step]) -> type[Step]:
 
 
 def build_step(spec: StepSpec, env: BuildEnv) -> Step:
-    from cloud_hub.serving import steps  # noqa: F401  (registers the built-in kinds)
-
     cls = STEP_KINDS.get(spec.kind)
     if cls is None:
         raise SpecError(

@@ -41,7 +41,10 @@ from cloud_hub.serving.image.server import BUNDLE_FORMAT, MANIFEST
 # what the image server imports, followed to every module of ours it needs
 _ROOTS = ("cloud_hub.serving.image.server", "cloud_hub.serving.steps")
 _PACKAGES = ("cloud_hub", "edge_agent")
-_STUBS = {"cloud_hub.serving": '"""The serving engine: the modules a model image needs."""\n'}
+_STUBS = {
+    "cloud_hub.serving": '"""The serving engine: the modules a model image needs."""\n\n'
+    "from cloud_hub.serving import steps as _steps  # noqa: F401  (registers the built-in kinds)\n"
+}
 # an image must never carry these: they need the registry, its database or the web framework
 FORBIDDEN = (
     "cloud_hub.registry.registry",

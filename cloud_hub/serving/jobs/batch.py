@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cloud_hub.core.cron import next_fire
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import InvalidInput
 from cloud_hub.serving.engine.errors import BadInput
@@ -271,8 +272,6 @@ class Rows:
 def check(request: BatchRequest, base_dir: Path, db: Database) -> Rows:
     """Open the source now (422 at submit time when it is missing or malformed)."""
     if request.cron is not None:
-        from cloud_hub.training.scheduler import next_fire
-
         next_fire(request.cron, now_utc())
     return Rows(request.source, base_dir, db)
 

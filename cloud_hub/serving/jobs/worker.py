@@ -33,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cloud_hub.core.cron import next_fire
 from cloud_hub.core.errors import InvalidInput, NotFound
 from cloud_hub.serving.engine.engine import ServingEngine
 from cloud_hub.serving.engine.values import PredictRequest
@@ -119,8 +120,6 @@ class JobWorker:
         cron = BatchRequest.model_validate(job.request).cron
         if cron is None:
             return None
-        from cloud_hub.training.scheduler import next_fire
-
         return next_fire(cron, self.queue.clock())
 
     @contextmanager
