@@ -10,29 +10,15 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import BIN, REPO
+from tests.waiting import wait_until
 
 AGENT = BIN / "edgepilot-agent"
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout: float = 10.0, message: str = "condition"
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.05)
 
 
 # -- agent processes --------------------------------------------------------------------------

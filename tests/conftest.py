@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_until
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from cloud_hub.core.settings import HubSettings  # noqa: E402
@@ -32,15 +34,13 @@ def free_port() -> int:
 def wait_for_port(
     port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening")
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, timeout, f"something listening on 127.0.0.1:{port}", interval=0.05)
 
 
 @pytest.fixture

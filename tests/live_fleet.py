@@ -28,8 +28,9 @@ import pytest
 
 from cloud_hub.auth.tokens import read_token_file
 from cloud_hub.core.settings import HubSettings
-from tests.agent_processes import AgentProc, agent_toml, wait_until
+from tests.agent_processes import AgentProc, agent_toml
 from tests.conftest import BIN, REPO, free_port, wait_for_port
+from tests.waiting import wait_until
 
 __all__ = ["IRIS_LABELS", "IRIS_SAMPLE", "LiveFleet", "iris_model", "live_fleet"]
 

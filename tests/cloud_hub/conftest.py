@@ -4,7 +4,6 @@ model, and a simulated device that speaks the wire contract the way an agent doe
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,15 +27,7 @@ from edge_agent.core.wire import (
     TopicKind,
     Topics,
 )
-
-
-def wait_until(pred: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from tests.waiting import wait_until
 
 
 def unique(prefix: str) -> str:

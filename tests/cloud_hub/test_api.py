@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from cloud_hub.hub import Hub
 from cloud_hub.registry.artifacts import sha256_hex
 from cloud_hub.training.request import TrainRequest
 from tests.conftest import admin_headers
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -124,13 +124,14 @@ def test_bad_download_refs(client: TestClient) -> None:
 
 
 def wait_run(client: TestClient, run_id: int, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run: dict[str, Any] = client.get(f"/api/v1/runs/{run_id}").json()
-        if run["status"] in ("succeeded", "failed"):
-            return run
-        time.sleep(0.1)
-    raise TimeoutError(f"run {run_id} still running")
+    run: dict[str, Any] = wait_for(
+        lambda: client.get(f"/api/v1/runs/{run_id}").json(),
+        lambda r: r["status"] in ("succeeded", "failed"),
+        timeout,
+        interval=0.1,
+        what=f"run {run_id}",
+    )
+    return run
 
 
 def test_training_through_the_api(client: TestClient) -> None:

@@ -56,9 +56,9 @@ from edge_agent.core.wire import (
     Topics,
 )
 from edge_agent.mqtt_link import INBOUND
-from tests.agent_processes import wait_until
 from tests.cloud_hub.conftest import register_model
 from tests.conftest import SecureMosquitto, run_cli
+from tests.waiting import wait_until
 
 T = Topics("ep")
 

@@ -30,13 +30,13 @@ from starlette.testclient import TestClient
 from cloud_hub.api.app import create_app
 from cloud_hub.api.ui import CSP
 from cloud_hub.hub import Hub
-from tests.agent_processes import wait_until
 from tests.conftest import REPO, run_cli
 from tests.live_fleet import (
     LiveFleet,
     iris_model,
     live_fleet,  # noqa: F401
 )
+from tests.waiting import wait_until
 
 SHOTS = REPO / "build" / "test-artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"

@@ -28,8 +28,8 @@ from cloud_hub.fleet.broker_auth import (
 from cloud_hub.fleet.devices import RELOAD_COALESCE_FROM, RELOAD_GAP_S
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
-from tests.cloud_hub.conftest import wait_until
 from tests.conftest import SecureMosquitto, admin_headers, run_cli
+from tests.waiting import wait_until
 
 
 @pytest.fixture

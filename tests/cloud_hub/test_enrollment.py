@@ -27,8 +27,8 @@ from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.broker_reload import BrokerReloader
 from cloud_hub.hub import Hub
 from edge_agent.core.wire import EnrollRequest, enroll_signing_message
-from tests.agent_processes import wait_until
 from tests.conftest import SecureMosquitto, admin_headers, run_cli
+from tests.waiting import wait_until
 
 
 def signed_request(token: str, hardware_id: str, **changes: Any) -> dict[str, Any]:
@@ -218,7 +218,7 @@ def test_an_enrolled_device_connects_at_once_and_a_revoked_one_is_cut_off(
             assert got.status_code == 201, got.text
             creds = got.json()
             assert hub.fleet.devices.last_reload is not None and hub.fleet.devices.last_reload.done
-            wait_until(lambda: broker.reload_count() > reloads, message="the broker's reload")
+            wait_until(lambda: broker.reload_count() > reloads, what="the broker's reload")
             link = Link(broker, creds["username"], creds["password"])
             links.append(link)
             assert link.connected.wait(10), f"refused: {link.refused}"
@@ -228,12 +228,10 @@ def test_an_enrolled_device_connects_at_once_and_a_revoked_one_is_cut_off(
                 f"/api/v1/devices/{creds['device_id']}/revoke", headers=admin_headers(hub)
             )
             assert revoked.status_code == 200
-            wait_until(
-                lambda: link.disconnects > 0, timeout=10, message="the revoked device dropped"
-            )
+            wait_until(lambda: link.disconnects > 0, timeout=10, what="the revoked device dropped")
             again = Link(broker, creds["username"], creds["password"])
             links.append(again)
-            wait_until(lambda: again.refused, timeout=10, message="the broker refusing it")
+            wait_until(lambda: again.refused, timeout=10, what="the broker refusing it")
             assert not again.connected.is_set()
             assert f"Client {creds['device_id']}" in broker.log_text()
     finally:
@@ -277,11 +275,11 @@ def test_the_hub_reloads_a_daemonised_broker_through_the_pid_file_its_config_nam
     started = subprocess.run(["mosquitto", "-d", "-c", str(broker.conf)], timeout=30)
     assert started.returncode == 0
     try:
-        wait_until(files.pid_file.is_file, message="the daemon's pid file")
+        wait_until(files.pid_file.is_file, what="the daemon's pid file")
         wait_until(lambda: broker.reload_count() == 0 and "running" in broker.log_text())
         outcome = hub.fleet.devices.reload_broker()  # no setting: the config's pid file
         assert outcome.done, outcome.how
-        wait_until(lambda: broker.reload_count() == 1, message="the broker's reload")
+        wait_until(lambda: broker.reload_count() == 1, what="the broker's reload")
     finally:
         os.kill(int(files.pid_file.read_text()), signal.SIGTERM)
         hub.close()
@@ -291,7 +289,7 @@ def test_a_stale_pid_file_naming_another_program_is_not_signalled(tmp_path: Path
     other = subprocess.Popen(["sleep", "60"])
     try:
         comm = Path(f"/proc/{other.pid}/comm")
-        wait_until(lambda: comm.read_text().strip() == "sleep", message="sleep started")
+        wait_until(lambda: comm.read_text().strip() == "sleep", what="sleep started")
         pid_file = tmp_path / "mosquitto.pid"
         pid_file.write_text(f"{other.pid}\n")
         outcome = BrokerReloader(pid_file=pid_file).reload()

@@ -20,8 +20,9 @@ from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate, ShadowCreate
 from cloud_hub.hub import Hub
 from edge_agent.core.wire import LogBatch, LogRecord
 from edge_agent.signing import verify_model
-from tests.cloud_hub.conftest import Device, register_model, unique, wait_until
+from tests.cloud_hub.conftest import Device, register_model, unique
 from tests.conftest import BIN, REPO, admin_headers, free_port, run_cli, wait_for_port
+from tests.waiting import wait_until
 
 
 @pytest.fixture

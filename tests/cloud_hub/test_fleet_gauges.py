@@ -20,8 +20,9 @@ from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
 from edge_agent.core.wire import DeviceStatus, TelemetryBatch, TelemetryRecord
-from tests.cloud_hub.conftest import Device, wait_until
+from tests.cloud_hub.conftest import Device
 from tests.conftest import admin_headers
+from tests.waiting import wait_until
 
 EPOCH = "g1g1g1g1"
 

@@ -27,8 +27,9 @@ from edge_agent.core.wire import (
     TelemetryRecord,
 )
 from edge_agent.signing import VerificationError, verify_model
-from tests.cloud_hub.conftest import Device, register_model, unique, wait_until
+from tests.cloud_hub.conftest import Device, register_model, unique
 from tests.conftest import Mosquitto
+from tests.waiting import wait_until
 
 MakeDevice = Callable[[str], Device]
 

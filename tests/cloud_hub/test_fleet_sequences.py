@@ -33,7 +33,8 @@ from edge_agent.core.wire import (
 )
 from edge_agent.forwarder import Forwarder
 from edge_agent.outbox import Outbox
-from tests.cloud_hub.conftest import Device, unique, wait_until
+from tests.cloud_hub.conftest import Device, unique
+from tests.waiting import wait_until
 
 MakeDevice = Callable[[str], Device]
 EPOCH_A = "a1a1a1a1a1a1a1a1"

@@ -30,8 +30,9 @@ from edge_agent.core.wire import (
     TelemetryRecord,
 )
 from edge_agent.signing import verify_model
-from tests.cloud_hub.conftest import register_model, wait_until
+from tests.cloud_hub.conftest import register_model
 from tests.conftest import _mosquitto, free_port, wait_for_port
+from tests.waiting import wait_until
 
 
 def _count(hub: Hub, table: str) -> int:

@@ -37,8 +37,8 @@ from edge_agent.config import ConfigError, MqttSettings, load_settings
 from edge_agent.core.mqtt import tls_context
 from edge_agent.core.wire import DeviceStatus
 from edge_agent.mqtt_link import MqttLink
-from tests.agent_processes import wait_until
 from tests.conftest import BIN, REPO, SecureMosquitto, free_port, run_cli, wait_for_port
+from tests.waiting import wait_until
 
 
 def _sans(cert: x509.Certificate) -> set[str]:

@@ -24,7 +24,8 @@ from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
 from edge_agent.core.wire import Ack, LogBatch, LogRecord, TelemetryBatch, TelemetryRecord, Topics
-from tests.cloud_hub.conftest import Device, unique, wait_until
+from tests.cloud_hub.conftest import Device, unique
+from tests.waiting import wait_until
 
 MakeDevice = Callable[[str], Device]
 

@@ -19,8 +19,9 @@ from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
 from edge_agent.core.wire import TelemetryBatch, TelemetryRecord
-from tests.cloud_hub.conftest import Device, wait_until
+from tests.cloud_hub.conftest import Device
 from tests.conftest import admin_headers, run_cli
+from tests.waiting import wait_until
 
 EPOCH = "e1e1e1e1e1e1e1e1"
 DEV = "dev-metrics"

@@ -18,9 +18,10 @@ from fastapi.testclient import TestClient
 
 from cloud_hub.api.app import create_app
 from cloud_hub.hub import Hub
-from tests.cloud_hub.conftest import Device, unique, wait_until
+from tests.cloud_hub.conftest import Device, unique
 from tests.conftest import admin_headers, run_cli
 from tests.third_party import MEDIAPIPE_MODELS, all_models, mediapipe_model, onnxruntime_model
+from tests.waiting import wait_until
 
 #: What each model's signature gives without a head: classification for a lone score output
 #: (or a scikit-learn classifier's label and scores), raw for everything else.

@@ -35,8 +35,9 @@ from cloud_hub.registry.registry import NewArtifact
 from cloud_hub.training.request import TrainRequest
 from edge_agent.core.features import summary_lists
 from edge_agent.core.wire import LogBatch, LogRecord
-from tests.cloud_hub.serving.conftest import Subscriber, digits_rows, wait_for
+from tests.cloud_hub.serving.conftest import Subscriber, digits_rows
 from tests.conftest import admin_headers, run_cli
+from tests.waiting import wait_for
 
 API = "/api/v1"
 REF = "digits/digits-logreg:1"

@@ -32,8 +32,9 @@ from cloud_hub.monitoring.baseline import BaselineStore, compute_baseline
 from edge_agent.core.features import summary_lists
 from edge_agent.core.wire import DeviceStatus, LogBatch, LogRecord, TelemetryBatch, TelemetryRecord
 from tests.agent_processes import AgentProc, agent_toml
-from tests.cloud_hub.conftest import Device, register_model, unique, wait_until
+from tests.cloud_hub.conftest import Device, register_model, unique
 from tests.conftest import BIN, REPO, free_port, wait_for_port
+from tests.waiting import wait_until
 
 EXAMPLES = REPO / "examples" / "monitoring"
 API = "/api/v1"

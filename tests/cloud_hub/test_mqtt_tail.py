@@ -38,8 +38,8 @@ from edge_agent.core.wire import (
     TelemetryRecord,
     Topics,
 )
-from tests.agent_processes import wait_until
 from tests.conftest import BIN, REPO, SecureMosquitto, free_port, run_cli
+from tests.waiting import wait_until
 
 ROOT = "ep"
 
@@ -228,7 +228,7 @@ class Tail:
                 raise AssertionError(f"tail exited {self.proc.returncode}: {self.err}")
             return next((line for line in self.err if line.startswith("subscribed")), None)
 
-        return str(wait_until(ready, timeout=30, message="the tail's subscription"))
+        return str(wait_until(ready, timeout=30, what="the tail's subscription"))
 
     def finish(self, timeout: float = 30) -> int:
         code = self.proc.wait(timeout)
@@ -415,7 +415,7 @@ def test_a_viewer_reads_the_fleet_and_cannot_publish(
         viewer.publish(topics.device("cam-9", "status"), forged.dumps())
         real = DeviceStatus(device_id="cam-9", state="online", agent_version="real")
         device.publish(topics.device("cam-9", "status"), real.dumps())
-        wait_until(lambda: any(b"real" in p for _, p in hub_client.got), message="the status")
+        wait_until(lambda: any(b"real" in p for _, p in hub_client.got), what="the status")
         assert not any(b"forged" in p for _, p in hub_client.got)
     finally:
         viewer.close()
@@ -522,7 +522,7 @@ def test_mosquitto_sub_with_the_viewer_account_prints_telemetry_and_its_publish_
         assert "not authorized" in (pub.stdout + pub.stderr).lower(), pub
         real = DeviceStatus(device_id="cam-9", state="online", agent_version="real").dumps()
         device.publish(topics_of("cam-9", "status"), real)
-        wait_until(lambda: any(b"real" in p for _, p in hub_client.got), message="the status")
+        wait_until(lambda: any(b"real" in p for _, p in hub_client.got), what="the status")
         assert not any(b"forged" in p for _, p in hub_client.got)
     finally:
         hub_client.close()

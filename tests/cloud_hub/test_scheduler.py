@@ -13,20 +13,13 @@ from cloud_hub.core.errors import InvalidInput
 from cloud_hub.hub import Hub
 from cloud_hub.training.request import TrainRequest
 from cloud_hub.training.scheduler import TrainingScheduler, create_schedule
+from tests.waiting import wait_until
 
 EVERY_SECOND = "* * * * * *"
 
 
 def iris_request() -> TrainRequest:
     return TrainRequest(project="flowers", dataset="iris", model_type="logreg")
-
-
-def wait_until(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.05)
 
 
 def test_cron_is_validated() -> None:

@@ -19,8 +19,8 @@ from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
 from edge_agent.core.wire import Ack, LogBatch, LogRecord, Topics
-from tests.agent_processes import wait_until
 from tests.conftest import BIN, SecureMosquitto
+from tests.waiting import wait_until
 
 ROOT = "ep"
 

@@ -22,8 +22,9 @@ from cloud_hub.hub import Hub
 from cloud_hub.stream.bus import EventBus
 from cloud_hub.stream.client import HubRefused, HubStream, StreamEvent, fetch_overview
 from edge_agent.core.wire import DeviceStatus, TelemetryBatch, TelemetryRecord
-from tests.cloud_hub.conftest import Device, register_model, wait_until
+from tests.cloud_hub.conftest import Device, register_model
 from tests.conftest import admin_headers, free_port
+from tests.waiting import wait_until
 
 
 # -- the bus ------------------------------------------------------------------------------------

@@ -15,9 +15,9 @@ import pytest
 from cloud_hub.fleet.schemas import DeploymentCreate
 from cloud_hub.monitoring import Monitor, WindowReader
 from cloud_hub.training.request import TrainRequest
-from tests.agent_processes import wait_until
 from tests.cloud_hub.serving.conftest import digits_rows
 from tests.e2e.test_fleet_loop import Fleet
+from tests.waiting import wait_until
 
 DEVICE = "cam-edge"
 

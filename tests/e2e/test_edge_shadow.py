@@ -23,9 +23,10 @@ from cloud_hub.api.app import create_app
 from cloud_hub.hub import Hub
 from cloud_hub.registry.registry import NewArtifact
 from cloud_hub.registry.schemas import Version
-from tests.agent_processes import AgentProc, wait_until
+from tests.agent_processes import AgentProc
 from tests.conftest import REPO, admin_headers
 from tests.e2e.test_fleet_loop import Fleet
+from tests.waiting import wait_until
 
 EXAMPLES = REPO / "examples" / "deployments"
 LINE = ["line-a", "line-b"]  # the devices tagged line-1, as the examples target them

@@ -26,8 +26,9 @@ from cloud_hub.hub import Hub
 from cloud_hub.registry.registry import NewArtifact
 from cloud_hub.registry.schemas import Version
 from cloud_hub.stream.client import HubStream, fetch_overview
-from tests.agent_processes import AgentProc, agent_toml, wait_until
+from tests.agent_processes import AgentProc, agent_toml
 from tests.conftest import BIN, REPO, Mosquitto
+from tests.waiting import wait_until
 
 IRIS_SAMPLE = [[5.1, 3.5, 1.4, 0.2]]
 

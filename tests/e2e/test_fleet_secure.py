@@ -26,9 +26,10 @@ from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
 from cloud_hub.hub import Hub
 from edge_agent.core.mqtt import tls_context
 from edge_agent.core.wire import Ack, Chunk, DesiredState, ServingParams, Topics
-from tests.agent_processes import AgentProc, agent_toml, wait_until
+from tests.agent_processes import AgentProc, agent_toml
 from tests.conftest import SecureMosquitto
 from tests.e2e.test_fleet_loop import IRIS_SAMPLE, iris_onnx, register
+from tests.waiting import wait_until
 
 __all__ = ["iris_onnx"]  # the module fixture, shared with the plain fleet loop
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from cloud_hub.fleet.schemas import DeploymentCreate
-from tests.agent_processes import AgentProc, wait_until
+from tests.agent_processes import AgentProc
 from tests.e2e.test_fleet_loop import IRIS_SAMPLE, Fleet, _iris_onnx, register
+from tests.waiting import wait_until
 
 
 @pytest.fixture

@@ -43,7 +43,8 @@ from edge_agent.core.wire import (
     TelemetryBatch,
     Topics,
 )
-from tests.agent_processes import AgentProc, agent_toml, wait_until
+from tests.agent_processes import AgentProc, agent_toml
+from tests.waiting import wait_until
 
 
 # -- models -----------------------------------------------------------------------------------

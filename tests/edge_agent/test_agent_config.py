@@ -11,7 +11,8 @@ import pytest
 
 from cloud_hub.registry.signing import HubSigner
 from edge_agent.config import ConfigError, load_settings
-from tests.agent_processes import AGENT, wait_until
+from tests.agent_processes import AGENT
+from tests.waiting import wait_until
 
 
 def _hub_file(tmp_path: Path, key: str, **replace: str) -> Path:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.agent_processes import wait_until
 from tests.edge_agent.conftest import IrisModels
+from tests.waiting import wait_until
 
 
 def _fetches(hub: Any, deployment_id: int) -> int:

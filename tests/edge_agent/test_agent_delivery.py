@@ -9,8 +9,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from edge_agent.core.wire import ProbationPolicy
-from tests.agent_processes import wait_until
 from tests.edge_agent.conftest import IrisModels
+from tests.waiting import wait_until
 
 
 def _deliver(make_hub: Any, make_agent: Any, mosquitto: Any, device_id: str, models: IrisModels):

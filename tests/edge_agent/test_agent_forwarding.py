@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from edge_agent.core.wire import Ack, InferRequest, InferResult
-from tests.agent_processes import AgentProc, wait_until
+from tests.agent_processes import AgentProc
 from tests.edge_agent.conftest import IrisModels, WireHub
+from tests.waiting import wait_until
 
 
 def _predict_many(agent: AgentProc, X: np.ndarray, requests: int, batch: int) -> list[str]:

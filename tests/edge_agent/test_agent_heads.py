@@ -35,10 +35,11 @@ from edge_agent.core.preprocess import (
 )
 from edge_agent.core.runtimes import load_runtime
 from edge_agent.core.wire import InferRequest, InferResult, ModelRef
-from tests.agent_processes import AgentProc, wait_until
+from tests.agent_processes import AgentProc
 from tests.edge_agent.conftest import WireHub
 from tests.model_zoo import multi_input_model, segmentation_model
 from tests.third_party import ROOT, mediapipe_model, onnxruntime_model
+from tests.waiting import wait_until
 
 JSON = {"Content-Type": "application/json"}
 PNG = {"Content-Type": "image/png"}

@@ -15,8 +15,9 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from converters import sklearn_to_onnx
-from tests.agent_processes import AgentProc, wait_until
+from tests.agent_processes import AgentProc
 from tests.edge_agent.conftest import IrisModels
+from tests.waiting import wait_until
 
 JSON = {"Content-Type": "application/json"}
 DIGITS_SPEC = {

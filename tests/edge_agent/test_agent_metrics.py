@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.agent_processes import AgentProc, wait_until
+from tests.agent_processes import AgentProc
 from tests.edge_agent.conftest import IrisModels
+from tests.waiting import wait_until
 
 TOKEN = "lan-secret-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -72,7 +73,7 @@ def test_the_agent_serves_its_inferences_outbox_and_model_as_prometheus_metrics(
             records = list(hub.telemetry.values())
         return sum(int(r["inferences"].get("1", 0)) for r in records)
 
-    wait_until(lambda: reported() == 25, timeout=15, message="25 inferences in the telemetry")
+    wait_until(lambda: reported() == 25, timeout=15, what="25 inferences in the telemetry")
     # a second scrape counts on from the first (a counter, never reset by the telemetry)
     assert scrape(agent)[("ep_agent_inferences_total", (("version", "1"),))] == 25
 

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from edge_agent.core.wire import InferRequest, InferResult, Report
-from tests.agent_processes import AgentProc, wait_until
+from tests.agent_processes import AgentProc
 from tests.edge_agent.conftest import IrisModels, WireHub
+from tests.waiting import wait_until
 
 
 def _shadow_report(hub: WireHub, deployment_id: int, state: str) -> Report:

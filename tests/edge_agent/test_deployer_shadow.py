@@ -27,8 +27,8 @@ from edge_agent.core.wire import DesiredState, ModelRef, ProbationPolicy, Report
 from edge_agent.deployer import Deployer
 from edge_agent.model_manager import ModelEvent, ModelManager
 from edge_agent.model_store import ModelStore
-from tests.agent_processes import wait_until
 from tests.edge_agent.conftest import IrisModels
+from tests.waiting import wait_until
 
 DEVICE = "pi-shadow"
 

@@ -36,8 +36,9 @@ from edge_agent.config import (
 from edge_agent.core.wire import EnrollBroker
 from edge_agent.enroll import EnrollmentRefused, enroll, enroll_until_done
 from edge_agent.identity import Identity, load_identity, save_identity
-from tests.agent_processes import AGENT, wait_until
+from tests.agent_processes import AGENT
 from tests.conftest import REPO, admin_headers, free_port
+from tests.waiting import wait_until
 
 
 class HubServer:

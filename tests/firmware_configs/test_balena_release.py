@@ -21,9 +21,9 @@ import yaml
 
 import firmware_configs
 from edge_agent.core.wire import ENROLL_PATH
-from tests.agent_processes import wait_until
 from tests.firmware_configs.dockerfile import parse
 from tests.firmware_configs.test_dockerfiles import assert_runs_the_agent_safely
+from tests.waiting import wait_until
 
 BALENA = firmware_configs.root() / "balena"
 # https://docs.balena.io/reference/supervisor/docker-compose/ ("Supported fields")
@@ -163,7 +163,7 @@ def test_start_script_enrolls_with_the_device_uuid(tmp_path: Path, fake_hub: Fak
         EDGEPILOT_AGENT_ENROLL_TOKEN="ept_balena_start_test_token",
     )
     try:
-        wait_until(lambda: fake_hub.requests, timeout=60, message="an enrollment request")
+        wait_until(lambda: fake_hub.requests, timeout=60, what="an enrollment request")
         assert fake_hub.requests[0]["hardware_id"] == uuid
         assert proc.poll() is None  # refused: it backs off and keeps running
     finally:
@@ -180,7 +180,7 @@ def test_start_script_keeps_a_configured_hardware_id(tmp_path: Path, fake_hub: F
         EDGEPILOT_AGENT_ENROLL_TOKEN="ept_balena_start_test_token",
     )
     try:
-        wait_until(lambda: fake_hub.requests, timeout=60, message="an enrollment request")
+        wait_until(lambda: fake_hub.requests, timeout=60, what="an enrollment request")
         assert fake_hub.requests[0]["hardware_id"] == "line-3-camera"
     finally:
         stop(proc)
@@ -190,7 +190,7 @@ def test_start_script_waits_for_the_fleet_variables(tmp_path: Path) -> None:
     proc = start(tmp_path, BALENA_DEVICE_UUID="7f3c9a1e2b4d4f6a8c0e1a2b3c4d5e6f")
     try:
         stderr = tmp_path / "stderr"
-        wait_until(lambda: "waiting" in stderr.read_text(), timeout=30, message="its message")
+        wait_until(lambda: "waiting" in stderr.read_text(), timeout=30, what="its message")
         assert "EDGEPILOT_AGENT_ENROLL_HUB" in stderr.read_text()
         assert "edgepilot balena setup" in stderr.read_text()
         assert proc.poll() is None  # no exit, so no restart loop

@@ -10,10 +10,10 @@ __all__ = ["render_spec_json", "render_spec_md"]
 
 
 def _schema() -> dict[str, Any]:
-    import cloud_hub.serving  # noqa: F401  registers every built-in step kind
     from cloud_hub.serving.engine.spec import endpoint_spec_schema
+    from cloud_hub.serving.steps import BUILTIN_KINDS
 
-    return endpoint_spec_schema()
+    return endpoint_spec_schema(BUILTIN_KINDS)
 
 
 def render_spec_json() -> str:

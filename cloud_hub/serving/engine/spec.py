@@ -9,6 +9,7 @@ parallel step's `branches`, a select step's `routes`): those are control edges, 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -110,13 +111,14 @@ def _branch(kind: str, params: type[BaseModel]) -> type[BaseModel]:
     return create_model(title, __base__=_StepBranch, __doc__=params.__doc__, **fields)
 
 
-def endpoint_spec_schema() -> dict[str, Any]:
+def endpoint_spec_schema(kinds: Iterable[str] | None = None) -> dict[str, Any]:
     """The JSON schema of an endpoint spec document (what editors validate specs against): the
-    steps are a union discriminated on `kind`, one branch per registered kind (custom kinds
-    too), each with that kind's typed `params`."""
+    steps are a union discriminated on `kind`, one branch per kind in `kinds` (default: every
+    registered kind, custom kinds too), each with that kind's typed `params`."""
     from cloud_hub.serving.engine.step import STEP_KINDS
 
-    branches = tuple(_branch(kind, STEP_KINDS[kind].Params) for kind in sorted(STEP_KINDS))
+    chosen = sorted(STEP_KINDS if kinds is None else kinds)
+    branches = tuple(_branch(kind, STEP_KINDS[kind].Params) for kind in chosen)
     step: Any = Annotated[Union[branches], Field(discriminator="kind")]  # noqa: UP007
     document = create_model(
         "EndpointSpec",

@@ -20,6 +20,7 @@ from cloud_hub.serving.steps.threshold import ThresholdStep
 from cloud_hub.serving.steps.time_differential import TimeDifferentialStep
 
 __all__ = [
+    "BUILTIN_KINDS",
     "AbSplitStep",
     "CircuitBreakerStep",
     "ClassifyStep",
@@ -39,3 +40,30 @@ __all__ = [
     "ThresholdStep",
     "TimeDifferentialStep",
 ]
+
+#: The kinds this package ships (the reference docs list these, not kinds a plugin or test adds).
+BUILTIN_KINDS: tuple[str, ...] = tuple(
+    sorted(
+        cls.kind
+        for cls in (
+            AbSplitStep,
+            CircuitBreakerStep,
+            ClassifyStep,
+            ConditionStep,
+            DataCacheStep,
+            DetectStep,
+            EmbedStep,
+            HttpStep,
+            KeypointsStep,
+            ModelStep,
+            ParallelStep,
+            PredictionCacheStep,
+            PreprocessStep,
+            SegmentStep,
+            SelectStep,
+            ShadowStep,
+            ThresholdStep,
+            TimeDifferentialStep,
+        )
+    )
+)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 from cloud_hub.devtools.docs import PAGES
+from cloud_hub.devtools.docs.spec import render_spec_md
+from cloud_hub.serving import STEP_KINDS, Step, StepParams, register_step
+from cloud_hub.serving.engine.spec import endpoint_spec_schema
 from tests.conftest import REPO
 
 
@@ -27,3 +31,25 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+class _PluginParams(StepParams):
+    colour: str
+
+
+class _PluginStep(Step):
+    """A kind a plugin (or another test) registers."""
+
+    kind = "docs_test_plugin"
+    Params = _PluginParams
+
+
+def test_the_spec_page_lists_the_built_in_kinds_whatever_else_is_registered() -> None:
+    before = render_spec_md()
+    register_step(_PluginStep)
+    try:
+        assert render_spec_md() == before
+        assert "docs_test_plugin" not in before
+        assert "docs_test_plugin" in json.dumps(endpoint_spec_schema())
+    finally:
+        STEP_KINDS.pop(_PluginStep.kind)

@@ -22,6 +22,7 @@ from cloud_hub.hub import Hub
 from cloud_hub.registry.registry import NewArtifact
 from cloud_hub.training.request import TrainRequest
 from tests.conftest import admin_headers
+from tests.waiting import wait_for  # noqa: F401  (re-exported for the serving tests)
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples" / "endpoints"
@@ -110,22 +111,6 @@ def reference_labels(hub: Hub, ref: str, rows: np.ndarray) -> list[str]:
     version = hub.registry.resolve_version(ref)
     runtime = load_runtime(hub.registry.artifact_blob(version.artifacts[0].sha256), "onnx")
     return [version.labels[i] for i in runtime.predict(rows).argmax(axis=1)]
-
-
-def wait_for(
-    get: Any, done: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "it"
-) -> Any:
-    """Call `get()` until `done(value)`; the value (or TimeoutError naming the last one)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = get()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not done after {timeout}s: {value}")
-        time.sleep(interval)
 
 
 def wait_job(client: TestClient, job_id: str, timeout: float = 20.0) -> dict[str, Any]:

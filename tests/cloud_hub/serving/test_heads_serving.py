@@ -19,10 +19,10 @@ from cloud_hub.hub import Hub
 from cloud_hub.registry.uploads import register_upload
 from edge_agent.core.digests import outputs_digest
 from edge_agent.core.runtimes import load_runtime
-from tests.cloud_hub.conftest import wait_until
 from tests.conftest import admin_headers
 from tests.model_zoo import box_detector, embedding_model, multi_input_model
 from tests.third_party import onnxruntime_model
+from tests.waiting import wait_until
 
 API = "/api/v1/endpoints"
 
@@ -591,7 +591,7 @@ def test_a_batch_over_a_detector_stores_each_rows_detections(
 ) -> None:
     import csv
 
-    from tests.cloud_hub.serving.conftest import wait_for
+    from tests.waiting import wait_for
 
     _create(
         client,

@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient
 
 from cloud_hub.hub import Hub
 from cloud_hub.serving import PredictRequest
-from tests.cloud_hub.serving.conftest import digits_rows, example, reference_labels, wait_for
+from tests.cloud_hub.serving.conftest import digits_rows, example, reference_labels
+from tests.waiting import wait_for
 
 API = "/api/v1/endpoints"
 

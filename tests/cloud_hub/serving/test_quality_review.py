@@ -35,7 +35,8 @@ from cloud_hub.serving import (
 from cloud_hub.serving.engine.spec import EndpointSpec
 from cloud_hub.serving.engine.store import EndpointStore
 from cloud_hub.serving.steps._routing import bucket
-from tests.cloud_hub.serving.conftest import REPO, digits_rows, wait_for
+from tests.cloud_hub.serving.conftest import REPO, digits_rows
+from tests.waiting import wait_for
 
 API = "/api/v1/endpoints"
 MODELS = {"mlp": "digits/digits-mlp:1", "logreg": "digits/digits-logreg:1"}
