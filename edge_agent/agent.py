@@ -8,7 +8,6 @@ telemetry, frame source. Stop: the reverse, publishing the offline status and cl
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from edge_agent.config import AgentSettings
+from edge_agent.core.fs import write_atomic
 from edge_agent.core.preprocess import Geometry
 from edge_agent.core.wire import (
     DeviceStatus,
@@ -135,9 +135,7 @@ class Agent:
                 )
             self.http.start()
             port_file = self.settings.data_dir / "http.port"
-            tmp = port_file.with_suffix(".tmp")
-            tmp.write_text(f"{self.http.port}\n")
-            os.replace(tmp, port_file)
+            write_atomic(port_file, f"{self.http.port}\n", mode=0o644)
             log.info("HTTP API on http://%s:%d", http.host, self.http.port)
         self.shadow.start()
         self.deployer.start()

@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
-import tempfile
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent.config import AgentSettings
+from edge_agent.core.fs import write_atomic
 from edge_agent.core.wire import (
     DeploymentState,
     DesiredState,
@@ -576,18 +574,7 @@ class Deployer:
     def _save_state(self) -> None:
         with self._lock:
             text = json.dumps(self.state)
-        path: Path = self._state_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".deploy.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self._state_path, text)
 
 
 def _sha(ref: ModelRef | None) -> str | None:

@@ -13,15 +13,14 @@ Errors name the file, never its contents.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, ValidationError
 
+from edge_agent.core.fs import write_atomic
 from edge_agent.core.wire import EnrollBroker
 
 if TYPE_CHECKING:
@@ -36,7 +35,6 @@ __all__ = [
     "load_identity",
     "public_key_b64",
     "save_identity",
-    "write_private",
 ]
 
 IDENTITY_FILE = "identity.json"
@@ -57,29 +55,6 @@ class Identity(BaseModel):
     hub_public_key: str
     hardware_id: str
     enrolled_at: float = Field(default_factory=time.time)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`, readable by this user only, atomically and durably."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def load_identity(data_dir: Path) -> Identity | None:
@@ -105,7 +80,7 @@ def save_identity(data_dir: Path, identity: Identity) -> Path:
     path = data_dir / IDENTITY_FILE
     doc = identity.model_dump(mode="json")
     try:
-        write_private(path, (json.dumps(doc, indent=2) + "\n").encode())
+        write_atomic(path, json.dumps(doc, indent=2) + "\n", mode=0o600)
     except OSError as exc:
         raise IdentityError(f"{path}: cannot write: {exc.strerror or exc}") from None
     return path
@@ -127,7 +102,7 @@ def device_key(data_dir: Path) -> Ed25519PrivateKey:
             serialization.NoEncryption(),
         )
         try:
-            write_private(path, pem)
+            write_atomic(path, pem, mode=0o600)
         except OSError as exc:
             raise IdentityError(f"{path}: cannot write: {exc.strerror or exc}") from None
         return key

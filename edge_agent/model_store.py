@@ -19,18 +19,17 @@ copy where links are not possible), so the device transfers nothing for them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.core.fs import fsync_dir, write_atomic
 from edge_agent.core.wire import ModelRef, WireError
 
 __all__ = ["InstalledModel", "ModelStore"]
@@ -81,13 +80,13 @@ class ModelStore:
             directory.mkdir(parents=True, exist_ok=True)
             path = directory / f"{digest}.{ref.format}"
             if not (path.is_file() and _sha256_file(path) == digest):
-                _atomic_write(path, data)
+                write_atomic(path, data)
             ref_path = directory / _REF
             current = _read_ref(ref_path)
             if current is None or current.model_dump(exclude={"v"}) != ref.model_dump(
                 exclude={"v"}
             ):
-                _atomic_write(ref_path, ref.dumps())
+                write_atomic(ref_path, ref.dumps())
             for stale in directory.iterdir():  # files of an earlier install, temporaries
                 if stale.name not in (path.name, _REF):
                     _remove(stale)
@@ -114,7 +113,7 @@ class ModelStore:
                     f"refusing to install version {ref.version_id} from {Path(source).name}: its "
                     f"sha256 is {actual}, the ref says {ref.sha256}"
                 )
-            _atomic_write(directory / _REF, ref.dumps())
+            write_atomic(directory / _REF, ref.dumps())
             for stale in directory.iterdir():
                 if stale.name not in (path.name, _REF):
                     _remove(stale)
@@ -170,7 +169,7 @@ class ModelStore:
                 _remove(entry)
                 removed.append(version_id)
             if removed:
-                _fsync_dir(self._models)
+                fsync_dir(self._models)
             return sorted(removed)
 
     # -- active pointer -------------------------------------------------------------------------
@@ -180,7 +179,7 @@ class ModelStore:
             raise ValueError(f"version {version_id} is not installed")
         state = {"active": version_id, "previous": previous}
         with self._lock:
-            _atomic_write(self.root / _STATE, json.dumps(state).encode())
+            write_atomic(self.root / _STATE, json.dumps(state).encode())
 
     def active_id(self) -> int | None:
         return self._read_state()["active"]
@@ -227,20 +226,6 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _link_or_copy(source: Path, path: Path) -> None:
     """Place `source`'s bytes at `path` atomically: a hard link (no bytes written; the store never
     rewrites a model file in place, so the two names cannot diverge), else a copy."""
@@ -257,16 +242,7 @@ def _link_or_copy(source: Path, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(path.parent)
 
 
 def _remove(path: Path) -> None:

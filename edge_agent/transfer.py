@@ -20,12 +20,12 @@ import logging
 import math
 import os
 import struct
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.config import TransferSettings
+from edge_agent.core.fs import write_atomic
 from edge_agent.core.wire import Chunk, FetchRequest, ModelRef, WireError
 
 __all__ = ["Transfer", "TransferFailed"]
@@ -105,16 +105,7 @@ class Transfer:
             "deployment_id": self.deployment_id,
             "done": sorted(self.done),
         }
-        fd, tmp = tempfile.mkstemp(dir=self.meta.parent, prefix=".progress.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(state, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.meta)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.meta, json.dumps(state))
 
     # -- state ----------------------------------------------------------------------------------
     def _span(self, index: int) -> tuple[int, int]:
