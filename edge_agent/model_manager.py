@@ -179,7 +179,7 @@ class ModelManager:
         self._on_event = on_event
         self._clock = clock
         self._lock = threading.Lock()  # guards the references below; held only briefly
-        self._switch = threading.Lock()  # one activation / restore / manual rollback at a time
+        self._switch = threading.Lock()  # one activation / restore / shadow change at a time
         self._persist_lock = threading.Lock()
         self._current: _Loaded | None = None
         self._previous: _Loaded | None = None  # kept loaded only while _probation is set
@@ -384,45 +384,6 @@ class ModelManager:
         if reasons:
             log.warning("no model could be restored: %s", "; ".join(reasons))
         return None
-
-    def rollback(self, reason: str) -> int | None:
-        """Return to the previous version (instantly if it is still loaded, else from the store).
-
-        Returns the version now active, or None when there is nothing to roll back to. Raises
-        ActivationError when the previous version cannot be loaded; the current one keeps serving.
-        """
-        with self._switch:
-            with self._lock:
-                current, previous = self._current, self._previous
-            if current is None:
-                return None
-            if previous is None:
-                previous_id = self.store.previous_id()
-                if previous_id is None or previous_id == current.version_id:
-                    return None
-                found = self.store.get(previous_id)
-                if found is None:
-                    error = ActivationError(
-                        f"cannot roll back: version {previous_id} is not installed", previous_id
-                    )
-                    self._fail(previous_id, error)
-                    raise error
-                try:
-                    previous = self._load(found)
-                except ActivationError as exc:
-                    self._fail(previous_id, exc)
-                    raise
-            with self._lock:
-                if self._current is not current:  # an automatic rollback got there first
-                    return self._current.version_id if self._current is not None else None
-                self._current = previous
-                self._previous = None
-                self._probation = None
-            from_id, to_id = current.version_id, previous.version_id
-            del current, previous
-            release_memory()  # the rolled-back runtime is gone
-            self._finish_rollback(from_id, to_id, reason)
-            return to_id
 
     def _finish_rollback(self, from_id: int, to_id: int, reason: str) -> None:
         # The rolled-back version is not a rollback target any more: it is what we left.
