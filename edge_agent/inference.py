@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.answer_log import log_output
 from edge_agent.core.digests import input_digests, outputs_digest
 from edge_agent.core.features import summary_lists
 from edge_agent.core.preprocess import Geometry
@@ -162,23 +163,6 @@ def _check_numeric(x: Feeds) -> None:
         if kind == "b":
             where = f"input {name}" if name else "inputs"
             raise ValueError(f"{where} must be numbers (got bool values)")
-
-
-def log_output(answer: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
-    """What a log keeps of an answer: the head's result as the model gave it (a detection's
-    boxes as served), without a mask PNG; a classification's class, label, score and scores (to
-    6 decimals, as before heads: its top k is in its scores)."""
-    task = answer.get("task")
-    if task == "classification":
-        return {
-            "task": task,
-            "class": answer["class"],
-            "label": answer["label"],
-            "score": answer["score"],
-            "scores": [round(v, 6) for v in answer["scores"]],
-        }
-    out = served if task == "detection" else answer
-    return {k: v for k, v in out.items() if k != "mask_png"}
 
 
 def _apply_min_score(

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.answer_log import log_output
+from edge_agent.core.digests import outputs_digest
 from edge_agent.core.heads.compare import agreement, agrees
 from edge_agent.core.wire import ShadowStats
 from edge_agent.model_manager import ModelManager, NoActiveModel
@@ -272,9 +274,6 @@ class ShadowRunner:
                 self._queue.task_done()
 
     def _one(self, job: _Job) -> None:
-        from edge_agent.core.digests import outputs_digest
-        from edge_agent.inference import log_output  # it imports this module
-
         try:
             pred = self.manager.predict_shadow(job.x)
             answers = pred.answers(job.geometry)
