@@ -11,6 +11,8 @@ from rich.live import Live
 from rich.table import Table
 
 from cloud_hub.cli import render
+from cloud_hub.cli.base import State
+from cloud_hub.cli.progress import run_with_progress
 from cloud_hub.devtools.demo import DemoError, DemoFigures, DemoRunner, DemoSettings, figures_json
 from cloud_hub.devtools.local_broker import BrokerError
 
@@ -46,13 +48,12 @@ def _table(fig: DemoFigures) -> Table:
 
 
 def _train(hub_dir: Path, settings: DemoSettings, quiet: bool) -> Any:
-    from cloud_hub.cli.main import State, _run_with_progress
     from cloud_hub.training.request import TrainRequest
 
     params: dict[str, Any] = {} if settings.epochs is None else {"epochs": settings.epochs}
     request = TrainRequest(project="digits", dataset="digits", model_type="cnn", params=params)
     state = State(hub_dir)
-    run = _run_with_progress(state, request, quiet)
+    run = run_with_progress(state, request, quiet)
     if run.status != "succeeded" or run.version_id is None:
         raise DemoError(f"training failed at step {run.failed_step}: {run.error}")
     version = state.hub.registry.get_version_by_id(run.version_id)

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 import typer
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, State, fail, state, user_errors
+from cloud_hub.cli.progress import run_with_progress
 from cloud_hub.core.errors import InvalidInput, NotFound
 from cloud_hub.hub import Hub
 from edge_agent.core.heads.spec import Task
@@ -140,56 +140,8 @@ def train(
                 render.console.print(render.schedules_table([sched]))
                 render.console.print("The hub runs it: start it with `edgepilot hub serve`.")
             return
-        run = _run_with_progress(state, request, json_out)
+        run = run_with_progress(state, request, json_out)
     _finish_run(state, run, json_out)
-
-
-def _run_with_progress(state: State, request: Any, quiet: bool) -> Any:
-    from cloud_hub.training.pipeline import STEPS
-
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description:<12}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=render.err_console,
-        disable=quiet,
-    )
-    tasks = {s: progress.add_task(s, total=1, info="", start=False) for s in STEPS}
-    if request.model_type == "cnn":
-        # TensorFlow's C++ side prints at import, which would tear the live progress bars apart:
-        # import it (it is needed anyway) before they are drawn.
-        from converters._tf import import_tensorflow
-
-        import_tensorflow()
-
-    def on_event(step: str, status: str, payload: dict[str, Any]) -> None:
-        task = tasks[step]
-        if status == "started":
-            progress.start_task(task)
-        elif status in ("succeeded", "cached"):
-            info = status if status == "cached" else _step_info(step, payload)
-            progress.update(task, completed=1, info=info)
-        else:
-            progress.update(task, info=f"[red]{payload.get('error', 'failed')}[/red]"[:80])
-
-    with progress:
-        return state.hub.pipeline(on_event).start(request)
-
-
-def _step_info(step: str, payload: dict[str, Any]) -> str:
-    if "accuracy" in payload and step == "evaluate":
-        return f"accuracy {100 * payload['accuracy']:.1f}%"
-    if step == "load_data":
-        return f"{payload.get('samples')} samples, {payload.get('classes')} classes"
-    if step in ("convert", "quantize"):
-        return ", ".join(f"{a['format']}/{a['precision']}" for a in payload.get("artifacts", []))
-    if step == "validate":
-        return "passed" if payload.get("passed") else "[red]below threshold[/red]"
-    if step == "register":
-        return str(payload.get("version", ""))
-    return ""
 
 
 def _finish_run(state: State, run: Any, json_out: bool) -> None:
