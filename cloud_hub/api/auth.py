@@ -40,6 +40,7 @@ from fastapi.security import (
 from cloud_hub.auth.roles import Role
 from cloud_hub.auth.tokens import ApiToken, TokenStore, hash_token
 from cloud_hub.fleet.broker_auth import verify_password
+from cloud_hub.fleet.devices import password_hash
 from cloud_hub.hub import Hub
 
 __all__ = [
@@ -121,10 +122,8 @@ class Authenticator:
             seen = self._devices.get(key)
         if seen is not None and self._clock() - seen < self.ttl:
             return True
-        row = self.hub.db.conn.execute(
-            "SELECT password_hash FROM devices WHERE id = ?", [device_id]
-        ).fetchone()
-        if row is None or not verify_password(password, row[0]):
+        stored = password_hash(self.hub.db.conn, device_id)
+        if stored is None or not verify_password(password, stored):
             return False
         with self._lock:
             self._devices[key] = self._clock()

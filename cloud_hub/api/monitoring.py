@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud_hub.api.auth import OPERATOR, VIEWER
 from cloud_hub.api.deps import HubDep
 from cloud_hub.core.errors import NotFound
+from cloud_hub.fleet.devices import device_exists
 from cloud_hub.hub import Hub
 from cloud_hub.monitoring import Baseline, BaselineStore, By, WindowReader, WindowStats
 from cloud_hub.monitoring.baseline import dataset_baseline
@@ -72,7 +73,7 @@ def device_window(
 ) -> WindowStats:
     """A device's window, from the inference logs it forwarded."""
     if not (
-        _known(hub, "SELECT 1 FROM devices WHERE id = ?", device_id)
+        device_exists(hub.db.conn, device_id)
         or _known(hub, "SELECT 1 FROM inference_logs WHERE device_id = ? LIMIT 1", device_id)
     ):
         raise NotFound("device", device_id)

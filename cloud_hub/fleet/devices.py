@@ -14,6 +14,7 @@ from typing import Any
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
 from cloud_hub.core.names import check_name
+from cloud_hub.core.rows import model_from_row, row_dict
 from cloud_hub.fleet.broker_auth import BrokerFiles, hash_password, new_password, write_auth_files
 from cloud_hub.fleet.broker_reload import BrokerReloader, ReloadOutcome
 from cloud_hub.fleet.schemas import (
@@ -24,6 +25,7 @@ from cloud_hub.fleet.schemas import (
     DeviceRegistration,
     InferenceLog,
 )
+from edge_agent.core.wire import DeviceStatus
 
 # Registrations reload the broker at most once a RELOAD_GAP_S in fleets this large
 # (`DeviceStore._reload_soon`).
@@ -66,31 +68,17 @@ class DeviceRow:
 
 
 def device_from_row(row: sqlite3.Row) -> Device:
-    d = dict(row)
-    return Device(
-        id=d["id"],
-        name=d["name"],
-        hardware=d["hardware"],
-        runtimes=json.loads(d["runtimes"]),
-        tags=json.loads(d["tags"]),
+    d = row_dict(row)
+    return model_from_row(
+        Device,
+        d,
+        ("runtimes", "tags", "reported_runtimes"),
         group=d["group_name"],
-        status=d["status"],
-        agent_version=d["agent_version"],
-        reported_runtimes=json.loads(d["reported_runtimes"]),
-        last_seen=d["last_seen"],
-        active_version_id=d["active_version_id"],
-        desired_version_id=d["desired_version_id"],
-        desired_deployment_id=d["desired_deployment_id"],
         acked_upto=d.get("epoch_acked_upto") or 0,
         epoch=d.get("current_epoch"),
         logs_stored=d.get("logs_stored", 0),
         telemetry_stored=d.get("telemetry_stored", 0),
         fleet=d.get("fleet_name"),
-        hardware_id=d["hardware_id"],
-        revoked_at=d["revoked_at"],
-        rejected=d["rejected"],
-        last_reason=d["last_reason"],
-        created_at=d["created_at"],
     )
 
 
@@ -290,8 +278,7 @@ class DeviceStore:
         return device_from_row(row)
 
     def exists(self, device_id: str) -> bool:
-        row = self.db.conn.execute("SELECT 1 FROM devices WHERE id = ?", [device_id]).fetchone()
-        return row is not None
+        return device_exists(self.db.conn, device_id)
 
     def all(self, *, tag: str | None = None, group: str | None = None) -> list[Device]:
         """Every device (with the tag / in the group), by id."""
@@ -491,6 +478,137 @@ def check_device(body: DeviceCreate) -> None:
 
 
 def _log(row: sqlite3.Row) -> InferenceLog:
-    data: dict[str, Any] = dict(row)
-    data["output"] = json.loads(data["output"])
-    return InferenceLog(**data)
+    return model_from_row(InferenceLog, row, ("output",))
+
+
+# -- the devices table for the other modules (presence, rollout, enrollment, auth, monitoring,
+# routing): each takes the connection, so a caller's transaction holds its read or write.
+def device_exists(conn: sqlite3.Connection, device_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM devices WHERE id = ?", [device_id]).fetchone() is not None
+
+
+def password_hash(conn: sqlite3.Connection, device_id: str) -> str | None:
+    """The hash of the device's broker password (None: no such device)."""
+    row = conn.execute("SELECT password_hash FROM devices WHERE id = ?", [device_id]).fetchone()
+    return None if row is None else str(row[0])
+
+
+def enrolled_with(conn: sqlite3.Connection, hardware_id: str) -> tuple[str, int | None] | None:
+    """(device id, enrollment token id) of the device enrolled with this hardware id."""
+    row = conn.execute(
+        "SELECT id, enroll_token_id FROM devices WHERE hardware_id = ?", [hardware_id]
+    ).fetchone()
+    return None if row is None else (str(row["id"]), row["enroll_token_id"])
+
+
+def fleet_sizes(conn: sqlite3.Connection, fleet_id: int | None = None) -> dict[int, int]:
+    """Devices per fleet id (of every fleet with one, or of `fleet_id`)."""
+    sql = "SELECT fleet_id, COUNT(*) FROM devices WHERE fleet_id IS NOT NULL"
+    args: list[object] = []
+    if fleet_id is not None:
+        sql, args = sql + " AND fleet_id = ?", [fleet_id]
+    return {int(r[0]): int(r[1]) for r in conn.execute(f"{sql} GROUP BY fleet_id", args)}
+
+
+def record_status(
+    conn: sqlite3.Connection, device_id: str, status: DeviceStatus, *, now: float, seen: str
+) -> None:
+    """A status message: `status_since` moves (to `now`) only when the state changes."""
+    conn.execute(
+        "UPDATE devices SET status_since = CASE WHEN status IS ? THEN status_since "
+        "ELSE ? END, status = ?, agent_version = COALESCE(NULLIF(?, ''), "
+        "agent_version), reported_runtimes = CASE WHEN ? = '[]' THEN reported_runtimes "
+        "ELSE ? END, active_version_id = COALESCE(?, active_version_id), last_seen = ? "
+        "WHERE id = ?",
+        [
+            status.state,
+            now,
+            status.state,
+            status.agent_version,
+            json.dumps(status.runtimes),
+            json.dumps(status.runtimes),
+            status.active_version,
+            seen,
+            device_id,
+        ],
+    )
+
+
+def set_last_seen(conn: sqlite3.Connection, device_id: str, seen: str) -> None:
+    conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", [seen, device_id])
+
+
+def count_rejection(conn: sqlite3.Connection, device_id: str, reason: str) -> None:
+    conn.execute(
+        "UPDATE devices SET rejected = rejected + 1, last_reason = ? WHERE id = ?",
+        [reason, device_id],
+    )
+
+
+def set_last_reason(conn: sqlite3.Connection, device_id: str, reason: str) -> None:
+    conn.execute("UPDATE devices SET last_reason = ? WHERE id = ?", [reason, device_id])
+
+
+def set_active_version(conn: sqlite3.Connection, device_id: str, version_id: int) -> None:
+    conn.execute("UPDATE devices SET active_version_id = ? WHERE id = ?", [version_id, device_id])
+
+
+def desired_deployments(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    """(desired deployment id, device id) of every device that has one."""
+    rows = conn.execute(
+        "SELECT desired_deployment_id, id FROM devices WHERE desired_deployment_id IS NOT NULL"
+    ).fetchall()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def claim_desired(
+    conn: sqlite3.Connection,
+    device_id: str,
+    deployment_id: int,
+    *,
+    version_id: int,
+    artifact_id: int | None,
+) -> bool:
+    """Make the deployment the device's desired one, unless a newer one holds it."""
+    cur = conn.execute(
+        "UPDATE devices SET desired_deployment_id = ?, desired_version_id = ?, "
+        "desired_artifact_id = ? WHERE id = ? AND (desired_deployment_id IS NULL "
+        "OR desired_deployment_id <= ?)",
+        [deployment_id, version_id, artifact_id, device_id, deployment_id],
+    )
+    return cur.rowcount == 1
+
+
+def desired_of(conn: sqlite3.Connection, device_id: str) -> tuple[int | None, int | None] | None:
+    """(desired deployment id, desired artifact id) of the device (None: no such device)."""
+    row = conn.execute(
+        "SELECT desired_deployment_id, desired_artifact_id FROM devices WHERE id = ?",
+        [device_id],
+    ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def statuses(
+    conn: sqlite3.Connection, device_id: str | None = None
+) -> list[tuple[str, str, float | None]]:
+    """(id, status, status_since) of every device, or of one."""
+    sql = "SELECT id, status, status_since FROM devices"
+    args: list[object] = []
+    if device_id is not None:
+        sql, args = sql + " WHERE id = ?", [device_id]
+    return [(r[0], r[1], r[2]) for r in conn.execute(sql, args)]
+
+
+def routing_row(conn: sqlite3.Connection, device_id: str) -> dict[str, Any] | None:
+    """What condition routing may know of a device: hardware, tags, group and runtimes (the
+    JSON columns decoded; NULL ones as empty lists)."""
+    row = conn.execute(
+        "SELECT id, hardware, tags, group_name, runtimes FROM devices WHERE id = ?",
+        [device_id],
+    ).fetchone()
+    if row is None:
+        return None
+    data = row_dict(row)
+    data["tags"] = json.loads(data["tags"] or "[]")
+    data["runtimes"] = json.loads(data["runtimes"] or "[]")
+    return data

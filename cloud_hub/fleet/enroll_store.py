@@ -22,6 +22,7 @@ from cloud_hub.auth.tokens import hash_token
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound
 from cloud_hub.core.names import check_name
+from cloud_hub.fleet.devices import fleet_sizes
 from cloud_hub.registry.schemas import NAME_PATTERN
 
 __all__ = [
@@ -82,21 +83,19 @@ class Fleet(BaseModel):
     created_at: str
 
 
-def _fleet(row: sqlite3.Row) -> Fleet:
+def _fleet(row: sqlite3.Row, sizes: dict[int, int]) -> Fleet:
     return Fleet(
         id=row["id"],
         name=row["name"],
         group=row["group_name"],
         tags=json.loads(row["tags"]),
         device_prefix=row["device_prefix"],
-        devices=row["devices"],
+        devices=sizes.get(row["id"], 0),
         created_at=row["created_at"],
     )
 
 
-_FLEET_SQL = (
-    "SELECT f.*, (SELECT COUNT(*) FROM devices d WHERE d.fleet_id = f.id) AS devices FROM fleets f"
-)
+_FLEET_SQL = "SELECT f.* FROM fleets f"
 
 
 def _prefix_of(name: str) -> str:
@@ -132,19 +131,23 @@ class FleetStore:
         return self.get(body.name)
 
     def get(self, name: str) -> Fleet:
-        row = self.db.conn.execute(f"{_FLEET_SQL} WHERE f.name = ?", [name]).fetchone()
+        conn = self.db.conn
+        row = conn.execute(f"{_FLEET_SQL} WHERE f.name = ?", [name]).fetchone()
         if row is None:
             raise NotFound("fleet", name)
-        return _fleet(row)
+        return _fleet(row, fleet_sizes(conn, row["id"]))
 
     def by_id(self, fleet_id: int) -> Fleet:
-        row = self.db.conn.execute(f"{_FLEET_SQL} WHERE f.id = ?", [fleet_id]).fetchone()
+        conn = self.db.conn
+        row = conn.execute(f"{_FLEET_SQL} WHERE f.id = ?", [fleet_id]).fetchone()
         if row is None:
             raise NotFound("fleet", fleet_id)
-        return _fleet(row)
+        return _fleet(row, fleet_sizes(conn, fleet_id))
 
     def all(self) -> list[Fleet]:
-        return [_fleet(r) for r in self.db.conn.execute(f"{_FLEET_SQL} ORDER BY f.name")]
+        conn = self.db.conn
+        sizes = fleet_sizes(conn)
+        return [_fleet(r, sizes) for r in conn.execute(f"{_FLEET_SQL} ORDER BY f.name")]
 
 
 # -- enrollment tokens --------------------------------------------------------------------------

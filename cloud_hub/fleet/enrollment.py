@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import Refused
-from cloud_hub.fleet.devices import DeviceRevoked, DeviceStore, Enrollment
+from cloud_hub.fleet.devices import DeviceRevoked, DeviceStore, Enrollment, enrolled_with
 from cloud_hub.fleet.enroll_store import (
     EnrollToken,
     EnrollTokenCreate,
@@ -126,16 +126,14 @@ class EnrollmentService:
         fleet = self.fleets.by_id(self._fleet_id(token))
         with self.db.transaction():
             conn = self.db.conn
-            row = conn.execute(
-                "SELECT id, enroll_token_id FROM devices WHERE hardware_id = ?", [req.hardware_id]
-            ).fetchone()
-            new_use = row is None or row["enroll_token_id"] != token.id
+            row = enrolled_with(conn, req.hardware_id)
+            new_use = row is None or row[1] != token.id
             if not self.tokens.record_use(conn, token.id, new_device=new_use):
                 raise EnrollmentRefused(
                     401,
                     f"enrollment token {token.prefix}… has enrolled its {token.max_uses} devices",
                 )
-            device_id = row["id"] if row is not None else device_id_for(fleet, req.hardware_id)
+            device_id = row[0] if row is not None else device_id_for(fleet, req.hardware_id)
             try:
                 password, reenrolled = self.devices.enroll(
                     conn,

@@ -43,6 +43,7 @@ from cloud_hub.core.db import Database
 from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.broker_auth import HUB_USER, BrokerFiles, hub_ca_file, hub_password
 from cloud_hub.fleet.desired import DesiredStates
+from cloud_hub.fleet.devices import device_exists
 from cloud_hub.fleet.errors import Rejected
 from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.fleet.ingest_worker import IngestWorker, Pending
@@ -379,10 +380,10 @@ class FleetService:
         each time: it may be registering right now, in this process or another."""
         if device_id in self._known_ids:
             return True
-        row = self.db.conn.execute("SELECT 1 FROM devices WHERE id = ?", [device_id]).fetchone()
-        if row is not None:
-            self._known_ids.add(device_id)
-        return row is not None
+        if not device_exists(self.db.conn, device_id):
+            return False
+        self._known_ids.add(device_id)
+        return True
 
     def _refuse(self, counter: str, device_id: str | None, topic: str, reason: str) -> None:
         self.log.warning("refused a message on %s: %s", topic, reason)

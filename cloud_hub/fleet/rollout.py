@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cloud_hub.core.db import Database
+from cloud_hub.fleet import devices
 from cloud_hub.fleet.errors import Rejected
 from cloud_hub.registry.registry import utcnow
 from edge_agent.core.wire import Report
@@ -53,10 +54,7 @@ class Rollout:
             conn = db.conn
             if report.deployment_id is None:
                 if report.state in FAILED:
-                    conn.execute(
-                        "UPDATE devices SET last_reason = ? WHERE id = ?",
-                        [f"{report.state}: {report.reason}", device_id],
-                    )
+                    devices.set_last_reason(conn, device_id, f"{report.state}: {report.reason}")
                 return None
             row = conn.execute(
                 "SELECT dd.state, d.version_id FROM deployment_devices dd "
@@ -95,10 +93,7 @@ class Rollout:
                 ],
             )
             if report.state == "active":
-                conn.execute(
-                    "UPDATE devices SET active_version_id = ? WHERE id = ?",
-                    [row["version_id"], device_id],
-                )
+                devices.set_active_version(conn, device_id, row["version_id"])
         return report.deployment_id
 
     # -- decisions ------------------------------------------------------------------------------
@@ -199,10 +194,7 @@ class Rollout:
 
     def current_desired(self) -> list[Assignment]:
         """Every device's current desired deployment (to publish again after a broker loss)."""
-        rows = self.db.conn.execute(
-            "SELECT desired_deployment_id, id FROM devices WHERE desired_deployment_id IS NOT NULL"
-        ).fetchall()
-        return [Assignment(int(r[0]), str(r[1])) for r in rows]
+        return [Assignment(dep, dev) for dep, dev in devices.desired_deployments(self.db.conn)]
 
     def claim_desired(self, a: Assignment) -> bool:
         """Make `a` the device's desired deployment before it is published, so a fetch that
@@ -217,19 +209,13 @@ class Rollout:
             ).fetchone()
             if row is None or row["state"] == "superseded":
                 return False
-            cur = conn.execute(
-                "UPDATE devices SET desired_deployment_id = ?, desired_version_id = ?, "
-                "desired_artifact_id = ? WHERE id = ? AND (desired_deployment_id IS NULL "
-                "OR desired_deployment_id <= ?)",
-                [
-                    a.deployment_id,
-                    row["version_id"],
-                    row["artifact_id"],
-                    a.device_id,
-                    a.deployment_id,
-                ],
+            return devices.claim_desired(
+                conn,
+                a.device_id,
+                a.deployment_id,
+                version_id=row["version_id"],
+                artifact_id=row["artifact_id"],
             )
-            return cur.rowcount == 1
 
     def mark_published(self, a: Assignment) -> None:
         now = utcnow()
@@ -241,39 +227,54 @@ class Rollout:
             )
 
     def desired_sha256(self, device_id: str) -> str | None:
-        row = self.db.conn.execute(
-            "SELECT a.sha256 FROM devices d JOIN artifacts a ON a.id = d.desired_artifact_id "
-            "WHERE d.id = ?",
-            [device_id],
-        ).fetchone()
-        return None if row is None else str(row[0])
+        desired = devices.desired_of(self.db.conn, device_id)
+        return None if desired is None else self._sha256(desired[1])
 
     def fetchable_sha256s(self, device_id: str) -> list[str]:
         """What the device may fetch: its desired artifact, then its desired shadow's."""
-        found = [] if (sha := self.desired_sha256(device_id)) is None else [sha]
-        row = self.db.conn.execute(
-            "SELECT a.sha256 FROM devices d JOIN deployment_devices dd "
-            "ON dd.deployment_id = d.desired_deployment_id AND dd.device_id = d.id "
-            "JOIN artifacts a ON a.id = dd.shadow_artifact_id WHERE d.id = ?",
-            [device_id],
+        conn = self.db.conn
+        desired = devices.desired_of(conn, device_id)
+        if desired is None:
+            return []
+        deployment_id, artifact_id = desired
+        found = [] if (sha := self._sha256(artifact_id)) is None else [sha]
+        row = conn.execute(
+            "SELECT a.sha256 FROM deployment_devices dd "
+            "JOIN artifacts a ON a.id = dd.shadow_artifact_id "
+            "WHERE dd.deployment_id = ? AND dd.device_id = ?",
+            [deployment_id, device_id],
         ).fetchone()
         if row is not None:
             found.append(str(row[0]))
         return found
 
+    def _sha256(self, artifact_id: int | None) -> str | None:
+        if artifact_id is None:
+            return None
+        row = self.db.conn.execute(
+            "SELECT sha256 FROM artifacts WHERE id = ?", [artifact_id]
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     # -- serving parameters changed after publication --------------------------------------------
     def params_changed(self) -> list[tuple[Assignment, int]]:
         """(row, the deployment's params_rev) for every device whose current desired deployment
         got new parameters since its desired state was published."""
-        rows = self.db.conn.execute(
+        conn = self.db.conn
+        rows = conn.execute(
             "SELECT dd.deployment_id, dd.device_id, d.params_rev FROM deployment_devices dd "
             "JOIN deployments d ON d.id = dd.deployment_id "
-            "JOIN devices dev ON dev.id = dd.device_id "
-            "AND dev.desired_deployment_id = dd.deployment_id "
             "WHERE dd.params_rev < d.params_rev AND dd.published_at IS NOT NULL "
             "AND dd.state != 'superseded' ORDER BY dd.deployment_id, dd.device_id"
         ).fetchall()
-        return [(Assignment(int(r[0]), str(r[1])), int(r[2])) for r in rows]
+        if not rows:
+            return []
+        desired = set(devices.desired_deployments(conn))
+        return [
+            (Assignment(int(r[0]), str(r[1])), int(r[2]))
+            for r in rows
+            if (int(r[0]), str(r[1])) in desired
+        ]
 
     def mark_params_published(self, a: Assignment, rev: int) -> None:
         with self.db.transaction() as db:

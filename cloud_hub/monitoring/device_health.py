@@ -10,6 +10,7 @@ that alerts open, hold and resolve as for the other metrics: `count` is what the
 from __future__ import annotations
 
 from cloud_hub.core.db import Database
+from cloud_hub.fleet.devices import statuses
 from cloud_hub.fleet.metrics_store import rises
 from cloud_hub.monitoring.rules import AlertRule
 from cloud_hub.monitoring.windows import WindowStats
@@ -42,12 +43,8 @@ def _window(device: str, rule: AlertRule, now: float, count: int) -> WindowStats
 def device_values(db: Database, rule: AlertRule, now: float) -> list[DeviceValue]:
     """The rule's metric for each device it covers (its target, or every device)."""
     if rule.metric == "offline_s":
-        sql = "SELECT id, status, status_since FROM devices"
-        args: list[object] = []
-        if rule.target is not None:
-            sql, args = sql + " WHERE id = ?", [rule.target]
         out = []
-        for device, status, since in db.conn.execute(sql, args):
+        for device, status, since in statuses(db.conn, rule.target):
             if status == "online":
                 value = 0.0
             elif status == "offline" and since is not None:

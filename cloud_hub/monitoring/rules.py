@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import InvalidInput, NotFound
+from cloud_hub.fleet.devices import device_exists
 
 Metric = Literal[
     "latency_p99_ms", "error_rate", "psi_max", "output_shift", "offline_s", "outbox_backlog_growth"
@@ -191,8 +192,7 @@ class RuleStore:
             if row is None:
                 raise InvalidInput(f"target: no endpoint {target!r}")
             return target
-        row = conn.execute("SELECT 1 FROM devices WHERE id = ?", [target]).fetchone()
-        if row is None:
+        if not device_exists(conn, target):
             raise InvalidInput(f"target: no device {target!r}")
         return target
 

@@ -22,7 +22,6 @@ STILL_SHARED = frozenset(
         "deployment_devices",
         "deployments",
         "device_epochs",
-        "devices",
         "endpoints",
         "fleets",
         "inference_logs",

@@ -4,7 +4,6 @@ from the hub's device registry (the `devices` table) and kept briefly in memory,
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -52,16 +51,16 @@ class DeviceLookup:
 
     def _read(self, device_id: str) -> DeviceFacts | None:
         self.queries += 1
-        row = self.db.conn.execute(
-            "SELECT id, hardware, tags, group_name, runtimes FROM devices WHERE id = ?",
-            [device_id],
-        ).fetchone()
+        # here, not at the top: the image server (no database, no fleet) imports this module
+        from cloud_hub.fleet.devices import routing_row
+
+        row = routing_row(self.db.conn, device_id)
         if row is None:
             return None
         return DeviceFacts(
             id=row["id"],
             hardware=row["hardware"] or "",
-            tags=frozenset(json.loads(row["tags"] or "[]")),
+            tags=frozenset(row["tags"]),
             group=row["group_name"],
-            runtimes=tuple(json.loads(row["runtimes"] or "[]")),
+            runtimes=tuple(row["runtimes"]),
         )
