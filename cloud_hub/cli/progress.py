@@ -11,6 +11,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from cloud_hub.cli import render
 from cloud_hub.cli.base import State
+from cloud_hub.cli.native_output import native_output_to
+
+NATIVE_LOG = "native-output.log"  # under DATA_DIR/logs: what libraries print while training
 
 
 def step_info(step: str, payload: dict[str, Any]) -> str:
@@ -29,35 +32,39 @@ def step_info(step: str, payload: dict[str, Any]) -> str:
 
 
 def run_with_progress(state: State, request: Any, quiet: bool) -> Any:
-    """Run the training pipeline for `request`, a bar per step on stderr (none when quiet)."""
+    """Run the training pipeline for `request`, a bar per step on stderr (none when quiet).
+    What libraries print natively meanwhile goes to DATA_DIR/logs/native-output.log when stderr
+    is a terminal."""
     from cloud_hub.training.pipeline import STEPS
 
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description:<12}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=render.err_console,
-        disable=quiet,
-    )
-    tasks = {s: progress.add_task(s, total=1, info="", start=False) for s in STEPS}
-    if request.model_type == "cnn":
-        # TensorFlow's C++ side prints at import, which would tear the live progress bars apart:
-        # import it (it is needed anyway) before they are drawn.
-        from converters._tf import import_tensorflow
+    log = state.settings().data_dir / "logs" / NATIVE_LOG
+    with native_output_to(log, render.err_console) as console:
+        progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description:<12}"),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+        )
+        tasks = {s: progress.add_task(s, total=1, info="", start=False) for s in STEPS}
+        if request.model_type == "cnn":
+            # TensorFlow's start-up takes seconds: import it (it is needed anyway) before the
+            # bars are drawn, so the first bar's clock does not count it
+            from converters._tf import import_tensorflow
 
-        import_tensorflow()
+            import_tensorflow()
 
-    def on_event(step: str, status: str, payload: dict[str, Any]) -> None:
-        task = tasks[step]
-        if status == "started":
-            progress.start_task(task)
-        elif status in ("succeeded", "cached"):
-            info = status if status == "cached" else step_info(step, payload)
-            progress.update(task, completed=1, info=info)
-        else:
-            progress.update(task, info=f"[red]{payload.get('error', 'failed')}[/red]"[:80])
+        def on_event(step: str, status: str, payload: dict[str, Any]) -> None:
+            task = tasks[step]
+            if status == "started":
+                progress.start_task(task)
+            elif status in ("succeeded", "cached"):
+                info = status if status == "cached" else step_info(step, payload)
+                progress.update(task, completed=1, info=info)
+            else:
+                progress.update(task, info=f"[red]{payload.get('error', 'failed')}[/red]"[:80])
 
-    with progress:
-        return state.hub.pipeline(on_event).start(request)
+        with progress:
+            return state.hub.pipeline(on_event).start(request)
