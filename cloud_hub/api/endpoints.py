@@ -11,7 +11,6 @@ from cloud_hub.api.auth import OPERATOR, PREDICT, VIEWER
 from cloud_hub.api.bodies import PREDICT_BODY, read_body
 from cloud_hub.api.hygiene import error_response
 from cloud_hub.hub import Hub
-from cloud_hub.predlog import reports
 from cloud_hub.predlog.reports import AbReport, Metric, ShadowReport
 from cloud_hub.serving import (
     BadInput,
@@ -121,7 +120,7 @@ def ab_report(
     z-test for error_rate) with its p-value and a verdict."""
     stored = engine.store.get(name)  # 404 for an unknown endpoint
     order = _variant_order(stored.spec)
-    return reports.ab_report(engine.store.db, name, metric, since=since, order=order)
+    return engine.store.ab_report(name, metric, since=since, order=order)
 
 
 @router.get("/endpoints/{name}/reports/shadow", dependencies=[VIEWER])
@@ -134,7 +133,7 @@ def shadow_report(
     joined on request id and row): requests, agreement on the top label, latency p50/p99 of
     both on the same requests, errors."""
     engine.store.get(name)
-    return reports.shadow_report(engine.store.db, name, since=since)
+    return engine.store.shadow_report(name, since=since)
 
 
 @router.post(

@@ -15,6 +15,8 @@ from cloud_hub.fleet.devices import device_exists
 from cloud_hub.hub import Hub
 from cloud_hub.monitoring import Baseline, BaselineStore, By, WindowReader, WindowStats
 from cloud_hub.monitoring.baseline import dataset_baseline
+from cloud_hub.predlog.query import device_logged, endpoint_logged
+from cloud_hub.serving.engine.store import EndpointStore
 
 router = APIRouter(tags=["monitoring"])
 
@@ -50,19 +52,12 @@ def version_window(
     return _reader(hub).window("version", version_id, window_s=window_s, last_n=last_n)
 
 
-def _known(hub: Hub, sql: str, key: str) -> bool:
-    return hub.db.conn.execute(sql, [key]).fetchone() is not None
-
-
 @router.get("/monitoring/endpoints/{name}", dependencies=[VIEWER])
 def endpoint_window(
     name: str, hub: HubDep, window_s: WindowQ = 300.0, last_n: LastQ = None
 ) -> WindowStats:
     """An endpoint's window (also one deleted since, while its records are in the log)."""
-    if not (
-        _known(hub, "SELECT 1 FROM endpoints WHERE name = ?", name)
-        or _known(hub, "SELECT 1 FROM prediction_logs WHERE endpoint = ? LIMIT 1", name)
-    ):
+    if not (EndpointStore(hub.db).exists(name) or endpoint_logged(hub.db.conn, name)):
         raise NotFound("endpoint", name)
     return _reader(hub).window("endpoint", name, window_s=window_s, last_n=last_n)
 
@@ -72,10 +67,7 @@ def device_window(
     device_id: str, hub: HubDep, window_s: WindowQ = 300.0, last_n: LastQ = None
 ) -> WindowStats:
     """A device's window, from the inference logs it forwarded."""
-    if not (
-        device_exists(hub.db.conn, device_id)
-        or _known(hub, "SELECT 1 FROM inference_logs WHERE device_id = ? LIMIT 1", device_id)
-    ):
+    if not (device_exists(hub.db.conn, device_id) or device_logged(hub.db.conn, device_id)):
         raise NotFound("device", device_id)
     return _reader(hub).window("device", device_id, window_s=window_s, last_n=last_n)
 

@@ -56,6 +56,7 @@ from cloud_hub.monitoring.windows import (
     WindowStats,
     top_label,
 )
+from cloud_hub.registry.registry import version_labels
 from edge_agent.core.features import decode as decode_features
 
 log = logging.getLogger(__name__)
@@ -420,10 +421,7 @@ class DeviceView:
         if version is None:
             return []
         if version not in self._labels:
-            row = self.db.conn.execute(
-                "SELECT labels FROM versions WHERE id = ?", [version]
-            ).fetchone()
-            self._labels[version] = json.loads(row[0]) if row else []
+            self._labels[version] = version_labels(self.db.conn, version) or []
         return self._labels[version]
 
     # -- reading a window ---------------------------------------------------------------------

@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import InvalidInput, NotFound
 from cloud_hub.fleet.devices import device_exists
+from cloud_hub.registry.registry import version_exists, version_id_by_name
+from cloud_hub.serving.engine.store import EndpointStore
 
 Metric = Literal[
     "latency_p99_ms", "error_rate", "psi_max", "output_shift", "offline_s", "outbox_backlog_growth"
@@ -188,8 +190,7 @@ class RuleStore:
         if scope == "version":
             return str(_version_id(self.db, target))
         if scope == "endpoint":
-            row = conn.execute("SELECT 1 FROM endpoints WHERE name = ?", [target]).fetchone()
-            if row is None:
+            if not EndpointStore(self.db).exists(target):
                 raise InvalidInput(f"target: no endpoint {target!r}")
             return target
         if not device_exists(conn, target):
@@ -200,19 +201,14 @@ class RuleStore:
 def _version_id(db: Database, ref: str) -> int:
     """A version id, or a ref `project/model:N`, → the version's id."""
     conn = db.conn
+    found: int | None = None
     if ref.isdigit():
-        row = conn.execute("SELECT id FROM versions WHERE id = ?", [int(ref)]).fetchone()
+        found = int(ref) if version_exists(conn, int(ref)) else None
     else:
         project, _, rest = ref.partition("/")
         model, _, number = rest.rpartition(":")
-        row = None
         if project and model and number.isdigit():
-            row = conn.execute(
-                "SELECT v.id FROM versions v JOIN models m ON m.id = v.model_id "
-                "JOIN projects p ON p.id = m.project_id "
-                "WHERE p.name = ? AND m.name = ? AND v.number = ?",
-                [project, model, int(number)],
-            ).fetchone()
-    if row is None:
+            found = version_id_by_name(conn, project, model, int(number))
+    if found is None:
         raise InvalidInput(f"target: no version {ref!r} (give an id or project/model:N)")
-    return int(row[0])
+    return found

@@ -44,6 +44,7 @@ from pydantic import BaseModel, Field
 from cloud_hub.core.db import Database
 from cloud_hub.monitoring import stats
 from cloud_hub.monitoring.baseline import DECIMALS, Baseline, BaselineStore, answer_measures
+from cloud_hub.registry.registry import version_labels, version_ref
 from edge_agent.core.features import decode as decode_features
 
 By = Literal["version", "endpoint", "device"]
@@ -410,21 +411,12 @@ class WindowReader:
         if version is None:
             return []
         if version not in self._labels:
-            row = self.conn.execute(
-                "SELECT labels FROM versions WHERE id = ?", [version]
-            ).fetchone()
-            self._labels[version] = json.loads(row[0]) if row else []
+            self._labels[version] = version_labels(self.conn, version) or []
         return self._labels[version]
 
     def _ref(self, version: int) -> str:
         if version not in self._refs:
-            row = self.conn.execute(
-                "SELECT p.name, m.name, v.number FROM versions v "
-                "JOIN models m ON m.id = v.model_id JOIN projects p ON p.id = m.project_id "
-                "WHERE v.id = ?",
-                [version],
-            ).fetchone()
-            self._refs[version] = f"{row[0]}/{row[1]}:{row[2]}" if row else str(version)
+            self._refs[version] = version_ref(self.conn, version) or str(version)
         return self._refs[version]
 
 

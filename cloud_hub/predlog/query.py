@@ -52,6 +52,18 @@ class LogPage(BaseModel):
     next: str | None = Field(description="cursor of the next page; null at the end")
 
 
+def endpoint_logged(conn: sqlite3.Connection, endpoint: str) -> bool:
+    """Whether the prediction log holds a record of the endpoint (a deleted one's too)."""
+    sql = "SELECT 1 FROM prediction_logs WHERE endpoint = ? LIMIT 1"
+    return conn.execute(sql, [endpoint]).fetchone() is not None
+
+
+def device_logged(conn: sqlite3.Connection, device_id: str) -> bool:
+    """Whether the device forwarded an inference log that is stored."""
+    sql = "SELECT 1 FROM inference_logs WHERE device_id = ? LIMIT 1"
+    return conn.execute(sql, [device_id]).fetchone() is not None
+
+
 def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
     return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
 

@@ -20,6 +20,7 @@ import sqlite_utils
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound
 from cloud_hub.core.names import check_name
+from cloud_hub.core.rows import model_from_row, row_dict
 from cloud_hub.registry.artifacts import ArtifactStore
 from cloud_hub.registry.schemas import (
     Artifact,
@@ -54,10 +55,6 @@ def utcnow() -> str:
 
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
-
-
-def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
 
 
 def _insert(db: sqlite_utils.Database, table: str, row: dict[str, Any]) -> int:
@@ -119,11 +116,11 @@ class Registry:
         row = self.db.conn.execute(f"SELECT * FROM projects WHERE {col} = ?", [ref]).fetchone()
         if row is None:
             raise NotFound("project", ref)
-        return Project(**dict(row))
+        return model_from_row(Project, row)
 
     def list_projects(self) -> list[Project]:
         rows = self.db.conn.execute("SELECT * FROM projects ORDER BY id").fetchall()
-        return [Project(**dict(r)) for r in rows]
+        return [model_from_row(Project, r) for r in rows]
 
     # -- models -----------------------------------------------------------------------------
     _MODEL_SQL = """
@@ -171,13 +168,13 @@ class Registry:
         ).fetchone()
         if row is None:
             raise NotFound("model", f"{proj.name}/{ref}")
-        return Model(**dict(row))
+        return model_from_row(Model, row)
 
     def get_model_by_id(self, model_id: int) -> Model:
         row = self.db.conn.execute(f"{self._MODEL_SQL} WHERE m.id = ?", [model_id]).fetchone()
         if row is None:
             raise NotFound("model", model_id)
-        return Model(**dict(row))
+        return model_from_row(Model, row)
 
     def list_models(self, project: str | int | None = None) -> list[Model]:
         if project is None:
@@ -187,7 +184,7 @@ class Registry:
             rows = self.db.conn.execute(
                 f"{self._MODEL_SQL} WHERE m.project_id = ? ORDER BY m.id", [proj.id]
             ).fetchall()
-        return [Model(**dict(r)) for r in rows]
+        return [model_from_row(Model, r) for r in rows]
 
     # -- versions and artifacts -------------------------------------------------------------
     def add_version(
@@ -283,49 +280,23 @@ class Registry:
         FROM versions v JOIN models m ON m.id = v.model_id JOIN projects p ON p.id = m.project_id"""
 
     def _version(self, row: sqlite3.Row) -> Version:
-        data = dict(row)
+        data = row_dict(row, ("labels", "head", "metrics", "report", "preprocessing"))
         arts = self.db.conn.execute(
             "SELECT * FROM artifacts WHERE version_id = ? ORDER BY format, precision", [data["id"]]
         ).fetchall()
         artifacts = [
-            Artifact(
-                id=a["id"],
-                format=a["format"],
-                precision=a["precision"],
-                sha256=a["sha256"],
-                size=a["size"],
-                status=a["status"],
-                method=a["method"],
-                signature=json.loads(a["signature"]),
-                metrics=json.loads(a["metrics"]),
+            model_from_row(
+                Artifact,
+                a,
+                ("signature", "metrics"),
                 download_url=f"/api/v1/artifacts/{a['sha256']}",
             )
             for a in arts
         ]
-        labels = json.loads(data["labels"])
-        head = _load(data["head"])
+        head = data["head"]
         if head is None:  # registered before versions had heads: the default for its signature
-            head = stored_head(data["task"], labels, [a.signature for a in artifacts])
-        return Version(
-            id=data["id"],
-            project=data["project"],
-            model=data["model"],
-            number=data["number"],
-            status=data["status"],
-            status_reason=data["status_reason"],
-            source=data["source"],
-            parent_id=data["parent_id"],
-            run_id=data["run_id"],
-            kind=data["kind"],
-            metrics=json.loads(data["metrics"]),
-            report=_load(data["report"]),
-            preprocessing=_load(data["preprocessing"]),
-            labels=labels,
-            task=data["task"],
-            head=head,
-            artifacts=artifacts,
-            created_at=data["created_at"],
-        )
+            head = stored_head(data["task"], data["labels"], [a.signature for a in artifacts])
+        return model_from_row(Version, data, head=head, artifacts=artifacts)
 
     def update_version_metadata(
         self,
@@ -691,3 +662,38 @@ class Registry:
                 "last_run_id = ?, last_status = ? WHERE id = ? AND claimed_by = ?",
                 [next_run_at, run_id, status, schedule_id, worker],
             )
+
+
+# -- versions for the modules that only name them (monitoring's windows and alert rules) --------
+def version_exists(conn: sqlite3.Connection, version_id: int) -> bool:
+    return conn.execute("SELECT id FROM versions WHERE id = ?", [version_id]).fetchone() is not None
+
+
+def version_id_by_name(
+    conn: sqlite3.Connection, project: str, model: str, number: int
+) -> int | None:
+    """The id of version `number` of `project/model` (None: there is none)."""
+    row = conn.execute(
+        "SELECT v.id FROM versions v JOIN models m ON m.id = v.model_id "
+        "JOIN projects p ON p.id = m.project_id "
+        "WHERE p.name = ? AND m.name = ? AND v.number = ?",
+        [project, model, number],
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def version_labels(conn: sqlite3.Connection, version_id: int) -> list[str] | None:
+    """The version's class labels (None: no such version)."""
+    row = conn.execute("SELECT labels FROM versions WHERE id = ?", [version_id]).fetchone()
+    return None if row is None else list(json.loads(row[0]))
+
+
+def version_ref(conn: sqlite3.Connection, version_id: int) -> str | None:
+    """`project/model:N` of the version (None: no such version)."""
+    row = conn.execute(
+        "SELECT p.name, m.name, v.number FROM versions v "
+        "JOIN models m ON m.id = v.model_id JOIN projects p ON p.id = m.project_id "
+        "WHERE v.id = ?",
+        [version_id],
+    ).fetchone()
+    return None if row is None else f"{row[0]}/{row[1]}:{row[2]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 
@@ -9,6 +10,9 @@ from pydantic import BaseModel
 
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import AlreadyExists, NotFound
+from cloud_hub.core.rows import model_from_row
+from cloud_hub.predlog import reports
+from cloud_hub.predlog.reports import AbReport, Metric, ShadowReport
 from cloud_hub.registry.registry import utcnow
 from cloud_hub.serving.engine.params import EndpointParams
 from cloud_hub.serving.engine.spec import EndpointSpec
@@ -26,12 +30,7 @@ class EndpointStore:
         self.db = db
 
     def _row(self, row: sqlite3.Row) -> StoredEndpoint:
-        return StoredEndpoint(
-            name=row["name"],
-            spec=EndpointSpec.model_validate(json.loads(row["spec"])),
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-        )
+        return model_from_row(StoredEndpoint, row, ("spec",))
 
     def create(self, spec: EndpointSpec) -> StoredEndpoint:
         with self.db.transaction() as db:
@@ -98,6 +97,17 @@ class EndpointStore:
                 [name, params.model_dump_json(), now],
             )
         return now
+
+    # -- reports from the endpoint's prediction log ------------------------------------------
+    def ab_report(
+        self, name: str, metric: Metric, *, since: float | None, order: builtins.list[str] | None
+    ) -> AbReport:
+        """The online A/B of the endpoint's variants (`predlog.reports.ab_report`)."""
+        return reports.ab_report(self.db, name, metric, since=since, order=order)
+
+    def shadow_report(self, name: str, *, since: float | None) -> ShadowReport:
+        """Its shadow candidates against the primary (`predlog.reports.shadow_report`)."""
+        return reports.shadow_report(self.db, name, since=since)
 
     def params_stamps(self) -> dict[str, str]:
         rows = self.db.conn.execute("SELECT endpoint, updated_at FROM endpoint_params")
