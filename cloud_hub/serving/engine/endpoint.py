@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from cloud_hub.core.errors import InvalidInput
 from cloud_hub.predlog.writer import LogEntry, PredictionLogWriter
-from cloud_hub.serving.engine.errors import SpecError
-from cloud_hub.serving.engine.graph import ExtraAnswer, Graph, Run, compile_graph
+from cloud_hub.serving.engine.errors import ModelOff, SpecError
+from cloud_hub.serving.engine.graph import ExtraAnswer, Graph, Run, StepFailed, compile_graph
 from cloud_hub.serving.engine.models import LoadedModel, ModelSource, load_model
 from cloud_hub.serving.engine.params import NO_PARAMS, ResolvedParams
 from cloud_hub.serving.engine.spec import BatchingSpec, EndpointSpec
@@ -226,7 +226,9 @@ class CompiledEndpoint:
         )
         try:
             out = run.result(output)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, StepFailed | ModelOff):
+                exc.tags = dict(run.tags) or None
             if self.log is not None:
                 # a shadow that ran before the request failed still logs its candidates
                 extra_rows = self._extra_rows(run, dict(run.tags) or None)

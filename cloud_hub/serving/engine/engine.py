@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -71,6 +72,19 @@ class DeferredQueue(Protocol):
     ) -> DeferredJob: ...
 
 
+@dataclass
+class EndpointSlot:
+    """What the engine knows of one endpoint name: the build serving it (or why none can), the
+    stamps of the spec and the run-time parameters in force, and its counters (which outlive
+    rebuilds)."""
+
+    stats: EndpointStats = field(default_factory=EndpointStats)
+    live: CompiledEndpoint | None = None
+    broken: str | None = None  # why the stored spec could not be built
+    spec_stamp: str | None = None  # updated_at of the spec in force (or that failed to build)
+    params_stamp: str | None = None  # updated_at of the run-time parameters in force
+
+
 class ServingEngine:
     def __init__(
         self,
@@ -90,11 +104,7 @@ class ServingEngine:
         self._requests = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="serve")
         self._fanout = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fanout")
         self._lock = threading.Lock()
-        self._live: dict[str, CompiledEndpoint] = {}
-        self._broken: dict[str, str] = {}
-        self._stats: dict[str, EndpointStats] = {}
-        self._seen: dict[str, str] = {}  # name → updated_at of the spec in force
-        self._params_seen: dict[str, str | None] = {}  # name → updated_at of its params
+        self._slots: dict[str, EndpointSlot] = {}  # endpoint name → its slot
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._devices = DeviceLookup(db)  # condition routing on a device's tags or hardware
@@ -120,22 +130,20 @@ class ServingEngine:
     def sync(self) -> None:
         """Build what is stored and new or changed since it was built; drop what is gone."""
         with self._lock:
-            seen = dict(self._seen)  # before reading the store: a change meanwhile is seen next
+            # before reading the store: a change meanwhile is seen next time
+            seen = {n: slot.spec_stamp for n, slot in self._slots.items() if slot.spec_stamp}
         stored = {s.name: s for s in self.store.list()}
         for name, item in stored.items():
             if seen.get(name) != item.updated_at:
                 self.load(item)
         for name in set(seen) - set(stored):
-            with self._lock:
-                old = self._live.pop(name, None)
-                self._broken.pop(name, None)
-                self._seen.pop(name, None)
-            if old is not None:
-                old.retire()
+            self._drop(name)
         stamps = self.store.params_stamps()
         with self._lock:
             changed = [
-                e for n, e in self._live.items() if self._params_seen.get(n) != stamps.get(n)
+                slot.live
+                for n, slot in self._slots.items()
+                if slot.live is not None and slot.params_stamp != stamps.get(n)
             ]
         for endpoint in changed:
             self._apply_stored_params(endpoint)
@@ -152,7 +160,32 @@ class ServingEngine:
             versions=_versions(endpoint),
         )
         with self._lock:
-            self._params_seen[endpoint.name] = stamp
+            self._slot(endpoint.name).params_stamp = stamp
+
+    def _slot(self, name: str) -> EndpointSlot:
+        """`name`'s slot, made if it has none (call with the lock held)."""
+        return self._slots.setdefault(name, EndpointSlot())
+
+    def _live(self, name: str) -> CompiledEndpoint | None:
+        """The build serving `name` now, if any (call with the lock held)."""
+        slot = self._slots.get(name)
+        return None if slot is None else slot.live
+
+    def live(self, name: str) -> CompiledEndpoint:
+        """The build serving `name` now (its graph and steps, for tools and tests); NotFound
+        if none is."""
+        with self._lock:
+            endpoint = self._live(name)
+        if endpoint is None:
+            raise NotFound("endpoint", name)
+        return endpoint
+
+    def _drop(self, name: str) -> None:
+        """Forget `name` (deleted): its build is retired, its slot gone."""
+        with self._lock:
+            slot = self._slots.pop(name, None)
+        if slot is not None and slot.live is not None:
+            slot.live.retire()
 
     def load(self, stored: StoredEndpoint | str) -> None:
         """Build one stored endpoint (by name, or as read) and serve it."""
@@ -162,15 +195,17 @@ class ServingEngine:
         except RegistryError as exc:
             log.warning("endpoint %s could not be built: %s", item.name, exc)
             with self._lock:
-                self._broken[item.name] = str(exc)
-                self._seen[item.name] = item.updated_at
+                slot = self._slot(item.name)
+                slot.broken, slot.spec_stamp = str(exc), item.updated_at
 
     def close(self) -> None:
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=5)
         with self._lock:
-            live, self._live = list(self._live.values()), {}
+            live = [slot.live for slot in self._slots.values() if slot.live is not None]
+            for slot in self._slots.values():
+                slot.live = None
         for endpoint in live:
             endpoint.retire()
         self._requests.shutdown(wait=True, cancel_futures=True)
@@ -181,7 +216,7 @@ class ServingEngine:
     # -- specs ------------------------------------------------------------------------------
     def _compile(self, spec: EndpointSpec) -> CompiledEndpoint:
         with self._lock:
-            stats = self._stats.setdefault(spec.name, EndpointStats())
+            stats = self._slot(spec.name).stats
         endpoint = CompiledEndpoint(
             spec,
             self.registry,
@@ -201,23 +236,21 @@ class ServingEngine:
     def _install(self, endpoint: CompiledEndpoint, updated_at: str) -> None:
         """Swap `endpoint` in, unless this spec or a newer one is already in force."""
         with self._lock:
-            if self._seen.get(endpoint.name, "") >= updated_at and endpoint.name in self._live:
+            slot = self._slot(endpoint.name)
+            if (slot.spec_stamp or "") >= updated_at and slot.live is not None:
                 old: CompiledEndpoint | None = endpoint  # already in force, or stale: drop it
             else:
-                old = self._live.get(endpoint.name)
-                self._live[endpoint.name] = endpoint
-                self._broken.pop(endpoint.name, None)
-                self._seen[endpoint.name] = updated_at
+                old, slot.live = slot.live, endpoint
+                slot.broken, slot.spec_stamp = None, updated_at
         if old is not None:
             old.retire()
         if not self.store.exists(endpoint.name):
             # deleted while it was being built (a sync that read the store before the delete):
             # do not bring it back to serve until the next sync
             with self._lock:
-                gone = self._live.get(endpoint.name)
+                gone = self._live(endpoint.name)
                 if gone is endpoint:
-                    del self._live[endpoint.name]
-                    self._seen.pop(endpoint.name, None)
+                    slot.live = slot.spec_stamp = None
             if gone is endpoint:
                 endpoint.retire()
 
@@ -257,14 +290,7 @@ class ServingEngine:
 
     def delete(self, name: str) -> None:
         self.store.delete(name)
-        with self._lock:
-            old = self._live.pop(name, None)
-            self._broken.pop(name, None)
-            self._stats.pop(name, None)
-            self._seen.pop(name, None)
-            self._params_seen.pop(name, None)
-        if old is not None:
-            old.retire()
+        self._drop(name)
 
     # -- run-time parameters ----------------------------------------------------------------
     def get_params(self, name: str) -> EndpointParams:
@@ -286,15 +312,15 @@ class ServingEngine:
             stamp = self.store.set_params(name, params)
             endpoint.runtime = resolved
             with self._lock:
-                self._params_seen[name] = stamp
+                self._slot(name).params_stamp = stamp
         finally:
             endpoint.release()
         return params
 
     def _info(self, stored: StoredEndpoint) -> EndpointInfo:
         with self._lock:
-            live = self._live.get(stored.name)
-            error = self._broken.get(stored.name)
+            slot = self._slots.get(stored.name)
+            live, error = (None, None) if slot is None else (slot.live, slot.broken)
         info = EndpointInfo(
             name=stored.name,
             status="ready" if live is not None else "broken",
@@ -323,8 +349,8 @@ class ServingEngine:
     def _acquire(self, name: str) -> CompiledEndpoint:
         while True:
             with self._lock:
-                endpoint = self._live.get(name)
-                broken = self._broken.get(name)
+                slot = self._slots.get(name)
+                endpoint, broken = (None, None) if slot is None else (slot.live, slot.broken)
             if endpoint is None:
                 if broken is not None:
                     raise EndpointUnavailable(f"endpoint {name!r} is broken: {broken}")
@@ -336,12 +362,12 @@ class ServingEngine:
     def is_public(self, name: str) -> bool:
         """Whether the live endpoint `name` takes predictions without a token."""
         with self._lock:
-            endpoint = self._live.get(name)
+            endpoint = self._live(name)
         return endpoint is not None and endpoint.spec.public
 
     def max_body_bytes(self, name: str, default: int) -> int:
         with self._lock:
-            endpoint = self._live.get(name)
+            endpoint = self._live(name)
         if endpoint is None or endpoint.spec.max_body_bytes is None:
             return default
         return endpoint.spec.max_body_bytes
@@ -400,7 +426,7 @@ class ServingEngine:
         models = list(endpoint.models.values())
         version = models[0].version.id if len(models) == 1 else None
         # what a router said of the request before it failed (the A/B variant that failed)
-        tags: dict[str, str] | None = getattr(exc, "request_tags", None)
+        tags = exc.tags if isinstance(exc, StepFailed | ModelOff) else None
         entry = LogEntry(
             ts=time.time(),
             request_id=request_id,
@@ -422,8 +448,8 @@ class ServingEngine:
     def stats(self, name: str) -> dict[str, Any]:
         self.store.get(name)
         with self._lock:
-            endpoint = self._live.get(name)
-            stats = self._stats.setdefault(name, EndpointStats())
+            endpoint = self._live(name)
+            stats = self._slot(name).stats
         out: dict[str, Any] = {"endpoint": name, **stats.snapshot()}
         if endpoint is not None:
             out["in_flight"] = endpoint.pending()

@@ -33,3 +33,4 @@ class ModelOff(Exception):
         super().__init__(f"model {alias!r} is switched off (kill switch)")
         self.alias = alias
         self.step = step
+        self.tags: dict[str, str] | None = None  # as StepFailed.tags

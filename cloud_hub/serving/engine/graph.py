@@ -32,6 +32,9 @@ class StepFailed(Exception):
         text = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
         super().__init__(f"step {step!r} failed: {text}")
         self.step = step
+        # what the request had been tagged with when it failed (the A/B variant that failed):
+        # set by the endpoint, logged with the failure
+        self.tags: dict[str, str] | None = None
 
 
 @dataclass
@@ -127,6 +130,7 @@ def compile_graph(spec: EndpointSpec, env: BuildEnv) -> Graph:
             step = steps[name]
             inputs = [sigs[i] for i in step.inputs] or [REQUEST]
             sigs[name] = step.signature(inputs, sigs.__getitem__)
+            step.bind(inputs, sigs.__getitem__)
         if sigs[output].kind not in ANSWER_KINDS:
             raise SpecError(
                 f"the output gives {sigs[output].describe()}, not class scores, a head's "

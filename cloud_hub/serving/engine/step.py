@@ -178,7 +178,15 @@ class Step(ABC):
 
     @abstractmethod
     def signature(self, inputs: list[Signature], target: Callable[[str], Signature]) -> Signature:
-        """What this step outputs given its inputs' signatures; SpecError if they do not fit."""
+        """What this step outputs given its inputs' signatures; SpecError if they do not fit.
+        A query: it changes nothing (what the step keeps from its inputs is `bind`'s job)."""
+
+    def bind(  # noqa: B027  (most steps keep nothing from their inputs)
+        self, inputs: list[Signature], target: Callable[[str], Signature]
+    ) -> None:
+        """Called once, when the graph is built, after `signature()` accepted the inputs: keep
+        what `run()` needs from their signatures (their classes, a head checked against the
+        model's outputs)."""
 
     @abstractmethod
     def run(self, ctx: RunContext, inputs: list[Value]) -> Value:

@@ -36,7 +36,7 @@ from cloud_hub.serving.engine.step import (
     register_step,
 )
 from cloud_hub.serving.engine.values import Value
-from cloud_hub.serving.steps._routing import Latencies, bucket, check_same_classes, tag_error
+from cloud_hub.serving.steps.routing import Latencies, bucket, check_same_classes
 
 
 class AbSplitParams(StepParams):
@@ -146,9 +146,8 @@ class AbSplitStep(Step):
                 continue
             except InvalidInput:
                 raise
-            except Exception as exc:
+            except Exception:
                 self._count(variant, "errors")
-                tag_error(exc, "variant", variant)
                 raise
             self._done(variant, value, (time.perf_counter() - start) * 1000)
             if variant != first:
@@ -160,7 +159,7 @@ class AbSplitStep(Step):
         # every variant is switched off (or weighs 0): the request fails with the last switch
         if off is None:
             raise RuntimeError("no variant has a weight above 0")
-        tag_error(off, "variant", first or "")
+        ctx.tag("variant", first or "")
         raise off
 
     def _count(self, variant: str, what: str) -> None:

@@ -60,8 +60,10 @@ class PredictionCacheStep(Step):
             raise self.fail(
                 f"target {self.params.target!r} gives {sig.describe()}, not scores or results"
             )
-        self.labels = sig.labels
         return sig
+
+    def bind(self, inputs: list[Signature], target: Callable[[str], Signature]) -> None:
+        self.labels = target(self.params.target).labels
 
     def keys(self, value: Value) -> list[str]:
         if self.params.key == "id":

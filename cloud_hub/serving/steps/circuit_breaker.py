@@ -37,7 +37,7 @@ from cloud_hub.serving.engine.step import (
     register_step,
 )
 from cloud_hub.serving.engine.values import Value
-from cloud_hub.serving.steps._routing import check_same_classes, fixed_answer, with_extra_class
+from cloud_hub.serving.steps.routing import check_same_classes, fixed_answer, with_extra_class
 
 State = Literal["closed", "open", "half_open"]
 
@@ -110,6 +110,15 @@ class CircuitBreakerStep(Step):
         return [self.params.target] + ([step] if step is not None else [])
 
     def signature(self, inputs: list[Signature], target: Callable[[str], Signature]) -> Signature:
+        return self._output(target)[0]
+
+    def bind(self, inputs: list[Signature], target: Callable[[str], Signature]) -> None:
+        _, self.labels, self._extra = self._output(target)
+
+    def _output(
+        self, target: Callable[[str], Signature]
+    ) -> tuple[Signature, tuple[str, ...], bool]:
+        """What the step gives, its classes, and whether the fallback's label is an extra one."""
         sigs = {name: target(name) for name in self.targets()}
         first = check_same_classes(self, sigs, "step")
         label = self.params.fallback.label
@@ -119,16 +128,16 @@ class CircuitBreakerStep(Step):
                     f"fallback.label: the target gives {first.describe()}, not class scores: "
                     'fall back to another step ({"step": "..."})'
                 )
-            return first
+            return first, (), False
         labels = first.labels or ()
+        extra = False
         if label is not None and label not in labels:
             if first.labels is None:
                 raise self.fail(f"fallback.label: the target's classes are unknown: {label!r}")
             labels = (*labels, label)  # an extra class: the fallback's own answer
-            self._extra = True
-        self.labels = labels
-        width = len(labels) if self._extra else (first.shape or (None, None))[-1]
-        return Signature("scores", (None, width), labels)
+            extra = True
+        width = len(labels) if extra else (first.shape or (None, None))[-1]
+        return Signature("scores", (None, width), labels), labels, extra
 
     # -- the state machine -------------------------------------------------------------------
     def _move(self, to: State, reason: str) -> None:

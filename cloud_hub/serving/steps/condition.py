@@ -41,7 +41,7 @@ from cloud_hub.serving.engine.step import (
     register_step,
 )
 from cloud_hub.serving.engine.values import Value
-from cloud_hub.serving.steps._routing import check_same_classes
+from cloud_hub.serving.steps.routing import check_same_classes
 
 Scalar = str | int | float | bool
 

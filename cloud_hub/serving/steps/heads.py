@@ -53,6 +53,22 @@ class HeadStep(Step):
 
     def signature(self, inputs: list[Signature], target: Callable[[str], Signature]) -> Signature:
         got = inputs[0]
+        head = self._checked(got)
+        return signature_of(head, got, self._labels(got))
+
+    def bind(self, inputs: list[Signature], target: Callable[[str], Signature]) -> None:
+        got = inputs[0]
+        self.head = self._checked(got)
+        self.specs = got.outputs or ()
+        self.labels = self._labels(got)
+
+    @staticmethod
+    def _labels(got: Signature) -> tuple[str, ...]:
+        return tuple(getattr(got.head, "labels", None) or ())
+
+    def _checked(self, got: Signature) -> Any:
+        """The step's head (the version's, under the step's options), checked against the
+        model's outputs; SpecError if it does not fit them."""
         if got.kind != "tensors" or got.outputs is None:
             raise self.fail(
                 f"its input {self.inputs[0]!r} gives {got.describe()}, not a model's tensors: "
@@ -73,11 +89,7 @@ class HeadStep(Step):
             raise self.fail(f"bad head params: {msgs}") from None
         except HeadError as exc:
             raise self.fail(f"{exc} (model {got.model})") from None
-        self.head = head
-        self.specs = got.outputs
-        labels = getattr(got.head, "labels", None) or ()
-        self.labels = tuple(labels)
-        return signature_of(head, got, self.labels)
+        return head
 
     def run(self, ctx: RunContext, inputs: list[Value]) -> Value:
         (given,) = inputs
@@ -98,7 +110,12 @@ def _head_step(kind: str) -> type[HeadStep]:
     cls = type(
         f"{kind.capitalize()}Step",
         (HeadStep,),
-        {"kind": kind, "task": HEAD_STEP_TASKS[kind], "__doc__": f"`{kind}`: a head step."},
+        {
+            "kind": kind,
+            "task": HEAD_STEP_TASKS[kind],
+            "__doc__": f"`{kind}`: a head step.",
+            "__module__": __name__,  # where it is defined (not `abc`, type()'s caller)
+        },
     )
     register_step(cls)
     return cls

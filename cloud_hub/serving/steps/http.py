@@ -30,7 +30,7 @@ from cloud_hub.serving.engine.step import (
     register_step,
 )
 from cloud_hub.serving.engine.values import Value
-from cloud_hub.serving.steps._routing import Latencies
+from cloud_hub.serving.steps.routing import Latencies
 
 
 class HttpParams(StepParams):

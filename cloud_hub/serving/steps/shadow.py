@@ -38,7 +38,7 @@ from cloud_hub.serving.engine.step import (
     register_step,
 )
 from cloud_hub.serving.engine.values import Value
-from cloud_hub.serving.steps._routing import Latencies, check_same_classes
+from cloud_hub.serving.steps.routing import Latencies, check_same_classes
 from edge_agent.core.heads import compare
 
 

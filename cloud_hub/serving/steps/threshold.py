@@ -100,19 +100,32 @@ class ThresholdStep(Step):
     def signature(self, inputs: list[Signature], target: Callable[[str], Signature]) -> Signature:
         got = inputs[0]
         if got.kind == "results" and got.task == "detection":
-            self.detection = True
             return got
+        labels, _ = self._bound(got)
+        return Signature("scores", (None, len(labels)), labels)
+
+    def bind(self, inputs: list[Signature], target: Callable[[str], Signature]) -> None:
+        got = inputs[0]
+        if got.kind == "results" and got.task == "detection":
+            self.detection = True
+            return
+        self.labels, self.params = self._bound(got)
+        self.classes = got.labels or ()
+        self.index = {label: i for i, label in enumerate(self.labels)}
+
+    def _bound(self, got: Signature) -> tuple[tuple[str, ...], ThresholdParams]:
+        """The classes the step answers (its input's, and the default label if new) and its
+        params checked against them (as run-time parameters will be); SpecError if they do not
+        fit the input."""
         if got.kind != "scores" or got.labels is None:
             raise self.fail(
                 f"its input {self.inputs[0]!r} must give class scores with classes (or "
                 f"detections), it gives {got.describe()}"
             )
-        self.classes = got.labels
         default = self.params.default_label
         if default is None:
             raise self.fail("default_label: required: the answer of rows below their bar")
-        self.labels = got.labels if default in got.labels else (*got.labels, default)
-        self.index = {label: i for i, label in enumerate(self.labels)}
+        labels = got.labels if default in got.labels else (*got.labels, default)
 
         class Bound(ThresholdParams):  # what run-time parameters are checked against
             classes = got.labels
@@ -120,11 +133,10 @@ class ThresholdStep(Step):
 
         Bound.__name__ = Bound.__qualname__ = "ThresholdParams"
         try:
-            self.params = Bound.model_validate(self.params.model_dump())
+            return labels, Bound.model_validate(self.params.model_dump())
         except ValidationError as exc:
             first = exc.errors()[0]["msg"]
             raise self.fail(str(first).removeprefix("Value error, ")) from None
-        return Signature("scores", (None, len(self.labels)), self.labels)
 
     def _low(self, given: Value, params: ThresholdParams) -> tuple[list[int], list[int]]:
         """The rows below their bar, and their top classes."""

@@ -52,7 +52,7 @@ def flush(client: TestClient) -> None:
 
 def step_of(client: TestClient, endpoint: str, step: str) -> Any:
     engine = client.app.state.engine  # type: ignore[attr-defined]
-    return engine._live[endpoint].graph.steps[step]
+    return engine.live(endpoint).graph.steps[step]
 
 
 def put_params(client: TestClient, name: str, body: dict[str, Any]) -> Any:

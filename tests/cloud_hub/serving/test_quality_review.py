@@ -34,7 +34,7 @@ from cloud_hub.serving import (
 )
 from cloud_hub.serving.engine.spec import EndpointSpec
 from cloud_hub.serving.engine.store import EndpointStore
-from cloud_hub.serving.steps._routing import bucket
+from cloud_hub.serving.steps.routing import bucket
 from tests.cloud_hub.serving.conftest import REPO, digits_rows
 from tests.waiting import wait_for
 
@@ -200,7 +200,7 @@ def test_half_open_lets_exactly_one_trial_through_under_concurrent_requests(
 ) -> None:
     assert client.post(API, json=_breaker(failures=1, cooldown_s=30)).status_code == 201
     engine = engine_of(client)
-    guard = engine._live["guarded"].graph.steps["guard"]
+    guard = engine.live("guarded").graph.steps["guard"]
     now = [1000.0]
     guard.clock = lambda: now[0]
     with guard._lock:  # opened a while ago
@@ -232,7 +232,7 @@ def test_breaker_stats_count_down_the_cooldown_in_force(client: TestClient, kind
     assert client.post(API, json=_breaker(failures=1, cooldown_s=600)).status_code == 201
     resp = client.put(f"{API}/guarded/params", json={"steps": {"guard": {"cooldown_s": 2}}})
     assert resp.status_code == 200, resp.text
-    guard = engine_of(client)._live["guarded"].graph.steps["guard"]
+    guard = engine_of(client).live("guarded").graph.steps["guard"]
     with guard._lock:
         guard._move("open", "test")
     out = client.post(f"{API}/guarded/predict", json=rows()).json()
@@ -420,7 +420,7 @@ def test_sticky_buckets_are_the_same_in_every_process() -> None:
     """Python's hash() of a str changes with each process (PYTHONHASHSEED): a split on it would
     move callers at every restart. Two fresh processes with other seeds agree with this one."""
     code = (
-        "from cloud_hub.serving.steps._routing import bucket; "
+        "from cloud_hub.serving.steps.routing import bucket; "
         "print(repr([bucket('digits-ab/split', f'user-{i}') for i in range(20)]))"
     )
     here = [bucket("digits-ab/split", f"user-{i}") for i in range(20)]
@@ -445,7 +445,7 @@ def test_a_trial_ended_by_a_base_exception_does_not_leave_the_breaker_half_open(
 ) -> None:
     assert client.post(API, json=_breaker(failures=1, cooldown_s=30)).status_code == 201
     engine = engine_of(client)
-    guard = engine._live["guarded"].graph.steps["guard"]
+    guard = engine.live("guarded").graph.steps["guard"]
     now = [1000.0]
     guard.clock = lambda: now[0]
     with guard._lock:

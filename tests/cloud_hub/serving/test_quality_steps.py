@@ -27,9 +27,9 @@ from cloud_hub.serving import (
     Value,
     register_step,
 )
-from cloud_hub.serving.steps._routing import bucket
 from cloud_hub.serving.steps.ab_split import choose
 from cloud_hub.serving.steps.condition import Match, TimeOfDay
+from cloud_hub.serving.steps.routing import bucket
 from tests.cloud_hub.serving.conftest import EXAMPLES, digits_rows, reference_labels
 
 API = "/api/v1/endpoints"
@@ -122,7 +122,7 @@ def test_breaker_state_machine_with_a_label_fallback(
     spec["models"] = {}
     created = create(client, spec)
     assert created["signatures"]["guard"] == "scores [None, 11]"  # 'unknown': an extra class
-    guard = engine_of(client)._live["breaker"].graph.steps["guard"]
+    guard = engine_of(client).live("breaker").graph.steps["guard"]
     now = [1000.0]
     guard.clock = lambda: now[0]
 
@@ -170,7 +170,7 @@ def test_breaker_kill_switch_bad_input_and_runtime_params(
     out = client.post(f"{API}/breaker/predict", json=rows()).json()
     assert out["tags"] == {"fallback": "killed"}
     assert [p["label"] for p in out["predictions"]] == logreg
-    guard = engine_of(client)._live["breaker"].graph.steps["guard"]
+    guard = engine_of(client).live("breaker").graph.steps["guard"]
     assert guard.state == "closed"  # a kill switch is not the backend's failure
     # bad input is the caller's: refused (422), not counted
     client.put(f"{API}/breaker/params", json={})

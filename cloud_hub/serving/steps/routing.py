@@ -66,17 +66,6 @@ def fixed_answer(rows: int, labels: tuple[str, ...], label: str) -> Value:
     return Value(kind="scores", rows=rows, x=x, labels=labels, version=np.full(rows, -1))
 
 
-def tag_error(exc: BaseException, key: str, value: str) -> None:
-    """Let `exc` carry a tag of the request it ended: the engine logs the failure with it."""
-    tags: dict[str, str] | None = getattr(exc, "request_tags", None)
-    if tags is None:
-        try:
-            exc.request_tags = tags = {}  # type: ignore[attr-defined]
-        except AttributeError:  # an exception type without a __dict__
-            return
-    tags[key] = value
-
-
 def bucket(*parts: str) -> float:
     """A stable number in [0, 1) for `parts` (the same key always lands in the same place)."""
     digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
