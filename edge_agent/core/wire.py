@@ -505,7 +505,7 @@ class EnrollResponse(Message):
     )
 
 
-# -- every topic kind, once: who sends it, what it carries ---------------------------------------
+# -- every topic kind, once: who sends it, what it carries, which modules publish and handle it --
 @dataclass(frozen=True)
 class TopicSpec:
     kind: TopicKind
@@ -514,25 +514,53 @@ class TopicSpec:
     retained: bool
     message: type[Message] | None  # None: binary (Chunk)
     summary: str
+    published_by: str = ""  # the module that publishes it ("" : any MQTT client)
+    handled_by: str = ""  # the module that handles what arrives ("" : the client that asked)
 
 
+_HUB = "cloud_hub.fleet.mqtt_service"
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("status", "agent", "hub", True, DeviceStatus, "online/offline (the last will says "
-              "offline), agent version, runtimes, hardware, active model version"),
+              "offline), agent version, runtimes, hardware, active model version",
+              "edge_agent.mqtt_link", _HUB),
     TopicSpec("desired", "hub", "agent", True, DesiredState, "what the device should run: the "
-              "deployment, its signed model, shadow, parameters"),
+              "deployment, its signed model, shadow, parameters",
+              _HUB, "edge_agent.deployer"),
     TopicSpec("fetch", "agent", "hub", False, FetchRequest, "bytes [offset, offset+length) of a "
-              "model, asked for in windows"),
+              "model, asked for in windows",
+              "edge_agent.agent", _HUB),
     TopicSpec("chunk", "hub", "agent", False, None, "binary: `EPC1`, a 4-byte header length, a "
-              "JSON header (deployment_id, sha256, offset, total, crc32), the bytes"),
+              "JSON header (deployment_id, sha256, offset, total, crc32), the bytes",
+              _HUB, "edge_agent.deployer"),
     TopicSpec("report", "agent", "hub", False, Report, "deployment progress: downloading ... "
-              "active, failed, rolled_back, with the reason"),
+              "active, failed, rolled_back, with the reason",
+              "edge_agent.agent", _HUB),
     TopicSpec("logs", "agent", "hub", False, LogBatch, "inference logs from the outbox, "
-              "numbered in its epoch"),
+              "numbered in its epoch",
+              "edge_agent.forwarder", _HUB),
     TopicSpec("telemetry", "agent", "hub", False, TelemetryBatch, "telemetry samples from the "
-              "outbox, same numbering"),
+              "outbox, same numbering",
+              "edge_agent.forwarder", _HUB),
     TopicSpec("ack", "hub", "agent", False, Ack, "the highest contiguous sequence stored at the "
-              "hub, per epoch"),
-    TopicSpec("infer", "client", "agent", False, InferRequest, "an inference request"),
-    TopicSpec("result", "agent", "client", False, InferResult, "its answer, same request_id"),
+              "hub, per epoch",
+              _HUB, "edge_agent.forwarder"),
+    TopicSpec("infer", "client", "agent", False, InferRequest, "an inference request",
+              "", "edge_agent.agent"),
+    TopicSpec("result", "agent", "client", False, InferResult, "its answer, same request_id",
+              "edge_agent.agent", ""),
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HubTopic:
+    """A topic of the hub's own, outside `dev/` (see `Topics.job`, `Topics.alerts`)."""
+
+    pattern: str  # under the root
+    summary: str
+    published_by: str
+
+
+HUB_TOPICS: tuple[HubTopic, ...] = (
+    HubTopic("jobs/{id}", "an async or batch job's completion", "cloud_hub.serving.jobs.notify"),
+    HubTopic("alerts", "each alert opened or resolved", "cloud_hub.monitoring.alerts"),
+)
