@@ -1,6 +1,6 @@
 """A broker on a loopback port for the demo: Mosquitto when it is installed, else an embedded one.
 
-The hub is never the broker in production (see ARCHITECTURE.md); this exists so that `edgepilot
+The hub is never the broker in production (see docs/architecture.md); this exists so that `edgepilot
 demo` needs nothing the user has to set up. Mosquitto gets a config with the queue limits raised:
 its default `max_queued_messages 1000` silently drops QoS 1 messages to a slow subscriber.
 """

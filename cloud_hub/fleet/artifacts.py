@@ -10,8 +10,8 @@ from cloud_hub.registry.schemas import Artifact
 #: The model format each runtime loads.
 RUNTIME_FORMAT = {"onnxruntime": "onnx", "litert": "tflite"}
 #: Precision preference per runtime. LiteRT's int8 kernels are its reason to exist on small Arm
-#: boards; onnxruntime's fp32 path is as fast as its int8 one on most CPUs (DEPENDENCIES.md) and
-#: loses no accuracy, so it gets fp32 first.
+#: boards; onnxruntime's fp32 path is as fast as its int8 one on most CPUs
+#: (docs/DEPENDENCIES.md) and loses no accuracy, so it gets fp32 first.
 PRECISION_ORDER = {"onnxruntime": ("fp32", "int8"), "litert": ("int8", "fp32")}
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("fp32", "int8")

@@ -2,7 +2,7 @@
 
 No root, no mount, no loop device: mtools addresses a partition inside an image file as
 `IMAGE@@OFFSET`. mtools is GPL-3.0, and a separate program we run (never link or import), so this
-Apache-2.0 code carries no GPL obligation (see DEPENDENCIES.md "Flashing images").
+Apache-2.0 code carries no GPL obligation (see docs/DEPENDENCIES.md, "Putting agents on devices").
 
 Writes are reproducible: every timestamp mtools sets comes from SOURCE_DATE_EPOCH (a fixed
 moment, in UTC) and `mcopy -m` keeps the staged file's mtime (set to the same moment), so the
