@@ -17,6 +17,7 @@ from cloud_hub.core.names import check_name
 from cloud_hub.core.rows import model_from_row, row_dict
 from cloud_hub.fleet.broker_auth import BrokerFiles, hash_password, new_password, write_auth_files
 from cloud_hub.fleet.broker_reload import BrokerReloader, ReloadOutcome
+from cloud_hub.fleet.ingest import current_epochs, epochs_newest_first, telemetry_counts
 from cloud_hub.fleet.schemas import (
     RUNTIMES,
     BrokerInfo,
@@ -36,16 +37,12 @@ RELOAD_GAP_S = 1.0
 DEFAULT_PAGE = 500
 MAX_PAGE = 1000
 
-# The device's current outbox epoch: the one that stored a batch last (devices.acked_upto is
-# no longer used: marks are per epoch, in device_epochs).
-_CURRENT_EPOCH = """(SELECT e.{column} FROM device_epochs e WHERE e.device_id = d.id
-        ORDER BY e.updated_at DESC, e.id DESC LIMIT 1)"""
-_DEVICE_SQL = f"""
+# A device's outbox epochs and telemetry are the ingest's (`fleet.ingest`): its current epoch
+# (the one that stored a batch last; devices.acked_upto is no longer used: marks are per epoch)
+# and its telemetry count are read from there for each page of devices.
+_DEVICE_SQL = """
     SELECT d.*,
         (SELECT COUNT(*) FROM inference_logs l WHERE l.device_id = d.id) AS logs_stored,
-        (SELECT COUNT(*) FROM telemetry t WHERE t.device_id = d.id) AS telemetry_stored,
-        {_CURRENT_EPOCH.format(column="acked_upto")} AS epoch_acked_upto,
-        {_CURRENT_EPOCH.format(column="epoch")} AS current_epoch,
         (SELECT f.name FROM fleets f WHERE f.id = d.fleet_id) AS fleet_name
     FROM devices d"""
 
@@ -67,19 +64,33 @@ class DeviceRow:
     desired_deployment_id: int | None
 
 
-def device_from_row(row: sqlite3.Row) -> Device:
+def device_from_row(
+    row: sqlite3.Row, *, epoch: tuple[str, int] | None = None, telemetry_stored: int = 0
+) -> Device:
+    """A device from its row (of `_DEVICE_SQL`), its current outbox epoch (epoch, acked_upto)
+    and its stored telemetry count."""
     d = row_dict(row)
     return model_from_row(
         Device,
         d,
         ("runtimes", "tags", "reported_runtimes"),
         group=d["group_name"],
-        acked_upto=d.get("epoch_acked_upto") or 0,
-        epoch=d.get("current_epoch"),
+        acked_upto=(epoch[1] if epoch is not None else 0) or 0,
+        epoch=None if epoch is None else epoch[0],
         logs_stored=d.get("logs_stored", 0),
-        telemetry_stored=d.get("telemetry_stored", 0),
+        telemetry_stored=telemetry_stored,
         fleet=d.get("fleet_name"),
     )
+
+
+def _devices(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[Device]:
+    ids = [str(r["id"]) for r in rows]
+    epochs = current_epochs(conn, ids)
+    counts = telemetry_counts(conn, ids)
+    return [
+        device_from_row(r, epoch=epochs.get(r["id"]), telemetry_stored=counts.get(r["id"], 0))
+        for r in rows
+    ]
 
 
 class DeviceStore:
@@ -272,10 +283,11 @@ class DeviceStore:
         return self.files
 
     def get(self, device_id: str) -> Device:
-        row = self.db.conn.execute(f"{_DEVICE_SQL} WHERE d.id = ?", [device_id]).fetchone()
+        conn = self.db.conn
+        row = conn.execute(f"{_DEVICE_SQL} WHERE d.id = ?", [device_id]).fetchone()
         if row is None:
             raise NotFound("device", device_id)
-        return device_from_row(row)
+        return _devices(conn, [row])[0]
 
     def exists(self, device_id: str) -> bool:
         return device_exists(self.db.conn, device_id)
@@ -312,11 +324,12 @@ class DeviceStore:
         if group is not None:
             where.append("d.group_name = ?")
             params.append(group)
-        rows = self.db.conn.execute(
+        conn = self.db.conn
+        rows = conn.execute(
             f"{_DEVICE_SQL} WHERE {' AND '.join(where)} ORDER BY d.id LIMIT ?",
             [*params, limit + 1],
         ).fetchall()
-        devices = [device_from_row(r) for r in rows[:limit]]
+        devices = _devices(conn, rows[:limit])
         more = len(rows) > limit
         return devices, devices[-1].id if more else None
 
@@ -353,12 +366,7 @@ class DeviceStore:
         first (a wiped device's new epoch before the old one), each by sequence."""
         self.get(device_id)
         conn = self.db.conn
-        epochs = [
-            r[0]
-            for r in conn.execute(
-                "SELECT epoch FROM device_epochs WHERE device_id = ? ORDER BY id DESC", [device_id]
-            )
-        ]
+        epochs = epochs_newest_first(conn, device_id)
         if "" not in epochs:  # rows written without the ingest (tests, imports) are legacy
             epochs.append("")
         rows: list[sqlite3.Row] = []

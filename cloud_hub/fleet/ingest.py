@@ -215,7 +215,19 @@ class Ingest:
                 {r.seq: r.ts for r in records},
                 conflicts,
             )
-        record_metrics(conn, device_id, batch.epoch, records)  # before: counts only new
+        record_metrics(  # before the insert: counts only new records
+            conn,
+            device_id,
+            records,
+            lambda low, high: [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT seq FROM telemetry WHERE device_id = ? AND epoch = ? "
+                    "AND seq BETWEEN ? AND ?",
+                    [device_id, batch.epoch, low, high],
+                )
+            ],
+        )
         conn.executemany(
             "INSERT OR IGNORE INTO telemetry (device_id, epoch, seq, ts, data) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -292,3 +304,52 @@ class Ingest:
             [mark, utcnow(), device_id, epoch],
         )
         return int(mark)
+
+
+# -- the outbox tables for the other modules (device listings, incremental monitoring) ----------
+def _chunks(ids: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def telemetry_counts(conn: sqlite3.Connection, device_ids: Sequence[str]) -> dict[str, int]:
+    """Stored telemetry records of each of the devices (those with none left out)."""
+    out: dict[str, int] = {}
+    for chunk in _chunks(device_ids):
+        marks = ", ".join("?" for _ in chunk)
+        rows = conn.execute(
+            f"SELECT device_id, COUNT(*) FROM telemetry WHERE device_id IN ({marks}) "
+            "GROUP BY device_id",
+            list(chunk),
+        )
+        out.update({str(r[0]): int(r[1]) for r in rows})
+    return out
+
+
+def current_epochs(
+    conn: sqlite3.Connection, device_ids: Sequence[str]
+) -> dict[str, tuple[str, int]]:
+    """Each device's current outbox epoch (the one that stored a batch last) and its mark:
+    device id -> (epoch, acked_upto); devices with no epoch left out."""
+    out: dict[str, tuple[str, int]] = {}
+    for chunk in _chunks(device_ids):
+        marks = ", ".join("?" for _ in chunk)
+        rows = conn.execute(
+            f"SELECT device_id, epoch, acked_upto FROM device_epochs WHERE device_id IN ({marks}) "
+            "ORDER BY device_id, updated_at DESC, id DESC",
+            list(chunk),
+        )
+        for device, epoch, acked in rows:
+            out.setdefault(str(device), (str(epoch), int(acked)))
+    return out
+
+
+def epochs_newest_first(conn: sqlite3.Connection, device_id: str) -> list[str]:
+    """The device's outbox epochs, the one it started last first."""
+    sql = "SELECT epoch FROM device_epochs WHERE device_id = ? ORDER BY id DESC"
+    return [str(r[0]) for r in conn.execute(sql, [device_id])]
+
+
+def epoch_marks(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """(device id, epoch) -> what is stored contiguously, of every epoch."""
+    rows = conn.execute("SELECT device_id, epoch, acked_upto FROM device_epochs")
+    return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}

@@ -3,9 +3,10 @@
 Owns the tables `metric_points` (raw: device, metric, ts, value) and `metric_rollups` (per
 device, metric, step of 60 or 3600 s and bucket start: min, max, sum, count and the last value).
 Ingest calls `record_new` inside the transaction that stores a telemetry batch, before its rows
-are inserted: only records whose (device, epoch, seq) is not stored yet are counted, so a batch
-sent twice adds to the rollups once. `prune(now)` deletes what is past each retention in chunks
-of `chunk` rows, one transaction each, so ingest never waits long behind it.
+are inserted, with the seqs of the batch's epoch stored already (the ingest owns `telemetry`):
+only the other records are counted, so a batch sent twice adds to the rollups once.
+`prune(now)` deletes what is past each retention in chunks of `chunk` rows, one transaction
+each, so ingest never waits long behind it.
 
 Which metrics a TelemetryRecord yields (absent fields yield nothing):
   cpu            cpu_percent (100 = one core busy)
@@ -24,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -130,9 +131,13 @@ _UPSERT_ROLLUP = (
 
 
 def record_new(
-    conn: sqlite3.Connection, device_id: str, epoch: str, records: Iterable[TelemetryRecord]
+    conn: sqlite3.Connection,
+    device_id: str,
+    records: Iterable[TelemetryRecord],
+    stored: Callable[[int, int], Iterable[int]],
 ) -> int:
     """Add the metrics of the records not stored in `telemetry` yet; call before inserting them.
+    `stored(low, high)`: the seqs between low and high (inclusive) stored already.
 
     Runs in the caller's transaction. Returns how many records were counted.
     """
@@ -141,11 +146,7 @@ def record_new(
         fresh.setdefault(r.seq, r)  # the telemetry table keeps the first of a repeated seq
     if not fresh:
         return 0
-    stored = conn.execute(
-        "SELECT seq FROM telemetry WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
-        [device_id, epoch, min(fresh), max(fresh)],
-    )
-    for (seq,) in stored:
+    for seq in stored(min(fresh), max(fresh)):
         fresh.pop(seq, None)
     points: list[tuple[str, str, float, float]] = []
     rollups: list[tuple[object, ...]] = []

@@ -166,6 +166,11 @@ class BaselineStore:
         data: dict[str, Any] = json.loads(row["data"])
         return Baseline(**data, version_id=version_id, created_at=row["created_at"])
 
+    def stamps(self) -> tuple[tuple[int, str], ...]:
+        """(version id, created_at) of every baseline, by version: changes when one does."""
+        rows = self.db.conn.execute("SELECT version_id, created_at FROM baselines ORDER BY 1")
+        return tuple((int(r[0]), str(r[1])) for r in rows)
+
     def get(self, version_id: int) -> Baseline:
         found = self.find(version_id)
         if found is None:

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from cloud_hub.core.db import Database
+from cloud_hub.fleet.ingest import epoch_marks
 from cloud_hub.monitoring import stats
 from cloud_hub.monitoring.baseline import DECIMALS, Baseline, BaselineStore
 from cloud_hub.monitoring.windows import (
@@ -283,12 +284,10 @@ class DeviceView:
         return cursor is not None and cursor.read(seq)
 
     def _fingerprint(self) -> tuple[tuple[int, str], ...]:
-        rows = self.db.conn.execute("SELECT version_id, created_at FROM baselines ORDER BY 1")
-        return tuple((int(r[0]), str(r[1])) for r in rows)
+        return BaselineStore(self.db).stamps()
 
     def _marks(self) -> dict[Pair, int]:
-        rows = self.db.conn.execute("SELECT device_id, epoch, acked_upto FROM device_epochs")
-        return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
+        return epoch_marks(self.db.conn)
 
     def _new_pairs(self, marks: dict[Pair, int]) -> Iterable[Pair]:
         """Epochs with a mark the cursor does not know yet, and epochs without one (records not
