@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from rich.table import Table
 
 from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, fail, state, user_errors
@@ -123,26 +122,7 @@ def balena_setup(
     if json_out:
         render.print_json(result)
         return
-    table = Table(title="balena fleet set up for enrollment", show_header=False)
-    table.add_column("what")
-    table.add_column("value")
-    made = " (created)" if result.balena_fleet_created else ""
-    table.add_row(
-        "balena fleet",
-        f"{result.balena_fleet_slug} (id {result.balena_fleet_id}, "
-        f"{result.balena_device_type}){made}",
-    )
-    table.add_row("EdgePilot fleet", result.fleet + (" (created)" if result.fleet_created else ""))
-    table.add_row(
-        "enrollment token",
-        f"{result.token_name} (id {result.token_id}), expires "
-        f"{result.token_expires_at.isoformat(timespec='seconds')}",
-    )
-    for name, how in result.variables.items():
-        table.add_row(name, how)
-    if result.revoked_tokens:
-        table.add_row("revoked tokens", ", ".join(str(t) for t in result.revoked_tokens))
-    render.console.print(table)
+    render.console.print(render.balena_setup_table(result))
 
 
 @balena_app.command("config")

@@ -8,43 +8,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.live import Live
-from rich.table import Table
 
 from cloud_hub.cli import render
 from cloud_hub.cli.base import State
 from cloud_hub.cli.progress import run_with_progress
 from cloud_hub.devtools.demo import DemoError, DemoFigures, DemoRunner, DemoSettings, figures_json
 from cloud_hub.devtools.local_broker import BrokerError
-
-
-def _table(fig: DemoFigures) -> Table:
-    table = Table(
-        title=f"EdgePilot demo: {fig.phase}  ({fig.elapsed_s:.0f} s, broker: {fig.broker}, "
-        f"model: {fig.deployed_version or '…'})",
-        title_justify="left",
-    )
-    for col in ("device", "runtime", "artifact", "status", "active version", "inferences"):
-        table.add_column(col, justify="right" if col == "inferences" else "left")
-    for col in ("accuracy", "p50 ms", "logs made", "logs at hub"):
-        table.add_column(col, justify="right")
-    for d in fig.devices:
-        acc = "" if d.accuracy is None else f"{100 * d.accuracy:.1f}%"
-        at_hub = str(d.logs_at_hub)
-        if d.logs_made and d.logs_at_hub == d.logs_made:
-            at_hub = f"[green]{at_hub}[/green]"
-        table.add_row(
-            d.device_id,
-            d.runtime,
-            d.artifact,
-            d.status,
-            d.active_version or "-",
-            str(d.inferences),
-            acc,
-            "" if d.p50_ms is None else f"{d.p50_ms:.2f}",
-            str(d.logs_made),
-            at_hub,
-        )
-    return table
 
 
 def _train(hub_dir: Path, settings: DemoSettings, quiet: bool) -> Any:
@@ -101,7 +70,7 @@ def demo(
         if live is not None:
             if not live.is_started:
                 live.start()
-            live.update(_table(fig))
+            live.update(render.demo_table(fig))
 
     def say(text: str) -> None:  # soft wrap: a link stays one line a terminal can open
         render.err_console.print(text, highlight=False, soft_wrap=True)

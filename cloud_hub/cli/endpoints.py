@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
-from rich.table import Table
 
 from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, fail, user_errors
@@ -63,7 +62,7 @@ def apply(
         render.print_json(info)
         return
     render.console.print(f"{'created' if created else 'updated'} endpoint {info.name}")
-    _show(info)
+    render.show_endpoint(info)
 
 
 @endpoints_app.command("list")
@@ -75,19 +74,7 @@ def list_(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if json_out:
         render.print_json(stored)
         return
-    table = Table(title="Endpoints")
-    for col in ("name", "steps", "models", "batching", "updated"):
-        table.add_column(col)
-    for item in stored:
-        spec = item.spec
-        table.add_row(
-            item.name,
-            " → ".join(f"{s.name}({s.kind})" for s in spec.steps),
-            ", ".join(ref.ref for ref in spec.model_refs().values()),
-            f"≤{spec.batching.max_batch_size}" if spec.batching.enabled else "off",
-            item.updated_at[:19],
-        )
-    render.console.print(table)
+    render.console.print(render.endpoints_table(stored))
 
 
 @endpoints_app.command("show")
@@ -100,24 +87,7 @@ def show(ctx: typer.Context, name: str, json_out: JsonOpt = False) -> None:
     if json_out:
         render.print_json(stored)
         return
-    _show(stored)
-
-
-def _show(item: Any) -> None:
-    spec = item.spec
-    table = Table(title=f"Endpoint {spec.name}")
-    for col in ("step", "kind", "inputs", "params"):
-        table.add_column(col)
-    for step in spec.steps:
-        table.add_row(
-            step.name,
-            step.kind,
-            ", ".join(step.inputs) or "(request)",
-            json.dumps(step.params, sort_keys=True),
-        )
-    render.console.print(table)
-    for alias, ref in spec.model_refs().items():
-        render.console.print(f"model {alias}: {ref.ref} {ref.format or ''} {ref.precision or ''}")
+    render.show_endpoint(stored)
 
 
 @endpoints_app.command("delete")
@@ -182,12 +152,7 @@ def predict(
     if json_out:
         render.print_json(result)
         return
-    table = Table(title=f"{name}: {len(result.predictions)} rows")
-    for col in ("row", "label", "score"):
-        table.add_column(col)
-    for i, p in enumerate(result.predictions):
-        table.add_row(str(i), p.label, f"{p.score:.4f}")
-    render.console.print(table)
+    render.console.print(render.predictions_table(name, result))
     cache = result.cache
     parts = [f"steps: {' → '.join(result.steps)}"]
     if cache["hits"] or cache["misses"]:
@@ -421,18 +386,10 @@ def params(
     if json_out:
         render.print_json(current)
         return
-    table = Table(title=f"Run-time parameters of {name}")
-    for col in ("what", "step", "param", "value"):
-        table.add_column(col)
-    for alias in current.kill:
-        table.add_row("kill switch", "", alias, "off")
-    for step, values in current.steps.items():
-        for field, value in values.items():
-            table.add_row("step param", step, field, json.dumps(value))
     if not current.kill and not current.steps:
         render.console.print(f"{name}: no run-time parameters (the spec's values are in force)")
     else:
-        render.console.print(table)
+        render.console.print(render.params_table(name, current))
 
 
 @endpoints_app.command("report")
@@ -474,64 +431,6 @@ def report(
         render.print_json(got)
         return
     if ab:
-        _ab_tables(got)
+        render.show_ab(got)
     else:
-        _shadow_table(got)
-
-
-def _ab_tables(got: Any) -> None:
-    table = Table(title=f"A/B on {got.endpoint}: {got.metric}")
-    for col in ("variant", "n", "mean", "std", "errors"):
-        table.add_column(col)
-    for v in got.variants:
-        table.add_row(
-            v.variant,
-            str(v.n),
-            "-" if v.mean is None else f"{v.mean:.4g}",
-            "-" if v.std is None else f"{v.std:.4g}",
-            "-" if v.errors is None else str(v.errors),
-        )
-    render.console.print(table)
-    if got.comparisons:
-        tests = Table(title="Significance")
-        for col in ("a", "b", "test", "statistic", "p-value", "significant"):
-            tests.add_column(col)
-        for c in got.comparisons:
-            tests.add_row(
-                c.a,
-                c.b,
-                c.test,
-                "-" if c.statistic is None else f"{c.statistic:.3f}",
-                "-" if c.p_value is None else f"{c.p_value:.3g}",
-                "yes" if c.significant else "no",
-            )
-        render.console.print(tests)
-    render.console.print(f"verdict: {got.verdict}")
-
-
-def _shadow_table(got: Any) -> None:
-    def ms(d: dict[str, Any]) -> str:
-        return "-" if d["p50"] is None else f"{d['p50']:.2f} / {d['p99']:.2f}"
-
-    table = Table(title=f"Shadow on {got.endpoint}: {got.requests} answered requests")
-    for col in (
-        "candidate",
-        "requests",
-        "rows",
-        "agreement",
-        "primary p50/p99 ms",
-        "candidate p50/p99 ms",
-        "errors",
-    ):
-        table.add_column(col)
-    for c in got.candidates:
-        table.add_row(
-            c.candidate,
-            str(c.requests),
-            str(c.rows_compared),
-            "-" if c.agreement is None else f"{c.agreement:.1%}",
-            ms(c.primary_latency_ms),
-            ms(c.candidate_latency_ms),
-            str(c.errors),
-        )
-    render.console.print(table)
+        render.console.print(render.endpoint_shadow_table(got))

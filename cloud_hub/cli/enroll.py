@@ -6,12 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, fail, state, user_errors
 from cloud_hub.fleet.broker_reload import ReloadOutcome
-from cloud_hub.fleet.enroll_store import EnrollToken
 
 fleets_app = typer.Typer(
     help="Fleets: what devices join when they enroll themselves on first boot.",
@@ -21,33 +19,6 @@ enroll_tokens_app = typer.Typer(
     help="Fleet enrollment tokens: what a flashed image or a balena fleet enrolls with.",
     no_args_is_help=True,
 )
-
-
-def _when(value: object) -> str:
-    return "-" if value is None else str(value)[:19].replace("T", " ")
-
-
-def _uses(token: EnrollToken) -> str:
-    return f"{token.uses}/{token.max_uses}" if token.max_uses is not None else f"{token.uses}/∞"
-
-
-def tokens_table(tokens: list[EnrollToken]) -> Table:
-    table = Table(title="Enrollment tokens")
-    for column in ("id", "name", "fleet", "prefix", "state", "uses", "expires", "last used"):
-        table.add_column(column)
-    colour = {"live": "green", "expired": "yellow", "exhausted": "yellow", "revoked": "red"}
-    for t in tokens:
-        table.add_row(
-            str(t.id),
-            t.name,
-            t.fleet,
-            t.prefix + "…",
-            f"[{colour[t.state]}]{t.state}[/{colour[t.state]}]",
-            _uses(t),
-            _when(t.expires_at),
-            _when(t.last_used_at),
-        )
-    return table
 
 
 def print_reload(outcome: ReloadOutcome | None) -> None:
@@ -99,19 +70,7 @@ def fleets_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if json_out:
         render.print_json(fleets)
         return
-    table = Table(title="Fleets")
-    for column in ("name", "devices", "group", "tags", "id prefix", "created"):
-        table.add_column(column)
-    for f in fleets:
-        table.add_row(
-            f.name,
-            str(f.devices),
-            f.group or "-",
-            ", ".join(f.tags) or "-",
-            f.device_prefix,
-            _when(f.created_at),
-        )
-    render.console.print(table)
+    render.console.print(render.fleets_table(fleets))
 
 
 @enroll_tokens_app.command("create")
@@ -140,7 +99,8 @@ def enroll_tokens_create(
         return
     render.err_console.print(
         f"enrollment token [bold]{created.name}[/bold] (id {created.id}) for fleet "
-        f"{created.fleet}, {_uses(created)} uses, expires {_when(created.expires_at)} UTC: "
+        f"{created.fleet}, {render.token_uses(created)} uses, "
+        f"expires {render.when(created.expires_at)} UTC: "
         "keep it now, it is not shown again",
         highlight=False,
     )
@@ -159,7 +119,7 @@ def enroll_tokens_list(
     if json_out:
         render.print_json(tokens)
         return
-    render.console.print(tokens_table(tokens))
+    render.console.print(render.enroll_tokens_table(tokens))
 
 
 @enroll_tokens_app.command("revoke")
@@ -191,7 +151,7 @@ def devices_revoke(
     if json_out:
         render.print_json(device)
     else:
-        render.console.print(f"revoked device {device.id} at {_when(device.revoked_at)} UTC")
+        render.console.print(f"revoked device {device.id} at {render.when(device.revoked_at)} UTC")
     print_reload(outcome)
     if outcome is not None and not outcome.done:
         raise fail("the device keeps its connection until the broker re-reads its files", 1)

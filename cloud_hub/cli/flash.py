@@ -18,7 +18,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
 
 from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, fail, state, user_errors
@@ -62,10 +61,6 @@ def _check_hub(url: str) -> str:
         return EnrollSettings(hub=url, token_file=Path("/etc/edgepilot/enroll-token")).hub
     except ValidationError as exc:
         raise InvalidInput(f"--hub {url!r}: {exc.errors()[0]['msg']}") from None
-
-
-def _when(value: object) -> str:
-    return "-" if value is None else str(value)[:19].replace("T", " ")
 
 
 def flash(
@@ -265,26 +260,4 @@ def _report(
     if json_out:
         render.print_json(doc)
         return
-    table = Table(title=escape(f"Flashed {result.output}"), show_header=False)
-    table.add_column("what")
-    table.add_column("value")
-    table.add_row("boot partition", escape(f"{part.scheme.upper()} {part.describe()}"))
-    mech = {"firstrun": "firstrun.sh (Bookworm)", "cloud-init": "cloud-init (Trixie)"}
-    table.add_row("first boot", mech[result.first_boot])
-    table.add_row("devices named", escape(result.hostnames))
-    table.add_row(
-        "network",
-        escape(f"Wi-Fi {result.wifi_ssid}") if result.wifi_ssid else "as the image has it",
-    )
-    table.add_row("files written", "\n".join(result.written) or "-")
-    if result.unchanged:
-        table.add_row("already there", "\n".join(result.unchanged))
-    if new is not None:
-        table.add_row(
-            "enrollment token",
-            f"{new.name} (id {new.id}, {new.prefix}…) for fleet {new.fleet}, expires "
-            f"{_when(new.expires_at)} UTC",
-        )
-    else:
-        table.add_row("enrollment token", f"{token['prefix']}… from the token file")
-    render.console.print(table)
+    render.console.print(render.flashed_table(result, new, token))

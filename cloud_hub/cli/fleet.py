@@ -14,14 +14,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.live import Live
-from rich.table import Table
 
 from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, State, fail, user_errors
@@ -36,22 +34,11 @@ from cloud_hub.fleet.schemas import (
     DeviceCreate,
     DeviceRegistration,
     ShadowCreate,
-    ShadowReport,
 )
 from edge_agent.core.wire import ServingParams
 
 devices_app = typer.Typer(help="Edge devices.", no_args_is_help=True)
 deployments_app = typer.Typer(help="Deployments of versions to devices.", no_args_is_help=True)
-
-STATE_STYLE = {
-    "active": "green",
-    "failed": "red",
-    "rolled_back": "red",
-    "halted": "red",
-    "completed": "green",
-    "waiting": "dim",
-    "superseded": "dim",
-}
 
 
 def parse_address(text: str, option: str) -> tuple[str, int]:
@@ -60,134 +47,6 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidInput(f"{option} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
     return host, int(port)
-
-
-def _styled(value: str) -> str:
-    style = STATE_STYLE.get(value)
-    return f"[{style}]{value}[/{style}]" if style else value
-
-
-# -- tables ---------------------------------------------------------------------------------------
-def devices_table(devices: list[Device]) -> Table:
-    table = Table(title="Devices")
-    for col in ("id", "hardware", "runtimes", "tags", "group", "status", "active", "logs", "seen"):
-        table.add_column(col)
-    for d in devices:
-        table.add_row(
-            d.id,
-            d.hardware or "-",
-            ", ".join(d.runtimes),
-            ", ".join(d.tags) or "-",
-            d.group or "-",
-            _styled(d.status),
-            "-" if d.active_version_id is None else str(d.active_version_id),
-            str(d.logs_stored),
-            (d.last_seen or "-")[:19],
-        )
-    return table
-
-
-def deployments_table(deployments: list[Deployment]) -> Table:
-    table = Table(title="Deployments")
-    for col in ("id", "version", "target", "strategy", "status", "devices", "reason", "created"):
-        table.add_column(col)
-    for dep in deployments:
-        active = sum(d.state == "active" for d in dep.devices)
-        table.add_row(
-            str(dep.id),
-            dep.version,
-            f"{dep.target_kind} {dep.target}",
-            dep.strategy,
-            _styled(dep.status),
-            f"{active}/{len(dep.devices)} active",
-            dep.reason or "-",
-            dep.created_at[:19],
-        )
-    return table
-
-
-def deployment_table(dep: Deployment) -> Table:
-    extra = []
-    if dep.shadow_version:
-        extra.append(f"shadow {dep.shadow_version}")
-    if dep.params:
-        extra.append("params " + ", ".join(f"{k}={v}" for k, v in dep.params.items()))
-    if dep.promoted_from is not None:
-        extra.append(f"promoted from deployment {dep.promoted_from}")
-    table = Table(
-        title=f"Deployment {dep.id}: {dep.version} to {dep.target_kind} {dep.target} "
-        f"({dep.strategy}) — {dep.status}"
-        + (f": {dep.reason}" if dep.reason else "")
-        + "".join(f"\n{line}" for line in extra),
-        title_justify="left",
-    )
-    columns = ["device", "phase", "artifact", "state", "bytes", "reason", "updated"]
-    if dep.shadow_version:
-        columns[4:4] = ["shadow", "shadow state"]
-    for col in columns:
-        table.add_column(col)
-    for d in dep.devices:
-        cells = [
-            d.device_id,
-            d.phase,
-            d.artifact or "-",
-            _styled(d.state),
-            str(d.received_bytes),
-            d.reason or d.shadow_reason or "-",
-            d.updated_at[:19],
-        ]
-        if dep.shadow_version:
-            cells[4:4] = [d.shadow_artifact or "-", _styled(d.shadow_state or "-")]
-        table.add_row(*cells)
-    return table
-
-
-def _ms(values: dict[str, float], key: str) -> str:
-    return f"{values[key]:.3f}" if key in values else "-"
-
-
-def shadow_table(report: ShadowReport) -> Table:
-    agreement = "-" if report.agreement is None else f"{100 * report.agreement:.1f}%"
-    table = Table(
-        title=f"Shadow of deployment {report.deployment_id}: {report.shadow_version} beside "
-        f"{report.version} — {report.compared} compared, agreement {agreement}",
-        title_justify="left",
-    )
-    for col in (
-        "device",
-        "shadow state",
-        "compared",
-        "agreement",
-        "active p50 ms",
-        "active p99 ms",
-        "shadow p50 ms",
-        "shadow p99 ms",
-    ):
-        table.add_column(col, justify="left" if col in ("device", "shadow state") else "right")
-    rows = [(d.device_id, _styled(d.shadow_state or "-"), d) for d in report.devices]
-    for name, state, d in rows:
-        table.add_row(
-            name,
-            state,
-            str(d.compared),
-            "-" if d.agreement is None else f"{100 * d.agreement:.1f}%",
-            _ms(d.active_latency_ms, "p50"),
-            _ms(d.active_latency_ms, "p99"),
-            _ms(d.shadow_latency_ms, "p50"),
-            _ms(d.shadow_latency_ms, "p99"),
-        )
-    if len(report.devices) > 1:
-        table.add_row(
-            "[bold]all[/bold]",
-            "",
-            str(report.compared),
-            agreement,
-            _ms(report.active_latency_ms, "p50"),
-            _ms(report.active_latency_ms, "p99"),
-            _ms(report.shadow_latency_ms, "p50"),
-            _ms(report.shadow_latency_ms, "p99"),
-        )
-    return table
 
 
 def parse_params(pairs: list[str], base: dict[str, Any] | None = None) -> ServingParams:
@@ -323,7 +182,7 @@ def devices_register(
     if json_out:
         render.print_json(reg)
         return
-    render.console.print(devices_table([reg.device]))
+    render.console.print(render.devices_table([reg.device]))
     render.console.print(
         f"broker: {reg.broker.host}:{reg.broker.port} (topic root {reg.broker.topic_root})"
     )
@@ -357,7 +216,7 @@ def devices_list(
     if json_out:
         render.print_json(devices)
     else:
-        render.console.print(devices_table(devices))
+        render.console.print(render.devices_table(devices))
 
 
 @devices_app.command("show")
@@ -378,39 +237,11 @@ def devices_show(
             out["logs"] = [r.model_dump(mode="json") for r in records]
         render.print_json(out)
         return
-    render.console.print(devices_table([device]))
+    render.console.print(render.devices_table([device]))
     if device.last_reason:
         render.console.print(f"[yellow]last refused message:[/yellow] {device.last_reason}")
     if records:
-        table = Table(title=f"Newest logs of {device_id}")
-        for col in ("seq", "request", "version", "output", "ms", "source"):
-            table.add_column(col)
-        for r in records:
-            table.add_row(
-                str(r.seq),
-                r.request_id,
-                str(r.model_version),
-                json.dumps(r.output)[:60],
-                f"{r.latency_ms:.2f}",
-                r.source,
-            )
-        render.console.print(table)
-
-
-_BLOCKS = "▁▂▃▄▅▆▇█"
-
-
-def sparkline(values: list[float], width: int = 60) -> str:
-    """Block characters ▁..█ scaled between the values' min and max (resampled to `width`)."""
-    if not values:
-        return ""
-    if len(values) > width:  # the mean of each of `width` slices
-        cuts = [round(i * len(values) / width) for i in range(width + 1)]
-        values = [sum(values[a:b]) / (b - a) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
-    lo, hi = min(values), max(values)
-    span = hi - lo
-    top = len(_BLOCKS) - 1
-    return "".join(_BLOCKS[round((v - lo) / span * top) if span else 0] for v in values)
+        render.console.print(render.device_logs_table(device_id, records))
 
 
 @devices_app.command("metrics")
@@ -443,14 +274,8 @@ def devices_metrics(
         f"min {min(p.min for p in points):g}  max {max(p.max for p in points):g}  "
         f"last {values[-1]:g}"
     )
-    render.console.print(sparkline(values), markup=False, highlight=False)
-    table = Table(title=f"{metric} of {device_id}")
-    for col in ("time (UTC)", "value", "min", "max"):
-        table.add_column(col)
-    for p in points[-50:]:
-        when = datetime.fromtimestamp(p.ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(when, f"{p.value:g}", f"{p.min:g}", f"{p.max:g}")
-    render.console.print(table)
+    render.console.print(render.sparkline(values), markup=False, highlight=False)
+    render.console.print(render.metric_table(device_id, metric, points))
 
 
 # -- deploy -------------------------------------------------------------------------------------
@@ -548,7 +373,7 @@ def deploy(
     if json_out:
         render.print_json(dep)
     elif not watch:
-        render.console.print(deployment_table(dep))
+        render.console.print(render.deployment_table(dep))
         render.console.print("The running hub (`edgepilot hub serve --mqtt ...`) sends it.")
     if watch and dep.status == "halted":
         raise fail(f"deployment {dep.id} halted: {dep.reason}", code=1)
@@ -565,11 +390,11 @@ def _watch(state: State, deployment_id: int, timeout: float, *, quiet: bool) -> 
             time.sleep(0.5)
             dep = store.get(deployment_id)
         return dep
-    with Live(deployment_table(dep), console=render.console) as live:
+    with Live(render.deployment_table(dep), console=render.console) as live:
         while not dep.finished and time.monotonic() < deadline:
             time.sleep(0.5)
             dep = store.get(deployment_id)
-            live.update(deployment_table(dep))
+            live.update(render.deployment_table(dep))
     return dep
 
 
@@ -585,7 +410,7 @@ def deployments_list(
     if json_out:
         render.print_json(deps)
     else:
-        render.console.print(deployments_table(deps))
+        render.console.print(render.deployments_table(deps))
 
 
 @deployments_app.command("show")
@@ -600,7 +425,7 @@ def deployments_show(
     if json_out:
         render.print_json(dep)
     else:
-        render.console.print(deployment_table(dep))
+        render.console.print(render.deployment_table(dep))
 
 
 @deployments_app.command("shadow")
@@ -615,7 +440,7 @@ def deployments_shadow(
     if json_out:
         render.print_json(report)
     else:
-        render.console.print(shadow_table(report))
+        render.console.print(render.shadow_table(report))
 
 
 @deployments_app.command("promote")
@@ -630,7 +455,7 @@ def deployments_promote(
     if json_out:
         render.print_json(dep)
     else:
-        render.console.print(deployment_table(dep))
+        render.console.print(render.deployment_table(dep))
         render.console.print(
             f"Deployment {deployment_id}'s shadow is promoted as deployment {dep.id}."
         )
@@ -660,7 +485,7 @@ def deployments_params(
     if json_out:
         render.print_json(dep)
     else:
-        render.console.print(deployment_table(dep))
+        render.console.print(render.deployment_table(dep))
         render.console.print("The running hub sends the new parameters to its devices.")
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from cloud_hub.cli import render
 from cloud_hub.cli.base import TokenOpt, fail, state
@@ -207,7 +206,7 @@ def loadtest(
     if json_out:
         render.print_json(result)
         return
-    show(result)
+    render.show_load_test(result)
 
 
 def _run(run_load: Any, target: Any, payloads: Any, *, quiet: bool, **options: Any) -> Any:
@@ -236,46 +235,3 @@ def _run(run_load: Any, target: Any, payloads: Any, *, quiet: bool, **options: A
             )
 
         return run_load(target, payloads, on_progress=None if quiet else update, **options)
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def show(result: Any) -> None:
-    table = Table(title=f"Load test: {result.url}")
-    table.add_column("")
-    table.add_column("value", justify="right")
-    lat, lag = result.latency_ms, result.lag_ms
-    rows = [
-        ("requested rate", f"{result.requested_rate:g}/s for {result.duration_s:g} s"),
-        ("achieved rate", f"{result.achieved_rate:.1f}/s"),
-        ("throughput (answers)", f"{result.throughput:.1f}/s"),
-        ("scheduled / sent", f"{result.scheduled} / {result.sent}"),
-        ("success ratio (2xx / scheduled)", f"{100 * result.success_ratio:.2f}%"),
-        ("latency p50 / p90 / p99 ms", f"{_ms(lat.p50)} / {_ms(lat.p90)} / {_ms(lat.p99)}"),
-        ("latency max ms", _ms(lat.max)),
-        ("schedule lag p50 / p99 / max ms", f"{_ms(lag.p50)} / {_ms(lag.p99)} / {_ms(lag.max)}"),
-        (f"late (> {result.late_ms:g} ms)", str(result.late)),
-        ("dropped (max connections)", str(result.dropped)),
-        ("in flight at the end", str(result.in_flight_at_end)),
-        (
-            "connections opened / peak busy / max",
-            f"{result.connections.opened} / {result.connections.peak_busy} / "
-            f"{result.connections.max}",
-        ),
-        ("generator CPU", f"{result.generator_cpu_s:.2f} s ({100 * result.generator_cpu:.1f}%)"),
-    ]
-    for name, value in rows:
-        table.add_row(name, value)
-    render.console.print(table)
-    codes = Table(title="Answers")
-    codes.add_column("status / error")
-    codes.add_column("count", justify="right")
-    for code, count in result.status_codes.items():
-        codes.add_row(code, str(count))
-    for kind, count in result.errors.items():
-        codes.add_row(f"[red]{kind}[/red]", str(count))
-    if result.dropped:
-        codes.add_row("[red]dropped[/red]", str(result.dropped))
-    render.console.print(codes)

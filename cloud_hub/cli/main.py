@@ -762,12 +762,7 @@ def projects_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if json_out:
         render.print_json(projects)
         return
-    table = render.Table(title="Projects")
-    for col in ("id", "name", "description", "created"):
-        table.add_column(col)
-    for p in projects:
-        table.add_row(str(p.id), p.name, p.description, p.created_at[:19])
-    render.console.print(table)
+    render.console.print(render.projects_table(projects))
 
 
 @projects_app.command("create")

@@ -11,56 +11,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, fail, user_errors
 from cloud_hub.cli.base import state as _state
 
 if TYPE_CHECKING:
-    from cloud_hub.monitoring import Alert, AlertRule, WindowStats
-
-
-def _num(value: float | None, fmt: str = ".3f") -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def windows_table(windows: list[WindowStats], by: str, window_s: float) -> Table:
-    table = Table(title=f"Monitoring by {by}, last {window_s:g} s")
-    for col in (
-        by,
-        "records",
-        "requests",
-        "errors",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "psi max",
-        "psi mean",
-        "drifting features",
-        "output shift",
-        "top answers",
-    ):
-        table.add_column(col, no_wrap=col != "drifting features")
-    for w in windows:
-        drift = w.drift
-        top = ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(w.output.items())[:3])
-        name = w.name if w.by != "version" else f"{w.name} (#{w.key})"
-        table.add_row(
-            name,
-            str(w.count),
-            str(w.requests),
-            "-" if w.error_rate is None else f"{w.errors} ({100 * w.error_rate:.1f}%)",
-            _num(w.latency_ms.get("p50")),
-            _num(w.latency_ms.get("p90")),
-            _num(w.latency_ms.get("p99")),
-            "-" if drift is None else f"{drift.psi_max:.3f}",
-            "-" if drift is None else f"{drift.psi_mean:.3f}",
-            "-" if drift is None else ", ".join(f"#{f.feature} {f.psi:.2f}" for f in drift.top[:3]),
-            _num(w.output_shift),
-            top or "-",
-        )
-    return table
+    pass
 
 
 def monitor(
@@ -89,7 +46,7 @@ def monitor(
     if not windows:
         render.console.print(f"no predictions in the last {window:g} s")
         return
-    render.console.print(windows_table(windows, by, window))
+    render.console.print(render.windows_table(windows, by, window))
 
 
 alerts_app = typer.Typer(
@@ -97,35 +54,6 @@ alerts_app = typer.Typer(
 )
 rules_app = typer.Typer(help="Alert rules (while none is created, the defaults apply).")
 alerts_app.add_typer(rules_app, name="rules")
-
-
-def alerts_table(alerts: list[Alert]) -> Table:
-    table = Table(title="Alerts")
-    for col in (
-        "id",
-        "state",
-        "rule",
-        "metric",
-        "scope",
-        "latest",
-        "threshold",
-        "opened",
-        "message",
-    ):
-        table.add_column(col, no_wrap=col != "message")
-    for a in alerts:
-        table.add_row(
-            str(a.id),
-            a.state if a.resolved_at is None else f"resolved {a.resolved_at[11:19]}",
-            a.rule,
-            a.metric,
-            f"{a.scope} {a.target}",
-            f"{a.last_value:.4g}",
-            f"{a.threshold:g}",
-            a.opened_at[:19],
-            a.message,
-        )
-    return table
 
 
 @alerts_app.callback()
@@ -147,7 +75,7 @@ def alerts(
     if not found:
         render.console.print("no open alerts" if open_only else "no alerts")
         return
-    render.console.print(alerts_table(found))
+    render.console.print(render.alerts_table(found))
 
 
 @alerts_app.command("evaluate")
@@ -211,24 +139,6 @@ def _evaluate_and_publish(state: Any, address: str, topic_root: str) -> list[Any
         hub.close()
 
 
-def rules_table(rules: list[AlertRule]) -> Table:
-    table = Table(title="Alert rules")
-    for col in ("id", "name", "metric", "threshold", "scope", "window", "min records"):
-        table.add_column(col, no_wrap=True)
-    for r in rules:
-        window = f"{r.window_s:g} s" + ("" if r.last_n is None else f", last {r.last_n}")
-        table.add_row(
-            r.key,
-            r.name or "-",
-            r.metric,
-            f"> {r.threshold:g}",
-            r.scope if r.target is None else f"{r.scope} {r.target}",
-            window,
-            str(r.min_count),
-        )
-    return table
-
-
 @rules_app.command("list")
 def rules_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """The rules in force (the defaults while none is created)."""
@@ -238,7 +148,7 @@ def rules_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if json_out:
         render.print_json(rules)
         return
-    render.console.print(rules_table(rules))
+    render.console.print(render.rules_table(rules))
 
 
 @rules_app.command("add")
@@ -283,7 +193,7 @@ def rules_add(
         render.print_json(rule)
         return
     render.console.print(f"created alert rule {rule.key}")
-    render.console.print(rules_table([rule]))
+    render.console.print(render.rules_table([rule]))
 
 
 @rules_app.command("delete")

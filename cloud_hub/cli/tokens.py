@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from cloud_hub.auth.roles import Role
 from cloud_hub.cli import render
@@ -14,10 +13,6 @@ from cloud_hub.cli.base import JsonOpt, state, user_errors
 tokens_app = typer.Typer(
     help="API tokens: who may call the hub's REST API, with which role.", no_args_is_help=True
 )
-
-
-def _when(value: object) -> str:
-    return "-" if value is None else str(value)[:19].replace("T", " ")
 
 
 @tokens_app.command("create")
@@ -45,7 +40,7 @@ def tokens_create(
         return
     render.err_console.print(
         f"token [bold]{created.name}[/bold] ({created.role.value}"
-        + (f", expires {_when(created.expires_at)} UTC" if created.expires_at else "")
+        + (f", expires {render.when(created.expires_at)} UTC" if created.expires_at else "")
         + "): keep it now, it is not shown again",
         highlight=False,
     )
@@ -63,20 +58,7 @@ def tokens_list(
     if json_out:
         render.print_json(tokens)
         return
-    table = Table(title="API tokens")
-    for column in ("name", "role", "prefix", "created", "expires", "last used", "revoked"):
-        table.add_column(column)
-    for t in tokens:
-        table.add_row(
-            t.name,
-            t.role.value,
-            t.prefix + "…",
-            _when(t.created_at),
-            _when(t.expires_at),
-            _when(t.last_used_at),
-            _when(t.revoked_at),
-        )
-    render.console.print(table)
+    render.console.print(render.api_tokens_table(tokens))
 
 
 @tokens_app.command("revoke")
