@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -81,7 +80,7 @@ def _mosquitto() -> str:
 
 
 class Mosquitto:
-    """A real Mosquitto on a loopback port, with the queue limits raised (see DEPENDENCIES.md).
+    """A real Mosquitto on a loopback port, with the queue limits raised (see docs/DEPENDENCIES.md).
 
     `stop()` / `start()` restart it on the same port, for tests of what survives a broker restart.
     """
@@ -227,11 +226,12 @@ class SecureMosquitto:
         assert self.proc is not None
         before = self.log_text().count("Reloading config")
         self.proc.send_signal(signal.SIGHUP)
-        wait_for_log = time.monotonic() + 10
-        while self.log_text().count("Reloading config") == before:
-            if time.monotonic() > wait_for_log:
-                raise TimeoutError("the broker did not reload its config")
-            time.sleep(0.05)
+        wait_until(
+            lambda: self.log_text().count("Reloading config") > before,
+            10,
+            "the broker to reload its config",
+            interval=0.05,
+        )
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -10,6 +10,7 @@ import httpx
 
 from cloud_hub.registry.artifacts import sha256_hex
 from tests.conftest import BIN, free_port, run_cli, wait_for_port
+from tests.waiting import wait_until
 
 
 def test_cli_trains_the_cnn_and_hub_serve_answers_the_same_version(
@@ -82,7 +83,6 @@ def test_a_run_killed_mid_training_is_marked_failed_at_its_step(
 ) -> None:
     """kill -9 during `train`: the next command sees the run failed at that step (resumable)."""
     import signal
-    import time
 
     data_dir = str(tmp_path / "D")
     proc = subprocess.Popen(
@@ -105,15 +105,14 @@ def test_a_run_killed_mid_training_is_marked_failed_at_its_step(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
-    while True:  # wait until the process is inside the train step
-        assert time.monotonic() < deadline, "training never started"
+
+    def training() -> bool:
         listed = run_cli(["--data-dir", data_dir, "runs", "list", "--json"], cli_env)
         runs = json.loads(listed.stdout) if listed.returncode == 0 else []
         steps = {s["step"]: s["status"] for s in runs[0]["steps"]} if runs else {}
-        if steps.get("train") == "running":
-            break
-        time.sleep(0.2)
+        return steps.get("train") == "running"
+
+    wait_until(training, 120, "the process to be inside the train step", interval=0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     shown = json.loads(

@@ -21,7 +21,7 @@ class TTLCache(Generic[T]):
     ) -> None:
         self.max_entries = max_entries
         self.ttl_s = ttl_s
-        self._clock = clock
+        self.clock = clock  # tests move it
         self._items: OrderedDict[str, tuple[float, T]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -33,7 +33,7 @@ class TTLCache(Generic[T]):
             found = self._items.get(key)
             if found is not None:
                 stamp, value = found
-                if self.ttl_s is None or self._clock() - stamp < self.ttl_s:
+                if self.ttl_s is None or self.clock() - stamp < self.ttl_s:
                     self._items.move_to_end(key)
                     self.hits += 1
                     return value
@@ -43,7 +43,7 @@ class TTLCache(Generic[T]):
 
     def put(self, key: str, value: T) -> None:
         with self._lock:
-            self._items[key] = (self._clock(), value)
+            self._items[key] = (self.clock(), value)
             self._items.move_to_end(key)
             while len(self._items) > self.max_entries:
                 self._items.popitem(last=False)

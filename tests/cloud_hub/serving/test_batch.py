@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from typer.testing import CliRunner
 
 from cloud_hub.cli.main import app
 from cloud_hub.hub import Hub
+from tests.clocks import ManualUtcClock
 from tests.cloud_hub.serving.conftest import (
     EXAMPLES,
     digits_rows,
@@ -232,7 +232,8 @@ def test_a_resumed_batch_counts_what_its_earlier_attempt_wrote_as_predicted(
     try:
         table = tmp_path / "resume.csv"
         write_csv(table, 0, 9)
-        queue = JobQueue(serving_hub.db, lease_s=0.3)
+        clock = ManualUtcClock()
+        queue = JobQueue(serving_hub.db, lease_s=0.3, clock=clock)
         body = {"source": {"kind": "csv", "path": str(table)}, "chunk_size": 3}
         job = queue.submit("batch", "resume-batch", body)
         claimed = queue.claim("dead-worker", job_id=job.id)
@@ -253,7 +254,7 @@ def test_a_resumed_batch_counts_what_its_earlier_attempt_wrote_as_predicted(
         with pytest.raises(Died):
             runner.run(claimed, "dead-worker", dies_on_the_third_chunk)
         assert queue.get(job.id).done == 6  # two chunks written, then the worker was gone
-        time.sleep(0.35)  # its lease runs out
+        clock.advance(0.35)  # its lease runs out
         worker = JobWorker(queue, engine, name="second", endpoint="resume-batch")
         try:
             final = worker.run_once()

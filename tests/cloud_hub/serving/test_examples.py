@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.hub import Hub
+from tests.clocks import ManualClock
 from tests.cloud_hub.serving.conftest import (
     REPO,
     digits_rows,
@@ -212,9 +212,13 @@ def test_prediction_cache_hits_on_a_repeat_and_misses_after_ttl(client: TestClie
 
     spec["steps"][-1]["params"]["ttl_s"] = 0.2
     assert client.put(f"{API}/digits-cached", json=spec).status_code == 200
+    clock = ManualClock()  # the rebuilt cache's entries expire when the test says so
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine.live("digits-cached").graph.steps["cache"].cache.clock = clock
     assert predict(client, "digits-cached", {"inputs": x[:1].tolist()})["cache"]["misses"] == 1
+    clock.advance(0.19)
     assert predict(client, "digits-cached", {"inputs": x[:1].tolist()})["cache"]["hits"] == 1
-    time.sleep(0.3)
+    clock.advance(0.02)
     assert predict(client, "digits-cached", {"inputs": x[:1].tolist()})["cache"]["misses"] == 1
     stats = client.get(f"{API}/digits-cached/stats").json()
     assert stats["steps"]["cache"]["cache"]["hits"] == 1

@@ -20,6 +20,7 @@ from cloud_hub.serving import Signature, Step, StepParams, Value, register_step
 from cloud_hub.serving.engine.spec import EndpointSpec
 from cloud_hub.serving.engine.store import EndpointStore
 from cloud_hub.serving.jobs.queue import JobQueue
+from tests.clocks import ManualUtcClock
 from tests.cloud_hub.serving.conftest import (
     REPO,
     Subscriber,
@@ -267,7 +268,6 @@ def test_a_hub_restart_loses_no_queued_job(serving_hub: Hub) -> None:
         ids = [
             submit(c, "digits-async", {"inputs": raw[i : i + 1].tolist()})["id"] for i in range(6)
         ]
-        time.sleep(0.3)
         assert {c.get(f"{API}/jobs/{i}").json()["state"] for i in ids} == {"queued"}
     with hub_app(data_dir) as (_, c):  # the hub comes back, with its workers
         jobs = [wait_job(c, i) for i in ids]
@@ -445,15 +445,20 @@ def test_a_scheduled_batch_lost_on_its_last_attempt_still_gets_its_next_run(
 
     engine = ServingEngine(serving_hub.registry, serving_hub.db, threads=2)
     engine.create(EndpointSpec.model_validate({**example("batch.json"), "name": "lost-cron"}))
-    worker = JobWorker(JobQueue(serving_hub.db), engine, name="survivor", endpoint="lost-cron")
+    clock = ManualUtcClock()  # the lease runs out when the test says so, for both queues
+    worker = JobWorker(
+        JobQueue(serving_hub.db, clock=clock), engine, name="survivor", endpoint="lost-cron"
+    )
     nxt = None
     try:
-        queue = JobQueue(serving_hub.db, lease_s=0.2, max_attempts=1)
+        queue = JobQueue(serving_hub.db, lease_s=0.2, max_attempts=1, clock=clock)
         csv_path = str(REPO / "examples" / "endpoints" / "data" / "digits.csv")
         body = {"source": {"kind": "csv", "path": csv_path}, "cron": "0 3 * * *"}
         job = queue.submit("batch", "lost-cron", body)
         assert queue.claim("dead-worker", job_id=job.id) is not None
-        time.sleep(0.25)
+        assert worker.run_once() is None  # still leased: nothing to do
+        assert queue.get(job.id).state == "running"
+        clock.advance(0.25)
         assert worker.run_once() is None  # it expires the lost job; the next run is not due
         lost = queue.get(job.id)
         assert lost.state == "failed" and "its worker was lost" in (lost.error or "")

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +28,7 @@ from cloud_hub.serving.engine.spec import ModelRef
 from cloud_hub.serving.image.build import FORBIDDEN, parse_cmd, version_spec
 from cloud_hub.training.request import TrainRequest
 from tests.cloud_hub.serving.conftest import digits_rows, example, png_b64
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -101,17 +101,17 @@ def entry_command(context: Path) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
+        timeout = 60.0
+
+        def healthy() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"the server exited: {proc.stdout and proc.stdout.read()}")
             try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{url}/health", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+                return False
+
+        wait_until(healthy, timeout, "the image server to start", interval=0.1)
         yield url
     finally:
         proc.terminate()

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from cloud_hub.hub import Hub
 from cloud_hub.serving import PredictRequest
+from tests.clocks import ManualClock
 from tests.cloud_hub.serving.conftest import digits_rows, example, reference_labels
 from tests.waiting import wait_for
 
@@ -128,6 +129,8 @@ def test_circuit_breaker_opens_serves_the_fallback_and_recovers(
     spec["steps"][0]["params"]["url"] = f"http://127.0.0.1:{device.port}/v1/predict"
     post(client, spec)
     name = spec["name"]
+    clock = ManualClock()  # the cool-down runs out when the test says so
+    step_of(client, name, "guard").clock = clock
     # a short cool-down for the test, set at run time
     assert put_params(client, name, {"steps": {"guard": {"cooldown_s": 0.4}}}).status_code == 200
     x, _ = digits_rows()
@@ -156,13 +159,15 @@ def test_circuit_breaker_opens_serves_the_fallback_and_recovers(
     state = guard()
     assert state["short_circuited"] == 5 and state["failures"] == 3 and state["opened"] == 1
 
-    time.sleep(0.45)  # cool-down over: one trial call, which fails: open again
+    clock.advance(0.39)  # still cooling down: the device is not called
+    assert predict(client, name, rows)["tags"]["fallback"] == "open" and device.calls == 4
+    clock.advance(0.02)  # cool-down over: one trial call, which fails: open again
     out = predict(client, name, rows)
     assert out["tags"]["fallback"] == "failed" and device.calls == 5
     assert guard()["state"] == "open"
 
     device.mode = "ok"
-    time.sleep(0.45)  # the next trial succeeds: closed
+    clock.advance(0.41)  # the next trial succeeds: closed
     out = predict(client, name, rows)
     assert labels_of(out) == mlp and "fallback" not in out["tags"]
     state = guard()
