@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import InvalidInput, NotFound
+from cloud_hub.core.rows import model_from_row
 
 JobKind = Literal["predict", "batch"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -73,32 +74,7 @@ class Job(BaseModel):
 
 
 def _job(row: sqlite3.Row) -> Job:
-    def load(text: str | None) -> Any:
-        return None if text is None else json.loads(text)
-
-    return Job(
-        id=row["id"],
-        kind=row["kind"],
-        endpoint=row["endpoint"],
-        step=row["step"],
-        state=row["state"],
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        worker=row["owner"],
-        history=json.loads(row["history"]),
-        request=json.loads(row["request"]),
-        early=load(row["early"]),
-        result=load(row["result"]),
-        error=row["error"],
-        done=row["done"],
-        total=row["total"],
-        next_job=row["next_job"],
-        not_before=row["not_before"],
-        lease_until=row["lease_until"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
+    return model_from_row(Job, row, ("history", "request", "early", "result"), worker=row["owner"])
 
 
 class LostLease(Exception):
