@@ -1,17 +1,9 @@
-"""What condition routing may know of a device: its hardware, tags, group and runtimes, read
-from the hub's device registry (the `devices` table) and kept briefly in memory, so a route on
-`device_tag` does not query the database on every request."""
+"""What condition routing may know of a device: its hardware, tags, group and runtimes (read by
+`device_lookup.DeviceLookup`). No database here: the image server imports this module."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # the image server (no database) imports this module too
-    from cloud_hub.core.db import Database
 
 
 @dataclass(frozen=True)
@@ -21,46 +13,3 @@ class DeviceFacts:
     tags: frozenset[str]
     group: str | None
     runtimes: tuple[str, ...]
-
-
-class DeviceLookup:
-    """Devices by id from the hub's database; answers (unknown ids too) are kept `ttl_s`."""
-
-    def __init__(
-        self, db: Database, *, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.db = db
-        self.ttl_s = ttl_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, DeviceFacts | None]] = {}
-        self.queries = 0
-
-    def __call__(self, device_id: str) -> DeviceFacts | None:
-        now = self._clock()
-        with self._lock:
-            hit = self._cache.get(device_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        facts = self._read(device_id)
-        with self._lock:
-            if len(self._cache) > 10_000:  # ids come from callers: bound what they can fill
-                self._cache.clear()
-            self._cache[device_id] = (now + self.ttl_s, facts)
-        return facts
-
-    def _read(self, device_id: str) -> DeviceFacts | None:
-        self.queries += 1
-        # here, not at the top: the image server (no database, no fleet) imports this module
-        from cloud_hub.fleet.devices import routing_row
-
-        row = routing_row(self.db.conn, device_id)
-        if row is None:
-            return None
-        return DeviceFacts(
-            id=row["id"],
-            hardware=row["hardware"] or "",
-            tags=frozenset(row["tags"]),
-            group=row["group_name"],
-            runtimes=tuple(row["runtimes"]),
-        )

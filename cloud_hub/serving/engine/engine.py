@@ -24,7 +24,7 @@ from cloud_hub.core.db import Database
 from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
 from cloud_hub.predlog.writer import LogEntry, PredictionLogWriter
 from cloud_hub.registry.registry import Registry
-from cloud_hub.serving.engine.devices import DeviceLookup
+from cloud_hub.serving.engine.device_lookup import DeviceLookup
 from cloud_hub.serving.engine.endpoint import CompiledEndpoint, PredictResponse
 from cloud_hub.serving.engine.errors import ModelOff
 from cloud_hub.serving.engine.graph import StepFailed

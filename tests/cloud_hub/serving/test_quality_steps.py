@@ -459,7 +459,7 @@ def test_condition_refusals_name_the_field(client: TestClient) -> None:
 
 
 def test_device_lookup_is_cached_briefly(serving_hub: Hub) -> None:
-    from cloud_hub.serving.engine.devices import DeviceLookup
+    from cloud_hub.serving.engine.device_lookup import DeviceLookup
 
     with serving_hub.db.transaction() as db:
         db.execute(
