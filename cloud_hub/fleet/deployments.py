@@ -23,7 +23,6 @@ import builtins
 import json
 import math
 import sqlite3
-from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -31,6 +30,8 @@ from pydantic import ValidationError
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import InvalidInput, NotFound
 from cloud_hub.core.names import check_name
+from cloud_hub.core.rows import model_from_row, row_dict
+from cloud_hub.fleet import deployment_store as store
 from cloud_hub.fleet.artifacts import choose_artifact, parse_choice
 from cloud_hub.fleet.devices import DeviceStore
 from cloud_hub.fleet.schemas import (
@@ -41,7 +42,7 @@ from cloud_hub.fleet.schemas import (
     ShadowDeviceReport,
     ShadowReport,
 )
-from cloud_hub.registry.registry import Registry, utcnow
+from cloud_hub.registry.registry import Registry, artifact_files, utcnow
 from cloud_hub.registry.schemas import Artifact, Version
 from edge_agent.core.heads.compare import logged_answers_agree
 from edge_agent.core.wire import ProbationPolicy, ServingParams
@@ -165,47 +166,38 @@ class DeploymentStore:
             )
         canaries = canary_size(body, len(ordered)) if body.strategy == "canary" else len(ordered)
         with self.db.transaction() as db:
-            deployment_id = int(
-                db.execute(
-                    "INSERT INTO deployments (version_id, artifact, target_kind, target, strategy, "
-                    "canary_count, canary_percent, failure_threshold, promote_after_s, threads, "
-                    "probation, params, status, shadow_version_id, shadow_artifact) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        version.id,
-                        body.artifact,
-                        kind,
-                        value,
-                        body.strategy,
-                        body.canary_count,
-                        body.canary_percent,
-                        body.failure_threshold,
-                        promote_after_s,
-                        body.threads,
-                        json.dumps(body.probation),
-                        _params_json(body.params),
-                        "canary" if body.strategy == "canary" else "rolling_out",
-                        shadow.id if shadow is not None else None,
-                        body.shadow.artifact if body.shadow is not None else None,
-                    ],
-                ).lastrowid
-                or 0
+            deployment_id = store.insert_deployment(
+                db.conn,
+                {
+                    "version_id": version.id,
+                    "artifact": body.artifact,
+                    "target_kind": kind,
+                    "target": value,
+                    "strategy": body.strategy,
+                    "canary_count": body.canary_count,
+                    "canary_percent": body.canary_percent,
+                    "failure_threshold": body.failure_threshold,
+                    "promote_after_s": promote_after_s,
+                    "threads": body.threads,
+                    "probation": json.dumps(body.probation),
+                    "params": _params_json(body.params),
+                    "status": "canary" if body.strategy == "canary" else "rolling_out",
+                    "shadow_version_id": shadow.id if shadow is not None else None,
+                    "shadow_artifact": body.shadow.artifact if body.shadow is not None else None,
+                },
             )
             for position, device in enumerate(ordered):
-                self._supersede(db.conn, device.id, deployment_id)
+                store.supersede(db.conn, device.id, deployment_id, utcnow())
                 first = position < canaries
                 shadow_art = shadow_choices.get(device.id)
-                db.execute(
-                    "INSERT INTO deployment_devices (deployment_id, device_id, phase, state, "
-                    "artifact_id, shadow_artifact_id) VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        deployment_id,
-                        device.id,
-                        "canary" if body.strategy == "canary" and first else "rest",
-                        "pending" if first else "waiting",
-                        choices[device.id].id,
-                        shadow_art.id if shadow_art is not None else None,
-                    ],
+                store.insert_device(
+                    db.conn,
+                    deployment_id,
+                    device.id,
+                    phase="canary" if body.strategy == "canary" and first else "rest",
+                    state="pending" if first else "waiting",
+                    artifact_id=choices[device.id].id,
+                    shadow_artifact_id=shadow_art.id if shadow_art is not None else None,
                 )
         return self.get(deployment_id)
 
@@ -256,49 +248,44 @@ class DeploymentStore:
                 "another deployment now"
             )
         conn = self.db.conn
-        rows = conn.execute(
-            "SELECT device_id, shadow_artifact_id FROM deployment_devices "
-            "WHERE deployment_id = ? AND state != 'superseded' ORDER BY device_id",
-            [deployment_id],
-        ).fetchall()
-        d = conn.execute("SELECT * FROM deployments WHERE id = ?", [deployment_id]).fetchone()
+        rows = store.live_device_rows(conn, deployment_id)
+        d = store.deployment_row(conn, deployment_id)
+        if d is None:
+            raise NotFound("deployment", deployment_id)
         with self.db.transaction() as db:
-            new_id = int(
-                db.execute(
-                    "INSERT INTO deployments (version_id, artifact, target_kind, target, strategy, "
-                    "failure_threshold, promote_after_s, threads, probation, params, status, "
-                    "promoted_from) VALUES (?, ?, ?, ?, 'all_at_once', ?, 0, ?, ?, ?, "
-                    "'rolling_out', ?)",
-                    [
-                        dep.shadow_version_id,
-                        d["shadow_artifact"] or "best",
-                        dep.target_kind,
-                        dep.target,
-                        dep.failure_threshold,
-                        dep.threads,
-                        d["probation"],
-                        d["params"],
-                        deployment_id,
-                    ],
-                ).lastrowid
-                or 0
+            new_id = store.insert_deployment(
+                db.conn,
+                {
+                    "version_id": dep.shadow_version_id,
+                    "artifact": d["shadow_artifact"] or "best",
+                    "target_kind": dep.target_kind,
+                    "target": dep.target,
+                    "strategy": "all_at_once",
+                    "failure_threshold": dep.failure_threshold,
+                    "promote_after_s": 0,
+                    "threads": dep.threads,
+                    "probation": d["probation"],
+                    "params": d["params"],
+                    "status": "rolling_out",
+                    "promoted_from": deployment_id,
+                },
             )
             for row in rows:
-                self._supersede(db.conn, row["device_id"], new_id)
-                db.execute(
-                    "INSERT INTO deployment_devices (deployment_id, device_id, phase, state, "
-                    "artifact_id) VALUES (?, ?, 'rest', 'pending', ?)",
-                    [new_id, row["device_id"], row["shadow_artifact_id"]],
-                )
-            db.execute(
-                "UPDATE deployments SET promoted_to = ?, status = 'superseded', reason = ?, "
-                "updated_at = ? WHERE id = ?",
-                [
+                store.supersede(db.conn, row["device_id"], new_id, utcnow())
+                store.insert_device(
+                    db.conn,
                     new_id,
-                    f"shadow {dep.shadow_version} promoted: active in deployment {new_id}",
-                    utcnow(),
-                    deployment_id,
-                ],
+                    row["device_id"],
+                    phase="rest",
+                    state="pending",
+                    artifact_id=row["shadow_artifact_id"],
+                )
+            store.mark_promoted(
+                db.conn,
+                deployment_id,
+                new_id,
+                f"shadow {dep.shadow_version} promoted: active in deployment {new_id}",
+                utcnow(),
             )
         return self.get(new_id)
 
@@ -313,11 +300,7 @@ class DeploymentStore:
                 "of the deployment its devices run now"
             )
         with self.db.transaction() as db:
-            db.execute(
-                "UPDATE deployments SET params = ?, params_rev = params_rev + 1, updated_at = ? "
-                "WHERE id = ?",
-                [_params_json(params), utcnow(), deployment_id],
-            )
+            store.set_params(db.conn, deployment_id, _params_json(params), utcnow())
         return self.get(deployment_id)
 
     # -- shadow report ----------------------------------------------------------------------------
@@ -383,115 +366,47 @@ class DeploymentStore:
             devices=devices,
         )
 
-    @staticmethod
-    def _supersede(conn: sqlite3.Connection, device_id: str, new_id: int) -> None:
-        """The device's rows in older deployments end; a deployment left with no live row
-        (every row superseded) is superseded as a whole."""
-        now = utcnow()
-        older = [
-            r[0]
-            for r in conn.execute(
-                "SELECT deployment_id FROM deployment_devices WHERE device_id = ? "
-                "AND deployment_id != ? AND state != 'superseded'",
-                [device_id, new_id],
-            )
-        ]
-        for dep in older:
-            conn.execute(
-                "UPDATE deployment_devices SET state = 'superseded', "
-                "reason = ?, updated_at = ? WHERE deployment_id = ? AND device_id = ?",
-                [f"superseded by deployment {new_id}", now, dep, device_id],
-            )
-            (live,) = conn.execute(
-                "SELECT COUNT(*) FROM deployment_devices WHERE deployment_id = ? "
-                "AND state != 'superseded'",
-                [dep],
-            ).fetchone()
-            if live == 0:
-                conn.execute(
-                    "UPDATE deployments SET status = 'superseded', reason = ?, updated_at = ? "
-                    "WHERE id = ? AND status != 'halted'",
-                    [f"superseded by deployment {new_id}", now, dep],
-                )
-
     # -- read -----------------------------------------------------------------------------------
     def get(self, deployment_id: int) -> Deployment:
-        row = self.db.conn.execute(
-            "SELECT * FROM deployments WHERE id = ?", [deployment_id]
-        ).fetchone()
+        row = store.deployment_row(self.db.conn, deployment_id)
         if row is None:
             raise NotFound("deployment", deployment_id)
         return self._deployment(row)
 
     def list(self, *, limit: int = 100) -> list[Deployment]:
-        rows = self.db.conn.execute(
-            "SELECT * FROM deployments ORDER BY id DESC LIMIT ?", [limit]
-        ).fetchall()
-        return [self._deployment(r) for r in rows]
+        return [self._deployment(r) for r in store.newest_rows(self.db.conn, limit)]
 
     def heads(self, *, limit: int = 20) -> builtins.list[tuple[int, str, str]]:
         """The newest deployments' (id, status, updated_at): what a watcher compares before it
         reads a deployment whole."""
-        rows = self.db.conn.execute(
-            "SELECT id, status, updated_at FROM deployments ORDER BY id DESC LIMIT ?", [limit]
-        ).fetchall()
-        return [(int(r["id"]), str(r["status"]), str(r["updated_at"])) for r in rows]
+        return store.newest_heads(self.db.conn, limit)
 
     def _deployment(self, row: sqlite3.Row) -> Deployment:
-        d: dict[str, Any] = dict(row)
+        d = row_dict(row, ("probation", "params"))
         version = self.registry.get_version_by_id(d["version_id"])
-        rows = self.db.conn.execute(
-            "SELECT dd.*, a.format, a.precision, sa.format AS s_format, "
-            "sa.precision AS s_precision FROM deployment_devices dd "
-            "LEFT JOIN artifacts a ON a.id = dd.artifact_id "
-            "LEFT JOIN artifacts sa ON sa.id = dd.shadow_artifact_id WHERE dd.deployment_id = ? "
-            "ORDER BY dd.phase, dd.device_id",
-            [d["id"]],
-        ).fetchall()
+        conn = self.db.conn
+        rows = store.device_rows(conn, d["id"])
+        files = artifact_files(
+            conn, [r["artifact_id"] for r in rows] + [r["shadow_artifact_id"] for r in rows]
+        )
+
+        def kind(artifact_id: int | None) -> str | None:
+            a = None if artifact_id is None else files.get(artifact_id)
+            return None if a is None else f"{a['format']}/{a['precision']}"
+
         devices = [
-            DeploymentDevice(
-                device_id=r["device_id"],
-                phase=r["phase"],
-                state=r["state"],
-                artifact=None if r["format"] is None else f"{r['format']}/{r['precision']}",
-                reason=r["reason"],
-                received_bytes=r["received_bytes"],
-                updated_at=r["updated_at"],
-                shadow_artifact=(
-                    None if r["s_format"] is None else f"{r['s_format']}/{r['s_precision']}"
-                ),
-                shadow_state=r["shadow_state"],
-                shadow_reason=r["shadow_reason"],
+            model_from_row(
+                DeploymentDevice,
+                r,
+                artifact=kind(r["artifact_id"]),
+                shadow_artifact=kind(r["shadow_artifact_id"]),
             )
             for r in rows
         ]
         shadow_id = d["shadow_version_id"]
         shadow_ref = None if shadow_id is None else self.registry.get_version_by_id(shadow_id).ref
-        return Deployment(
-            id=d["id"],
-            version_id=d["version_id"],
-            version=version.ref,
-            artifact=d["artifact"],
-            target_kind=d["target_kind"],
-            target=d["target"],
-            strategy=d["strategy"],
-            canary_count=d["canary_count"],
-            canary_percent=d["canary_percent"],
-            failure_threshold=d["failure_threshold"],
-            promote_after_s=d["promote_after_s"],
-            threads=d["threads"],
-            probation=json.loads(d["probation"]),
-            params=json.loads(d["params"]),
-            shadow_version_id=shadow_id,
-            shadow_version=shadow_ref,
-            shadow_artifact=d["shadow_artifact"],
-            promoted_to=d["promoted_to"],
-            promoted_from=d["promoted_from"],
-            status=d["status"],
-            reason=d["reason"],
-            devices=devices,
-            created_at=d["created_at"],
-            updated_at=d["updated_at"],
+        return model_from_row(
+            Deployment, d, version=version.ref, shadow_version=shadow_ref, devices=devices
         )
 
 

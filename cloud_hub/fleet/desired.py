@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import NotFound
-from cloud_hub.registry.registry import Registry
+from cloud_hub.fleet import deployment_store as store
+from cloud_hub.registry.registry import Registry, artifact_files
 from cloud_hub.registry.signature import head_for_artifact
 from cloud_hub.registry.signing import HubSigner
 from edge_agent.core.wire import DesiredState, ModelRef, ProbationPolicy, ServingParams
@@ -27,30 +28,28 @@ class DesiredStates:
         self.signer = signer
 
     def build(self, deployment_id: int, device_id: str) -> DesiredState:
-        row = self.db.conn.execute(
-            "SELECT d.version_id, d.threads, d.probation, d.params, d.shadow_version_id, "
-            "a.format, a.precision, a.sha256, a.size, sa.format AS s_format, "
-            "sa.precision AS s_precision, sa.sha256 AS s_sha256, sa.size AS s_size "
-            "FROM deployment_devices dd "
-            "JOIN deployments d ON d.id = dd.deployment_id "
-            "JOIN artifacts a ON a.id = dd.artifact_id "
-            "LEFT JOIN artifacts sa ON sa.id = dd.shadow_artifact_id "
-            "WHERE dd.deployment_id = ? AND dd.device_id = ?",
-            [deployment_id, device_id],
-        ).fetchone()
-        if row is None:
+        conn = self.db.conn
+        row = store.assignment(conn, deployment_id, device_id)
+        files = (
+            {}
+            if row is None
+            else artifact_files(conn, [row["artifact_id"], row["shadow_artifact_id"]])
+        )
+        art = None if row is None else files.get(row["artifact_id"])
+        if row is None or art is None:
             raise NotFound("deployment device", f"{deployment_id}/{device_id}")
         model = self._ref(
-            int(row["version_id"]), row["format"], row["precision"], row["sha256"], row["size"]
+            int(row["version_id"]), art["format"], art["precision"], art["sha256"], art["size"]
         )
         shadow = None
-        if row["shadow_version_id"] is not None and row["s_sha256"] is not None:
+        shadow_art = files.get(row["shadow_artifact_id"])
+        if row["shadow_version_id"] is not None and shadow_art is not None:
             shadow = self._ref(
                 int(row["shadow_version_id"]),
-                row["s_format"],
-                row["s_precision"],
-                row["s_sha256"],
-                row["s_size"],
+                shadow_art["format"],
+                shadow_art["precision"],
+                shadow_art["sha256"],
+                shadow_art["size"],
             )
         return DesiredState(
             device_id=device_id,

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cloud_hub.core.db import Database
+from cloud_hub.fleet import deployment_store as store
 from cloud_hub.fleet import devices
 from cloud_hub.fleet.errors import Rejected
-from cloud_hub.registry.registry import utcnow
+from cloud_hub.registry.registry import artifact_files, utcnow
 from edge_agent.core.wire import Report
 
 FAILED = ("failed", "rolled_back")
@@ -56,12 +57,7 @@ class Rollout:
                 if report.state in FAILED:
                     devices.set_last_reason(conn, device_id, f"{report.state}: {report.reason}")
                 return None
-            row = conn.execute(
-                "SELECT dd.state, d.version_id FROM deployment_devices dd "
-                "JOIN deployments d ON d.id = dd.deployment_id "
-                "WHERE dd.deployment_id = ? AND dd.device_id = ?",
-                [report.deployment_id, device_id],
-            ).fetchone()
+            row = store.assignment(conn, report.deployment_id, device_id)
             if row is None:
                 raise Rejected(
                     f"report for deployment {report.deployment_id}, which does not include "
@@ -70,27 +66,18 @@ class Rollout:
             if row["state"] in ("superseded", "waiting"):
                 return None  # a late report of an older deployment, or one never sent
             if report.role == "shadow":  # the candidate's progress: no rollout decision
-                conn.execute(
-                    "UPDATE deployment_devices SET shadow_state = ?, shadow_reason = ?, "
-                    "updated_at = ? WHERE deployment_id = ? AND device_id = ?",
-                    [report.state, report.reason, now, report.deployment_id, device_id],
+                store.set_shadow_progress(
+                    conn, report.deployment_id, device_id, report.state, report.reason, now
                 )
                 return None
-            conn.execute(
-                "UPDATE deployment_devices SET state = ?, reason = ?, "
-                "received_bytes = COALESCE(?, received_bytes), updated_at = ?, "
-                "active_since = CASE WHEN ? = 'active' THEN COALESCE(active_since, ?) END "
-                "WHERE deployment_id = ? AND device_id = ?",
-                [
-                    report.state,
-                    report.reason,
-                    report.received_bytes,
-                    now,
-                    report.state,
-                    now,
-                    report.deployment_id,
-                    device_id,
-                ],
+            store.set_progress(
+                conn,
+                report.deployment_id,
+                device_id,
+                report.state,
+                report.reason,
+                report.received_bytes,
+                now,
             )
             if report.state == "active":
                 devices.set_active_version(conn, device_id, row["version_id"])
@@ -98,10 +85,7 @@ class Rollout:
 
     # -- decisions ------------------------------------------------------------------------------
     def live_deployments(self) -> list[int]:
-        rows = self.db.conn.execute(
-            "SELECT id FROM deployments WHERE status IN ('canary', 'rolling_out') ORDER BY id"
-        ).fetchall()
-        return [int(r[0]) for r in rows]
+        return store.live_deployment_ids(self.db.conn)
 
     def evaluate(self, deployment_id: int) -> str:
         """Apply the rollout rules to one deployment; returns its status afterwards."""
@@ -109,14 +93,10 @@ class Rollout:
         now = datetime.fromisoformat(now_text)
         with self.db.transaction() as db:
             conn = db.conn
-            dep = conn.execute("SELECT * FROM deployments WHERE id = ?", [deployment_id]).fetchone()
+            dep = store.deployment_row(conn, deployment_id)
             if dep is None or dep["status"] not in ("canary", "rolling_out"):
                 return "gone" if dep is None else str(dep["status"])
-            rows = conn.execute(
-                "SELECT * FROM deployment_devices WHERE deployment_id = ? "
-                "AND state != 'superseded' ORDER BY device_id",
-                [deployment_id],
-            ).fetchall()
+            rows = store.live_device_rows(conn, deployment_id)
             if not rows:
                 return self._set(conn, deployment_id, "superseded", "every device superseded")
             sent = [r for r in rows if r["state"] != "waiting"]
@@ -132,19 +112,11 @@ class Rollout:
                 )
                 if not (settled and active):
                     return status
-                conn.execute(
-                    "UPDATE deployment_devices SET state = 'pending', updated_at = ? "
-                    "WHERE deployment_id = ? AND state = 'waiting'",
-                    [now_text, deployment_id],
-                )
+                store.release_waiting(conn, deployment_id, now_text)
                 status = self._set(
                     conn, deployment_id, "rolling_out", f"canary healthy: {len(active)} active"
                 )
-                rows = conn.execute(
-                    "SELECT * FROM deployment_devices WHERE deployment_id = ? "
-                    "AND state != 'superseded'",
-                    [deployment_id],
-                ).fetchall()
+                rows = store.live_device_rows(conn, deployment_id)
             if all(r["state"] in FINISHED for r in rows):
                 n_failed = sum(r["state"] in FAILED for r in rows)
                 reason = f"{len(rows) - n_failed} active, {n_failed} failed"
@@ -166,31 +138,18 @@ class Rollout:
             f"{100 * dep['failure_threshold']:.0f}%): {first['device_id']}: "
             f"{first['reason'] or first['state']}"
         )
-        conn.execute(  # rows promoted but not yet published are not sent after all
-            "UPDATE deployment_devices SET state = 'waiting', updated_at = ? "
-            "WHERE deployment_id = ? AND state = 'pending' AND published_at IS NULL",
-            [now, deployment_id],
-        )
+        store.hold_unpublished(conn, deployment_id, now)  # promoted, unpublished: not sent
         return self._set(conn, deployment_id, "halted", reason)
 
     @staticmethod
     def _set(conn: sqlite3.Connection, deployment_id: int, status: str, reason: str) -> str:
-        conn.execute(
-            "UPDATE deployments SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
-            [status, reason, utcnow(), deployment_id],
-        )
+        store.set_status(conn, deployment_id, status, reason, utcnow())
         return status
 
     # -- publishing bookkeeping ------------------------------------------------------------------
     def unpublished(self) -> list[Assignment]:
         """Rows to send: pending, never published, of a live deployment; oldest first."""
-        rows = self.db.conn.execute(
-            "SELECT dd.deployment_id, dd.device_id FROM deployment_devices dd "
-            "JOIN deployments d ON d.id = dd.deployment_id "
-            "WHERE dd.state = 'pending' AND dd.published_at IS NULL "
-            "AND d.status IN ('canary', 'rolling_out') ORDER BY dd.deployment_id, dd.device_id"
-        ).fetchall()
-        return [Assignment(int(r[0]), str(r[1])) for r in rows]
+        return [Assignment(dep, dev) for dep, dev in store.unpublished(self.db.conn)]
 
     def current_desired(self) -> list[Assignment]:
         """Every device's current desired deployment (to publish again after a broker loss)."""
@@ -201,12 +160,7 @@ class Rollout:
         follows the publication at once is already allowed. False if a newer one holds it."""
         with self.db.transaction() as db:
             conn = db.conn
-            row = conn.execute(
-                "SELECT d.version_id, dd.artifact_id, dd.state FROM deployment_devices dd "
-                "JOIN deployments d ON d.id = dd.deployment_id "
-                "WHERE dd.deployment_id = ? AND dd.device_id = ?",
-                [a.deployment_id, a.device_id],
-            ).fetchone()
+            row = store.assignment(conn, a.deployment_id, a.device_id)
             if row is None or row["state"] == "superseded":
                 return False
             return devices.claim_desired(
@@ -220,11 +174,7 @@ class Rollout:
     def mark_published(self, a: Assignment) -> None:
         now = utcnow()
         with self.db.transaction() as db:
-            db.execute(
-                "UPDATE deployment_devices SET published_at = ?, updated_at = ? "
-                "WHERE deployment_id = ? AND device_id = ? AND published_at IS NULL",
-                [now, now, a.deployment_id, a.device_id],
-            )
+            store.mark_published(db.conn, a.deployment_id, a.device_id, now)
 
     def desired_sha256(self, device_id: str) -> str | None:
         desired = devices.desired_of(self.db.conn, device_id)
@@ -238,48 +188,26 @@ class Rollout:
             return []
         deployment_id, artifact_id = desired
         found = [] if (sha := self._sha256(artifact_id)) is None else [sha]
-        row = conn.execute(
-            "SELECT a.sha256 FROM deployment_devices dd "
-            "JOIN artifacts a ON a.id = dd.shadow_artifact_id "
-            "WHERE dd.deployment_id = ? AND dd.device_id = ?",
-            [deployment_id, device_id],
-        ).fetchone()
-        if row is not None:
-            found.append(str(row[0]))
+        row = None if deployment_id is None else store.assignment(conn, deployment_id, device_id)
+        if row is not None and (sha := self._sha256(row["shadow_artifact_id"])) is not None:
+            found.append(sha)
         return found
 
     def _sha256(self, artifact_id: int | None) -> str | None:
-        if artifact_id is None:
-            return None
-        row = self.db.conn.execute(
-            "SELECT sha256 FROM artifacts WHERE id = ?", [artifact_id]
-        ).fetchone()
-        return None if row is None else str(row[0])
+        row = artifact_files(self.db.conn, [artifact_id]).get(artifact_id or 0)
+        return None if row is None else str(row["sha256"])
 
     # -- serving parameters changed after publication --------------------------------------------
     def params_changed(self) -> list[tuple[Assignment, int]]:
         """(row, the deployment's params_rev) for every device whose current desired deployment
         got new parameters since its desired state was published."""
         conn = self.db.conn
-        rows = conn.execute(
-            "SELECT dd.deployment_id, dd.device_id, d.params_rev FROM deployment_devices dd "
-            "JOIN deployments d ON d.id = dd.deployment_id "
-            "WHERE dd.params_rev < d.params_rev AND dd.published_at IS NOT NULL "
-            "AND dd.state != 'superseded' ORDER BY dd.deployment_id, dd.device_id"
-        ).fetchall()
+        rows = store.params_behind(conn)
         if not rows:
             return []
         desired = set(devices.desired_deployments(conn))
-        return [
-            (Assignment(int(r[0]), str(r[1])), int(r[2]))
-            for r in rows
-            if (int(r[0]), str(r[1])) in desired
-        ]
+        return [(Assignment(dep, dev), rev) for dep, dev, rev in rows if (dep, dev) in desired]
 
     def mark_params_published(self, a: Assignment, rev: int) -> None:
         with self.db.transaction() as db:
-            db.execute(
-                "UPDATE deployment_devices SET params_rev = MAX(params_rev, ?) "
-                "WHERE deployment_id = ? AND device_id = ?",
-                [rev, a.deployment_id, a.device_id],
-            )
+            store.mark_params_published(db.conn, a.deployment_id, a.device_id, rev)

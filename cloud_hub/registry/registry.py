@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -697,3 +698,17 @@ def version_ref(conn: sqlite3.Connection, version_id: int) -> str | None:
         [version_id],
     ).fetchone()
     return None if row is None else f"{row[0]}/{row[1]}:{row[2]}"
+
+
+def artifact_files(
+    conn: sqlite3.Connection, artifact_ids: Iterable[int | None]
+) -> dict[int, sqlite3.Row]:
+    """id -> (id, format, precision, sha256, size) of each of the artifacts that exists."""
+    ids = sorted({int(i) for i in artifact_ids if i is not None})
+    if not ids:
+        return {}
+    marks = ", ".join("?" for _ in ids)
+    rows = conn.execute(
+        f"SELECT id, format, precision, sha256, size FROM artifacts WHERE id IN ({marks})", ids
+    ).fetchall()
+    return {int(r["id"]): r for r in rows}
