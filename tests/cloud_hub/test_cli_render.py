@@ -12,14 +12,21 @@ from cloud_hub.cli import render
 from cloud_hub.devtools.demo import DemoFigures, DeviceFigures
 from cloud_hub.fleet.schemas import Device
 
-LONG_DEVICE = "jetson-orin-nano-line-17"
-LONG_REF = "digits/digits-cnn-with-a-long-name:12"
+LONG_DEVICE = "jetson-orin-line-17"
+LONG_REF = "digits/digits-cnn-v2:12"
 
 
 def shown(table: Table, width: int = 120) -> str:
     console = Console(width=width, record=True, color_system=None)
     console.print(table)
     return console.export_text()
+
+
+def cells(text: str) -> list[str]:
+    """Each column's body cells of a one-row table, read top to bottom (a value folded onto
+    more lines reads whole again)."""
+    rows = [line.split("│") for line in text.splitlines() if "│" in line]
+    return ["".join(row[i].strip() for row in rows) for i in range(len(rows[0]))]
 
 
 def test_the_demo_table_shows_whole_ids_versions_and_artifacts() -> None:
@@ -34,19 +41,18 @@ def test_the_demo_table_shows_whole_ids_versions_and_artifacts() -> None:
                 artifact="tflite/int8",
                 status="online",
                 active_version=LONG_REF,
-                inferences=159,
-                correct=150,
+                inferences=15900,
+                correct=15000,
                 p50_ms=0.23,
-                logs_made=159,
-                logs_at_hub=159,
+                logs_made=15900,
+                logs_at_hub=15900,
             ),
-            DeviceFigures("demo-pi", "litert", "onnx/fp32", status="online"),
         ],
     )
     text = shown(render.demo_table(fig))
     assert "…" not in text
-    for ident in (LONG_DEVICE, LONG_REF, "onnxruntime", "tflite/int8", "onnx/fp32"):
-        assert ident in text, ident
+    assert cells(text)[:5] == [LONG_DEVICE, "onnxruntime", "tflite/int8", "online", LONG_REF]
+    assert cells(text)[5:] == ["15900", "94.3%", "0.23", "15900", "15900"]
 
 
 def test_the_demo_table_at_its_usual_size_keeps_each_id_on_one_line() -> None:
@@ -60,8 +66,11 @@ def test_the_demo_table_at_its_usual_size_keeps_each_id_on_one_line() -> None:
         ],
     )
     text = shown(render.demo_table(fig))
+    assert "…" not in text
     for ident in ("demo-jetson", "onnxruntime", "tflite/int8", "digits/digits-cnn:1"):
         assert ident in text, ident
+    for header in ("inferences", "accuracy"):
+        assert header in text, header
 
 
 def _device(**fields: Any) -> Device:

@@ -26,9 +26,11 @@ def print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
 
 # -- columns ----------------------------------------------------------------------------------
 def ident(header: str, **options: Any) -> Column:
-    """A column of identifiers (ids, names, versions, artifacts, refs): never cut with an
-    ellipsis nor wrapped; folded onto a second line only when nothing else can give way."""
-    return Column(header, no_wrap=True, overflow="fold", **options)
+    """A column of identifiers (ids, names, versions, artifacts, refs, states): never wrapped and
+    never shrunk while another column can give way. Only when the identifiers alone are wider
+    than the terminal is one cut, and then visibly, with an ellipsis (rich crops a no-wrap cell
+    silently when told to fold it)."""
+    return Column(header, no_wrap=True, overflow="ellipsis", **options)
 
 
 def num(header: str, **options: Any) -> Column:

@@ -137,16 +137,17 @@ def demo_table(fig: Any) -> Table:
         ident("device"),
         ident("runtime"),
         ident("artifact"),
-        text("status"),
+        ident("status"),
         ident("active version"),
-        num("inferences"),
-        num("accuracy"),
+        num("inferences", no_wrap=True),  # one-word headers: the multi-word ones wrap instead
+        num("accuracy", no_wrap=True),
         num("p50 ms"),
         num("logs made"),
         num("logs at hub"),
         title=f"EdgePilot demo: {fig.phase}  ({fig.elapsed_s:.0f} s, broker: {fig.broker}, "
         f"model: {fig.deployed_version or '…'})",
         title_justify="left",
+        show_edge=False,  # ten columns in 120: the two edges are room for five-digit counts
     )
     for d in fig.devices:
         acc = "" if d.accuracy is None else f"{100 * d.accuracy:.1f}%"
