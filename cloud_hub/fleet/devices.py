@@ -6,7 +6,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +39,15 @@ MAX_PAGE = 1000
 
 # A device's outbox epochs and telemetry are the ingest's (`fleet.ingest`): its current epoch
 # (the one that stored a batch last; devices.acked_upto is no longer used: marks are per epoch)
-# and its telemetry count are read from there for each page of devices.
+# and its telemetry count are read from there for each page of devices, its fleet's name from
+# the fleets' store (`FleetNames`).
 _DEVICE_SQL = """
     SELECT d.*,
-        (SELECT COUNT(*) FROM inference_logs l WHERE l.device_id = d.id) AS logs_stored,
-        (SELECT f.name FROM fleets f WHERE f.id = d.fleet_id) AS fleet_name
+        (SELECT COUNT(*) FROM inference_logs l WHERE l.device_id = d.id) AS logs_stored
     FROM devices d"""
+
+# fleet ids -> their names (`enroll_store.fleet_names`)
+FleetNames = Callable[[sqlite3.Connection, Iterable[int | None]], dict[int, str]]
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,14 @@ class DeviceRow:
 
 
 def device_from_row(
-    row: sqlite3.Row, *, epoch: tuple[str, int] | None = None, telemetry_stored: int = 0
+    row: sqlite3.Row,
+    *,
+    epoch: tuple[str, int] | None = None,
+    telemetry_stored: int = 0,
+    fleet: str | None = None,
 ) -> Device:
-    """A device from its row (of `_DEVICE_SQL`), its current outbox epoch (epoch, acked_upto)
-    and its stored telemetry count."""
+    """A device from its row (of `_DEVICE_SQL`), its current outbox epoch (epoch, acked_upto),
+    its stored telemetry count and its fleet's name."""
     d = row_dict(row)
     return model_from_row(
         Device,
@@ -79,16 +86,24 @@ def device_from_row(
         epoch=None if epoch is None else epoch[0],
         logs_stored=d.get("logs_stored", 0),
         telemetry_stored=telemetry_stored,
-        fleet=d.get("fleet_name"),
+        fleet=fleet,
     )
 
 
-def _devices(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[Device]:
+def _devices(
+    conn: sqlite3.Connection, rows: list[sqlite3.Row], fleet_names: FleetNames
+) -> list[Device]:
     ids = [str(r["id"]) for r in rows]
     epochs = current_epochs(conn, ids)
     counts = telemetry_counts(conn, ids)
+    fleets = fleet_names(conn, [r["fleet_id"] for r in rows])
     return [
-        device_from_row(r, epoch=epochs.get(r["id"]), telemetry_stored=counts.get(r["id"], 0))
+        device_from_row(
+            r,
+            epoch=epochs.get(r["id"]),
+            telemetry_stored=counts.get(r["id"], 0),
+            fleet=None if r["fleet_id"] is None else fleets.get(r["fleet_id"]),
+        )
         for r in rows
     ]
 
@@ -103,9 +118,11 @@ class DeviceStore:
         data_dir: Path,
         broker: BrokerInfo,
         hub_public_key: str,
+        fleet_names: FleetNames,
         reloader: BrokerReloader | None = None,
     ) -> None:
         self.db = db
+        self.fleet_names = fleet_names
         self.files = BrokerFiles.in_data_dir(data_dir)
         self.broker = broker
         self.hub_public_key = hub_public_key
@@ -287,7 +304,7 @@ class DeviceStore:
         row = conn.execute(f"{_DEVICE_SQL} WHERE d.id = ?", [device_id]).fetchone()
         if row is None:
             raise NotFound("device", device_id)
-        return _devices(conn, [row])[0]
+        return _devices(conn, [row], self.fleet_names)[0]
 
     def exists(self, device_id: str) -> bool:
         return device_exists(self.db.conn, device_id)
@@ -329,7 +346,7 @@ class DeviceStore:
             f"{_DEVICE_SQL} WHERE {' AND '.join(where)} ORDER BY d.id LIMIT ?",
             [*params, limit + 1],
         ).fetchall()
-        devices = _devices(conn, rows[:limit])
+        devices = _devices(conn, rows[:limit], self.fleet_names)
         more = len(rows) > limit
         return devices, devices[-1].id if more else None
 

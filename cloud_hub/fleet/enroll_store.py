@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -102,6 +102,16 @@ def _prefix_of(name: str) -> str:
     """A fleet name as a device id prefix: letters, digits and dashes, starting with a letter."""
     cleaned = "".join(c if c.isalnum() else "-" for c in name).strip("-")[:32]
     return cleaned if cleaned[:1].isalpha() else f"d-{cleaned}"[:32]
+
+
+def fleet_names(conn: sqlite3.Connection, fleet_ids: Iterable[int | None]) -> dict[int, str]:
+    """id -> name of each of the fleets that exists."""
+    ids = sorted({int(i) for i in fleet_ids if i is not None})
+    if not ids:
+        return {}
+    marks = ", ".join("?" for _ in ids)
+    rows = conn.execute(f"SELECT id, name FROM fleets WHERE id IN ({marks})", ids)
+    return {int(r[0]): str(r[1]) for r in rows}
 
 
 class FleetStore:

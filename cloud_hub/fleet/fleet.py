@@ -11,6 +11,7 @@ from cloud_hub.fleet.broker_auth import BrokerFiles, hub_ca_file
 from cloud_hub.fleet.broker_reload import BrokerReloader
 from cloud_hub.fleet.deployments import DeploymentStore
 from cloud_hub.fleet.devices import DeviceStore
+from cloud_hub.fleet.enroll_store import fleet_names
 from cloud_hub.fleet.enrollment import EnrollmentService
 from cloud_hub.fleet.schemas import BrokerInfo
 from cloud_hub.registry.registry import Registry
@@ -58,6 +59,7 @@ class Fleet:
             data_dir=settings.data_dir,
             broker=device_broker(settings),
             hub_public_key=signer.public_key_b64,
+            fleet_names=fleet_names,
             reloader=broker_reloader(settings),
         )
         return cls(
