@@ -13,7 +13,7 @@ from cloud_hub.cli import render
 from cloud_hub.cli.base import State
 from cloud_hub.cli.progress import run_with_progress
 from cloud_hub.devtools.demo import DemoError, DemoFigures, DemoRunner, DemoSettings, figures_json
-from cloud_hub.devtools.local_broker import BrokerError
+from cloud_hub.devtools.local_broker import BrokerChoice, BrokerError
 
 
 def _train(hub_dir: Path, settings: DemoSettings, quiet: bool) -> Any:
@@ -44,23 +44,19 @@ def demo(
     rate: Annotated[float, typer.Option(min=0.1, help="Images per second to each agent.")] = 20.0,
     epochs: Annotated[int | None, typer.Option(min=1, help="CNN training epochs.")] = None,
     broker: Annotated[
-        str, typer.Option(help="auto (Mosquitto if installed, else embedded), mosquitto, embedded.")
+        BrokerChoice,
+        typer.Option(help="auto (Mosquitto if installed, else embedded), mosquitto or embedded."),
     ] = "auto",
 ) -> None:
     """Run the whole loop: broker, hub, two agents, the digits CNN trained, quantized, deployed
     (TFLite int8 to one agent, ONNX to the other) and serving images; a live table shows devices,
     versions, inferences, latency and logs made on the devices vs stored at the hub."""
-    if broker not in ("auto", "mosquitto", "embedded"):
-        render.err_console.print(
-            f"[bold red]error:[/bold red] --broker {broker!r}: choose auto, mosquitto or embedded"
-        )
-        raise typer.Exit(2)
     settings = DemoSettings(
         workdir=workdir.resolve(),
         duration_s=duration,
         rate_per_device=rate,
         epochs=epochs,
-        broker=broker,  # type: ignore[arg-type]
+        broker=broker,
     )
     # The live table starts with the first update after training, so it never fights the
     # training progress bars for the terminal.

@@ -19,6 +19,7 @@ from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, fail, user_errors
 from cloud_hub.cli.base import state as _state
 from cloud_hub.core.errors import InvalidInput
+from cloud_hub.predlog.reports import Metric as AbMetric
 
 endpoints_app = typer.Typer(help="Serving endpoints (graphs of steps).", no_args_is_help=True)
 
@@ -400,7 +401,9 @@ def report(
     shadow: Annotated[
         bool, typer.Option("--shadow", help="Shadow candidates against the primary.")
     ] = False,
-    metric: Annotated[str, typer.Option(help="--ab: score, latency or error_rate.")] = "score",
+    metric: Annotated[AbMetric, typer.Option(help="--ab: score, latency or error_rate.")] = (
+        "score"
+    ),
     since: Annotated[
         float | None, typer.Option(help="Only records of the last SECONDS.", metavar="SECONDS")
     ] = None,
@@ -416,15 +419,13 @@ def report(
     with user_errors():
         if ab == shadow:
             raise InvalidInput("give one of --ab or --shadow")
-        if metric not in ("score", "latency", "error_rate"):
-            raise InvalidInput(f"--metric {metric!r}: choose score, latency or error_rate")
         stored = EndpointStore(hub.db).get(name)
         start = None if since is None else time.time() - since
         if ab:
             order = [
                 v for s in stored.spec.steps if s.kind == "ab_split" for v in s.params["variants"]
             ]
-            got: Any = reports.ab_report(hub.db, name, metric, since=start, order=order)  # type: ignore[arg-type]
+            got: Any = reports.ab_report(hub.db, name, metric, since=start, order=order)
         else:
             got = reports.shadow_report(hub.db, name, since=start)
     if json_out:

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
@@ -27,6 +27,7 @@ from cloud_hub.cli.base import state as _state
 from cloud_hub.core.errors import InvalidInput
 from cloud_hub.fleet.broker_auth import DEFAULT_MAX_PACKET_SIZE
 from cloud_hub.fleet.metrics_store import MetricsStore
+from cloud_hub.fleet.metrics_store import Step as MetricStep
 from cloud_hub.fleet.schemas import (
     Deployment,
     DeploymentCreate,
@@ -34,6 +35,7 @@ from cloud_hub.fleet.schemas import (
     DeviceCreate,
     DeviceRegistration,
     ShadowCreate,
+    Strategy,
 )
 from edge_agent.core.wire import ServingParams
 
@@ -251,7 +253,9 @@ def devices_metrics(
     metric: Annotated[str, typer.Option(help="cpu, memory, temperature, inferences, ...")] = "cpu",
     since: Annotated[str, typer.Option(help="ISO-8601 or an age such as 15m, 1h, 7d.")] = "1h",
     until: Annotated[str | None, typer.Option(help="ISO-8601 or an age; default now.")] = None,
-    step: Annotated[str, typer.Option(help="raw, 1m, 1h or auto.")] = "auto",
+    step: Annotated[
+        Literal[MetricStep, "auto"], typer.Option(help="raw, 1m, 1h or auto.")
+    ] = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """A device's telemetry history: a chart and a table of one metric."""
@@ -301,7 +305,7 @@ def deploy(
     artifact: Annotated[
         str, typer.Option(help="'best' (per device runtime) or FORMAT/PRECISION, e.g. onnx/int8.")
     ] = "best",
-    strategy: Annotated[str, typer.Option(help="all_at_once or canary.")] = "all_at_once",
+    strategy: Annotated[Strategy, typer.Option(help="all_at_once or canary.")] = "all_at_once",
     canary_count: Annotated[int | None, typer.Option(help="Canary devices.")] = None,
     canary_percent: Annotated[float | None, typer.Option(help="Canary share (0-100].")] = None,
     failure_threshold: Annotated[
@@ -347,8 +351,6 @@ def deploy(
         raise fail(f"unexpected argument {promote_id} (deploy VERSION --device/--tag/--group)")
     state = _state(ctx)
     with user_errors():
-        if strategy not in ("all_at_once", "canary"):
-            raise InvalidInput(f"--strategy {strategy!r}: choose all_at_once or canary")
         body = DeploymentCreate(
             version=version,
             artifact=artifact,
@@ -356,7 +358,7 @@ def deploy(
             devices=device if device and len(device) > 1 else None,
             tag=tag,
             group=group,
-            strategy=strategy,  # type: ignore[arg-type]
+            strategy=strategy,
             canary_count=canary_count,
             canary_percent=canary_percent,
             failure_threshold=failure_threshold,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -14,7 +14,10 @@ from cloud_hub.cli.base import JsonOpt, State, fail, state, user_errors
 from cloud_hub.cli.progress import run_with_progress
 from cloud_hub.core.errors import InvalidInput, NotFound
 from cloud_hub.hub import Hub
+from cloud_hub.registry.schemas import ArtifactFormat, Precision
 from edge_agent.core.heads.spec import Task
+
+QuantizeMethod = Literal["auto", "static", "dynamic"]
 
 app = typer.Typer(
     help="EdgePilot: train, convert and ship models to edge devices.",
@@ -85,7 +88,9 @@ def train(
     path: Annotated[Path | None, typer.Option(help="CSV file or image folder.")] = None,
     label: Annotated[str | None, typer.Option(help="Label column of a CSV file.")] = None,
     image_size: Annotated[str | None, typer.Option(help="Resize images to HxW.")] = None,
-    color: Annotated[str, typer.Option(help="gray or rgb, for image folders.")] = "gray",
+    color: Annotated[
+        Literal["gray", "rgb"], typer.Option(help="gray or rgb, for image folders.")
+    ] = "gray",
     param: Annotated[list[str] | None, typer.Option(help="Trainer parameter KEY=VALUE.")] = None,
     test_size: Annotated[float, typer.Option(help="Held-out fraction.")] = 0.2,
     seed: int = 0,
@@ -115,7 +120,7 @@ def train(
             path=str(path.resolve()) if path else None,
             label_column=label,
             image_size=_parse_size(image_size),
-            color=color,  # type: ignore[arg-type]
+            color=color,
             params=_parse_params(param or []),
             test_size=test_size,
             seed=seed,
@@ -498,8 +503,8 @@ def models_download(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="PROJECT/MODEL[:N] or a version id.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
-    format: Annotated[str, typer.Option("--format")] = "onnx",
-    precision: Annotated[str, typer.Option()] = "fp32",
+    format: Annotated[ArtifactFormat, typer.Option("--format")] = "onnx",
+    precision: Annotated[Precision, typer.Option()] = "fp32",
 ) -> None:
     """Write one artifact of a version to a file."""
     registry = _state(ctx).hub.registry
@@ -640,7 +645,7 @@ def quantize(
     calibration: CalibOpt = None,
     labels_npy: LabelsNpyOpt = None,
     scale: ScaleOpt = 1.0,
-    method: Annotated[str, typer.Option(help="auto, static (QDQ) or dynamic.")] = "auto",
+    method: Annotated[QuantizeMethod, typer.Option(help="auto, static (QDQ) or dynamic.")] = "auto",
     threshold: Annotated[float, typer.Option(help="Minimum top-1 agreement with fp32.")] = 0.99,
     json_out: JsonOpt = False,
 ) -> None:
@@ -649,9 +654,6 @@ def quantize(
 
     registry = _state(ctx).hub.registry
     with user_errors():
-        if method not in ("auto", "static", "dynamic"):
-            raise InvalidInput(f"--method {method!r}: choose auto, static or dynamic")
-        qmethod = cast(Literal["auto", "static", "dynamic"], method)
         file = _model_file(source, (".onnx",), project, model)
         if file is not None:
             assert project and model
@@ -662,7 +664,7 @@ def quantize(
                 project=project,
                 model=model,
                 data=data,
-                method=qmethod,
+                method=method,
                 threshold=threshold,
             )
         else:
@@ -674,7 +676,7 @@ def quantize(
                 registry,
                 version,
                 data,
-                method=qmethod,
+                method=method,
                 threshold=threshold,
             )
     _show_result(result, json_out)

@@ -15,6 +15,7 @@ import typer
 from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, fail, user_errors
 from cloud_hub.cli.base import state as _state
+from cloud_hub.monitoring.windows import By
 
 if TYPE_CHECKING:
     pass
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 def monitor(
     ctx: typer.Context,
-    by: Annotated[str, typer.Option("--by", help="version, endpoint or device")] = "version",
+    by: Annotated[By, typer.Option("--by", help="version, endpoint or device")] = "version",
     window: Annotated[
         float, typer.Option("--window", min=1, help="the last this many seconds")
     ] = 300.0,
@@ -33,10 +34,8 @@ def monitor(
 ) -> None:
     """Rolling windows per model version, endpoint or device: latency percentiles, errors,
     answers, output shift and input drift (PSI) against the training baseline."""
-    from cloud_hub.monitoring import BY, WindowReader
+    from cloud_hub.monitoring import WindowReader
 
-    if by not in BY:
-        raise fail(f"--by must be one of {', '.join(BY)}, got {by!r}")
     hub = _state(ctx).hub
     reader = WindowReader(hub.db, max_records=hub.settings.monitor_max_records)
     windows = reader.windows(by, window_s=window, last_n=last)

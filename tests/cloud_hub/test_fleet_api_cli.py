@@ -150,7 +150,7 @@ def test_cli_register_list_deploy(
         (["deploy", version.ref, "--device", "pi-01", "--tag", "lab"], "device and tag"),
         (["deploy", "fleet/nope", "--device", "pi-01"], "not found"),
         (["deploy", version.ref, "--device", "ghost"], "device 'ghost' not found"),
-        (["deploy", version.ref, "--tag", "lab", "--strategy", "yolo"], "--strategy 'yolo'"),
+        (["deploy", version.ref, "--tag", "lab", "--strategy", "yolo"], "'yolo' is not one"),
         (["deploy", version.ref, "--tag", "lab", "--artifact", "onnx/int8"], "onnx/int8"),
     ]:
         out = run_cli(args, cli_env)
