@@ -15,7 +15,8 @@ from cloud_hub.fleet.devices import device_exists
 from cloud_hub.hub import Hub
 from cloud_hub.monitoring import Baseline, BaselineStore, By, WindowReader, WindowStats
 from cloud_hub.monitoring.baseline import dataset_baseline
-from cloud_hub.predlog.query import device_logged, endpoint_logged
+from cloud_hub.predlog import device_logs
+from cloud_hub.predlog.query import endpoint_logged
 from cloud_hub.serving.engine.store import EndpointStore
 
 router = APIRouter(tags=["monitoring"])
@@ -67,7 +68,7 @@ def device_window(
     device_id: str, hub: HubDep, window_s: WindowQ = 300.0, last_n: LastQ = None
 ) -> WindowStats:
     """A device's window, from the inference logs it forwarded."""
-    if not (device_exists(hub.db.conn, device_id) or device_logged(hub.db.conn, device_id)):
+    if not (device_exists(hub.db.conn, device_id) or device_logs.logged(hub.db.conn, device_id)):
         raise NotFound("device", device_id)
     return _reader(hub).window("device", device_id, window_s=window_s, last_n=last_n)
 

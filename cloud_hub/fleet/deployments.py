@@ -42,6 +42,7 @@ from cloud_hub.fleet.schemas import (
     ShadowDeviceReport,
     ShadowReport,
 )
+from cloud_hub.predlog import device_logs
 from cloud_hub.registry.registry import Registry, artifact_files, utcnow
 from cloud_hub.registry.schemas import Artifact, Version
 from edge_agent.core.heads.compare import logged_answers_agree
@@ -317,22 +318,10 @@ class DeploymentStore:
         all_shadow: list[float] = []
         total = agreed_total = 0
         for row in dep.devices:
-            # Each shadow log with the active log of its request: the last one before it (the
-            # agent logs the active answer first) with the same request id and input. A
-            # caller may reuse a request id (an MQTT client chooses its own): a plain join on
-            # it would pair every repeat with every other.
-            pairs = self.db.conn.execute(
-                "SELECT a.output AS a_out, s.output AS s_out, a.latency_ms AS a_ms, "
-                "s.latency_ms AS s_ms FROM inference_logs s JOIN inference_logs a "
-                "ON a.device_id = s.device_id AND a.epoch = s.epoch AND a.seq = ("
-                "SELECT MAX(p.seq) FROM inference_logs p WHERE p.device_id = s.device_id "
-                "AND p.epoch = s.epoch "
-                "AND p.request_id = s.request_id AND p.input_digest = s.input_digest "
-                "AND p.role = 'active' AND p.seq < s.seq) "
-                "WHERE s.device_id = ? AND s.role = 'shadow' AND s.model_version = ? "
-                "AND a.model_version = ?",
-                [row.device_id, dep.shadow_version_id, dep.version_id],
-            ).fetchall()
+            # each shadow log with the active log of its request (`device_logs.shadow_pairs`)
+            pairs = device_logs.shadow_pairs(
+                self.db.conn, row.device_id, dep.shadow_version_id, dep.version_id
+            )
             agreed = sum(
                 logged_answers_agree(json.loads(p["a_out"]), json.loads(p["s_out"])) for p in pairs
             )

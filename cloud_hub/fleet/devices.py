@@ -26,6 +26,7 @@ from cloud_hub.fleet.schemas import (
     DeviceRegistration,
     InferenceLog,
 )
+from cloud_hub.predlog import device_logs
 from edge_agent.core.wire import DeviceStatus
 
 # Registrations reload the broker at most once a RELOAD_GAP_S in fleets this large
@@ -39,12 +40,9 @@ MAX_PAGE = 1000
 
 # A device's outbox epochs and telemetry are the ingest's (`fleet.ingest`): its current epoch
 # (the one that stored a batch last; devices.acked_upto is no longer used: marks are per epoch)
-# and its telemetry count are read from there for each page of devices, its fleet's name from
-# the fleets' store (`FleetNames`).
-_DEVICE_SQL = """
-    SELECT d.*,
-        (SELECT COUNT(*) FROM inference_logs l WHERE l.device_id = d.id) AS logs_stored
-    FROM devices d"""
+# and its telemetry count are read from there for each page of devices, its stored logs from
+# `predlog.device_logs`, its fleet's name from the fleets' store (`FleetNames`).
+_DEVICE_SQL = "SELECT d.* FROM devices d"
 
 # fleet ids -> their names (`enroll_store.fleet_names`)
 FleetNames = Callable[[sqlite3.Connection, Iterable[int | None]], dict[int, str]]
@@ -73,9 +71,10 @@ def device_from_row(
     epoch: tuple[str, int] | None = None,
     telemetry_stored: int = 0,
     fleet: str | None = None,
+    logs_stored: int = 0,
 ) -> Device:
     """A device from its row (of `_DEVICE_SQL`), its current outbox epoch (epoch, acked_upto),
-    its stored telemetry count and its fleet's name."""
+    its stored telemetry and log counts and its fleet's name."""
     d = row_dict(row)
     return model_from_row(
         Device,
@@ -84,7 +83,7 @@ def device_from_row(
         group=d["group_name"],
         acked_upto=(epoch[1] if epoch is not None else 0) or 0,
         epoch=None if epoch is None else epoch[0],
-        logs_stored=d.get("logs_stored", 0),
+        logs_stored=logs_stored,
         telemetry_stored=telemetry_stored,
         fleet=fleet,
     )
@@ -96,6 +95,7 @@ def _devices(
     ids = [str(r["id"]) for r in rows]
     epochs = current_epochs(conn, ids)
     counts = telemetry_counts(conn, ids)
+    logs = device_logs.counts(conn, ids)
     fleets = fleet_names(conn, [r["fleet_id"] for r in rows])
     return [
         device_from_row(
@@ -103,6 +103,7 @@ def _devices(
             epoch=epochs.get(r["id"]),
             telemetry_stored=counts.get(r["id"], 0),
             fleet=None if r["fleet_id"] is None else fleets.get(r["fleet_id"]),
+            logs_stored=logs.get(r["id"], 0),
         )
         for r in rows
     ]
@@ -390,11 +391,7 @@ class DeviceStore:
         for epoch in epochs:
             if len(rows) >= limit:
                 break
-            rows += conn.execute(
-                "SELECT * FROM inference_logs WHERE device_id = ? AND epoch = ? "
-                "ORDER BY seq DESC LIMIT ?",
-                [device_id, epoch, limit - len(rows)],
-            ).fetchall()
+            rows += device_logs.newest(conn, device_id, epoch, limit - len(rows))
         return [_log(r) for r in rows]
 
 

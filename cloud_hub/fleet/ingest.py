@@ -58,12 +58,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from cloud_hub.core.db import Database
 from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.errors import Rejected
 from cloud_hub.fleet.metrics_store import record_new as record_metrics
+from cloud_hub.predlog import device_logs
 from cloud_hub.registry.registry import utcnow
 from edge_agent.core.features import encode as encode_features
 from edge_agent.core.wire import LogBatch, TelemetryBatch
@@ -71,11 +72,6 @@ from edge_agent.core.wire import LogBatch, TelemetryBatch
 __all__ = ["Batch", "Ingest", "Item", "Outcome"]
 
 _DEFAULTS = HubSettings.model_fields
-
-_SEQS_ABOVE = (
-    "SELECT seq FROM inference_logs WHERE device_id = ? AND epoch = ? AND seq > ? "
-    "UNION SELECT seq FROM telemetry WHERE device_id = ? AND epoch = ? AND seq > ? ORDER BY seq"
-)
 
 # (device id, number of records whose seq was already stored with other content)
 OnConflict = Callable[[str, int], None]
@@ -163,18 +159,15 @@ class Ingest:
         self._check(conn, device_id, batch.epoch, batch.floor, [r.seq for r in records])
         if records:
             self._conflicts(
-                conn,
                 device_id,
-                "SELECT seq, request_id || '/' || input_digest FROM inference_logs "
-                "WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
-                batch.epoch,
+                lambda low, high: device_logs.digests_between(
+                    conn, device_id, batch.epoch, low, high
+                ),
                 {r.seq: f"{r.request_id}/{r.input_digest}" for r in records},
                 conflicts,
             )
-        conn.executemany(
-            "INSERT OR IGNORE INTO inference_logs (device_id, epoch, seq, request_id, "
-            "model_version, input_digest, output, latency_ms, ts, source, role, thresholded, "
-            "features, outputs_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        device_logs.insert(
+            conn,
             [
                 (
                     device_id,
@@ -207,11 +200,12 @@ class Ingest:
         self._check(conn, device_id, batch.epoch, batch.floor, [r.seq for r in records])
         if records:
             self._conflicts(
-                conn,
                 device_id,
-                "SELECT seq, ts FROM telemetry "
-                "WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
-                batch.epoch,
+                lambda low, high: conn.execute(
+                    "SELECT seq, ts FROM telemetry "
+                    "WHERE device_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
+                    [device_id, batch.epoch, low, high],
+                ),
                 {r.seq: r.ts for r in records},
                 conflicts,
             )
@@ -268,17 +262,16 @@ class Ingest:
 
     def _conflicts(
         self,
-        conn: sqlite3.Connection,
         device_id: str,
-        sql: str,
-        epoch: str,
+        stored_between: Callable[[int, int], Iterable[tuple[int, object]]],
         incoming: dict[int, object],
         found: list[tuple[str, int]],
     ) -> None:
-        """Note records whose seq is stored already with other content (kept: the first)."""
+        """Note records whose seq is stored already with other content (kept: the first).
+        `stored_between(low, high)`: (seq, content) of the stored records in that range."""
         if self._on_conflict is None:
             return
-        stored = conn.execute(sql, [device_id, epoch, min(incoming), max(incoming)])
+        stored = stored_between(min(incoming), max(incoming))
         conflicts = sum(1 for seq, value in stored if seq in incoming and incoming[seq] != value)
         if conflicts:
             found.append((device_id, conflicts))
@@ -294,7 +287,13 @@ class Ingest:
             [device_id, epoch],
         ).fetchone()
         mark = max(int(mark), floor - 1)
-        for (seq,) in conn.execute(_SEQS_ABOVE, [device_id, epoch, mark, device_id, epoch, mark]):
+        telemetry = conn.execute(
+            "SELECT seq FROM telemetry WHERE device_id = ? AND epoch = ? AND seq > ?",
+            [device_id, epoch, mark],
+        )
+        above = set(device_logs.seqs_above(conn, device_id, epoch, mark))
+        above.update(int(r[0]) for r in telemetry)
+        for seq in sorted(above):
             if seq != mark + 1:
                 break
             mark = seq

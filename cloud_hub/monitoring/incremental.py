@@ -57,6 +57,7 @@ from cloud_hub.monitoring.windows import (
     WindowStats,
     top_label,
 )
+from cloud_hub.predlog import device_logs
 from cloud_hub.registry.registry import version_labels
 from edge_agent.core.features import decode as decode_features
 
@@ -65,10 +66,6 @@ log = logging.getLogger(__name__)
 Pair = tuple[str, str]  # (device id, outbox epoch)
 NO_SEQ = -(2**62)  # the cursor of an epoch without a mark: every seq is above it
 _CHUNK = 900  # epochs per cursor query (3 parameters each)
-_COLS = (
-    "l.device_id, l.epoch, l.seq, l.ts, l.request_id, l.model_version, l.output, "
-    "l.latency_ms, l.features"
-)
 _FULL_TASKS = ("detection", "embedding")
 
 
@@ -219,11 +216,7 @@ class DeviceView:
         since = self.since
         # 1. what left the window: subtract the records the cursor had read
         if since > old_since:
-            gone = conn.execute(
-                f"SELECT {_COLS} FROM inference_logs l WHERE l.ts >= ? AND l.ts < ? "
-                "AND l.role = 'active'",
-                [old_since, since],
-            ).fetchall()
+            gone = device_logs.active_between(conn, old_since, since)
             self.rows_left += len(gone)
             leaving = [r for r in (self._row(x) for x in gone) if self._was_read(r.pair, r.seq)]
             self._apply(leaving, -1)
@@ -256,10 +249,7 @@ class DeviceView:
         self.fingerprint, self.now, self.high_ts = fingerprint, now, -math.inf
         marks = self._marks()
         since = self.since
-        rows = self.db.conn.execute(
-            f"SELECT {_COLS} FROM inference_logs l WHERE l.ts >= ? AND l.role = 'active'",
-            [since],
-        ).fetchall()
+        rows = device_logs.active_since(self.db.conn, since)
         for pair, mark in marks.items():
             self.cursors[pair] = _Cursor(low=mark)
         read = [self._row(x) for x in rows]
@@ -294,14 +284,7 @@ class DeviceView:
         stored by the ingest) with records stamped after the newest read."""
         yield from (p for p in marks if p not in self.cursors)
         after = self.high_ts if math.isfinite(self.high_ts) else self.since
-        rows = self.db.conn.execute(
-            # the ts index holds the key: a covering read of the new rows (the planner would
-            # otherwise scan the table)
-            "SELECT DISTINCT device_id, epoch FROM inference_logs INDEXED BY inference_logs_ts "
-            "WHERE ts > ?",
-            [after],
-        )
-        yield from ((str(r[0]), str(r[1])) for r in rows)
+        yield from device_logs.epochs_stamped_after(self.db.conn, after)
 
     def _above_cursors(self, since: float) -> Iterable[list[Any]]:
         """Per epoch, its records with seq above the cursor and ts in the window or later: one
@@ -309,16 +292,8 @@ class DeviceView:
         pairs = list(self.cursors.items())
         for start in range(0, len(pairs), _CHUNK):
             chunk = pairs[start : start + _CHUNK]
-            values = ", ".join("(?, ?, ?)" for _ in chunk)
-            args: list[Any] = []
-            for (device, epoch), cursor in chunk:
-                args += [device, epoch, cursor.low]
-            yield self.db.conn.execute(
-                f"WITH c(d, e, s) AS (VALUES {values}) SELECT {_COLS} FROM c "
-                "CROSS JOIN inference_logs l ON l.device_id = c.d AND l.epoch = c.e "
-                "AND l.seq > c.s WHERE +l.ts >= ? AND l.role = 'active'",
-                [*args, since],
-            ).fetchall()
+            cursors = [(device, epoch, cursor.low) for (device, epoch), cursor in chunk]
+            yield device_logs.active_above(self.db.conn, cursors, since)
 
     def _forget_empty(self) -> None:
         for device in [d for d, s in self.devices.items() if s.count == 0]:

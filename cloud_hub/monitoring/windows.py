@@ -44,6 +44,7 @@ from pydantic import BaseModel, Field
 from cloud_hub.core.db import Database
 from cloud_hub.monitoring import stats
 from cloud_hub.monitoring.baseline import DECIMALS, Baseline, BaselineStore, answer_measures
+from cloud_hub.predlog import device_logs
 from cloud_hub.registry.registry import version_labels, version_ref
 from edge_agent.core.features import decode as decode_features
 
@@ -111,10 +112,6 @@ _PRED = (
     "SELECT ts, request_id, role, model_version, outcome, label, output, latency_ms, features "
     "FROM prediction_logs WHERE {where} AND ts >= ? AND ts <= ? ORDER BY ts DESC LIMIT ?"
 )
-_DEV = (
-    "SELECT ts, request_id, role, model_version, 'ok', NULL, output, latency_ms, features "
-    "FROM inference_logs WHERE {where} AND ts >= ? AND ts <= ? ORDER BY ts DESC LIMIT ?"
-)
 
 
 def top_label(output: Any, labels: Sequence[str]) -> str | None:
@@ -155,18 +152,16 @@ class WindowReader:
         """The versions, endpoints or devices with records in [since, until]."""
         if by == "version":
             sql = (
-                "SELECT model_version FROM prediction_logs WHERE ts >= ? AND ts <= ? "
-                "AND model_version IS NOT NULL UNION "
-                "SELECT model_version FROM inference_logs WHERE ts >= ? AND ts <= ? "
+                "SELECT DISTINCT model_version FROM prediction_logs WHERE ts >= ? AND ts <= ? "
                 "AND model_version IS NOT NULL"
             )
-            rows = self.conn.execute(sql, [since, until, since, until])
-            return [str(v) for v in sorted(int(r[0]) for r in rows)]
+            versions = {int(r[0]) for r in self.conn.execute(sql, [since, until])}
+            versions |= device_logs.versions_between(self.conn, since, until)
+            return [str(v) for v in sorted(versions)]
         if by == "endpoint":
             sql = "SELECT DISTINCT endpoint FROM prediction_logs WHERE ts >= ? AND ts <= ?"
-        else:
-            sql = "SELECT DISTINCT device_id FROM inference_logs WHERE ts >= ? AND ts <= ?"
-        return sorted(str(r[0]) for r in self.conn.execute(sql, [since, until]))
+            return sorted(str(r[0]) for r in self.conn.execute(sql, [since, until]))
+        return sorted(device_logs.devices_between(self.conn, since, until))
 
     def windows(
         self,
@@ -218,7 +213,8 @@ class WindowReader:
                 return []
             version = int(key)
             found += self._query(_PRED, "model_version = ?", [version], since, until, n)
-            found += self._query(_DEV, "model_version = ?", [version], since, until, n)
+            rows = device_logs.version_window(self.conn, version, since, until, n)
+            found += [Rec(*row) for row in rows]
             endpoints = [e for e, v in self._attributed(since, until).items() if v == version]
             if endpoints:
                 marks = ", ".join("?" for _ in endpoints)
@@ -230,7 +226,8 @@ class WindowReader:
         elif by == "endpoint":
             found += self._query(_PRED, "endpoint = ? AND role = 'answer'", [key], since, until, n)
         else:
-            found += self._query(_DEV, "device_id = ? AND role = 'active'", [key], since, until, n)
+            rows = device_logs.device_window(self.conn, key, since, until, n)
+            found += [Rec(*row) for row in rows]
         found.sort(key=lambda r: r.ts, reverse=True)
         return found[:n]
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import InvalidInput
+from cloud_hub.predlog import device_logs
 from cloud_hub.predlog.writer import COLUMNS
 from edge_agent.core.features import decode as decode_features
 
@@ -58,12 +59,6 @@ def endpoint_logged(conn: sqlite3.Connection, endpoint: str) -> bool:
     return conn.execute(sql, [endpoint]).fetchone() is not None
 
 
-def device_logged(conn: sqlite3.Connection, device_id: str) -> bool:
-    """Whether the device forwarded an inference log that is stored."""
-    sql = "SELECT 1 FROM inference_logs WHERE device_id = ? LIMIT 1"
-    return conn.execute(sql, [device_id]).fetchone() is not None
-
-
 def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
     return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
 
@@ -97,12 +92,7 @@ def _device_side(f: LogFilter, conn: sqlite3.Connection) -> tuple[str, list[Any]
         return None
     if f.outcome is not None and f.outcome != "ok":
         return None  # a device logs only the inferences it answered
-    # a device calls the model it serves "active"; the log calls every returned answer "answer"
-    role = (
-        "(CASE role WHEN 'active' THEN 'answer' ELSE role END)"
-        if _has_column(conn, "inference_logs", "role")
-        else "'answer'"
-    )
+    sql, role = device_logs.as_log_records(conn)
     where, args = [], []
     for column, value in (
         ("device_id", f.device_id),
@@ -113,20 +103,6 @@ def _device_side(f: LogFilter, conn: sqlite3.Connection) -> tuple[str, list[Any]
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
-    # the key is unique per (device, epoch, seq); the legacy epoch's keeps its earlier form
-    key = (
-        "device_id || '#' || (CASE epoch WHEN '' THEN '' ELSE epoch || '#' END) || "
-        "printf('%020d', seq)"
-        if _has_column(conn, "inference_logs", "epoch")
-        else "device_id || '#' || printf('%020d', seq)"
-    )
-    sql = (
-        f"SELECT 'device' AS origin, {key} AS k, ts, "
-        f"request_id, NULL AS endpoint, device_id, NULL AS step, {role} AS role, model_version, "
-        "NULL AS variant, 0 AS row, input_digest, NULL AS label, NULL AS score, output, "
-        "latency_ms, 'ok' AS outcome, NULL AS error, json_object('source', source) AS tags, "
-        f"features, outputs_digest FROM inference_logs"
-    )
     return _with_time(sql, where, args, f)
 
 
