@@ -4,7 +4,7 @@ Everything runs on loopback: a Mosquitto broker (cloud_hub.devtools.local_broker
 hub's
 registry and FleetService in this process (as `edgepilot hub serve --mqtt` runs them), and agents
 as real `edgepilot-agent run --config agent.toml` processes, each configured with the file the hub
-writes at registration (`cloud_hub.cli.fleet.agent_config`; the HTTP port is set to 0 through the
+writes at registration (`cloud_hub.fleet.agent_config`; the HTTP port is set to 0 through the
 agent's environment override, so many agents can share the host).
 """
 
@@ -29,9 +29,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cloud_hub.cli.fleet import agent_config  # noqa: E402
 from cloud_hub.core.settings import HubSettings  # noqa: E402
 from cloud_hub.devtools.local_broker import LocalBroker  # noqa: E402
+from cloud_hub.fleet.agent_config import agent_config  # noqa: E402
 from cloud_hub.fleet.mqtt_service import FleetService  # noqa: E402
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate  # noqa: E402
 from cloud_hub.hub import Hub  # noqa: E402

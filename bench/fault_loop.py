@@ -67,9 +67,9 @@ from typing import Any
 
 from _fleet import EDGEPILOT, Agent, build_mlp, loadavg, machine, print_machine, wait_until
 
-from cloud_hub.cli.fleet import agent_config
 from cloud_hub.core.settings import HubSettings
 from cloud_hub.devtools.local_broker import find_mosquitto, free_port
+from cloud_hub.fleet.agent_config import agent_config
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
 from cloud_hub.hub import Hub
 from cloud_hub.registry.uploads import register_upload

@@ -11,20 +11,20 @@ has not published within its poll interval and sends each device its desired sta
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from pydantic import ValidationError
 from rich.live import Live
 
 from cloud_hub.cli import render
 from cloud_hub.cli.base import JsonOpt, State, fail, user_errors
 from cloud_hub.cli.base import state as _state
+from cloud_hub.cli.parsing import parse_address, parse_params
 from cloud_hub.core.errors import InvalidInput
+from cloud_hub.fleet.agent_config import agent_config
 from cloud_hub.fleet.broker_auth import DEFAULT_MAX_PACKET_SIZE
 from cloud_hub.fleet.metrics_store import MetricsStore
 from cloud_hub.fleet.metrics_store import Step as MetricStep
@@ -33,86 +33,12 @@ from cloud_hub.fleet.schemas import (
     DeploymentCreate,
     Device,
     DeviceCreate,
-    DeviceRegistration,
     ShadowCreate,
     Strategy,
 )
-from edge_agent.core.wire import ServingParams
 
 devices_app = typer.Typer(help="Edge devices.", no_args_is_help=True)
 deployments_app = typer.Typer(help="Deployments of versions to devices.", no_args_is_help=True)
-
-
-def parse_address(text: str, option: str) -> tuple[str, int]:
-    """HOST:PORT (the port 1..65535)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidInput(f"{option} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
-    return host, int(port)
-
-
-def parse_params(pairs: list[str], base: dict[str, Any] | None = None) -> ServingParams:
-    """KEY=VALUE pairs over `base` as ServingParams. A value is read as JSON when it parses
-    (0.8, true, null: null unsets the key), else as text (`default_label=unknown`)."""
-    merged: dict[str, Any] = dict(base or {})
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise InvalidInput(f"--set {pair!r}: expected KEY=VALUE, e.g. min_score=0.8")
-        if key not in ServingParams.model_fields:
-            raise InvalidInput(
-                f"params.{key}: unknown parameter; known: {', '.join(ServingParams.model_fields)}"
-            )
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = value
-    try:
-        return ServingParams.model_validate(merged)
-    except ValidationError as exc:
-        raise InvalidInput(
-            "; ".join(
-                f"params.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-        ) from None
-
-
-# -- agent config -----------------------------------------------------------------------------
-def _toml_str(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
-def agent_config(reg: DeviceRegistration, *, data_dir: str = "./agent-data") -> str:
-    """The agent's config file for a registration (keys agreed with the agent)."""
-    lines = [
-        f"device_id = {_toml_str(reg.device.id)}",
-        f"data_dir = {_toml_str(data_dir)}  # where the agent keeps models and its outbox",
-        f"hub_public_key = {_toml_str(reg.hub_public_key)}",
-        "",
-        "[mqtt]",
-        f"host = {_toml_str(reg.broker.host)}",
-        f"port = {reg.broker.port}",
-        f"username = {_toml_str(reg.username)}",
-        f"password = {_toml_str(reg.password)}",
-        f"topic_root = {_toml_str(reg.broker.topic_root)}",
-    ]
-    if reg.broker.tls:
-        lines.append("tls = true  # the broker's certificate and name are checked")
-        if reg.broker.ca_pem is not None:  # PEM is base64 and dashes: a literal string holds it
-            lines.append(f"ca_pem = '''\n{reg.broker.ca_pem.strip()}\n'''")
-    lines += [
-        "",
-        "[http]",
-        'host = "127.0.0.1"',
-        "port = 8081",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def _write_secret(path: Path, text: str) -> None:

@@ -30,7 +30,7 @@ def ingest(
     one consumer, is stored once and acknowledged after its commit."""
     from cloud_hub.cli.base import fail, user_errors
     from cloud_hub.cli.base import state as _state
-    from cloud_hub.cli.fleet import parse_address
+    from cloud_hub.cli.parsing import parse_address
     from cloud_hub.core.errors import Refused
     from cloud_hub.fleet.ingest_consumer import IngestConsumer
     from cloud_hub.fleet.mqtt_service import shared_logs_filter

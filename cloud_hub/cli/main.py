@@ -881,12 +881,12 @@ def hub_serve(
     state = _state(ctx)
     broker: dict[str, Any] = {}
     if mqtt is not None:
-        from cloud_hub.cli.fleet import parse_address
+        from cloud_hub.cli.parsing import parse_address
 
         with user_errors():
             broker["mqtt_host"], broker["mqtt_port"] = parse_address(mqtt, "--mqtt")
     if device_broker is not None:
-        from cloud_hub.cli.fleet import parse_address
+        from cloud_hub.cli.parsing import parse_address
 
         with user_errors():
             broker["device_broker_host"], broker["device_broker_port"] = parse_address(

@@ -109,7 +109,7 @@ def evaluate(
 
 
 def _evaluate_and_publish(state: Any, address: str, topic_root: str) -> list[Any]:
-    from cloud_hub.cli.fleet import parse_address
+    from cloud_hub.cli.parsing import parse_address
     from cloud_hub.hub import Hub
     from cloud_hub.monitoring.service import MonitorService
     from cloud_hub.serving.jobs.notify import MqttPublisher

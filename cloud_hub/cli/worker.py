@@ -43,7 +43,7 @@ def worker(
     if lease is not None:
         overrides["serving_job_lease_s"] = lease
     if mqtt is not None:
-        from cloud_hub.cli.fleet import parse_address
+        from cloud_hub.cli.parsing import parse_address
 
         with user_errors():
             overrides["mqtt_host"], overrides["mqtt_port"] = parse_address(mqtt, "--mqtt")

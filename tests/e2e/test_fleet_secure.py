@@ -18,8 +18,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.cli.fleet import agent_config
 from cloud_hub.core.settings import HubSettings
+from cloud_hub.fleet.agent_config import agent_config
 from cloud_hub.fleet.broker_auth import BrokerFiles, account_password
 from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate
