@@ -189,33 +189,17 @@ def batch(
 ) -> None:
     """Queue a batch: predict the rows of a CSV, a folder of images or a table that have no
     prediction yet, results into the hub database (a hub worker runs it, or --here)."""
-    from cloud_hub.serving.engine.store import EndpointStore
-    from cloud_hub.serving.jobs.batch import BatchRequest, BatchSource, BatchView, check
+    from cloud_hub.serving.jobs.batch import BatchRequest, BatchView
     from cloud_hub.serving.jobs.queue import JobQueue
+    from cloud_hub.serving.jobs.submit import RESULTS_TABLE, run_job_in_thread, submit_batch
 
-    state = _state(ctx)
-    hub = state.hub
+    hub = _state(ctx).hub
     with user_errors():
-        given = [v for v in (csv_file, images, table) if v is not None]
-        if len(given) != 1:
-            raise InvalidInput("give exactly one of --csv FILE, --images DIR, --table NAME")
-        EndpointStore(hub.db).get(name)
-        kind: Literal["csv", "images", "table"] = (
-            "csv" if csv_file is not None else "images" if images is not None else "table"
-        )
-        path = csv_file or images
-        source = BatchSource(
-            kind=kind,
-            path=None if path is None else str(path.resolve()),
-            table=table,
-            id_column=id_column,
-            columns=None if columns is None else [c.strip() for c in columns.split(",")],
-        )
+        source = _batch_source(csv_file, images, table, id_column, columns)
         request = BatchRequest(source=source, cron=cron, chunk_size=chunk_size)
-        check(request, Path.cwd(), hub.db)
-        queue = JobQueue(hub.db)
-        job = queue.submit("batch", name, request.model_dump(mode="json"))
-    runner = _run_here(ctx, queue, job.id, name) if here else None
+        job = submit_batch(hub.db, name, request, Path.cwd())
+    queue = JobQueue(hub.db)
+    runner = run_job_in_thread(_here_engine(ctx, queue), queue, job.id, name) if here else None
     if watch or here:
         job = _watch(queue, job.id, quiet=json_out, runner=runner)
     if runner is not None:
@@ -231,7 +215,7 @@ def batch(
             r = view.result
             render.console.print(
                 f"predicted {r['predicted']}, already had {r['skipped']}, errors {r['errors']}; "
-                f"results: table batch_predictions, source {r['source']}"
+                f"results: table {RESULTS_TABLE}, source {r['source']}"
             )
         if view.error:
             render.console.print(f"error: {view.error}")
@@ -241,35 +225,40 @@ def batch(
         raise typer.Exit(1)
 
 
-def _run_here(ctx: typer.Context, queue: Any, job_id: str, endpoint: str) -> Any:
-    """Run the one job in a thread of this process, retries included."""
-    import threading
-    import time
-
+def _here_engine(ctx: typer.Context, queue: Any) -> Any:
+    """An engine of this process for `batch --here` (its slow steps queue on `queue`)."""
     from cloud_hub.serving import ServingEngine
-    from cloud_hub.serving.jobs.worker import JobWorker, worker_name
     from cloud_hub.serving.service import prediction_log
 
     hub = _state(ctx).hub
     log = prediction_log(hub.db, hub.settings)
-    engine = ServingEngine(hub.registry, hub.db, threads=4, jobs=queue, log=log)
+    return ServingEngine(hub.registry, hub.db, threads=4, jobs=queue, log=log)
 
-    def run() -> None:
-        try:
-            engine.load(endpoint)  # one that cannot be built is kept as broken: the job says so
-            worker = JobWorker(queue, engine, name=worker_name("cli"))
-            while not queue.get(job_id).final:
-                job = queue.claim(worker.name, job_id=job_id)
-                if job is None:
-                    time.sleep(0.1)  # waiting out a retry's back-off
-                    continue
-                worker.execute(job)
-        finally:
-            engine.close()
 
-    thread = threading.Thread(target=run, name="batch-here", daemon=True)
-    thread.start()
-    return thread
+def _batch_source(
+    csv_file: Path | None,
+    images: Path | None,
+    table: str | None,
+    id_column: str,
+    columns: str | None,
+) -> Any:
+    """The batch's source from --csv, --images or --table (exactly one)."""
+    from cloud_hub.serving.jobs.batch import BatchSource
+
+    given = [v for v in (csv_file, images, table) if v is not None]
+    if len(given) != 1:
+        raise InvalidInput("give exactly one of --csv FILE, --images DIR, --table NAME")
+    kind: Literal["csv", "images", "table"] = (
+        "csv" if csv_file is not None else "images" if images is not None else "table"
+    )
+    path = csv_file or images
+    return BatchSource(
+        kind=kind,
+        path=None if path is None else str(path.resolve()),
+        table=table,
+        id_column=id_column,
+        columns=None if columns is None else [c.strip() for c in columns.split(",")],
+    )
 
 
 def _watch(queue: Any, job_id: str, *, quiet: bool, runner: Any = None) -> Any:
@@ -334,6 +323,12 @@ def _parse_set(item: str) -> tuple[str, str, Any]:
     return step, field, value
 
 
+def _parse_unset(item: str) -> tuple[str, str]:
+    """`STEP.FIELD`."""
+    step, _, field = item.rpartition(".")
+    return step, field
+
+
 @endpoints_app.command("params")
 def params(
     ctx: typer.Context,
@@ -357,31 +352,22 @@ def params(
     """Show or change the endpoint's run-time parameters (kill switches, per-step values such as
     thresholds and A/B weights): checked against the endpoint, stored, and in force in a running
     hub within `serving_poll_s`, with no redeploy. With no option: show them."""
-    from cloud_hub.serving.engine.params import EndpointParams
+    from cloud_hub.serving.engine.param_changes import ParamChanges
 
-    changing = bool(kill or unkill or set_ or unset or reset)
     engine = _engine(ctx)
     try:
         with user_errors():
+            changes = ParamChanges(
+                kill=kill or [],
+                unkill=unkill or [],
+                set=[_parse_set(item) for item in set_ or []],
+                unset=[_parse_unset(item) for item in unset or []],
+                reset=reset,
+            )
             current = engine.get_params(name)
-            if changing:
+            if changes.changing:
                 engine.load(name)
-                kills = [] if reset else list(current.kill)
-                steps: dict[str, dict[str, Any]] = (
-                    {} if reset else {s: dict(v) for s, v in current.steps.items()}
-                )
-                for alias in kill or []:
-                    if alias not in kills:
-                        kills.append(alias)
-                kills = [a for a in kills if a not in set(unkill or [])]
-                for item in set_ or []:
-                    step, field, value = _parse_set(item)
-                    steps.setdefault(step, {})[field] = value
-                for item in unset or []:
-                    step, _, field = item.rpartition(".")
-                    steps.get(step, {}).pop(field, None)
-                steps = {s: v for s, v in steps.items() if v}
-                current = engine.set_params(name, EndpointParams(kill=kills, steps=steps))
+                current = engine.set_params(name, changes.applied_to(current))
     finally:
         engine.close()
     if json_out:
@@ -413,6 +399,7 @@ def report(
     import time
 
     from cloud_hub.predlog import reports
+    from cloud_hub.serving.engine.ab_variants import ab_variants
     from cloud_hub.serving.engine.store import EndpointStore
 
     hub = _state(ctx).hub
@@ -422,9 +409,7 @@ def report(
         stored = EndpointStore(hub.db).get(name)
         start = None if since is None else time.time() - since
         if ab:
-            order = [
-                v for s in stored.spec.steps if s.kind == "ab_split" for v in s.params["variants"]
-            ]
+            order = ab_variants(stored.spec)
             got: Any = reports.ab_report(hub.db, name, metric, since=start, order=order)
         else:
             got = reports.shadow_report(hub.db, name, since=start)
