@@ -15,8 +15,7 @@ from cloud_hub.fleet.devices import device_exists
 from cloud_hub.hub import Hub
 from cloud_hub.monitoring import Baseline, BaselineStore, By, WindowReader, WindowStats
 from cloud_hub.monitoring.baseline import dataset_baseline
-from cloud_hub.predlog import device_logs
-from cloud_hub.predlog.query import endpoint_logged
+from cloud_hub.predlog import device_logs, endpoint_logs
 from cloud_hub.serving.engine.store import EndpointStore
 
 router = APIRouter(tags=["monitoring"])
@@ -58,7 +57,7 @@ def endpoint_window(
     name: str, hub: HubDep, window_s: WindowQ = 300.0, last_n: LastQ = None
 ) -> WindowStats:
     """An endpoint's window (also one deleted since, while its records are in the log)."""
-    if not (EndpointStore(hub.db).exists(name) or endpoint_logged(hub.db.conn, name)):
+    if not (EndpointStore(hub.db).exists(name) or endpoint_logs.logged(hub.db.conn, name)):
         raise NotFound("endpoint", name)
     return _reader(hub).window("endpoint", name, window_s=window_s, last_n=last_n)
 

@@ -44,7 +44,7 @@ from pydantic import BaseModel, Field
 from cloud_hub.core.db import Database
 from cloud_hub.monitoring import stats
 from cloud_hub.monitoring.baseline import DECIMALS, Baseline, BaselineStore, answer_measures
-from cloud_hub.predlog import device_logs
+from cloud_hub.predlog import device_logs, endpoint_logs
 from cloud_hub.registry.registry import version_labels, version_ref
 from edge_agent.core.features import decode as decode_features
 
@@ -108,10 +108,8 @@ class Rec:
     features: bytes | str | None  # edge_agent.core.features.encode (or JSON text)
 
 
-_PRED = (
-    "SELECT ts, request_id, role, model_version, outcome, label, output, latency_ms, features "
-    "FROM prediction_logs WHERE {where} AND ts >= ? AND ts <= ? ORDER BY ts DESC LIMIT ?"
-)
+def _recs(rows: list[tuple[Any, ...]]) -> list[Rec]:
+    return [Rec(*row) for row in rows]
 
 
 def top_label(output: Any, labels: Sequence[str]) -> str | None:
@@ -151,16 +149,11 @@ class WindowReader:
     def keys(self, by: By, since: float, until: float) -> list[str]:
         """The versions, endpoints or devices with records in [since, until]."""
         if by == "version":
-            sql = (
-                "SELECT DISTINCT model_version FROM prediction_logs WHERE ts >= ? AND ts <= ? "
-                "AND model_version IS NOT NULL"
-            )
-            versions = {int(r[0]) for r in self.conn.execute(sql, [since, until])}
+            versions = endpoint_logs.versions_between(self.conn, since, until)
             versions |= device_logs.versions_between(self.conn, since, until)
             return [str(v) for v in sorted(versions)]
         if by == "endpoint":
-            sql = "SELECT DISTINCT endpoint FROM prediction_logs WHERE ts >= ? AND ts <= ?"
-            return sorted(str(r[0]) for r in self.conn.execute(sql, [since, until]))
+            return sorted(endpoint_logs.endpoints_between(self.conn, since, until))
         return sorted(device_logs.devices_between(self.conn, since, until))
 
     def windows(
@@ -212,30 +205,18 @@ class WindowReader:
             if not key.lstrip("-").isdigit():
                 return []
             version = int(key)
-            found += self._query(_PRED, "model_version = ?", [version], since, until, n)
-            rows = device_logs.version_window(self.conn, version, since, until, n)
-            found += [Rec(*row) for row in rows]
+            found += _recs(endpoint_logs.version_window(self.conn, version, since, until, n))
+            found += _recs(device_logs.version_window(self.conn, version, since, until, n))
             endpoints = [e for e, v in self._attributed(since, until).items() if v == version]
             if endpoints:
-                marks = ", ".join("?" for _ in endpoints)
-                where = (
-                    f"endpoint IN ({marks}) AND model_version IS NULL AND outcome != 'ok' "
-                    "AND role = 'answer'"
-                )
-                found += self._query(_PRED, where, endpoints, since, until, n)
+                rows = endpoint_logs.failures_window(self.conn, endpoints, since, until, n)
+                found += _recs(rows)
         elif by == "endpoint":
-            found += self._query(_PRED, "endpoint = ? AND role = 'answer'", [key], since, until, n)
+            found += _recs(endpoint_logs.endpoint_window(self.conn, key, since, until, n))
         else:
-            rows = device_logs.device_window(self.conn, key, since, until, n)
-            found += [Rec(*row) for row in rows]
+            found += _recs(device_logs.device_window(self.conn, key, since, until, n))
         found.sort(key=lambda r: r.ts, reverse=True)
         return found[:n]
-
-    def _query(
-        self, template: str, where: str, args: list[Any], since: float, until: float, n: int
-    ) -> list[Rec]:
-        sql = template.format(where=where)
-        return [Rec(*row) for row in self.conn.execute(sql, [*args, since, until, n])]
 
     def _attributed(self, since: float, until: float) -> dict[str, int]:
         """Endpoints with version-less failures in the window → the one version that answers
@@ -243,31 +224,13 @@ class WindowReader:
         cached = self._attribution.get((since, until))
         if cached is not None:
             return cached
-        failing = [
-            r[0]
-            for r in self.conn.execute(
-                "SELECT DISTINCT endpoint FROM prediction_logs WHERE ts >= ? AND ts <= ? "
-                "AND model_version IS NULL AND outcome != 'ok' AND role = 'answer'",
-                [since, until],
-            )
-        ]
+        failing = endpoint_logs.failing_without_version(self.conn, since, until)
         out: dict[str, int] = {}
         for endpoint in failing:
-            versions = {
-                int(r[0])
-                for r in self.conn.execute(
-                    "SELECT DISTINCT model_version FROM prediction_logs WHERE endpoint = ? "
-                    "AND ts >= ? AND ts <= ? AND role = 'answer' AND model_version IS NOT NULL",
-                    [endpoint, since, until],
-                )
-            }
+            versions = endpoint_logs.answering_versions(self.conn, endpoint, since, until)
             if not versions:  # nothing answered in the window: the endpoint's latest answer
-                row = self.conn.execute(
-                    "SELECT model_version FROM prediction_logs WHERE endpoint = ? "
-                    "AND role = 'answer' AND model_version IS NOT NULL ORDER BY ts DESC LIMIT 1",
-                    [endpoint],
-                ).fetchone()
-                versions = {int(row[0])} if row is not None else set()
+                latest = endpoint_logs.latest_answering_version(self.conn, endpoint)
+                versions = {latest} if latest is not None else set()
             if len(versions) == 1:
                 out[endpoint] = versions.pop()
         self._attribution[(since, until)] = out

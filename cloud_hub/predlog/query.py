@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import InvalidInput
-from cloud_hub.predlog import device_logs
-from cloud_hub.predlog.writer import COLUMNS
+from cloud_hub.predlog import device_logs, endpoint_logs
+from cloud_hub.predlog.endpoint_logs import COLUMNS
 from edge_agent.core.features import decode as decode_features
 
 Origin = Literal["endpoint", "device"]
@@ -53,12 +53,6 @@ class LogPage(BaseModel):
     next: str | None = Field(description="cursor of the next page; null at the end")
 
 
-def endpoint_logged(conn: sqlite3.Connection, endpoint: str) -> bool:
-    """Whether the prediction log holds a record of the endpoint (a deleted one's too)."""
-    sql = "SELECT 1 FROM prediction_logs WHERE endpoint = ? LIMIT 1"
-    return conn.execute(sql, [endpoint]).fetchone() is not None
-
-
 def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
     return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
 
@@ -78,13 +72,7 @@ def _endpoint_side(f: LogFilter, conn: sqlite3.Connection) -> tuple[str, list[An
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
-    sql = (
-        "SELECT 'endpoint' AS origin, printf('%020d', id) AS k, ts, request_id, endpoint, "
-        "NULL AS device_id, step, role, model_version, variant, row, input_digest, label, score, "
-        "output, latency_ms, outcome, error, tags, features, outputs_digest "
-        "FROM prediction_logs"
-    )
-    return _with_time(sql, where, args, f)
+    return _with_time(endpoint_logs.AS_LOG_RECORDS, where, args, f)
 
 
 def _device_side(f: LogFilter, conn: sqlite3.Connection) -> tuple[str, list[Any]] | None:

@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from cloud_hub.core.db import Database
+from cloud_hub.predlog import endpoint_logs
 from edge_agent.core.heads import compare
 
 Metric = Literal["score", "latency", "error_rate"]
@@ -75,14 +76,6 @@ class ShadowReport(BaseModel):
     candidates: list[CandidateSummary]
 
 
-def _window(since: float | None) -> tuple[str, list[Any]]:
-    return ("AND ts >= ?", [since]) if since is not None else ("", [])
-
-
-def _rows(db: Database, sql: str, args: list[Any], max_records: int) -> list[Any]:
-    return db.conn.execute(f"{sql} ORDER BY id DESC LIMIT ?", [*args, max_records]).fetchall()
-
-
 def ab_report(
     db: Database,
     endpoint: str,
@@ -92,19 +85,11 @@ def ab_report(
     order: list[str] | None = None,
     max_records: int = 500_000,
 ) -> AbReport:
-    where, args = _window(since)
-    base = "FROM prediction_logs WHERE endpoint = ? AND role = 'answer' AND variant IS NOT NULL"
     samples: dict[str, list[float]] = defaultdict(list)
-    if metric == "score":
-        sql = f"SELECT variant, score AS v {base} AND outcome = 'ok' {where}"
-    elif metric == "latency":
-        sql = f"SELECT variant, latency_ms AS v {base} AND outcome = 'ok' AND row = 0 {where}"
-    else:
-        sql = (
-            f"SELECT variant, outcome != 'ok' AS v {base} AND row = 0 "
-            f"AND outcome != 'bad_input' {where}"
-        )
-    for r in _rows(db, sql, [endpoint, *args], max_records):
+    rows = endpoint_logs.variant_samples(
+        db.conn, endpoint, metric, since=since, max_records=max_records
+    )
+    for r in rows:
         if r["v"] is not None:
             samples[r["variant"]].append(float(r["v"]))
     names = [n for n in (order or []) if n in samples] + sorted(set(samples) - set(order or []))
@@ -248,13 +233,8 @@ def _agree(a: tuple[str | None, Any], b: tuple[str | None, Any]) -> bool:
 def shadow_report(
     db: Database, endpoint: str, *, since: float | None = None, max_records: int = 500_000
 ) -> ShadowReport:
-    where, args = _window(since)
-    rows = _rows(
-        db,
-        "SELECT request_id, row, step, role, label, output, latency_ms, outcome, tags "
-        f"FROM prediction_logs WHERE endpoint = ? AND role IN ('answer', 'shadow') {where}",
-        [endpoint, *args],
-        max_records,
+    rows = endpoint_logs.answers_and_shadows(
+        db.conn, endpoint, since=since, max_records=max_records
     )
     answers: dict[tuple[str, int], tuple[str | None, Any]] = {}
     primary_ms: dict[str, float] = {}

@@ -23,36 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cloud_hub.predlog import endpoint_logs
 from edge_agent.core.features import encode as encode_floats
 
 if TYPE_CHECKING:
     from cloud_hub.core.db import Database
 
 log = logging.getLogger(__name__)
-
-COLUMNS = (
-    "ts",
-    "request_id",
-    "endpoint",
-    "step",
-    "role",
-    "model_version",
-    "variant",
-    "row",
-    "input_digest",
-    "label",
-    "score",
-    "output",
-    "latency_ms",
-    "outcome",
-    "error",
-    "tags",
-    "features",
-)
-_INSERT = (
-    f"INSERT INTO prediction_logs ({', '.join(COLUMNS)}, outputs_digest) "
-    f"VALUES ({', '.join('?' for _ in COLUMNS)}, ?)"
-)
 
 Row = tuple[Any, ...]  # in COLUMNS order
 
@@ -228,7 +205,7 @@ class PredictionLogWriter:
         try:
             rows = [e.as_row() for e in entries]
             with self.db.transaction():
-                self.db.conn.executemany(_INSERT, rows)
+                endpoint_logs.insert(self.db.conn, rows)
             written = True
         except Exception:
             log.exception("could not write %d prediction log records", len(entries))
