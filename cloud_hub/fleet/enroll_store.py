@@ -22,6 +22,7 @@ from cloud_hub.auth.tokens import hash_token
 from cloud_hub.core.db import Database
 from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound
 from cloud_hub.core.names import check_name
+from cloud_hub.core.rows import model_from_row
 from cloud_hub.fleet.devices import fleet_sizes
 from cloud_hub.registry.schemas import NAME_PATTERN
 
@@ -84,14 +85,8 @@ class Fleet(BaseModel):
 
 
 def _fleet(row: sqlite3.Row, sizes: dict[int, int]) -> Fleet:
-    return Fleet(
-        id=row["id"],
-        name=row["name"],
-        group=row["group_name"],
-        tags=json.loads(row["tags"]),
-        device_prefix=row["device_prefix"],
-        devices=sizes.get(row["id"], 0),
-        created_at=row["created_at"],
+    return model_from_row(
+        Fleet, row, ("tags",), group=row["group_name"], devices=sizes.get(row["id"], 0)
     )
 
 
