@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import enum
+import types
+import typing
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -42,8 +46,30 @@ def _walk(cmd: Any, path: str, out: list[str]) -> None:
         out.append("")
 
 
+_NAMES = {str: "text", int: "integer", float: "number", bool: "flag", Path: "path"}
+
+
+def _type_of(annotation: Any) -> str:
+    """How a parameter's annotation reads in the table: the choices of a Literal or an Enum,
+    `integer`, `path`, ...; a list is repeatable."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is typing.Literal:
+        return " / ".join(f"`{a}`" for a in args)
+    if origin in (list, tuple) and args:
+        return f"{_type_of(args[0])}, repeatable"
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _type_of(args[0])
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return " / ".join(f"`{m.value}`" for m in annotation)
+    return _NAMES.get(annotation, "")
+
+
 def _tname(p: Any) -> str:
-    t = getattr(p, "type", None)
+    descriptor = getattr(p, "type_descriptor", None)
+    if descriptor is not None:
+        return _type_of(descriptor.annotation)
+    t = getattr(p, "type", None)  # click's parameter types (older Typer)
     return str(getattr(t, "name", "") or type(t).__name__.lower()) if t is not None else ""
 
 
