@@ -429,20 +429,6 @@ def _parse_infer_client(text: str) -> tuple[str, tuple[str, ...] | None]:
     return name, listed
 
 
-def _tls_hosts(
-    explicit: list[str], listen_host: str, settings_hosts: list[str | None]
-) -> list[str]:
-    if explicit:
-        return explicit
-    import socket
-
-    hosts = [h for h in settings_hosts if h]
-    if listen_host not in ("0.0.0.0", "::", ""):
-        hosts.append(listen_host)
-    hosts += [socket.gethostname(), "localhost", "127.0.0.1"]
-    return list(dict.fromkeys(hosts))
-
-
 def broker_config(
     ctx: typer.Context,
     listen: Annotated[
@@ -508,64 +494,39 @@ def broker_config(
     Accounts added here are kept (accounts.json) and written again with every device
     registration; `kill -HUP` the broker to reload passwords and ACL, restart it for a new
     config or certificate."""
-    from cloud_hub.fleet.broker_auth import (
-        Account,
-        add_account,
-        min_packet_size,
-        mosquitto_conf,
-    )
-    from cloud_hub.fleet.broker_auth import remove_account as drop_account
-    from cloud_hub.fleet.tls import ensure_server_certificate
+    from cloud_hub.fleet.broker_auth import Account
+    from cloud_hub.fleet.broker_setup import configure_broker
 
-    state = _state(ctx)
+    hub = _state(ctx).hub
     with user_errors():
-        settings = state.hub.settings
-        if max_packet_size < min_packet_size(settings.chunk_size):
-            raise InvalidInput(
-                f"--max-packet-size {max_packet_size} is too small for the hub's model chunks "
-                f"of {settings.chunk_size} bytes: at least {min_packet_size(settings.chunk_size)}"
-            )
         plain = parse_address(listen, "--listen") if listen else None
         if plain is None and not tls:
             plain = ("0.0.0.0", 1883)
         secure = parse_address(tls_listen, "--tls-listen") if tls else None
-        devices = state.hub.fleet.devices
-        for name in remove_account or []:
-            if not drop_account(devices.files, name):
-                raise InvalidInput(f"no broker account {name!r}")
         wanted = [Account(name, "viewer") for name in viewer or []]
         for text in infer_client or []:
             name, listed = _parse_infer_client(text)
             wanted.append(Account(name, "infer", listed))
-        for account in wanted:  # before anything is saved: a clash would block registrations
-            if devices.exists(account.name):
-                raise InvalidInput(f"{account.name!r} is a device id: pick another account name")
-        added = [add_account(devices.files, account) for account in wanted]
-        files = devices.write_broker_files()
-        issued = False
-        if secure is not None:
-            hosts = _tls_hosts(
-                tls_host or [], secure[0], [settings.device_broker_host, settings.mqtt_host]
-            )
-            issued = ensure_server_certificate(files.tls, hosts)
-        text = mosquitto_conf(
-            files,
-            host=plain[0] if plain else None,
-            port=plain[1] if plain else None,
-            tls_host=secure[0] if secure else None,
-            tls_port=secure[1] if secure else None,
+        made = configure_broker(
+            hub.fleet.devices,
+            hub.settings,
+            plain=plain,
+            secure=secure,
+            tls_hosts=tls_host or [],
+            add=wanted,
+            remove=remove_account or [],
             persistence=persistence,
             max_packet_size=max_packet_size,
         )
-    for secret in added:
+    for secret in made.account_secrets:
         render.err_console.print(f"account password in {secret}")
     if secure is not None:
         render.err_console.print(
-            f"fleet CA {files.tls.ca_cert} (agents and the hub verify the broker with it)"
-            + ("; new server certificate: restart the broker" if issued else "")
+            f"fleet CA {made.files.tls.ca_cert} (agents and the hub verify the broker with it)"
+            + ("; new server certificate: restart the broker" if made.certificate_issued else "")
         )
     if output is None:
-        print(text, end="")
+        print(made.conf, end="")
     else:
-        output.write_text(text)
-        render.err_console.print(f"wrote {output} (auth files in {files.directory})")
+        output.write_text(made.conf)
+        render.err_console.print(f"wrote {output} (auth files in {made.files.directory})")
