@@ -495,37 +495,11 @@ class Registry:
         steps = self.db.conn.execute(
             "SELECT * FROM run_steps WHERE run_id = ? ORDER BY position", [data["id"]]
         ).fetchall()
-        return Run(
-            id=data["id"],
-            name=data["name"],
-            project=data["project"],
-            experiment=data["experiment"],
-            status=data["status"],
-            failed_step=data["failed_step"],
-            error=data["error"],
-            request=json.loads(data["request"]),
-            params=json.loads(data["params"]),
-            metrics=json.loads(data["metrics"]),
-            version_id=data["version_id"],
-            parent_run_id=data["parent_run_id"],
-            schedule_id=data["schedule_id"],
-            attempt=data["attempt"],
-            created_at=data["created_at"],
-            started_at=data["started_at"],
-            finished_at=data["finished_at"],
-            steps=[
-                RunStep(
-                    step=s["step"],
-                    position=s["position"],
-                    status=s["status"],
-                    outputs=json.loads(s["outputs"]),
-                    error=s["error"],
-                    started_at=s["started_at"],
-                    finished_at=s["finished_at"],
-                    duration_s=s["duration_s"],
-                )
-                for s in steps
-            ],
+        return model_from_row(
+            Run,
+            data,
+            ("request", "params", "metrics"),
+            steps=[model_from_row(RunStep, step, ("outputs",)) for step in steps],
         )
 
     def get_run(self, ref: str | int) -> Run:
@@ -598,20 +572,12 @@ class Registry:
         return self.get_schedule(int(pk))
 
     def _schedule(self, row: sqlite3.Row) -> Schedule:
-        d = dict(row)
-        return Schedule(
-            id=d["id"],
-            name=d["name"],
-            cron=d["cron"],
-            request=json.loads(d["request"]),
-            enabled=bool(d["enabled"]),
-            max_retries=d["max_retries"],
-            backoff_s=d["backoff_s"],
-            next_run_at=d["next_run_at"],
-            running=d["claimed_by"] is not None,
-            last_run_id=d["last_run_id"],
-            last_status=d["last_status"],
-            created_at=d["created_at"],
+        return model_from_row(
+            Schedule,
+            row,
+            ("request",),
+            enabled=bool(row["enabled"]),
+            running=row["claimed_by"] is not None,
         )
 
     def get_schedule(self, ref: str | int) -> Schedule:
