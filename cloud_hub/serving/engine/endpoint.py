@@ -311,10 +311,9 @@ class CompiledEndpoint:
         if out.kind == "scores":
             assert out.x is not None
             winners = out.winners()
-            for i, (top, row, version) in enumerate(
-                zip(winners.tolist(), out.x.tolist(), versions, strict=True)
+            for i, (top, scores, version) in enumerate(
+                zip(winners.tolist(), out.rounded_scores, versions, strict=True)
             ):
-                scores = [round(s, 6) for s in row]  # Python floats: tolist() converts in one go
                 label = labels[top] if top < len(labels) else str(top)
                 # built from known types: no need to validate them again
                 predictions.append(
@@ -424,7 +423,7 @@ def _entries(
     tensors = value.tensors
     out = []
     winners = value.winners().tolist() if value.kind == "scores" else None
-    scores = value.x.tolist() if value.kind == "scores" and value.x is not None else None
+    scores = value.rounded_scores if value.kind == "scores" and value.x is not None else None
     labels = value.labels or ()
     for i in range(value.rows):
         v = None if versions is None or versions[i] < 0 else int(versions[i])
@@ -432,8 +431,8 @@ def _entries(
         if winners is not None and scores is not None:
             top = winners[i]
             fields["label"] = labels[top] if top < len(labels) else str(top)
-            fields["score"] = round(scores[i][top], 6)
-            fields["output"] = [round(x, 6) for x in scores[i]]
+            fields["score"] = scores[i][top]
+            fields["output"] = scores[i]
         elif value.kind == "tensors":
             fields["output"] = {"task": "raw"}  # the tensors are the answer: their digest
         elif value.results is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -72,6 +73,14 @@ class Value:
             results=None if self.results is None else tuple(self.results[i] for i in idx),
             geometry=None if self.geometry is None else tuple(self.geometry[i] for i in idx),
         )
+
+    @functools.cached_property
+    def rounded_scores(self) -> list[list[float]]:
+        """The scores to 6 decimals as Python floats, rounded once with numpy: the response and
+        the prediction log share them (scores only)."""
+        assert self.x is not None
+        rounded: list[list[float]] = np.round(self.x.astype(np.float64), 6).tolist()
+        return rounded
 
     def winners(self) -> np.ndarray:
         """Index of the winning class per row (scores only)."""
