@@ -26,6 +26,7 @@ from cloud_hub.cli.parsing import parse_address, parse_params
 from cloud_hub.core.errors import InvalidInput
 from cloud_hub.fleet.agent_config import agent_config
 from cloud_hub.fleet.broker_auth import DEFAULT_MAX_PACKET_SIZE
+from cloud_hub.fleet.device_broker import broker_for_device
 from cloud_hub.fleet.metrics_store import MetricsStore
 from cloud_hub.fleet.metrics_store import Step as MetricStep
 from cloud_hub.fleet.schemas import (
@@ -55,7 +56,7 @@ def devices_register(
     name: Annotated[str | None, typer.Option(help="A name for people (default: the id).")] = None,
     hardware: Annotated[str, typer.Option(help="e.g. rpi5, jetson-orin-nano.")] = "",
     runtime: Annotated[
-        list[str] | None,
+        list[str] | None,  # typer takes no list of choices: DeviceCreate checks each
         typer.Option(help="onnxruntime or litert; repeat, in order of preference."),
     ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="A tag; repeatable.")] = None,
@@ -91,19 +92,12 @@ def devices_register(
             group=group,
         )
         fleet = state.hub.fleet
-        info = fleet.devices.broker
-        if broker is not None or topic_root is not None or broker_tls is not None:
-            host, port = parse_address(broker, "--broker") if broker else (info.host, info.port)
-            tls = info.tls if broker_tls is None else broker_tls
-            info = info.model_copy(
-                update={
-                    "host": host,
-                    "port": port,
-                    "topic_root": topic_root or info.topic_root,
-                    "tls": tls,
-                    "ca_pem": info.ca_pem if tls else None,
-                }
-            )
+        info = broker_for_device(
+            fleet.devices.broker,
+            address=parse_address(broker, "--broker") if broker else None,
+            topic_root=topic_root,
+            tls=broker_tls,
+        )
         reg = fleet.devices.register(body, broker=info)
     if write_config is not None:
         _write_secret(write_config, agent_config(reg, data_dir=agent_data_dir))
