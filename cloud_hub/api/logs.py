@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from cloud_hub.api.auth import VIEWER
 from cloud_hub.hub import Hub
 from cloud_hub.predlog.query import LogFilter, LogPage, LogReader
+from cloud_hub.registry.registry import version_labels
 
 router = APIRouter(tags=["logs"])
 
@@ -46,7 +47,7 @@ FilterDep = Annotated[LogFilter, Depends(_filter)]
 
 def _reader(request: Request) -> LogReader:
     hub: Hub = request.app.state.hub
-    return LogReader(hub.db)
+    return LogReader(hub.db, lambda version_id: version_labels(hub.db.conn, version_id))
 
 
 @router.get("/logs", dependencies=[VIEWER])

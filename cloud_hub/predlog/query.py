@@ -15,7 +15,7 @@ import csv
 import io
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -118,9 +118,14 @@ def decode_cursor(cursor: str) -> tuple[float, str, str]:
         raise InvalidInput(f"cursor {cursor!r} is not one this API gave out") from None
 
 
+#: a version's class labels by its id (None: no such version): the registry's `version_labels`
+VersionLabels = Callable[[int], Sequence[str] | None]
+
+
 class LogReader:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, version_labels: VersionLabels) -> None:
         self.db = db
+        self.version_labels = version_labels  # the registry owns the versions table
 
     def _rows(
         self, f: LogFilter, limit: int | None, after: tuple[float, str, str] | None
@@ -179,7 +184,7 @@ class LogReader:
         return rec
 
     def _labels(self, version_id: int | None) -> tuple[str, ...]:
-        return _version_labels(self.db, version_id)
+        return _version_labels(self.db, version_id, self.version_labels)
 
     def export(self, f: LogFilter, fmt: Literal["jsonl", "csv"]) -> Iterator[str]:
         if fmt == "jsonl":
@@ -226,14 +231,13 @@ def _label_device_record(rec: dict[str, Any], labels: tuple[str, ...]) -> None:
 _LABELS: dict[tuple[str, int], tuple[str, ...]] = {}  # a version's labels never change
 
 
-def _version_labels(db: Database, version_id: int | None) -> tuple[str, ...]:
+def _version_labels(db: Database, version_id: int | None, read: VersionLabels) -> tuple[str, ...]:
     if version_id is None:
         return ()
     key = (str(db.path), version_id)
     labels = _LABELS.get(key)
     if labels is None:
-        row = db.conn.execute("SELECT labels FROM versions WHERE id = ?", [version_id]).fetchone()
-        labels = _LABELS[key] = tuple(json.loads(row[0])) if row else ()
+        labels = _LABELS[key] = tuple(read(version_id) or ())
     return labels
 
 

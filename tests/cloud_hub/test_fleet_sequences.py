@@ -21,6 +21,7 @@ from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.fleet.mqtt_service import FleetService
 from cloud_hub.fleet.schemas import DeviceCreate
 from cloud_hub.hub import Hub
+from cloud_hub.registry.registry import version_labels
 from edge_agent.config import ForwarderSettings
 from edge_agent.core.wire import (
     SEQ_WINDOW,
@@ -265,7 +266,7 @@ def test_the_prediction_log_pages_through_both_epochs_of_a_device_once(hub: Hub)
             record.ts = ts
         ingest.store_logs("pi-2", batch)
     want = sorted(f"{e}-req-{s}" for e in ("legacy", EPOCH_A, EPOCH_B) for s in (1, 2, 3))
-    reader = LogReader(hub.db)
+    reader = LogReader(hub.db, lambda v: version_labels(hub.db.conn, v))
     for limit in (1, 2, 4):
         seen: list[str] = []
         cursor = None

@@ -302,15 +302,10 @@ class BatchRunner:
     def known_errors(self, key: str, endpoint: str, job_id: str) -> dict[str, dict[str, str]]:
         """The rows the latest finished run over this source and endpoint left in error
         (its `failed_rows`): row id → error, job_id, digest."""
-        row = self.db.conn.execute(
-            "SELECT result FROM serving_jobs WHERE kind = 'batch' AND endpoint = ? "
-            "AND state = 'succeeded' AND id != ? AND json_extract(result, '$.source') = ? "
-            "ORDER BY finished_at DESC LIMIT 1",
-            [endpoint, job_id, key],
-        ).fetchone()
-        if row is None:
+        result = self.queue.last_batch_result(endpoint, key, other_than=job_id)
+        if result is None:
             return {}
-        failed = json.loads(row[0]).get("failed_rows") or {}
+        failed = result.get("failed_rows") or {}
         return {k: v for k, v in failed.items() if isinstance(v, dict) and "digest" in v}
 
     def run(self, job: Job, worker: str, predict: Predict) -> dict[str, Any]:

@@ -151,6 +151,19 @@ class JobQueue:
             raise NotFound("batch" if kind == "batch" else "job", job_id)
         return _job(row)
 
+    def last_batch_result(
+        self, endpoint: str, source: str, *, other_than: str
+    ) -> dict[str, Any] | None:
+        """The result of the latest succeeded batch over `source` on `endpoint`, other than the
+        job `other_than` (None: there is none)."""
+        row = self.db.conn.execute(
+            "SELECT result FROM serving_jobs WHERE kind = 'batch' AND endpoint = ? "
+            "AND state = 'succeeded' AND id != ? AND json_extract(result, '$.source') = ? "
+            "ORDER BY finished_at DESC LIMIT 1",
+            [endpoint, other_than, source],
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
     def find(
         self,
         *,

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from cloud_hub.api.app import create_app
 from cloud_hub.core.settings import HubSettings
 from cloud_hub.hub import Hub
+from cloud_hub.registry.registry import version_labels
 from cloud_hub.registry.uploads import register_upload
 from edge_agent.core.digests import outputs_digest
 from edge_agent.core.runtimes import load_runtime
@@ -459,7 +460,11 @@ def test_device_logs_with_head_results_and_old_score_lists_are_both_read(zoo_hub
         for i, out in enumerate(outputs)
     ]
     Ingest(zoo_hub.db).store_logs("cam-1", LogBatch(device_id="cam-1", floor=1, records=records))
-    got = LogReader(zoo_hub.db).page(LogFilter(device_id="cam-1")).records
+    got = (
+        LogReader(zoo_hub.db, lambda v: version_labels(zoo_hub.db.conn, v))
+        .page(LogFilter(device_id="cam-1"))
+        .records
+    )
     assert [r["label"] for r in got] == ["1", "2", "2", None]
     assert got[3]["output"]["task"] == "detection"
     window = WindowReader(zoo_hub.db).window("device", "cam-1", window_s=600)

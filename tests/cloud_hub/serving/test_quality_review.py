@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from cloud_hub.hub import Hub
 from cloud_hub.predlog.writer import LogEntry, PredictionLogWriter
+from cloud_hub.registry.registry import version_labels
 from cloud_hub.serving import (
     STEP_KINDS,
     PredictRequest,
@@ -489,7 +490,7 @@ def test_pages_split_inside_equal_timestamps_of_both_origins(serving_hub: Hub) -
             "1.0, ?, 'test')",
             [(f"tie-dev-{i % 2}", i, f"tie-d{i}", ts) for i in range(5)],
         )
-    reader = LogReader(serving_hub.db)
+    reader = LogReader(serving_hub.db, lambda v: version_labels(serving_hub.db.conn, v))
     want = {f"tie-{i}" for i in range(7)} | {f"tie-d{i}" for i in range(5)}
     for limit in (1, 2, 3, 5):
         seen: list[str] = []
