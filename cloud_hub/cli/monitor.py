@@ -111,30 +111,17 @@ def evaluate(
 def _evaluate_and_publish(state: Any, address: str, topic_root: str) -> list[Any]:
     from cloud_hub.cli.parsing import parse_address
     from cloud_hub.hub import Hub
-    from cloud_hub.monitoring.service import MonitorService
-    from cloud_hub.serving.jobs.notify import MqttPublisher
+    from cloud_hub.monitoring.evaluate_now import BrokerUnavailable, evaluate_and_publish
 
     with user_errors():
         host, port = parse_address(address, "--mqtt")
         settings = state.settings(mqtt_host=host, mqtt_port=port, topic_root=topic_root)
     hub = Hub.open(settings)
-    publisher = MqttPublisher(settings).start(wait_s=5.0)
     try:
-        if not publisher.connected:
-            raise fail(f"no MQTT broker answered at {host}:{port}")
-        service = MonitorService(
-            hub.db,
-            interval_s=settings.monitor_interval_s,
-            max_records=settings.monitor_max_records,
-            topic_root=topic_root,
-            publisher=publisher,
-        )
-        events = service.evaluate()
-        if not publisher.flush(10.0):
-            raise fail(f"the broker at {host}:{port} did not acknowledge the alerts")
-        return events
+        return evaluate_and_publish(hub.db, settings)
+    except BrokerUnavailable as exc:
+        raise fail(str(exc)) from None
     finally:
-        publisher.stop()
         hub.close()
 
 
