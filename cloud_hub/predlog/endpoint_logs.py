@@ -8,9 +8,11 @@ monitoring's windows (`monitoring.windows`). Each function takes the caller's co
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # types only: the model-in-image server, which has no database, imports this
+    import sqlite3
 
 # What the writer stores of each record, in its order (and `outputs_digest` after them)
 COLUMNS = (
