@@ -47,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 import _servers as servers  # noqa: E402  (bench/, the script's own folder)
 from _servers import Server  # noqa: E402
 
+from cloud_hub.devtools.synthetic_models import random_mlp  # noqa: E402
+
 SERVERS = {
     "a": "(a) FastAPI + onnxruntime",
     "b": "(b) hub endpoint, no batching",
@@ -444,39 +446,7 @@ HEAVY_REF = "digits/bench-mlp:latest"
 HEAVY_DIMS = (1024, 2560, 2)  # inputs, width, hidden layers: ~1 ms a row alone, 1 thread
 
 
-def heavy_model_bytes(d_in: int, width: int, depth: int, classes: int = 10) -> bytes:
-    """An ONNX MLP (Gemm + Relu layers, softmax) with random weights: heavy enough that a row
-    costs about a millisecond alone, on one thread, because its ~26 MB of weights stream from
-    memory for every call; a batch reads them once for all its rows."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    nodes, inits, prev = [], [], "x"
-    dims = [d_in] + [width] * depth + [classes]
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
-        w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
-        inits += [
-            numpy_helper.from_array(w, f"w{i}"),
-            numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}"),
-        ]
-        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"h{i}"]))
-        prev = f"h{i}"
-        if i < depth:
-            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
-            prev = f"r{i}"
-    nodes.append(helper.make_node("Softmax", [prev], ["scores"], axis=1))
-    graph = helper.make_graph(
-        nodes,
-        "bench_mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d_in])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return bytes(model.SerializeToString())
+heavy_model_bytes = random_mlp  # ~26 MB of weights with HEAVY_DIMS
 
 
 def register_heavy(hub: Any) -> None:

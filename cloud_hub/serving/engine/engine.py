@@ -455,9 +455,12 @@ class ServingEngine:
             out["in_flight"] = endpoint.pending()
             out["steps"] = endpoint.step_stats()
             out["batching"] = {
-                alias: m.batcher.stats.snapshot()
+                alias: {
+                    **(m.batcher.stats.snapshot() if m.batcher is not None else {}),
+                    **({} if m.batching is None else {"policy": m.batching.describe()}),
+                }
                 for alias, m in endpoint.models.items()
-                if m.batcher is not None
+                if m.batcher is not None or m.batching is not None
             }
         return out
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from cloud_hub.core.errors import NotFound, RegistryError
 from cloud_hub.registry.schemas import Artifact, Version
+from cloud_hub.serving.engine.batch_policy import BatchingChoice, measure
 from cloud_hub.serving.engine.batching import MicroBatcher
 from cloud_hub.serving.engine.errors import SpecError
 from cloud_hub.serving.engine.spec import BatchingSpec, ModelRef
@@ -62,6 +63,7 @@ class LoadedModel:
     classes: int | None
     head: Any = None  # the version's head, checked against the outputs (edge_agent.core.heads)
     batcher: MicroBatcher | None = field(default=None, repr=False)
+    batching: BatchingChoice | None = None  # what "auto" decided (None: the spec said)
 
     @property
     def preprocessing(self) -> dict[str, Any] | None:
@@ -142,6 +144,11 @@ def load_model(
     if head.task == "classification" and head.labels:
         labels = tuple(head.labels)
     loaded = LoadedModel(alias, version, artifact, runtime, labels, classes, head)
+    if batching.enabled == "auto":
+        loaded.batching = choice = measure(runtime, batching.max_batch_size)
+        batching = batching.model_copy(
+            update={"enabled": choice.enabled, "max_batch_size": choice.max_batch_size}
+        )
     if batching.enabled:
         loaded.batcher = MicroBatcher(runtime.run, batching, pending=pending, name=alias)
     return loaded

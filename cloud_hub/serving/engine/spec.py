@@ -36,7 +36,11 @@ class BatchingSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool | Literal["auto"] = Field(
+        default="auto",
+        description="auto: batch a model only where its cost per row, measured when the "
+        "endpoint is built, drops enough in a batch (serving/engine/batch_policy.py)",
+    )
     max_batch_size: int = Field(default=64, ge=1, le=4096, description="rows per model call")
     max_wait_ms: float = Field(
         default=2.0, ge=0, le=1000, description="longest a row waits for others to join it"
