@@ -10,6 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from cloud_hub.cli.render.base import console, ident, ms_of, num, text
+from cloud_hub.serving.engine.spec import BatchingSpec
 
 
 def endpoints_table(stored: Sequence[Any]) -> Table:
@@ -27,7 +28,7 @@ def endpoints_table(stored: Sequence[Any]) -> Table:
             item.name,
             " → ".join(f"{s.name}({s.kind})" for s in spec.steps),
             ", ".join(ref.ref for ref in spec.model_refs().values()),
-            f"≤{spec.batching.max_batch_size}" if spec.batching.enabled else "off",
+            _batching(spec.batching),
             item.updated_at[:19],
         )
     return table
@@ -162,3 +163,9 @@ def endpoint_shadow_table(got: Any) -> Table:
             str(c.errors),
         )
     return table
+
+
+def _batching(batching: BatchingSpec) -> str:
+    if batching.enabled == "auto":
+        return f"auto, ≤{batching.max_batch_size}"
+    return f"≤{batching.max_batch_size}" if batching.enabled else "off"
