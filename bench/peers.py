@@ -96,7 +96,10 @@ def serve(args: argparse.Namespace) -> None:
     kind = args.serve
     logs = VENVS / "logs"  # the servers' own output (the hub's access log among it)
     logs.mkdir(parents=True, exist_ok=True)
-    log = os.open(logs / f"{kind}-{args.mode or 'hub'}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    log = os.open(
+        logs / f"{kind}-{args.mode or args.hub_data.name}.log",
+        os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    )
     os.dup2(log, 1)
     os.dup2(log, 2)
     if kind == "hub":
@@ -353,6 +356,7 @@ def bare_loop(load: Workload, threads: int, seconds: float) -> dict[str, Any]:
     """The same decode + preprocess + model work, no HTTP, `threads` threads back to back on
     one onnxruntime session (one intra-op thread per call, as the servers)."""
     import onnxruntime as ort
+    from pydantic_core import from_json
 
     from edge_agent.core.preprocess import decode_image, prepare_image
 
@@ -366,7 +370,7 @@ def bare_loop(load: Workload, threads: int, seconds: float) -> dict[str, Any]:
         if load.jpeg:
             x, _ = prepare_image(decode_image(body, PREPROCESSING), PREPROCESSING)
         else:
-            x = np.asarray(json.loads(body)["inputs"], dtype=np.float32)
+            x = np.asarray(from_json(body)["inputs"], dtype=np.float32)  # the fastest here
         return int(session.run(None, {name: x})[0].argmax())
 
     work(load.bodies[0])
