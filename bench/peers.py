@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -137,12 +138,17 @@ def start(key: str, args: list[str], path: str, health: str) -> Any:
 
     @contextlib.contextmanager
     def tree_server() -> Any:
-        with _servers.start_server(Path(__file__), key, args, path, health=health, cwd=ROOT) as s:
-            try:
-                yield TreeServer(s.key, s.port, s.path, s.proc)
-            finally:
-                family = procs.tree(s.proc.pid)[1:]
-        procs.stop(family)
+        family: list[int] = []
+        try:
+            with _servers.start_server(
+                Path(__file__), key, args, path, health=health, cwd=ROOT
+            ) as s:
+                try:
+                    yield TreeServer(s.key, s.port, s.path, s.proc)
+                finally:
+                    family = procs.tree(s.proc.pid)[1:]
+        finally:
+            procs.stop(family)
 
     return tree_server()
 
@@ -405,6 +411,28 @@ def bare_loop(load: Workload, threads: int, seconds: float) -> dict[str, Any]:
     }
 
 
+def model_cost(load: Workload, batches: tuple[int, ...]) -> dict[str, float]:
+    """The model alone (onnxruntime, one thread): ms per row at each batch size."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(load.model), options, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape[1:]]
+    out = {}
+    for batch in batches:
+        x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
+        session.run(None, {inp.name: x})
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            session.run(None, {inp.name: x})
+            n += 1
+        out[f"ms_per_row_at_{batch}"] = (time.perf_counter() - t0) / n / batch * 1000
+    return out
+
+
 def run_workload(
     load: Workload, args: argparse.Namespace, hubs: dict[str, Path], failed: dict[str, str]
 ) -> dict[str, Any]:
@@ -463,6 +491,7 @@ def run_workload(
     for _ in range(args.rounds):  # the servers are gone: the machine is the loop's alone
         bare.append(bare_loop(load, os.cpu_count() or 1, args.seconds))
     return {
+        "model_alone": model_cost(load, (1, 8) if load.key != "cnn" else (1, 64)),
         "cells": {f"{k}@{c}": cell.summary() for (k, c), cell in cells.items()},
         "bare_loop": {
             "threads": os.cpu_count(),
@@ -553,6 +582,38 @@ def ratio_table(rat: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def targets(rat: dict[str, dict[str, Any]]) -> list[str]:
+    """Issue 14's targets that this benchmark measures, each met or missed, per cell."""
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    lines = []
+    for key, r in rat.items():
+        wk, conc = key.split("@")
+        where = f"{WORKLOADS[wk]}, c={conc}"
+        if int(conc) >= 16 and "on_vs_best_peer" in r:
+            ok = r["on_vs_best_peer"] >= 1.3 and r["on_p99_vs_peer_p99"] <= 1.0
+            lines.append(
+                f"{where}: on ≥ 1.3× best peer ({r['best_peer']}) with p99 no worse: "
+                f"{r['on_vs_best_peer']:.2f}×, p99 {r['on_p99_vs_peer_p99']:.2f}× → {verdict(ok)}"
+            )
+        if "on_vs_off" in r:
+            ok = r["on_vs_off"] >= 0.97
+            lines.append(f"{where}: on ≥ 0.97× off: {r['on_vs_off']:.2f}× → {verdict(ok)}")
+        if wk == "jpeg" and conc == "64" and "on_vs_bare_loop" in r:
+            ok = r["on_vs_bare_loop"] >= 0.85
+            lines.append(
+                f"{where}: on ≥ 0.85× the bare loop: {r['on_vs_bare_loop']:.2f}× → {verdict(ok)}"
+            )
+        if conc == "64" and "on_rss_growth_mb" in r:
+            ok = r["on_rss_growth_mb"] <= 200
+            lines.append(
+                f"{where}: RSS ≤ idle + 200 MB: +{r['on_rss_growth_mb']:.0f} MB → {verdict(ok)}"
+            )
+    return lines
+
+
 def versions() -> dict[str, str]:
     out = {}
     for peer in PEERS:
@@ -586,6 +647,8 @@ def main() -> None:
     if args.serve:
         serve(args)
         return
+    # terminated (timeout, kill): unwind, so that every server's process tree is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         args.rounds, args.seconds, args.warm = 1, 1.0, 0.3
     if args.json is None and not args.quick:
@@ -625,9 +688,16 @@ def main() -> None:
     )
     if failed:
         print(f"failed: {json.dumps(failed)}\n")
+    for wk, res in results.items():
+        cost = ", ".join(f"{k} {v:.3f}" for k, v in res["model_alone"].items())
+        print(f"model alone (onnxruntime, 1 thread), {WORKLOADS[wk]}: {cost}")
+    print()
     print(table(results, args.concurrency))
     print()
     print(ratio_table(rat))
+    print("\nissue 14's targets (this run):")
+    for line in targets(rat):
+        print(f"- {line}")
     if args.json:
         payload = {
             "machine": info,
@@ -636,6 +706,7 @@ def main() -> None:
             "failed": failed,
             "results": results,
             "ratios": rat,
+            "targets": targets(rat),
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2, default=str))
