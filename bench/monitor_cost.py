@@ -13,8 +13,9 @@ Measured, for the default `device-input-drift` rule (psi_max, scope device, 300 
 - "incremental, first pass": `DeviceView` building its sums (one read of the window);
 - "incremental, next pass": the monitor's next round INTERVAL s later, after the fleet stored
   INTERVAL s more records: reading what arrived and what left, then every device's window from
-  the sums. Both give the same windows (tests/cloud_hub/test_monitoring_incremental.py; this
-  script checks a sample of devices too).
+  the sums. Both give the same windows
+  (tests/cloud_hub/monitoring/test_monitoring_incremental.py; this script checks a sample of
+  devices too).
 
     python bench/monitor_cost.py [--devices 1000] [--window 300] [--rate 3] [--interval 15]
 """

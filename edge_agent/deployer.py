@@ -187,10 +187,10 @@ class Deployer:
     def _apply_serving_settings(self, desired: DesiredState) -> None:
         """Serving params and threads take effect at once, whatever happens to the model."""
         if desired.params != self.params:
-            self.params = desired.params
+            self.params = desired.params  # in force from here: say so before saving it
+            log.info("serving params now %s", self.params.model_dump(exclude_defaults=True))
             with self.state_file.editing() as kept:
                 kept.params = self.params
-            log.info("serving params now %s", self.params.model_dump(exclude_defaults=True))
         if desired.threads != self.manager.threads:
             self.manager.threads = desired.threads
             with self.state_file.editing() as kept:

@@ -1,7 +1,7 @@
 """Authentication and the role every route declares.
 
 Every route of the API carries exactly one of the dependencies below in its decorator's
-`dependencies=[...]` (tests/cloud_hub/test_auth.py walks the app and fails on a route without
+`dependencies=[...]` (tests/cloud_hub/api/test_auth.py walks the app and fails on a route without
 one): it authenticates the caller and checks the role, so no route body holds auth code.
 
 - `PUBLIC`: no credential (the health check).

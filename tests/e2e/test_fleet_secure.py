@@ -206,8 +206,13 @@ def test_over_tls_a_model_deploys_logs_arrive_and_forged_messages_change_nothing
     wait_until(
         lambda: agent.status()["params"].get("min_score") == 0.01, 30, "the hub's new parameter"
     )
-    log = agent.stderr()
-    assert "'min_score': 0.01" in log and "'disabled': True" not in log
+
+    def logged() -> str | None:
+        text = agent.stderr()
+        return text if "'min_score': 0.01" in text else None
+
+    log = wait_until(logged, 10, "the agent's log of the new parameter")
+    assert "'disabled': True" not in log
     _predict(agent)
 
     wait_until(lambda: len(fleet.logs_at_hub("cam-1")) == 26, 30, "every log at the hub")

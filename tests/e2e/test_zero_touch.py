@@ -34,8 +34,8 @@ from cloud_hub.fleet.enroll_store import EnrollTokenCreate, EnrollTokenStore, Fl
 from cloud_hub.fleet.schemas import DeploymentCreate
 from cloud_hub.hub import Hub
 from tests.agent_processes import AgentProc
-from tests.cloud_hub.flashing.images import make_image
-from tests.cloud_hub.flashing.test_firstboot import fake_device, run_script
+from tests.cloud_hub.provisioning.flashing.images import make_image
+from tests.cloud_hub.provisioning.flashing.test_firstboot import fake_device, run_script
 from tests.conftest import BIN, REPO, SecureMosquitto, free_port, run_cli, wait_for_port
 from tests.e2e.test_fleet_loop import IRIS_SAMPLE, iris_onnx, register
 from tests.waiting import wait_until

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cloud_hub.flashing.images import make_image
+from tests.cloud_hub.provisioning.flashing.images import make_image
 
 TOKEN = "ept_FlashTestTokenDoNotPrint0123456789abcdef"
 PSK = "correct horse battery staple"

@@ -21,8 +21,14 @@ from cloud_hub.provisioning.flashing.partitions import (
     find_boot_partition,
     read_partitions,
 )
-from tests.cloud_hub.flashing.conftest import PSK, SSH_KEY, TOKEN, ImageFactory, wpa_psk
-from tests.cloud_hub.flashing.images import (
+from tests.cloud_hub.provisioning.flashing.conftest import (
+    PSK,
+    SSH_KEY,
+    TOKEN,
+    ImageFactory,
+    wpa_psk,
+)
+from tests.cloud_hub.provisioning.flashing.images import (
     BASIC_DATA,
     BOOT_OFFSET,
     CMDLINE,

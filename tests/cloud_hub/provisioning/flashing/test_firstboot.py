@@ -13,8 +13,14 @@ import sys
 from pathlib import Path
 
 from edge_agent.config import load_config, needs_enrollment
-from tests.cloud_hub.flashing.conftest import PSK, SSH_KEY, TOKEN, ImageFactory, wpa_psk
-from tests.cloud_hub.flashing.images import CMDLINE, copy_out
+from tests.cloud_hub.provisioning.flashing.conftest import (
+    PSK,
+    SSH_KEY,
+    TOKEN,
+    ImageFactory,
+    wpa_psk,
+)
+from tests.cloud_hub.provisioning.flashing.images import CMDLINE, copy_out
 from tests.conftest import run_cli
 
 HUB = "http://hub.example:8000"

@@ -21,7 +21,7 @@ from edge_agent.core.runtimes import Runtime, load_runtime
 from tests import model_zoo
 from tests.third_party import mediapipe_model
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "heads"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "heads"
 PHOTO = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"  # a photo sklearn ships
 
 # image 128 x 96 letterboxed into a 64 x 64 input: scale 0.5, 8 rows of padding top and bottom

@@ -87,7 +87,7 @@ def test_every_operation_conforms_to_the_openapi_document(app: tuple[FastAPI, Hu
     asgi, hub = app
     schema = schemathesis.openapi.from_asgi("/openapi.json", asgi, config=config(hub))
     # A live stream answered 200 never ends, so no request/response check can finish on it;
-    # its answers (401, 400 for a bad Last-Event-ID, the events): tests/cloud_hub/test_stream.py
+    # its answers (401, 400 for a bad Last-Event-ID, the events): tests/cloud_hub/web/test_stream.py
     schema = schema.exclude(path=STREAMS)
     problems: list[str] = []
     tested = 0

@@ -397,7 +397,7 @@ def test_a_version_from_before_heads_reads_as_its_default_head(
 
 
 # -- task heads of real models (examples/heads/) ------------------------------------------------
-EXAMPLE_HEADS = Path(__file__).resolve().parents[2] / "examples" / "heads"
+EXAMPLE_HEADS = Path(__file__).resolve().parents[3] / "examples" / "heads"
 
 
 def _kept(given: Any, stored: Any) -> bool:
