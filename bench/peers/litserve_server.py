@@ -54,7 +54,8 @@ def main() -> None:
     batching = {"max_batch_size": args.batch, "batch_timeout": args.batch_timeout}
     api = PeerAPI(args.mode, args.model, args.labels, **(batching if args.batch > 1 else {}))
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=60)
-    server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False)
+    # its logging as it comes (an access line per request, as the hub and BentoML write)
+    server.run(host="127.0.0.1", port=args.port, generate_client_file=False)
 
 
 if __name__ == "__main__":
