@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -39,9 +40,13 @@ if TYPE_CHECKING:
 API_PREFIX = "/api/v1"
 
 
-def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = None) -> FastAPI:
+def create_app(
+    hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = None, freeze_gc: bool = False
+) -> FastAPI:
     """The app; its lifespan runs the serving engine (endpoints), the training scheduler and,
-    when the settings name a broker (`mqtt_host`), the fleet's MQTT service."""
+    when the settings name a broker (`mqtt_host`), the fleet's MQTT service. `freeze_gc`: the
+    process is the app's alone (`hub serve`): freeze what start-up made (see the setting
+    `gc_freeze_after_start`)."""
     run_scheduler = hub.settings.run_scheduler if scheduler is None else scheduler
     run_fleet = hub.settings.mqtt_host is not None if fleet is None else fleet
 
@@ -66,6 +71,9 @@ def create_app(hub: Hub, *, scheduler: bool | None = None, fleet: bool | None = 
         app.state.fleet_service = service
         app.state.jobs = _start_jobs(hub, app.state.engine)
         app.state.monitor = _start_monitor(hub)
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()  # what start-up made lives as long as the app: never scan it again
         try:
             yield
         finally:

@@ -931,7 +931,7 @@ def hub_serve(
     )
     try:
         uvicorn.run(
-            create_app(hub),
+            create_app(hub, freeze_gc=settings.gc_freeze_after_start),
             host=host,
             port=port,
             log_level="info",

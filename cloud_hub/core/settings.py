@@ -218,6 +218,13 @@ class HubSettings(BaseModel):
         "up on every socket read and SQLite call and then wait up to this long behind a busy "
         "thread (the monitor, a request): short keeps ingest moving",
     )
+    gc_freeze_after_start: bool = Field(
+        default=True,
+        description="once the app has started (endpoints built, models loaded), move every "
+        "object alive into the garbage collector's permanent generation (gc.freeze), so full "
+        "collections under load scan only what requests allocate: they were the hub's p99 "
+        "stalls (issue 14)",
+    )
     # -- the live stream (GET /api/v1/stream) ----------------------------------------------
     stream_ring_events: int = Field(
         default=20_000,
