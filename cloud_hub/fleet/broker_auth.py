@@ -6,10 +6,11 @@ connection of its own account, never the hub's or another device's. Rights are p
 (`acl_rules`, the wire contract's topic kinds):
 
     account                      may publish                          may read (subscribe)
-    device {id}                  {root}/dev/{id}/status report logs   {root}/dev/{id}/desired
-                                 telemetry fetch result               chunk ack infer
+    device {id}                  {root}/dev/{id}/status report        {root}/dev/{id}/desired
+                                 variants logs telemetry fetch result chunk ack infer
     edgepilot-hub (fleet)        {root}/dev/+/desired chunk ack       {root}/dev/+/status report
-                                                                      logs telemetry fetch
+                                                                      variants logs telemetry
+                                                                      fetch
     edgepilot-hub-events-N       {root}/jobs/+, {root}/alerts         nothing
     edgepilot-hub-ingest-N       {root}/dev/+/ack                     {root}/dev/+/logs
     inference client (`infer`)   {root}/dev/{d}/infer                 {root}/dev/{d}/result
@@ -120,6 +121,7 @@ MOSQUITTO_MAX_PACKET = 268_435_455  # what MQTT's remaining-length field can say
 DEVICE_PUBLISHES: tuple[TopicKind, ...] = (
     "status",
     "report",
+    "variants",
     "logs",
     "telemetry",
     "fetch",
@@ -127,7 +129,14 @@ DEVICE_PUBLISHES: tuple[TopicKind, ...] = (
 )
 DEVICE_READS: tuple[TopicKind, ...] = ("desired", "chunk", "ack", "infer")
 HUB_PUBLISHES: tuple[TopicKind, ...] = ("desired", "chunk", "ack")
-HUB_READS: tuple[TopicKind, ...] = ("status", "report", "logs", "telemetry", "fetch")
+HUB_READS: tuple[TopicKind, ...] = (
+    "status",
+    "report",
+    "variants",
+    "logs",
+    "telemetry",
+    "fetch",
+)
 INFER_PUBLISHES: tuple[TopicKind, ...] = ("infer",)
 INFER_READS: tuple[TopicKind, ...] = ("result",)
 VIEWER_READS: tuple[TopicKind, ...] = ("status", "report", "logs", "telemetry")

@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FleetService", "Role", "build_client", "shared_logs_filter"]
 
-SUBSCRIBED: tuple[TopicKind, ...] = ("status", "report", "logs", "telemetry", "fetch")
+SUBSCRIBED: tuple[TopicKind, ...] = ("status", "report", "variants", "logs", "telemetry", "fetch")
 Role = Literal["hub", "ingest"]
 
 

@@ -9,6 +9,7 @@ chunks, which are binary: a small JSON header and the bytes. Topic root is confi
     {root}/dev/{id}/fetch      agent → hub: "send me bytes [offset, offset+length) of model X"
     {root}/dev/{id}/chunk      hub → agent: binary chunks answering fetches
     {root}/dev/{id}/report     agent → hub: deployment progress (downloading ... rolled_back)
+    {root}/dev/{id}/variants   agent → hub: the candidate artifacts measured for `--artifact auto`
     {root}/dev/{id}/logs       agent → hub: inference logs from the outbox, with sequence numbers
     {root}/dev/{id}/telemetry  agent → hub: telemetry samples from the outbox, same sequence
     {root}/dev/{id}/ack        hub → agent: highest contiguous sequence stored at the hub
@@ -53,7 +54,17 @@ DEFAULT_CHUNK_SIZE = 256 * 1024
 log = logging.getLogger(__name__)
 
 TopicKind = Literal[
-    "status", "desired", "fetch", "chunk", "report", "logs", "telemetry", "ack", "infer", "result"
+    "status",
+    "desired",
+    "fetch",
+    "chunk",
+    "report",
+    "variants",
+    "logs",
+    "telemetry",
+    "ack",
+    "infer",
+    "result",
 ]
 TOPIC_KINDS: tuple[TopicKind, ...] = (
     "status",
@@ -61,6 +72,7 @@ TOPIC_KINDS: tuple[TopicKind, ...] = (
     "fetch",
     "chunk",
     "report",
+    "variants",
     "logs",
     "telemetry",
     "ack",
@@ -190,6 +202,46 @@ class ServingParams(BaseModel):
     shadow_sample: float = Field(default=1.0, ge=0, le=1, strict=True)
 
 
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+MAX_CANDIDATES = 8
+MAX_THREAD_CHOICES = 4
+
+
+class AutoChoice(BaseModel):
+    """`--artifact auto`: the device measures each candidate (every artifact of the version it
+    can run whose accuracy is within the deployment's budget) at each thread count, on its own
+    hardware, and runs the fastest (lowest p50; ties go to the earlier candidate, then fewer
+    threads). `DesiredState.model` is the hub's default pick, one of the candidates: what runs
+    while measuring, and if no candidate can be measured."""
+
+    candidates: list[ModelRef] = Field(min_length=1, max_length=MAX_CANDIDATES)
+    accuracy: list[float | None] = Field(
+        default_factory=list,
+        description="each candidate's accuracy in the version's conversion report (for the "
+        "table); None where it has none",
+    )
+    threads: list[Annotated[int, Field(ge=1, le=64)]] = Field(
+        default_factory=lambda: [1, 2, 4],
+        min_length=1,
+        max_length=MAX_THREAD_CHOICES,
+        description="intra-op thread counts to try; the device leaves out those above its cores "
+        "(1 is always tried)",
+    )
+    warmup_runs: int = Field(default=5, ge=0, le=100)
+    timed_runs: int = Field(default=30, ge=5, le=1000)
+
+    @model_validator(mode="after")
+    def _one_version_distinct_bytes(self) -> AutoChoice:
+        shas = [c.sha256.lower() for c in self.candidates]
+        if len(set(shas)) != len(shas):
+            raise ValueError("auto: candidates must be distinct artifacts (sha256)")
+        if len({c.version_id for c in self.candidates}) != 1:
+            raise ValueError("auto: candidates must be artifacts of one version")
+        if self.accuracy and len(self.accuracy) != len(self.candidates):
+            raise ValueError("auto: one accuracy per candidate, or none")
+        return self
+
+
 class DesiredState(Message):
     device_id: str
     deployment_id: int | None = None
@@ -200,6 +252,11 @@ class DesiredState(Message):
         "(role 'shadow'), never returned",
     )
     threads: int = Field(default=1, ge=1)
+    auto: AutoChoice | None = Field(
+        default=None,
+        description="measure these candidates and run the fastest (`--artifact auto`); the "
+        "device reports the measurements on `variants`",
+    )
     probation: ProbationPolicy = Field(default_factory=ProbationPolicy)
     params: ServingParams = Field(default_factory=ServingParams)
     issued_at: float = Field(default_factory=now)
@@ -232,6 +289,13 @@ class DesiredState(Message):
             and self.shadow.version_id == self.model.version_id
         ):
             raise ValueError("shadow must be another version than the model")
+        if self.auto is not None:
+            if self.model is None:
+                raise ValueError("auto needs a model (the default pick)")
+            if self.model.sha256.lower() not in {c.sha256.lower() for c in self.auto.candidates}:
+                raise ValueError("auto: the model must be one of the candidates")
+            if self.auto.candidates[0].version_id != self.model.version_id:
+                raise ValueError("auto: candidates must be artifacts of the model's version")
         return self
 
 
@@ -253,6 +317,82 @@ class Report(Message):
     reason: str | None = None
     received_bytes: int | None = None
     ts: float = Field(default_factory=now)
+
+
+class VariantTiming(BaseModel):
+    """One candidate artifact at one thread count, measured on the device: load time, then
+    `timed_runs` single-row inferences after warm-up (p50, p99), and what loading it added to
+    the process's resident memory."""
+
+    sha256: Sha256
+    format: Literal["onnx", "tflite"]
+    precision: Literal["fp32", "int8"]
+    threads: int = Field(ge=1, le=64)
+    load_ms: float | None = Field(default=None, ge=0, le=3_600_000, allow_inf_nan=False)
+    p50_ms: float | None = Field(default=None, ge=0, le=3_600_000, allow_inf_nan=False)
+    p99_ms: float | None = Field(default=None, ge=0, le=3_600_000, allow_inf_nan=False)
+    rss_mb: float | None = Field(default=None, ge=0, le=1_048_576, allow_inf_nan=False)
+    runs: int = Field(default=0, ge=0, le=100_000)
+    error: str | None = Field(
+        default=None, max_length=500, description="why it could not be measured"
+    )
+
+    @model_validator(mode="after")
+    def _timed_or_failed(self) -> VariantTiming:
+        if self.error is None and (self.p50_ms is None or self.p99_ms is None):
+            raise ValueError("a timing without an error needs p50_ms and p99_ms")
+        return self
+
+
+class VariantReport(Message):
+    """What a device measured for an `auto` deployment, and what it chose to run."""
+
+    device_id: str
+    deployment_id: int
+    version_id: int
+    hardware: str = Field(default="", max_length=256)
+    cpu_count: int = Field(default=1, ge=1, le=4096)
+    timings: list[VariantTiming] = Field(
+        min_length=1, max_length=MAX_CANDIDATES * MAX_THREAD_CHOICES
+    )
+    chosen_sha256: Sha256 | None = Field(
+        default=None, description="None: no candidate could be measured"
+    )
+    chosen_threads: int | None = Field(default=None, ge=1, le=64)
+    ts: float = Field(default_factory=now)
+
+    @model_validator(mode="after")
+    def _chosen_was_measured(self) -> VariantReport:
+        if (self.chosen_sha256 is None) != (self.chosen_threads is None):
+            raise ValueError("chosen_sha256 and chosen_threads go together")
+        if self.chosen_sha256 is not None and not any(
+            t.sha256 == self.chosen_sha256 and t.threads == self.chosen_threads and t.error is None
+            for t in self.timings
+        ):
+            raise ValueError("the chosen variant is not among the measured timings")
+        return self
+
+
+#: Variants within this share of the best p50 count as equally fast (timing noise on a busy
+#: device): among them the hub's preference order decides, then fewer threads.
+VARIANT_TIE = 0.05
+
+
+def fastest_variant(
+    timings: list[VariantTiming], order: list[str] | None = None
+) -> VariantTiming | None:
+    """The variant to run: the lowest p50 of those measured without error. Variants within
+    `VARIANT_TIE` of it are a tie, settled by `order` (sha256s, the hub's preference: the
+    deployment's default pick first), then by fewer threads, so devices of one kind choose
+    alike and a re-measurement does not flip between two equals. Both sides decide with this
+    function: the agent to activate, the hub to check a report and to reuse it."""
+    rank = {sha: i for i, sha in enumerate(order or [])}
+    measured = [t for t in timings if t.error is None and t.p50_ms is not None]
+    if not measured:
+        return None
+    best = min(t.p50_ms for t in measured if t.p50_ms is not None)
+    near = [t for t in measured if t.p50_ms is not None and t.p50_ms <= best * (1 + VARIANT_TIE)]
+    return min(near, key=lambda t: (rank.get(t.sha256, len(rank)), t.threads, t.p50_ms))
 
 
 class LogRecord(BaseModel):
@@ -534,6 +674,9 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
               _HUB, "edge_agent.deployer"),
     TopicSpec("report", "agent", "hub", False, Report, "deployment progress: downloading ... "
               "active, failed, rolled_back, with the reason",
+              "edge_agent.agent", _HUB),
+    TopicSpec("variants", "agent", "hub", False, VariantReport, "the candidate artifacts of an "
+              "`auto` deployment measured on the device (load, p50, p99, RSS) and its choice",
               "edge_agent.agent", _HUB),
     TopicSpec("logs", "agent", "hub", False, LogBatch, "inference logs from the outbox, "
               "numbered in its epoch",
