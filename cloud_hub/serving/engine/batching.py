@@ -1,12 +1,18 @@
-"""Adaptive micro-batching: concurrent calls to one model are run as one batch.
+"""Adaptive micro-batching: concurrent calls to one model are run as batches, several at once.
 
-Callers hand their rows to `submit` and block on the answer. There is no batching thread: the
-first caller to arrive while no batch is running leads, in its own thread. It takes the calls
-waiting (its own first), up to `max_batch_size` rows, and waits up to `max_wait_ms` for more
-only while other requests are in flight (`pending()` says how many), so a lone caller neither
-waits nor changes threads. It runs the batch, gives every call its rows, and hands the lead to
-the oldest call still waiting (which is in the next batch), if any. If a merged batch fails,
-each call is run alone so only the bad one fails.
+Callers hand their rows to `submit` and block on the answer. There is no batching thread: a
+batch is gathered and run by one of its callers, its leader, in its own thread. Up to
+`concurrency` batches run at once (by default as many as the cores the model's intra-op
+threads leave free), so a batched model uses the machine's cores as an unbatched one does.
+
+One leader at a time gathers: it takes the calls waiting, oldest first (its own is the oldest),
+up to `max_batch_size` rows, waiting up to `max_wait_ms` for more only while other requests are
+in flight that are not already in a batch (`pending()` says how many are in flight), so a lone
+caller neither waits nor changes threads. Once it has its batch it runs it, and the gathering of
+the next batch passes to the oldest call still waiting, if fewer than `concurrency` batches are
+running; else the first batch to finish hands it on. Batches are thus formed strictly in
+arrival order (FIFO across batches). If a merged batch fails, each call is run alone so only the
+bad one fails.
 
 A call's rows are one array, or a dict of arrays by input name (a model of several inputs); the
 answer is an array, or every output by name (`Runtime.run`): a merged batch's inputs are joined
@@ -22,6 +28,7 @@ call taken into it is finished (with its rows or an error), so no caller is left
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -103,9 +110,15 @@ class _Call:
 
 
 class BatchStats:
-    def __init__(self) -> None:
+    def __init__(self, concurrency: int = 1) -> None:
         self._lock = threading.Lock()
         self.sizes: Counter[int] = Counter()
+        self.concurrency = concurrency  # batches that may run at once
+        self.most_at_once = 0  # the most that did
+
+    def running(self, batches: int) -> None:
+        with self._lock:
+            self.most_at_once = max(self.most_at_once, batches)
 
     def add(self, rows: int) -> None:
         with self._lock:
@@ -122,7 +135,22 @@ class BatchStats:
             "max_batch_size": max(sizes, default=0),
             "mean_batch_size": round(rows / batches, 3) if batches else 0.0,
             "batch_sizes": {str(k): sizes[k] for k in sorted(sizes)},
+            "concurrent_batches": self.concurrency,
+            "most_concurrent_batches": self.most_at_once,
         }
+
+
+def free_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_concurrency(intra_op_threads: int) -> int:
+    """How many batches of a model may run at once: the cores its intra-op threads leave free."""
+    return max(1, free_cores() // max(1, intra_op_threads))
 
 
 class MicroBatcher:
@@ -133,16 +161,20 @@ class MicroBatcher:
         *,
         pending: Callable[[], int] = lambda: 0,
         name: str = "model",
+        concurrency: int = 1,
     ) -> None:
         self._predict = predict
         self._spec = spec
         self._pending = pending
         self.name = name
-        self.stats = BatchStats()
+        self.concurrency = max(1, concurrency)
+        self.stats = BatchStats(self.concurrency if spec.enabled else 1)
         self._cond = threading.Condition()
         self._waiting: deque[_Call] = deque()
         self._rows_waiting = 0
-        self._leading = False  # a caller is gathering or running a batch
+        self._leaders = 0  # batches being gathered or run (≤ concurrency)
+        self._gathering = False  # one of them is gathering the next batch
+        self._calls_running = 0  # calls in batches that are running
 
     def submit(self, x: Rows) -> Answer:
         """The model's answer for the rows `x` (blocks until it is computed)."""
@@ -155,17 +187,20 @@ class MicroBatcher:
         with self._cond:
             self._waiting.append(call)
             self._rows_waiting += call.rows
-            lead = not self._leading
-            self._leading = True
+            # the queue was empty (else someone gathers, or every slot runs): this call is first
+            lead = not self._gathering and self._leaders < self.concurrency
+            if lead:
+                self._gathering = True
+                self._leaders += 1
             self._cond.notify()  # a leader waiting for more may take this one
         if not lead:
             call.wake.wait()
             if call.done:
                 return call.value()
-            # handed the lead: this call is the oldest waiting, so it is in the next batch
+            # handed the gathering: this call is the oldest waiting, so it is in the next batch
         calls: list[_Call] = []
         try:
-            calls = self._gather()
+            self._gather(calls)
             self._run(calls)
         except BaseException as exc:
             for c in calls:  # never leave a caller of this batch waiting
@@ -178,7 +213,7 @@ class MicroBatcher:
                         self._rows_waiting -= call.rows
                 raise
         finally:
-            self._hand_over()
+            self._finished(calls)
         assert call.done
         return call.value()
 
@@ -195,29 +230,41 @@ class MicroBatcher:
                     f"for {what}: a model must give one row per input row"
                 )
 
-    def _gather(self) -> list[_Call]:
+    def _gather(self, calls: list[_Call]) -> None:
+        """Take the next batch into `calls` (filled in place: a failure midway still shows
+        which calls were taken)."""
         limit = self._spec.max_batch_size
         deadline = time.monotonic() + self._spec.max_wait_ms / 1000
         with self._cond:
-            while self._rows_waiting < limit and self._others() > len(self._waiting):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                # others are in flight: give them a moment to join. A submit wakes this at
-                # once; a request that ends elsewhere (bad input, a cache hit, another route)
-                # does not, so the count is looked at again every millisecond
-                self._cond.wait(min(left, RECHECK_S))
-            calls = [self._waiting.popleft()]
-            rows = calls[0].rows
-            while (
-                self._waiting
-                and rows + self._waiting[0].rows <= limit
-                and _same_feeds([calls[0].x, self._waiting[0].x])
-            ):
-                calls.append(self._waiting.popleft())
-                rows += calls[-1].rows
-            self._rows_waiting -= rows
-        return calls
+            try:
+                while (
+                    self._rows_waiting < limit
+                    and self._others() > len(self._waiting) + self._calls_running
+                ):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    # others are in flight: give them a moment to join. A submit wakes this at
+                    # once; a request that ends elsewhere (bad input, a cache hit, another
+                    # route) does not, so the count is looked at again every millisecond
+                    self._cond.wait(min(left, RECHECK_S))
+                rows = 0
+                while self._waiting and (
+                    not calls
+                    or (
+                        rows + self._waiting[0].rows <= limit
+                        and _same_feeds([calls[0].x, self._waiting[0].x])
+                    )
+                ):
+                    calls.append(self._waiting.popleft())
+                    self._calls_running += 1
+                    rows += calls[-1].rows
+                    self._rows_waiting -= calls[-1].rows
+            finally:  # the next batch is gathered while this one runs
+                self._gathering = False
+                if calls:
+                    self.stats.running(self._leaders)  # no one else gathers: all of them run
+                self._pass_gathering()
 
     def _others(self) -> int:
         try:
@@ -225,12 +272,20 @@ class MicroBatcher:
         except Exception:  # a count gone wrong must not fail (or strand) the batch
             return 0
 
-    def _hand_over(self) -> None:
+    def _pass_gathering(self) -> None:
+        """With the lock held: the oldest call waiting gathers the next batch, if no one does
+        and a batch may start."""
+        if not self._gathering and self._waiting and self._leaders < self.concurrency:
+            self._gathering = True
+            self._leaders += 1
+            self._waiting[0].wake.set()  # not done: it leads the next batch
+
+    def _finished(self, calls: list[_Call]) -> None:
+        """A leader's batch is done (or its gathering failed): its slot is free."""
         with self._cond:
-            if self._waiting:
-                self._waiting[0].wake.set()  # not done: it leads the next batch
-            else:
-                self._leading = False
+            self._calls_running -= len(calls)
+            self._leaders -= 1
+            self._pass_gathering()
 
     def _run(self, calls: list[_Call]) -> None:
         if len(calls) == 1:
@@ -265,6 +320,11 @@ class MicroBatcher:
             return
         self.stats.add(call.rows)
         call.finish(result)
+
+    def queued(self) -> int:
+        """Calls waiting for a batch."""
+        with self._cond:
+            return len(self._waiting)
 
     def close(self) -> None:
         """Nothing to stop: batches run in the callers' threads."""

@@ -21,8 +21,8 @@ from pydantic import ValidationError
 
 from cloud_hub.core.errors import NotFound, RegistryError
 from cloud_hub.registry.schemas import Artifact, Version
-from cloud_hub.serving.engine.batch_policy import BatchingChoice, measure
-from cloud_hub.serving.engine.batching import MicroBatcher
+from cloud_hub.serving.engine.batch_policy import POLICIES, BatchingChoice, PolicyCache, PolicyKey
+from cloud_hub.serving.engine.batching import MicroBatcher, default_concurrency
 from cloud_hub.serving.engine.errors import SpecError
 from cloud_hub.serving.engine.spec import BatchingSpec, ModelRef
 from edge_agent.core.heads import HeadError, check_head, default_head, parse_head
@@ -117,8 +117,11 @@ def load_model(
     batching: BatchingSpec,
     pending: Callable[[], int],
     step: str | None = None,
+    policies: PolicyCache = POLICIES,
 ) -> LoadedModel:
-    """Resolve, fetch and load one version; SpecError (naming `step`) when any of it fails."""
+    """Resolve, fetch and load one version; SpecError (naming `step`) when any of it fails.
+    With `batching.enabled: "auto"`, whether to batch comes from `policies` (measured, or as
+    measured for the same artifact before)."""
     where = f"model {alias!r} ({ref.ref})"
     try:
         version = registry.resolve_version(ref.ref)
@@ -145,12 +148,16 @@ def load_model(
         labels = tuple(head.labels)
     loaded = LoadedModel(alias, version, artifact, runtime, labels, classes, head)
     if batching.enabled == "auto":
-        loaded.batching = choice = measure(runtime, batching.max_batch_size)
+        key = PolicyKey(artifact.sha256, ref.threads, batching.max_batch_size)
+        loaded.batching = choice = policies.choose(key, runtime)
         batching = batching.model_copy(
             update={"enabled": choice.enabled, "max_batch_size": choice.max_batch_size}
         )
     if batching.enabled:
-        loaded.batcher = MicroBatcher(runtime.run, batching, pending=pending, name=alias)
+        concurrency = batching.max_concurrent_batches or default_concurrency(ref.threads)
+        loaded.batcher = MicroBatcher(
+            runtime.run, batching, pending=pending, name=alias, concurrency=concurrency
+        )
     return loaded
 
 

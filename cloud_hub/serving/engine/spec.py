@@ -45,6 +45,13 @@ class BatchingSpec(BaseModel):
     max_wait_ms: float = Field(
         default=2.0, ge=0, le=1000, description="longest a row waits for others to join it"
     )
+    max_concurrent_batches: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="batches of one model run at once [default: the cores the model's "
+        "runtime threads leave free, at least 1]",
+    )
 
 
 class StepSpec(BaseModel):

@@ -11,7 +11,14 @@ from fastapi.testclient import TestClient
 from cloud_hub.devtools.synthetic_models import random_mlp
 from cloud_hub.hub import Hub
 from cloud_hub.registry.registry import NewArtifact
-from cloud_hub.serving.engine.batch_policy import MIN_SAVING_US, decide, measure
+from cloud_hub.serving.engine.batch_policy import (
+    LOAD_SHIFT,
+    MIN_SAVING_US,
+    PolicyCache,
+    PolicyKey,
+    decide,
+    measure,
+)
 from edge_agent.core.runtimes import load_runtime
 from tests.model_zoo import fixed_batch_model, multi_input_model
 
@@ -95,3 +102,67 @@ def test_an_endpoint_batches_by_default_only_the_model_that_pays(
     assert client.post(API, json=forced).status_code == 201
     got = stats(client, "policy-forced")["m"]
     assert "policy" not in got and "batches" in got
+
+
+def test_a_decision_is_reused_for_the_same_artifact_until_the_load_moves() -> None:
+    load = [0.2]
+    clock = [1_000_000.0]
+    cache = PolicyCache(load=lambda: load[0], shift=0.5, clock=lambda: clock[0])
+    tiny = load_runtime(random_mlp(64, 64, 1), "onnx", threads=1)
+    key = PolicyKey("sha-tiny", 1, 64)
+    first = cache.choose(key, tiny)
+    assert cache.measured == 1 and not first.reused
+    described = first.describe()
+    assert described["measured_at"] == "1970-01-12T13:46:40+00:00"
+    assert described["load_per_core"] == 0.2 and described["reused"] is False
+
+    clock[0] += 60
+    load[0] = 0.6  # moved, but within the shift: the same decision, not measured again
+    again = cache.choose(key, tiny)
+    assert cache.measured == 1 and again.reused
+    assert again.describe()["measured_at"] == described["measured_at"]
+    assert again.us_per_row == first.us_per_row
+
+    # another thread count or batch cap is another decision
+    cache.choose(PolicyKey("sha-tiny", 2, 64), tiny)
+    cache.choose(PolicyKey("sha-tiny", 1, 16), tiny)
+    assert cache.measured == 3
+
+    load[0] = 1.4  # the machine got busy since it was measured: measured again, under load
+    busy = cache.choose(key, tiny)
+    assert cache.measured == 4 and not busy.reused
+    assert busy.describe()["load_per_core"] == 1.4
+    assert busy.describe()["measured_at"] == "1970-01-12T13:47:40+00:00"
+    load[0] = 1.2
+    assert cache.choose(key, tiny).reused  # near the new measurement's load
+
+
+def test_a_load_source_that_fails_or_says_nothing_still_decides() -> None:
+    tiny = load_runtime(random_mlp(64, 64, 1), "onnx", threads=1)
+
+    def broken() -> float:
+        raise OSError("no load average here")
+
+    for source in (broken, lambda: None):
+        cache = PolicyCache(load=source)
+        key = PolicyKey("sha", 1, 64)
+        assert cache.choose(key, tiny).describe()["load_per_core"] is None
+        assert cache.choose(key, tiny).reused and cache.measured == 1
+
+
+def test_an_endpoint_rebuilt_on_the_same_artifact_says_when_its_policy_was_measured(
+    client: TestClient,
+) -> None:
+    resp = client.post(API, json=model_endpoint("policy-when", "digits/digits-mlp:1", None))
+    assert resp.status_code == 201, resp.text
+    policy = stats(client, "policy-when")["m"]["policy"]
+    assert {"measured_at", "load_per_core", "reused"} <= set(policy)
+    changed = model_endpoint("policy-when", "digits/digits-mlp:1", None)
+    changed["description"] = "the same model, another description"
+    assert client.put(f"{API}/policy-when", json=changed).status_code == 200
+    again = stats(client, "policy-when")["m"]["policy"]
+    # the same decision, unless the machine's load moved markedly meanwhile (measured anew)
+    loads = (again["load_per_core"], policy["load_per_core"])
+    moved = None not in loads and abs(loads[0] - loads[1]) > LOAD_SHIFT - 0.01
+    assert again["reused"] or moved
+    assert again["enabled"] is policy["enabled"] is False
