@@ -223,8 +223,19 @@ def deploy(
     tag: Annotated[str | None, typer.Option(help="Target every device with this tag.")] = None,
     group: Annotated[str | None, typer.Option(help="Target every device of this group.")] = None,
     artifact: Annotated[
-        str, typer.Option(help="'best' (per device runtime) or FORMAT/PRECISION, e.g. onnx/int8.")
+        str,
+        typer.Option(
+            help="'best' (per device runtime), FORMAT/PRECISION (e.g. onnx/int8), or 'auto': "
+            "each device measures the artifacts it can run and runs the fastest."
+        ),
     ] = "best",
+    accuracy_budget: Annotated[
+        float | None,
+        typer.Option(
+            help="With --artifact auto: accuracy points a candidate may lose against the "
+            "best artifact (default 1)."
+        ),
+    ] = None,
     strategy: Annotated[Strategy, typer.Option(help="all_at_once or canary.")] = "all_at_once",
     canary_count: Annotated[int | None, typer.Option(help="Canary devices.")] = None,
     canary_percent: Annotated[float | None, typer.Option(help="Canary share (0-100].")] = None,
@@ -274,6 +285,7 @@ def deploy(
         body = DeploymentCreate(
             version=version,
             artifact=artifact,
+            accuracy_budget=accuracy_budget,
             device=device[0] if device and len(device) == 1 else None,
             devices=device if device and len(device) > 1 else None,
             tag=tag,
@@ -341,13 +353,16 @@ def deployments_show(
     deployment_id: Annotated[int, typer.Argument(metavar="ID")],
     json_out: JsonOpt = False,
 ) -> None:
-    """Show a deployment with each device's state."""
+    """Show a deployment with each device's state; for `--artifact auto`, each device's
+    measurements and choice."""
     with user_errors():
         dep = _state(ctx).hub.fleet.deployments.get(deployment_id)
     if json_out:
         render.print_json(dep)
     else:
         render.console.print(render.deployment_table(dep))
+        for table in render.variant_tables(dep):
+            render.console.print(table)
 
 
 @deployments_app.command("shadow")

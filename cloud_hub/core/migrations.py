@@ -512,4 +512,35 @@ MIGRATIONS: tuple[Migration, ...] = (
         "for the live views",
         ("ALTER TABLE devices ADD COLUMN status_since REAL",),
     ),
+    Migration(
+        16,
+        "--artifact auto: a deployment's accuracy budget; per device the candidate artifacts it "
+        "measures, the threads and how the artifact was chosen; the measurements, per hardware "
+        "type, reused for the next device of that type",
+        (
+            "ALTER TABLE deployments ADD COLUMN accuracy_budget REAL",
+            "ALTER TABLE deployment_devices ADD COLUMN candidate_artifact_ids TEXT",
+            "ALTER TABLE deployment_devices ADD COLUMN threads INTEGER",
+            "ALTER TABLE deployment_devices ADD COLUMN choice TEXT",
+            """CREATE TABLE variant_timings (
+                id INTEGER PRIMARY KEY,
+                device_id TEXT NOT NULL,
+                deployment_id INTEGER NOT NULL,
+                version_id INTEGER NOT NULL,
+                hardware TEXT NOT NULL,
+                cpu_count INTEGER NOT NULL,
+                artifact_id INTEGER NOT NULL,
+                threads INTEGER NOT NULL,
+                load_ms REAL,
+                p50_ms REAL,
+                p99_ms REAL,
+                rss_mb REAL,
+                runs INTEGER NOT NULL,
+                error TEXT,
+                measured_at TEXT NOT NULL)""",
+            "CREATE UNIQUE INDEX variant_timings_one "
+            "ON variant_timings (deployment_id, device_id, artifact_id, threads)",
+            "CREATE INDEX variant_timings_kind ON variant_timings (version_id, hardware)",
+        ),
+    ),
 )

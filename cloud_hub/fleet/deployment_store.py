@@ -9,6 +9,7 @@ caller's transaction holds what it reads and writes together.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
@@ -89,11 +90,45 @@ def insert_device(
     state: str,
     artifact_id: int | None,
     shadow_artifact_id: int | None = None,
+    candidate_artifact_ids: list[int] | None = None,
+    threads: int | None = None,
+    choice: str | None = None,
 ) -> None:
+    """`candidate_artifact_ids` (`--artifact auto`, in the hub's preference order): what the
+    device measures before `choice` says how `artifact_id` (and `threads`) were settled."""
     conn.execute(
         "INSERT INTO deployment_devices (deployment_id, device_id, phase, state, "
-        "artifact_id, shadow_artifact_id) VALUES (?, ?, ?, ?, ?, ?)",
-        [deployment_id, device_id, phase, state, artifact_id, shadow_artifact_id],
+        "artifact_id, shadow_artifact_id, candidate_artifact_ids, threads, choice) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            deployment_id,
+            device_id,
+            phase,
+            state,
+            artifact_id,
+            shadow_artifact_id,
+            None if candidate_artifact_ids is None else json.dumps(candidate_artifact_ids),
+            threads,
+            choice,
+        ],
+    )
+
+
+def set_choice(
+    conn: sqlite3.Connection,
+    deployment_id: int,
+    device_id: str,
+    *,
+    artifact_id: int,
+    threads: int | None,
+    choice: str,
+    now: str,
+) -> None:
+    """The artifact (and threads) an `auto` device runs, and how that was settled."""
+    conn.execute(
+        "UPDATE deployment_devices SET artifact_id = ?, threads = ?, choice = ?, updated_at = ? "
+        "WHERE deployment_id = ? AND device_id = ?",
+        [artifact_id, threads, choice, now, deployment_id, device_id],
     )
 
 
@@ -146,10 +181,14 @@ def supersede(conn: sqlite3.Connection, device_id: str, new_id: int, now: str) -
 
 def assignment(conn: sqlite3.Connection, deployment_id: int, device_id: str) -> sqlite3.Row | None:
     """The device's row of the deployment with the deployment's version and params: state,
-    version_id, artifact_id, shadow_artifact_id, threads, probation, params, shadow_version_id."""
+    version_id, artifact_id, shadow_artifact_id, threads (the device's own, chosen by `auto`,
+    else the deployment's), probation, params, shadow_version_id, artifact (the deployment's
+    choice), accuracy_budget, candidate_artifact_ids (JSON or None), choice."""
     return conn.execute(
-        "SELECT dd.state, dd.artifact_id, dd.shadow_artifact_id, d.version_id, d.threads, "
-        "d.probation, d.params, d.shadow_version_id FROM deployment_devices dd "
+        "SELECT dd.state, dd.artifact_id, dd.shadow_artifact_id, d.version_id, "
+        "COALESCE(dd.threads, d.threads) AS threads, d.probation, d.params, "
+        "d.shadow_version_id, d.artifact, d.accuracy_budget, dd.candidate_artifact_ids, "
+        "dd.choice FROM deployment_devices dd "
         "JOIN deployments d ON d.id = dd.deployment_id "
         "WHERE dd.deployment_id = ? AND dd.device_id = ?",
         [deployment_id, device_id],

@@ -42,6 +42,13 @@ from cloud_hub.fleet.schemas import (
     ShadowDeviceReport,
     ShadowReport,
 )
+from cloud_hub.fleet.variant_choice import (
+    AUTO,
+    DEFAULT_BUDGET_POINTS,
+    Candidates,
+    VariantChoices,
+    candidates_for,
+)
 from cloud_hub.predlog import device_logs
 from cloud_hub.registry.registry import Registry, artifact_files, utcnow
 from cloud_hub.registry.schemas import Artifact, Version
@@ -116,23 +123,28 @@ class DeploymentStore:
             ProbationPolicy(**body.probation)
         except (ValidationError, TypeError) as exc:
             raise InvalidInput(f"probation policy is invalid: {exc}") from None
-        parse_choice(body.artifact)
+        if body.artifact != AUTO:
+            parse_choice(body.artifact)
+            if body.accuracy_budget is not None:
+                raise InvalidInput("accuracy_budget needs artifact 'auto'")
 
-    def create(self, body: DeploymentCreate) -> Deployment:
-        kind, value = _target(body)
-        self._validate(body)
-        version = self.registry.resolve_version(body.version)
-        if version.status == "failed":
-            raise InvalidInput(
-                f"version {version.ref} failed its checks ({version.status_reason}); "
-                "it cannot be deployed"
-            )
-        shadow = self._shadow_version(body, version)
-        targets = self._targets(kind, value)
+    def _choose(
+        self, body: DeploymentCreate, version: Version, targets: builtins.list[Device]
+    ) -> tuple[dict[str, Artifact], dict[str, Candidates]]:
+        """Each device's artifact (for `auto`: its default pick) and, for `auto`, its
+        candidates; InvalidInput naming the devices that can run none."""
         choices: dict[str, Artifact] = {}
+        autos: dict[str, Candidates] = {}
         missing = []
+        budget = DEFAULT_BUDGET_POINTS if body.accuracy_budget is None else body.accuracy_budget
         for device in targets:
-            art = choose_artifact(version.artifacts, device.runtimes, body.artifact)
+            if body.artifact == AUTO:
+                found = candidates_for(version.artifacts, device.runtimes, budget)
+                if found is not None:
+                    autos[device.id] = found
+                art = None if found is None else found.default
+            else:
+                art = choose_artifact(version.artifacts, device.runtimes, body.artifact)
             if art is None:
                 missing.append(f"{device.id} (runs {', '.join(device.runtimes)})")
             else:
@@ -145,6 +157,21 @@ class DeploymentStore:
                 f"version {version.ref} has no {body.artifact!r} artifact that "
                 f"{'; '.join(missing)} can run (it has: {have or 'none usable'})"
             )
+        return choices, autos
+
+    def create(self, body: DeploymentCreate) -> Deployment:
+        kind, value = _target(body)
+        self._validate(body)
+        version = self.registry.resolve_version(body.version)
+        if version.status == "failed":
+            raise InvalidInput(
+                f"version {version.ref} failed its checks ({version.status_reason}); "
+                "it cannot be deployed"
+            )
+        shadow = self._shadow_version(body, version)
+        targets = self._targets(kind, value)
+        choices, autos = self._choose(body, version, targets)
+        missing = []
         shadow_choices: dict[str, Artifact] = {}
         if shadow is not None:
             assert body.shadow is not None
@@ -180,6 +207,15 @@ class DeploymentStore:
                     "failure_threshold": body.failure_threshold,
                     "promote_after_s": promote_after_s,
                     "threads": body.threads,
+                    "accuracy_budget": (
+                        (
+                            DEFAULT_BUDGET_POINTS
+                            if body.accuracy_budget is None
+                            else body.accuracy_budget
+                        )
+                        if body.artifact == AUTO
+                        else None
+                    ),
                     "probation": json.dumps(body.probation),
                     "params": _params_json(body.params),
                     "status": "canary" if body.strategy == "canary" else "rolling_out",
@@ -199,6 +235,9 @@ class DeploymentStore:
                     state="pending" if first else "waiting",
                     artifact_id=choices[device.id].id,
                     shadow_artifact_id=shadow_art.id if shadow_art is not None else None,
+                    candidate_artifact_ids=(
+                        [a.id for a in autos[device.id].ordered] if device.id in autos else None
+                    ),
                 )
         return self.get(deployment_id)
 
@@ -383,12 +422,21 @@ class DeploymentStore:
             a = None if artifact_id is None else files.get(artifact_id)
             return None if a is None else f"{a['format']}/{a['precision']}"
 
+        variants = VariantChoices(self.db)
+
+        def candidates(r: sqlite3.Row) -> builtins.list[str]:
+            ids = json.loads(r["candidate_artifact_ids"] or "[]")
+            found = artifact_files(conn, ids)
+            return [f"{found[i]['format']}/{found[i]['precision']}" for i in ids if i in found]
+
         devices = [
             model_from_row(
                 DeploymentDevice,
                 r,
                 artifact=kind(r["artifact_id"]),
                 shadow_artifact=kind(r["shadow_artifact_id"]),
+                candidates=candidates(r),
+                variants=variants.table(d["id"], r["device_id"]),
             )
             for r in rows
         ]

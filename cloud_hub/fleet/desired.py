@@ -14,9 +14,16 @@ from cloud_hub.core.db import Database
 from cloud_hub.core.errors import NotFound
 from cloud_hub.fleet import deployment_store as store
 from cloud_hub.registry.registry import Registry, artifact_files
+from cloud_hub.registry.schemas import Version
 from cloud_hub.registry.signature import head_for_artifact
 from cloud_hub.registry.signing import HubSigner
-from edge_agent.core.wire import DesiredState, ModelRef, ProbationPolicy, ServingParams
+from edge_agent.core.wire import (
+    AutoChoice,
+    DesiredState,
+    ModelRef,
+    ProbationPolicy,
+    ServingParams,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +64,38 @@ class DesiredStates:
             model=model,
             shadow=shadow,
             threads=row["threads"],
+            auto=self._auto(row),
             probation=ProbationPolicy(**json.loads(row["probation"])),
             params=_params(json.loads(row["params"]), deployment_id),
         )
 
-    def _ref(self, version_id: int, fmt: str, precision: str, sha256: str, size: int) -> ModelRef:
-        version = self.registry.get_version_by_id(version_id)
+    def _auto(self, row: Any) -> AutoChoice | None:
+        """The candidates to measure, while an `auto` device's choice is not settled."""
+        ids = json.loads(row["candidate_artifact_ids"] or "[]")
+        if row["choice"] is not None or not ids:
+            return None
+        files = artifact_files(self.db.conn, ids)
+        version = self.registry.get_version_by_id(int(row["version_id"]))
+        accuracy = {a.id: a.metrics.get("accuracy") for a in version.artifacts}
+        arts = [files[i] for i in ids if i in files]
+        return AutoChoice(
+            candidates=[
+                self._ref(version.id, a["format"], a["precision"], a["sha256"], a["size"], version)
+                for a in arts
+            ],
+            accuracy=[_number(accuracy.get(int(a["id"]))) for a in arts],
+        )
+
+    def _ref(
+        self,
+        version_id: int,
+        fmt: str,
+        precision: str,
+        sha256: str,
+        size: int,
+        version: Version | None = None,
+    ) -> ModelRef:
+        version = version or self.registry.get_version_by_id(version_id)
         signature = next((a.signature for a in version.artifacts if a.sha256 == sha256), {})
         return ModelRef(
             version_id=version.id,
@@ -76,6 +109,10 @@ class DesiredStates:
             labels=version.labels,
             head=head_for_artifact(version.head, signature),
         )
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _params(stored: dict[str, Any], deployment_id: int) -> ServingParams:

@@ -601,6 +601,23 @@ def claim_desired(
     return cur.rowcount == 1
 
 
+def retarget_desired(
+    conn: sqlite3.Connection, device_id: str, deployment_id: int, artifact_id: int
+) -> None:
+    """The device's desired deployment now gets another of its artifacts (`--artifact auto`
+    settled): fetches are allowed for that one."""
+    conn.execute(
+        "UPDATE devices SET desired_artifact_id = ? WHERE id = ? AND desired_deployment_id = ?",
+        [artifact_id, device_id, deployment_id],
+    )
+
+
+def hardware_of(conn: sqlite3.Connection, device_id: str) -> str:
+    """The device's hardware type as registered or enrolled ("" when none is known)."""
+    row = conn.execute("SELECT hardware FROM devices WHERE id = ?", [device_id]).fetchone()
+    return "" if row is None or row[0] is None else str(row[0])
+
+
 def desired_of(conn: sqlite3.Connection, device_id: str) -> tuple[int | None, int | None] | None:
     """(desired deployment id, desired artifact id) of the device (None: no such device)."""
     row = conn.execute(

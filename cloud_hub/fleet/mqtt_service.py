@@ -51,6 +51,7 @@ from cloud_hub.fleet.metrics_store import MetricsStore
 from cloud_hub.fleet.observer import FleetObserver
 from cloud_hub.fleet.presence import Presence
 from cloud_hub.fleet.rollout import Assignment, Rollout
+from cloud_hub.fleet.variant_choice import VariantChoices
 from cloud_hub.registry.artifacts import ArtifactStore
 from cloud_hub.registry.registry import Registry
 from cloud_hub.registry.signing import HubSigner
@@ -65,6 +66,7 @@ from edge_agent.core.wire import (
     TelemetryBatch,
     TopicKind,
     Topics,
+    VariantReport,
     WireError,
 )
 
@@ -160,6 +162,9 @@ class FleetService:
         self.presence = Presence(db)
         self.metrics = MetricsStore(db, settings)
         self.desired = DesiredStates(db, registry, signer)
+        self.variants = VariantChoices(db)
+        self._resettled: set[Assignment] = set()  # auto choices made: publish those again
+        self._resettled_lock = threading.Lock()
         self.db = db
         self.client = client or build_client(settings)
         self.chunk_size = settings.chunk_size
@@ -324,8 +329,18 @@ class FleetService:
                 if not self._publish_desired(a):
                     self._republish.set()
                     return
+        with self._resettled_lock:
+            resettled, self._resettled = self._resettled, set()
+        for a in sorted(resettled, key=lambda a: (a.deployment_id, a.device_id)):
+            if self.rollout.is_current(a) and not self._publish_desired(a):
+                with self._resettled_lock:
+                    self._resettled.add(a)
+                return
         for a in self.rollout.unpublished():
-            if self._stopping.is_set() or not self.rollout.claim_desired(a):
+            if self._stopping.is_set():
+                continue
+            self.variants.reuse(a.deployment_id, a.device_id)  # an auto choice known for its kind
+            if not self.rollout.claim_desired(a):
                 continue
             if not self._publish_desired(a):
                 return  # not connected: try again on the next round
@@ -411,6 +426,15 @@ class FleetService:
                 self.rollout.evaluate(deployment_id)
             if self.observer is not None:
                 self.observer.report_applied(device_id, deployment_id)
+        elif kind == "variants":  # an auto deployment's measurements: the choice is settled
+            variants = VariantReport.loads(payload)
+            self._same_device(device_id, variants.device_id)
+            if self.variants.apply_report(device_id, variants):
+                with self._resettled_lock:  # published from the poll loop, not this thread
+                    self._resettled.add(Assignment(variants.deployment_id, device_id))
+            self._count("variant_reports")
+            if self.observer is not None:
+                self.observer.report_applied(device_id, variants.deployment_id)
         elif kind == "logs":  # stored, then acked (or refused), by the ingest worker
             logs = LogBatch.loads(payload)
             self._same_device(device_id, logs.device_id)

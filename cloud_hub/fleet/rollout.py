@@ -13,6 +13,7 @@ Decisions, made by `evaluate` (after every report and on the service's poll):
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
@@ -171,6 +172,11 @@ class Rollout:
                 artifact_id=row["artifact_id"],
             )
 
+    def is_current(self, a: Assignment) -> bool:
+        """Whether `a` is still its device's desired deployment."""
+        desired = devices.desired_of(self.db.conn, a.device_id)
+        return desired is not None and desired[0] == a.deployment_id
+
     def mark_published(self, a: Assignment) -> None:
         now = utcnow()
         with self.db.transaction() as db:
@@ -181,7 +187,8 @@ class Rollout:
         return None if desired is None else self._sha256(desired[1])
 
     def fetchable_sha256s(self, device_id: str) -> list[str]:
-        """What the device may fetch: its desired artifact, then its desired shadow's."""
+        """What the device may fetch: its desired artifact, then its desired shadow's, and
+        while an `auto` choice is not settled, every candidate."""
         conn = self.db.conn
         desired = devices.desired_of(conn, device_id)
         if desired is None:
@@ -191,6 +198,10 @@ class Rollout:
         row = None if deployment_id is None else store.assignment(conn, deployment_id, device_id)
         if row is not None and (sha := self._sha256(row["shadow_artifact_id"])) is not None:
             found.append(sha)
+        if row is not None and row["choice"] is None and row["candidate_artifact_ids"]:
+            ids = json.loads(row["candidate_artifact_ids"])
+            files = artifact_files(conn, ids)
+            found += [str(files[i]["sha256"]) for i in ids if i in files]
         return found
 
     def _sha256(self, artifact_id: int | None) -> str | None:

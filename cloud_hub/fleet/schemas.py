@@ -103,7 +103,18 @@ class ShadowCreate(BaseModel):
 
 class DeploymentCreate(BaseModel):
     version: str = Field(description="PROJECT/MODEL[:N] or a version id")
-    artifact: str = Field(default="best", description="'best' or FORMAT/PRECISION, e.g. onnx/int8")
+    artifact: str = Field(
+        default="best",
+        description="'best', FORMAT/PRECISION (e.g. onnx/int8), or 'auto': each device measures "
+        "the artifacts it can run within `accuracy_budget` and runs the fastest",
+    )
+    accuracy_budget: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="'auto' only: accuracy points below the best artifact's that a candidate "
+        "may lose (default 1)",
+    )
     device: str | None = None
     devices: list[str] | None = Field(
         default=None,
@@ -144,6 +155,25 @@ class DeploymentCreate(BaseModel):
 ShadowState = Literal["transferring", "verified", "active", "failed", "rolled_back"]
 
 
+class VariantRow(BaseModel):
+    """One candidate artifact at one thread count, as a device measured it (`--artifact auto`)."""
+
+    artifact: str = Field(description="FORMAT/PRECISION")
+    artifact_id: int
+    threads: int
+    load_ms: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+    rss_mb: float | None = Field(description="what loading and running it added to the RSS")
+    runs: int
+    error: str | None
+    hardware: str = Field(description="the hardware type it was measured on")
+    source: Literal["measured", "reused"] = Field(
+        description="measured on this device, or on another of its hardware type"
+    )
+    chosen: bool
+
+
 class DeploymentDevice(BaseModel):
     device_id: str
     phase: Literal["canary", "rest"]
@@ -157,6 +187,19 @@ class DeploymentDevice(BaseModel):
         default=None, description="the shadow's progress on the device (None: not yet reported)"
     )
     shadow_reason: str | None = None
+    threads: int | None = Field(
+        default=None, description="the device's threads when `auto` chose them"
+    )
+    choice: Literal["measured", "reused", "default"] | None = Field(
+        default=None,
+        description="`auto`: how the artifact was settled (None: not yet, or not auto)",
+    )
+    candidates: list[str] = Field(
+        default_factory=list, description="`auto`: the artifacts the device measures"
+    )
+    variants: list[VariantRow] = Field(
+        default_factory=list, description="`auto`: what was measured, fastest first"
+    )
 
 
 class Deployment(BaseModel):
@@ -174,6 +217,7 @@ class Deployment(BaseModel):
     failure_threshold: float
     promote_after_s: float
     threads: int = 1
+    accuracy_budget: float | None = None
     probation: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
     shadow_version_id: int | None = None

@@ -29,6 +29,7 @@ from cloud_hub.cli.render.fleet import (
     shadow_table,
     sparkline,
     token_uses,
+    variant_tables,
 )
 from cloud_hub.cli.render.monitoring import alerts_table, rules_table, windows_table
 from cloud_hub.cli.render.registry import (
@@ -97,6 +98,7 @@ __all__ = [
     "runs_table",
     "schedules_table",
     "shadow_table",
+    "variant_tables",
     "show_ab",
     "show_endpoint",
     "show_load_test",

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from cloud_hub.cli.render.base import ident, ms_of, num, pct, styled, text, when
+from cloud_hub.cli.render.base import ident, ms, ms_of, num, pct, styled, text, when
 from cloud_hub.fleet.enroll_store import EnrollToken
 from cloud_hub.fleet.schemas import Deployment, Device, ShadowReport
 
@@ -126,6 +126,12 @@ def deployment_table(dep: Deployment) -> Table:
         extra.append("params " + ", ".join(f"{k}={v}" for k, v in dep.params.items()))
     if dep.promoted_from is not None:
         extra.append(f"promoted from deployment {dep.promoted_from}")
+    auto = dep.artifact == "auto"
+    if auto:
+        extra.append(
+            f"artifact auto: each device runs the fastest it measured within "
+            f"{dep.accuracy_budget or 0:g} accuracy points of the best"
+        )
     columns = [
         ident("device"),
         text("phase"),
@@ -137,6 +143,8 @@ def deployment_table(dep: Deployment) -> Table:
     ]
     if dep.shadow_version:
         columns[4:4] = [ident("shadow"), text("shadow state")]
+    if auto:
+        columns[3:3] = [num("threads"), text("chosen")]
     table = Table(
         *columns,
         title=f"Deployment {dep.id}: {dep.version} to {dep.target_kind} {dep.target} "
@@ -157,8 +165,59 @@ def deployment_table(dep: Deployment) -> Table:
         ]
         if dep.shadow_version:
             cells[4:4] = [d.shadow_artifact or "-", styled(d.shadow_state or "-")]
+        if auto:
+            cells[3:3] = [str(d.threads or dep.threads), d.choice or "measuring"]
         table.add_row(*cells)
     return table
+
+
+def _bar(value: float | None, longest: float, width: int = 20) -> str:
+    if value is None or longest <= 0:
+        return ""
+    return "█" * max(1, round(width * value / longest))
+
+
+def variant_tables(dep: Deployment) -> list[Table]:
+    """`--artifact auto`: per device, every candidate at every thread count as measured (on it,
+    or on another device of its hardware type), fastest first, with a bar of its p50 and the
+    chosen one marked."""
+    tables = []
+    for d in dep.devices:
+        if not d.variants:
+            continue
+        longest = max((v.p50_ms or 0.0) for v in d.variants)
+        source = d.variants[0].source
+        table = Table(
+            text(""),
+            ident("artifact"),
+            num("threads"),
+            num("p50 ms"),
+            num("p99 ms"),
+            text("p50", min_width=20),
+            num("load ms"),
+            num("RSS MB"),
+            num("runs"),
+            text("error"),
+            title=f"{d.device_id}: {'measured' if source == 'measured' else 'reused from'} "
+            f"{d.variants[0].hardware or 'unknown hardware'}"
+            + (f" — chose {d.artifact} with {d.threads} threads" if d.choice else ""),
+            title_justify="left",
+        )
+        for v in d.variants:
+            table.add_row(
+                "[green]▶[/green]" if v.chosen else "",
+                v.artifact,
+                str(v.threads),
+                ms(v.p50_ms),
+                ms(v.p99_ms),
+                _bar(v.p50_ms, longest),
+                ms(v.load_ms, 1),
+                "-" if v.rss_mb is None else f"{v.rss_mb:.1f}",
+                str(v.runs),
+                v.error or "",
+            )
+        tables.append(table)
+    return tables
 
 
 def shadow_table(report: ShadowReport) -> Table:

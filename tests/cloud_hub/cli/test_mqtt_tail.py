@@ -37,6 +37,8 @@ from edge_agent.core.wire import (
     TelemetryBatch,
     TelemetryRecord,
     Topics,
+    VariantReport,
+    VariantTiming,
 )
 from tests.conftest import BIN, REPO, SecureMosquitto, free_port, run_cli
 from tests.waiting import wait_until
@@ -91,6 +93,24 @@ def messages(device: str) -> dict[str, Message]:
         "desired": DesiredState(device_id=device, deployment_id=9),
         "fetch": FetchRequest(deployment_id=9, sha256="ff" * 32, offset=0, length=100),
         "report": Report(device_id=device, deployment_id=9, version_id=3, state="active"),
+        "variants": VariantReport(
+            device_id=device,
+            deployment_id=9,
+            version_id=3,
+            timings=[
+                VariantTiming(
+                    sha256="ab" * 32,
+                    format="onnx",
+                    precision="int8",
+                    threads=2,
+                    p50_ms=0.5,
+                    p99_ms=0.9,
+                    runs=40,
+                )
+            ],
+            chosen_sha256="ab" * 32,
+            chosen_threads=2,
+        ),
         "logs": log_batch(device),
         "telemetry": telemetry_batch(device),
         "ack": Ack(upto=6, epoch="e0a1"),
