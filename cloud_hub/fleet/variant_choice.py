@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from cloud_hub.fleet import devices, variant_store
 from cloud_hub.fleet.artifacts import PRECISION_ORDER, RUNTIME_FORMAT
 from cloud_hub.fleet.errors import Rejected
 from cloud_hub.fleet.schemas import VariantRow
+from cloud_hub.registry.accuracy_budget import DEFAULT_BUDGET_POINTS, within_budget
 from cloud_hub.registry.registry import artifact_files, utcnow
 from cloud_hub.registry.schemas import Artifact
 from edge_agent.core.wire import MAX_CANDIDATES, VariantReport, VariantTiming, fastest_variant
@@ -48,7 +48,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-DEFAULT_BUDGET_POINTS = 1.0
 
 
 @dataclass(frozen=True)
@@ -61,13 +60,6 @@ class Candidates:
     @property
     def default(self) -> Artifact:
         return self.ordered[0]
-
-
-def _accuracy(artifact: Artifact) -> float | None:
-    value = artifact.metrics.get("accuracy")
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 def _preference(runtimes: Sequence[str]) -> list[tuple[str, str]]:
@@ -92,25 +84,7 @@ def candidates_for(
     )
     if not runnable:
         return None
-    known = {a.id: acc for a in runnable if (acc := _accuracy(a)) is not None}
-    excluded: dict[str, str] = {}
-    if known:
-        best = max(known.values())
-        floor = best - budget_points / 100
-        kept = []
-        for a in runnable:
-            name = f"{a.format}/{a.precision}"
-            acc = known.get(a.id)
-            if acc is None:
-                excluded[name] = "no accuracy in the conversion report"
-            elif acc < floor - 1e-12:
-                excluded[name] = (
-                    f"accuracy {acc:.2%} is more than {budget_points:g} points below the best "
-                    f"({best:.2%})"
-                )
-            else:
-                kept.append(a)
-        runnable = kept
+    runnable, excluded = within_budget(runnable, budget_points)
     return Candidates(runnable[:MAX_CANDIDATES], excluded) if runnable else None
 
 
