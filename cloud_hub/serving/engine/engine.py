@@ -462,6 +462,11 @@ class ServingEngine:
                 for alias, m in endpoint.models.items()
                 if m.batcher is not None or m.batching is not None
             }
+            out["artifact_choice"] = {  # model steps with artifact "auto"
+                alias: m.artifact_choice.describe()
+                for alias, m in endpoint.models.items()
+                if m.artifact_choice is not None
+            }
         return out
 
 

@@ -25,6 +25,7 @@ from cloud_hub.serving.engine.batch_policy import POLICIES, BatchingChoice, Poli
 from cloud_hub.serving.engine.batching import MicroBatcher, default_concurrency
 from cloud_hub.serving.engine.errors import SpecError
 from cloud_hub.serving.engine.spec import BatchingSpec, ModelRef
+from cloud_hub.serving.engine.variants import ArtifactChoice, choose_by_measurement
 from edge_agent.core.heads import HeadError, check_head, default_head, parse_head
 from edge_agent.core.heads.spec import ClassificationHead
 from edge_agent.core.runtimes import ModelLoadError, Runtime, RuntimeUnavailable, load_runtime
@@ -64,6 +65,8 @@ class LoadedModel:
     head: Any = None  # the version's head, checked against the outputs (edge_agent.core.heads)
     batcher: MicroBatcher | None = field(default=None, repr=False)
     batching: BatchingChoice | None = None  # what "auto" decided (None: the spec said)
+    artifact_choice: ArtifactChoice | None = None  # artifact "auto": what was measured
+    threads: int = 1
 
     @property
     def preprocessing(self) -> dict[str, Any] | None:
@@ -94,6 +97,7 @@ class LoadedModel:
             "format": self.artifact.format,
             "precision": self.artifact.precision,
             "sha256": self.artifact.sha256,
+            "threads": self.threads,
             "input": {"shape": self.runtime.input.shape, "dtype": self.runtime.input.dtype},
         }
 
@@ -131,10 +135,18 @@ def load_model(
         raise SpecError(f"{where}: {exc}", step=step) from None
     if version.status != "ready":
         raise SpecError(f"{where}: version {version.ref} is {version.status}", step=step)
+    threads = ref.threads
+    measured: ArtifactChoice | None = None
     try:
-        artifact = choose_artifact(version, ref)
+        if ref.artifact == "auto":
+            measured = choose_by_measurement(
+                version.artifacts, registry.artifact_blob, budget_points=ref.accuracy_budget
+            )
+            artifact, threads = measured.artifact, measured.threads
+        else:
+            artifact = choose_artifact(version, ref)
         runtime = load_runtime(
-            registry.artifact_blob(artifact.sha256), artifact.format, threads=ref.threads
+            registry.artifact_blob(artifact.sha256), artifact.format, threads=threads
         )
     except (LookupError, RegistryError, ModelLoadError, RuntimeUnavailable) as exc:
         raise SpecError(f"{where}: {exc}", step=step) from None
@@ -147,14 +159,16 @@ def load_model(
     if head.task == "classification" and head.labels:
         labels = tuple(head.labels)
     loaded = LoadedModel(alias, version, artifact, runtime, labels, classes, head)
+    loaded.artifact_choice = measured
+    loaded.threads = threads
     if batching.enabled == "auto":
-        key = PolicyKey(artifact.sha256, ref.threads, batching.max_batch_size)
+        key = PolicyKey(artifact.sha256, threads, batching.max_batch_size)
         loaded.batching = choice = policies.choose(key, runtime)
         batching = batching.model_copy(
             update={"enabled": choice.enabled, "max_batch_size": choice.max_batch_size}
         )
     if batching.enabled:
-        concurrency = batching.max_concurrent_batches or default_concurrency(ref.threads)
+        concurrency = batching.max_concurrent_batches or default_concurrency(threads)
         loaded.batcher = MicroBatcher(
             runtime.run, batching, pending=pending, name=alias, concurrency=concurrency
         )

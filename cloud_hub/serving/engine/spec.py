@@ -29,6 +29,30 @@ class ModelRef(BaseModel):
     format: Literal["onnx", "tflite"] | None = None
     precision: Literal["fp32", "int8"] | None = None
     threads: int = Field(default=1, ge=1, le=64, description="runtime threads")
+    artifact: Literal["auto"] | None = Field(
+        default=None,
+        description="auto: measure the version's artifacts (format x precision x threads 1, 2, "
+        "4 up to the cores) when the endpoint is built and run the fastest within "
+        "`accuracy_budget` (serving/engine/variants.py); not with format, precision or threads",
+    )
+    accuracy_budget: float = Field(
+        default=1.0,
+        ge=0,
+        le=100,
+        description="auto: accuracy points a candidate may lose against the best artifact in "
+        "the version's conversion report",
+    )
+
+    @model_validator(mode="after")
+    def _auto_alone(self) -> ModelRef:
+        if self.artifact == "auto" and (
+            self.format is not None or self.precision is not None or self.threads != 1
+        ):
+            raise ValueError(
+                "artifact 'auto' measures every format, precision and thread count: give "
+                "format, precision and threads only without it"
+            )
+        return self
 
 
 class BatchingSpec(BaseModel):
