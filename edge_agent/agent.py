@@ -26,6 +26,7 @@ from edge_agent.core.wire import (
     InferResult,
     Report,
     ServingParams,
+    VariantReport,
 )
 from edge_agent.deployer import Deployer
 from edge_agent.forwarder import Forwarder
@@ -86,7 +87,9 @@ class Agent:
             self.store,
             publish_report=self._publish_report,
             send_fetch=self._send_fetch,
+            publish_variants=self._publish_variants,
             on_active_change=self.link.publish_status,
+            hardware=self.hardware,
         )
         self.forwarder = Forwarder(
             self.device_id,
@@ -241,6 +244,11 @@ class Agent:
     # -- MQTT plumbing --------------------------------------------------------------------------
     def _publish_report(self, report: Report) -> None:
         self.link.publish("report", report.dumps())
+
+    def _publish_variants(self, report: VariantReport) -> None:
+        """An `auto` deployment's measurements and choice, on the "variants" topic (QoS 1, as
+        reports)."""
+        self.link.publish("variants", report.dumps())
 
     def _send_fetch(self, request: FetchRequest) -> bool:
         if not self.link.connected.is_set():

@@ -19,9 +19,16 @@ hard-linked into the new version after the new ref is verified against it (size,
 hub's signature of the new version), reported "verified" and "active" with `received_bytes` 0,
 and no chunk is fetched.
 
+A desired state with `auto` (`--artifact auto`) has its candidates fetched, verified and
+measured here first (`edge_agent.deploy.auto`; the old model serves meanwhile), the table and
+the choice published on `variants` (`publish_variants`) and saved; it is then followed as if its
+model were the chosen candidate and its threads the chosen ones. Delivered again, it is not
+measured again: the saved report is published again and the saved choice followed.
+
 The parts live in `edge_agent.deploy`: the saved state (`state`), reports (`reports`), the
-transfer in progress (`transfers`), verification, installation and activation (`install`) and
-the shadow (`shadow`); this module runs them on its thread and follows each desired state.
+transfer in progress (`transfers`), verification, installation and activation (`install`), the
+shadow (`shadow`) and the variant choice (`auto`); this module runs them on its thread and
+follows each desired state.
 """
 
 from __future__ import annotations
@@ -33,13 +40,22 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent.config import AgentSettings
-from edge_agent.core.wire import DesiredState, FetchRequest, ModelRef, Report, WireError
+from edge_agent.core.wire import (
+    DesiredState,
+    FetchRequest,
+    ModelRef,
+    Report,
+    VariantReport,
+    WireError,
+)
+from edge_agent.deploy.auto import VariantChooser
 from edge_agent.deploy.install import Installer, ModelActivation, serves
 from edge_agent.deploy.reports import Reporter
 from edge_agent.deploy.shadow import ShadowKeeper
 from edge_agent.deploy.state import DeployStateFile
 from edge_agent.deploy.target import sha_of
 from edge_agent.deploy.transfers import TransferSlot
+from edge_agent.hardware import hardware_model
 from edge_agent.model_manager import ModelEvent, ModelManager
 from edge_agent.model_store import ModelStore
 
@@ -59,7 +75,9 @@ class Deployer:
         *,
         publish_report: Callable[[Report], None],
         send_fetch: Callable[[FetchRequest], bool],
+        publish_variants: Callable[[VariantReport], None] | None = None,
         on_active_change: Callable[[], None] = lambda: None,
+        hardware: str | None = None,
     ) -> None:
         self.device_id = settings.device_id
         self.settings = settings
@@ -83,6 +101,18 @@ class Deployer:
             self.reporter,
             on_active_change=on_active_change,
             then=self.shadow.reconcile,
+        )
+        self.chooser = VariantChooser(
+            self.device_id,
+            hardware or settings.telemetry.hardware or hardware_model(),
+            settings.data_dir / "trials",
+            store,
+            settings.hub_public_key,
+            self.transfers,
+            self.reporter,
+            self.state_file,
+            publish_variants=publish_variants or _unpublished,
+            then=self._follow,
         )
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._desired: DesiredState | None = None
@@ -125,6 +155,9 @@ class Deployer:
         transfer = self.transfers.snapshot()
         if transfer is not None:
             shown["transfer"] = transfer
+        trial = self.chooser.snapshot()
+        if trial is not None:
+            shown["measuring"] = trial
         return shown
 
     # -- the thread -----------------------------------------------------------------------------
@@ -156,7 +189,11 @@ class Deployer:
         if desired is None:
             return
         received = self.transfers.on_chunk(payload, desired)
-        if received is not None:
+        if received is None:
+            return
+        if received.target is self.chooser:
+            self.chooser.on_received(received)  # a candidate: measured, not installed
+        else:
             self.installer.install_received(desired, received)
 
     # -- desired states -------------------------------------------------------------------------
@@ -164,10 +201,34 @@ class Deployer:
         desired = self._parse_desired(payload)
         if desired is None:
             return
+        if desired.auto is not None:
+            self._handle_auto(desired)
+            return
+        self.chooser.cancel(keep=sha_of(desired.model))
+        self._follow(desired)
+
+    def _follow(self, desired: DesiredState) -> None:
+        """Serve `desired` (its settings at once, then its model and shadow)."""
         self._desired = desired
         self._apply_serving_settings(desired)
         self.shadow.drop_unless_beside(desired)
         self._pursue_model(desired)
+        self.chooser.discard_trials()
+
+    def _handle_auto(self, desired: DesiredState) -> None:
+        """`--artifact auto`: follow the saved choice, or measure the candidates first (then
+        `chooser` follows the choice). Its params apply at once; its threads are the choice's."""
+        saved = self.chooser.saved(desired)
+        if saved is not None:
+            self.chooser.cancel()
+            self._follow(self.chooser.follow_saved(desired, saved))
+            return
+        if self.chooser.measuring(desired):
+            return  # delivered again while measuring (a reconnect): carry on
+        self._desired = desired
+        self._apply_params(desired)
+        self.shadow.drop_unless_beside(desired)
+        self.chooser.begin(desired)
 
     def _parse_desired(self, payload: bytes) -> DesiredState | None:
         """The desired state for this device; None for a cleared one (keep serving what we
@@ -186,15 +247,18 @@ class Deployer:
 
     def _apply_serving_settings(self, desired: DesiredState) -> None:
         """Serving params and threads take effect at once, whatever happens to the model."""
+        self._apply_params(desired)
+        if desired.threads != self.manager.threads:
+            self.manager.threads = desired.threads
+            with self.state_file.editing() as kept:
+                kept.threads = desired.threads
+
+    def _apply_params(self, desired: DesiredState) -> None:
         if desired.params != self.params:
             self.params = desired.params  # in force from here: say so before saving it
             log.info("serving params now %s", self.params.model_dump(exclude_defaults=True))
             with self.state_file.editing() as kept:
                 kept.params = self.params
-        if desired.threads != self.manager.threads:
-            self.manager.threads = desired.threads
-            with self.state_file.editing() as kept:
-                kept.threads = desired.threads
 
     def _pursue_model(self, desired: DesiredState) -> None:
         """Bring the desired model to active, or answer for it when it is (or has failed)."""
@@ -243,5 +307,11 @@ class Deployer:
             return
         if self.installer.install_held_copy(desired, ref, self.activation):
             return
+        if self.chooser.install_from_trial(desired, ref, self.installer, self.activation):
+            return  # the chosen candidate of an `auto` deployment, measured here
         self.transfers.remove_stale_partials(keep=sha)
         self.transfers.start(ref, desired, self.activation)
+
+
+def _unpublished(report: VariantReport) -> None:
+    log.warning("no publisher for the variant report of deployment %s", report.deployment_id)

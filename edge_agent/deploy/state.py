@@ -1,10 +1,13 @@
 """What the deployer keeps in `deploy.json` across restarts: the last outcome of the deployment's
-model and of its shadow, and the serving settings last desired.
+model and of its shadow, the serving settings last desired, and the variant choice of the last
+`auto` deployment (its candidates, what was measured and what was chosen), so a desired state
+delivered again is not measured again.
 
 Field names are those the agent has always written, so a file from an earlier agent loads as it
 is. Saved serving params that no longer validate give the defaults, and saved threads that are
-not a positive whole number are left out, each with a warning, the rest of the file still
-counting; a file that cannot be read or parsed at all gives an empty state.
+not a positive whole number are left out, and so is a saved variant choice that no longer
+validates, each with a warning, the rest of the file still counting; a file that cannot be read
+or parsed at all gives an empty state.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge_agent.core.fs import write_atomic
-from edge_agent.core.wire import DeploymentState, ServingParams
+from edge_agent.core.wire import DeploymentState, ServingParams, VariantReport
 
-__all__ = ["DeployState", "DeployStateFile", "ShadowOutcome"]
+__all__ = ["DeployState", "DeployStateFile", "ShadowOutcome", "VariantChoice"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,27 @@ class ShadowOutcome(BaseModel):
     sha256: str | None = None
     state: DeploymentState | None = None
     reason: str | None = None
+
+
+class VariantChoice(BaseModel):
+    """An `auto` deployment measured on this device: its candidates (sha256s, the hub's order)
+    and the VariantReport published for it (timings, chosen artifact and threads)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    deployment_id: int | None = None
+    candidates: list[str]
+    report: VariantReport
+
+    def shown(self) -> dict[str, Any]:
+        """For /v1/status: the table and the choice."""
+        return {
+            "deployment_id": self.deployment_id,
+            "version_id": self.report.version_id,
+            "chosen_sha256": self.report.chosen_sha256,
+            "chosen_threads": self.report.chosen_threads,
+            "timings": [t.model_dump() for t in self.report.timings],
+        }
 
 
 class DeployState(BaseModel):
@@ -59,6 +83,9 @@ class DeployState(BaseModel):
     shadow: ShadowOutcome | None = None
     params: ServingParams = Field(default_factory=ServingParams)
     threads: int | None = Field(default=None, description="the last desired threads")
+    variants: VariantChoice | None = Field(
+        default=None, description="the last `auto` deployment's measurements and choice"
+    )
 
     @field_validator("params", mode="wrap")
     @classmethod
@@ -78,14 +105,26 @@ class DeployState(BaseModel):
             log.warning("ignoring saved threads %r", value)
         return None
 
+    @field_validator("variants", mode="wrap")
+    @classmethod
+    def _choice_or_none(cls, value: Any, handler: Callable[[Any], VariantChoice | None]) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            log.warning("ignoring the saved variant choice: %s", exc)
+            return None
+
     def outcome(self) -> dict[str, Any]:
-        """The last outcome of the model and of the shadow, as /v1/status shows them: only what
-        has been reported (an empty dict before the first report)."""
+        """The last outcome of the model and of the shadow, and the last variant table and
+        choice, as /v1/status shows them: only what has been reported (an empty dict before
+        the first report)."""
         shown: dict[str, Any] = {}
         if self.state is not None:
             shown.update(self.model_dump(include=set(OUTCOME_FIELDS)))
         if self.shadow is not None:
             shown["shadow"] = self.shadow.model_dump()
+        if self.variants is not None:
+            shown["variants"] = self.variants.shown()
         return shown
 
 

@@ -1,6 +1,7 @@
 """What a verified model is for: the deployment's model (activated) or its shadow (loaded beside
-it). The transfer, the verification and the installation are the same for both; a `Target` says
-where each step is reported and what is done with the installed model."""
+it), or a candidate of an `auto` deployment (a "trial": measured, never installed until chosen).
+The transfer and the verification are the same for all; a `Target` says where each step is
+reported and what is done with the installed model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from edge_agent.core.wire import DeploymentState, DesiredState, ModelRef
 
 __all__ = ["Role", "Target", "sha_of"]
 
-Role = Literal["model", "shadow"]
+Role = Literal["model", "shadow", "trial"]
 
 
 class Target(Protocol):
