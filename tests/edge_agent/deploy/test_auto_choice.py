@@ -5,8 +5,9 @@ picks from what it measured.
 Real ModelStore, ModelManager and Deployer (its thread); the hub's side is played here: refs
 signed with a real hub key, and fetches answered with real chunks fed to the deployer. The
 candidates are real artifacts whose speeds differ on this machine: a scikit-learn MLP on digits
-in fp32 and its int8 twins (dynamic and static quantization). Which one is faster is a
-benchmark's business: the tests assert that the choice follows what was measured.
+in fp32 and its int8 twins (dynamic and static quantization; with two 1024-wide layers the int8
+ones ran about 1.7x faster than fp32 here, single rows). Which one is faster is a benchmark's
+business: the tests assert that the choice follows what was measured.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ def artifacts() -> Artifacts:
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype(np.float32)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence
-        clf = MLPClassifier((128, 64), max_iter=60, random_state=0).fit(X, y)
+        warnings.simplefilter("ignore")  # convergence: its accuracy is not the point
+        clf = MLPClassifier((1024, 1024), max_iter=3, random_state=0).fit(X, y)
         other = MLPClassifier((32,), max_iter=20, random_state=1).fit(X, y)
     fp32 = sklearn_to_onnx(clf, 64)
     return Artifacts(
@@ -151,7 +152,7 @@ class Fleet:
             device_id=DEVICE,
             data_dir=self.data_dir,
             hub_public_key=self.hub.signer.public_key_b64,
-            transfer=TransferSettings(chunk_size=16 * 1024),
+            transfer=TransferSettings(chunk_size=256 * 1024, window=8),
         )
         store = ModelStore(self.data_dir / "store", keep=5)
         holder: dict[str, Deployer] = {}
