@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ class Hub:
     step_cache: ArtifactStore
     _background: ThreadPoolExecutor | None = field(default=None, repr=False)
     _fleet: Fleet | None = field(default=None, repr=False)
+    _fleet_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(cls, settings: HubSettings) -> Hub:
@@ -48,7 +50,9 @@ class Hub:
     def fleet(self) -> Fleet:
         """Devices and deployments (opens the signing key on first use)."""
         if self._fleet is None:
-            self._fleet = Fleet.open(self.settings, self.db, self.registry)
+            with self._fleet_lock:  # threads asking at once share one (one registration batcher)
+                if self._fleet is None:
+                    self._fleet = Fleet.open(self.settings, self.db, self.registry)
         return self._fleet
 
     @property
@@ -69,4 +73,7 @@ class Hub:
         if self._background is not None:
             self._background.shutdown(wait=True, cancel_futures=True)
             self._background = None
+        if self._fleet is not None:
+            self._fleet.close()
+            self._fleet = None
         self.db.close()

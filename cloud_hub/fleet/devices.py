@@ -282,6 +282,15 @@ class DeviceStore:
             self._reloaded_at = time.monotonic()
         self.reload_broker()
 
+    def close(self) -> None:
+        """Run a reload still waiting for its gap now, so that the devices registered last are
+        let in, and none fires after the hub has stopped (e.g. into the next hub's broker)."""
+        with self._reload_lock:
+            timer, self._reload_timer = self._reload_timer, None
+        if timer is not None:
+            timer.cancel()
+            self.reload_broker()
+
     def _with_ca(self, broker: BrokerInfo) -> BrokerInfo:
         """A TLS broker's info with the fleet CA, when it was made after this store opened."""
         ca = self.files.tls.ca_cert

@@ -68,3 +68,6 @@ class Fleet:
             DeploymentStore(db, registry, devices),
             EnrollmentService(db, devices),
         )
+
+    def close(self) -> None:
+        self.devices.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -14,8 +15,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.fleet.broker_auth import hash_password, mosquitto_conf, verify_password
 from cloud_hub.fleet.desired import DesiredStates
+from cloud_hub.fleet.devices import RELOAD_COALESCE_FROM
 from cloud_hub.fleet.ingest import Ingest
 from cloud_hub.fleet.rollout import Rollout
 from cloud_hub.fleet.schemas import DeploymentCreate, DeviceCreate, ShadowCreate
@@ -490,3 +493,47 @@ def test_shadow_report_pairs_each_shadow_log_once_when_a_request_id_is_reused(
     report = hub.fleet.deployments.shadow_report(dep.id)
     assert (report.compared, report.agreed) == (3, 1)
     assert report.active_latency_ms["p50"] == 2.0 and report.shadow_latency_ms["p50"] == 20.0
+
+
+def test_threads_asking_for_the_fleet_at_once_share_one(tmp_path: Path) -> None:
+    """One Fleet per hub: two would batch registrations and pace broker reloads apart."""
+    hub = Hub.open(HubSettings(data_dir=tmp_path / "hub", run_scheduler=False))
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            fleets = list(pool.map(lambda _: hub.fleet, range(8)))
+        assert len({id(f) for f in fleets}) == 1
+    finally:
+        hub.close()
+
+
+def test_closing_the_hub_runs_a_reload_still_waiting_for_its_gap(tmp_path: Path) -> None:
+    """In a large fleet a registration inside the reload gap waits for a trailing reload;
+    the hub stopping runs it then, so that device is let in and nothing fires afterwards."""
+    reloads = tmp_path / "reloads"
+    settings = HubSettings(
+        data_dir=tmp_path / "hub",
+        run_scheduler=False,
+        broker_reload_command=f"sh -c 'echo x >> {reloads}'",
+    )
+    hub = Hub.open(settings)
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda i: hub.fleet.devices.register(DeviceCreate(id=f"d-{i:04d}")),
+                range(RELOAD_COALESCE_FROM),
+            )
+        )
+
+    def count() -> int:
+        return reloads.read_text().count("x")
+
+    waiting = None
+    for i in range(5):  # the first inside a gap is not reloaded at once (a slow host: try again)
+        before = count()
+        hub.fleet.devices.register(DeviceCreate(id=f"late-{i}"))
+        if count() == before:
+            waiting = before
+            break
+    assert waiting is not None, "every registration reloaded the broker at once"
+    hub.close()
+    assert count() == waiting + 1
