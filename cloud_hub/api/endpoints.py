@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from cloud_hub.api.auth import OPERATOR, PREDICT, VIEWER
 from cloud_hub.api.bodies import PREDICT_BODY, read_body
 from cloud_hub.api.hygiene import error_response
+from cloud_hub.core.settings import HubSettings
 from cloud_hub.hub import Hub
 from cloud_hub.predlog.reports import AbReport, Metric, ShadowReport
 from cloud_hub.serving import (
@@ -23,6 +24,8 @@ from cloud_hub.serving import (
     SpecError,
     StepFailed,
 )
+from cloud_hub.serving.engine.admission import Caps, EndpointBusy
+from cloud_hub.serving.engine.engine import Limits
 from cloud_hub.serving.engine.errors import ModelOff
 from cloud_hub.serving.engine.params import EndpointParams
 from cloud_hub.serving.engine.spec import endpoint_spec_schema
@@ -149,29 +152,69 @@ async def predict(
         Literal["all"] | None,
         Query(description='all: also every raw output tensor by name, as `"outputs": true`'),
     ] = None,
+    top_k: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            description='also each row\'s N best classes with their scores, as `"top_k": N` '
+            "(1 to the number of classes)",
+        ),
+    ] = None,
 ) -> Response:
     """Body: `{"inputs": [[...], ...]}` (rows), `{"image_b64": "..."}` / `{"images_b64": [...]}`,
-    `{"id": "..."}` / `{"ids": [...]}` (an endpoint with a data cache), or an image itself
-    (`Content-Type: image/png`). Answers labels and scores per row (or the head's result per
-    row: detections, points, class counts, a vector), the steps that ran and the cache hits and
-    misses; with `?outputs=all` (or `"outputs": true`) also every raw output tensor by name."""
+    `{"id": "..."}` / `{"ids": [...]}` (an endpoint with a data cache), an image itself
+    (`Content-Type: image/png`), or a tensor of rows (rows first) with no JSON:
+    `Content-Type: application/x-npy` (numpy's .npy, as `np.save` writes it; numeric dtypes
+    only, never unpickled) or `application/octet-stream` with headers
+    `X-Tensor-Shape: 1,3,224,224` and `X-Tensor-Dtype: float32` (C order, little-endian; the
+    size must be the shape's). A tensor is checked as JSON rows are. Answers labels and scores
+    per row (or the head's result per row: detections, points, class counts, a vector), the
+    steps that ran and the cache hits and misses; with `?outputs=all` (or `"outputs": true`)
+    also every raw output tensor by name; with `?top_k=N` (or `"top_k": N`) also each row's N
+    best classes with their scores, best first.
+
+    A full endpoint (its cap on request bytes in flight or on rows queued: the spec's
+    `max_in_flight_bytes` / `max_queued_rows`, else the hub's) answers 503 with `Retry-After`,
+    the error naming the cap."""
     # the hot path: the engine and settings from the app's state, no dependency to solve
     engine = await get_engine(request)
-    hub = cast(Hub, request.app.state.hub)
-    limit = engine.max_body_bytes(name, hub.settings.serving_max_body_bytes)
-    body = await read_body(request, limit)
-    parsed = parse_body(body, request.headers.get("content-type", ""))
-    parsed.headers = dict(request.headers)  # Starlette gives the names in lower case
-    if outputs == "all":  # as the agent's ?outputs=all
-        parsed.outputs = True
-    if parsed.request_id is None:
-        parsed.request_id = request.headers.get("x-request-id") or None
-    result = await engine.apredict(name, parsed)
+    settings = cast(Hub, request.app.state.hub).settings
+    limits, admission = engine.limits(name, _default_limits(settings))
+    length = request.headers.get("content-length")
+    announced = int(length) if length is not None and length.isdigit() else 0
+    ticket = admission.admit_bytes(min(announced, limits.max_body_bytes), limits.caps)
+    try:
+        body = await read_body(request, limits.max_body_bytes)
+        if len(body) > announced:
+            ticket.grow_bytes(len(body) - announced, limits.caps)
+        parsed = parse_body(body, request.headers.get("content-type", ""), request.headers)
+        parsed.headers = dict(request.headers)  # Starlette gives the names in lower case
+        if outputs == "all":  # as the agent's ?outputs=all
+            parsed.outputs = True
+        if top_k is not None:
+            parsed.top_k = top_k
+        if parsed.request_id is None:
+            parsed.request_id = request.headers.get("x-request-id") or None
+        ticket.admit_rows(parsed.row_count(), limits.caps)
+        result = await engine.apredict(name, parsed, ticket=ticket)
+    finally:
+        if not ticket.followed:  # else given back when the run ends
+            ticket.release()
     # serialised once, here: FastAPI would validate the model again, then encode it
     return Response(
         result.model_dump_json(),
         media_type="application/json",
         headers={"x-request-id": result.request_id},
+    )
+
+
+def _default_limits(settings: HubSettings) -> Limits:
+    return Limits(
+        max_body_bytes=settings.serving_max_body_bytes,
+        caps=Caps(
+            in_flight_bytes=settings.serving_max_in_flight_bytes,
+            queued_rows=settings.serving_max_queued_rows,
+        ),
     )
 
 
@@ -198,6 +241,17 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EndpointUnavailable)
     async def unavailable(_: Request, exc: EndpointUnavailable) -> JSONResponse:
         return _with_step(status.HTTP_503_SERVICE_UNAVAILABLE, exc, None)
+
+    @app.exception_handler(EndpointBusy)
+    async def busy(request: Request, exc: EndpointBusy) -> JSONResponse:
+        settings = cast(Hub, request.app.state.hub).settings
+        response = error_response(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            str(exc),
+            type(exc).__name__,
+            headers={"Retry-After": str(settings.serving_retry_after_s)},
+        )
+        return response
 
     @app.exception_handler(ModelOff)
     async def model_off(_: Request, exc: ModelOff) -> JSONResponse:

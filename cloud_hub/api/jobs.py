@@ -55,9 +55,10 @@ async def submit_job(
     """Queue a prediction (the body of a predict call); answers at once with the job."""
     engine.store.get(name)  # 404 for an unknown endpoint
     limit = engine.max_body_bytes(name, hub.settings.serving_max_body_bytes)
-    parsed = parse_body(await read_body(request, limit), request.headers.get("content-type", ""))
+    body = await read_body(request, limit)
+    parsed = parse_body(body, request.headers.get("content-type", ""), request.headers)
     parsed.to_value()  # 422 now for what can be checked now: ragged rows, NaN, bad base64
-    return queue.submit("predict", name, parsed.model_dump(mode="json", exclude_none=True))
+    return queue.submit("predict", name, parsed.to_json())
 
 
 @router.get("/jobs", response_model_exclude=NO_REQUEST, dependencies=[VIEWER])

@@ -15,12 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from cloud_hub.core.errors import InvalidInput
 from cloud_hub.predlog.writer import LogEntry, PredictionLogWriter
-from cloud_hub.serving.engine.errors import ModelOff, SpecError
+from cloud_hub.serving.engine.errors import BadInput, ModelOff, SpecError
 from cloud_hub.serving.engine.graph import ExtraAnswer, Graph, Run, StepFailed, compile_graph
 from cloud_hub.serving.engine.models import LoadedModel, ModelSource, load_model
 from cloud_hub.serving.engine.params import NO_PARAMS, ResolvedParams
 from cloud_hub.serving.engine.spec import BatchingSpec, EndpointSpec
 from cloud_hub.serving.engine.stats import EndpointStats
+from cloud_hub.serving.engine.step import Signature
 from cloud_hub.serving.engine.values import PredictRequest, Value
 from edge_agent.core.digests import outputs_digest
 from edge_agent.core.features import summarize
@@ -35,6 +36,13 @@ class TensorOut(BaseModel):
     shape: list[int]
     dtype: str
     data: Any = Field(description="the row's values, nested as its shape says")
+
+
+class Ranked(BaseModel):
+    """One of a row's best classes (`top_k`)."""
+
+    label: str
+    score: float
 
 
 class Prediction(BaseModel):
@@ -55,6 +63,9 @@ class Prediction(BaseModel):
     outputs: dict[str, TensorOut] | None = Field(
         default=None, description='every raw output tensor of this row (asked: "outputs")'
     )
+    top_k: list[Ranked] | None = Field(
+        default=None, description='the row\'s N best classes, best first (asked: "top_k")'
+    )
 
     # no annotations: pydantic would publish the return type as the response's schema
     @model_serializer(mode="wrap")
@@ -62,7 +73,7 @@ class Prediction(BaseModel):
         """Fields a kind of answer does not have are left out, not null (a classifier's answer
         stays as it always was: label, score, scores, model_version)."""
         out: dict[str, Any] = handler(self)
-        for name in ("label", "score", "scores", "task", "outputs"):
+        for name in ("label", "score", "scores", "task", "outputs", "top_k"):
             if out.get(name, 0) is None:
                 del out[name]
         return out
@@ -213,6 +224,8 @@ class CompiledEndpoint:
         steps that asked to run later (time-differential)."""
         if output is not None and output not in self.graph.steps:
             raise SpecError(f"endpoint {self.name!r} has no step {output!r}")
+        if request.top_k is not None:  # before the run: a 422 runs and logs nothing
+            _check_top_k(self.graph.signatures.get(output or self.graph.output), request.top_k)
         start = time.perf_counter()
         run = Run(
             self.graph,
@@ -238,7 +251,7 @@ class CompiledEndpoint:
             raise
         latency = (time.perf_counter() - start) * 1000
         self.stats.ok(out.rows, latency, run.trace, run.counters)
-        response = self._response(out, run, latency, outputs=request.outputs)
+        response = self._response(out, run, latency, outputs=request.outputs, top_k=request.top_k)
         if self.log is not None:
             self.log.add(self._log_rows(run, out, response, output or self.graph.output))
         return response, list(run.deferred)
@@ -302,7 +315,13 @@ class CompiledEndpoint:
         return extra_rows
 
     def _response(
-        self, out: Value, run: Run, latency_ms: float, *, outputs: bool = False
+        self,
+        out: Value,
+        run: Run,
+        latency_ms: float,
+        *,
+        outputs: bool = False,
+        top_k: int | None = None,
     ) -> PredictResponse:
         labels = list(out.labels or ())
         versions = [None] * out.rows if out.version is None else out.version.tolist()
@@ -311,10 +330,21 @@ class CompiledEndpoint:
         if out.kind == "scores":
             assert out.x is not None
             winners = out.winners()
+            best = _best(out.x, top_k) if top_k is not None else None
             for i, (top, scores, version) in enumerate(
                 zip(winners.tolist(), out.rounded_scores, versions, strict=True)
             ):
                 label = labels[top] if top < len(labels) else str(top)
+                ranked = (
+                    None
+                    if best is None
+                    else [
+                        Ranked.model_construct(
+                            label=labels[c] if c < len(labels) else str(c), score=scores[c]
+                        )
+                        for c in best[i]
+                    ]
+                )
                 # built from known types: no need to validate them again
                 predictions.append(
                     Prediction.model_construct(
@@ -325,6 +355,7 @@ class CompiledEndpoint:
                         scores=scores,
                         model_version=None if version is None or version < 0 else version,
                         outputs=None if tensors is None else _row_tensors(tensors, i, out.rows),
+                        top_k=ranked,
                     )
                 )
         else:
@@ -367,6 +398,27 @@ class CompiledEndpoint:
         return {
             name: {"kind": step.kind, **step.stats()} for name, step in self.graph.steps.items()
         }
+
+
+def _check_top_k(answer: Signature | None, k: int) -> None:
+    """BadInput unless the endpoint answers class scores of at least `k` classes (as far as
+    its graph says: an answer of more classes than known is cut to those it has)."""
+    if answer is None:
+        return
+    if answer.kind != "scores":
+        raise BadInput(
+            f"top_k ranks class scores; this endpoint answers {answer.task or answer.kind}"
+        )
+    classes = answer.shape[1] if answer.shape is not None and len(answer.shape) > 1 else None
+    if classes is not None and k > classes:
+        raise BadInput(f"top_k is {k}, but this endpoint answers {classes} classes")
+
+
+def _best(x: np.ndarray, k: int) -> list[list[int]]:
+    """Each row's `k` best classes, best first (ties: the lower index first)."""
+    order = np.argsort(-x, axis=1, kind="stable")[:, : min(k, x.shape[1])]
+    best: list[list[int]] = order.tolist()
+    return best
 
 
 def _digests(run: Run) -> list[str]:

@@ -24,6 +24,7 @@ from cloud_hub.core.db import Database
 from cloud_hub.core.errors import AlreadyExists, InvalidInput, NotFound, RegistryError
 from cloud_hub.predlog.writer import LogEntry, PredictionLogWriter
 from cloud_hub.registry.registry import Registry
+from cloud_hub.serving.engine.admission import Admission, Caps, Ticket
 from cloud_hub.serving.engine.device_lookup import DeviceLookup
 from cloud_hub.serving.engine.endpoint import CompiledEndpoint, PredictResponse
 from cloud_hub.serving.engine.errors import ModelOff
@@ -39,6 +40,14 @@ log = logging.getLogger(__name__)
 
 class EndpointUnavailable(RegistryError):
     """A stored endpoint that could not be built (its model is gone, say): 503."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What bounds one endpoint's requests: the body size, and the caps on what it holds."""
+
+    max_body_bytes: int
+    caps: Caps
 
 
 class EndpointInfo(BaseModel):
@@ -83,6 +92,7 @@ class EndpointSlot:
     broken: str | None = None  # why the stored spec could not be built
     spec_stamp: str | None = None  # updated_at of the spec in force (or that failed to build)
     params_stamp: str | None = None  # updated_at of the run-time parameters in force
+    admission: Admission = field(default_factory=Admission)  # bytes and rows in flight
 
 
 class ServingEngine:
@@ -372,6 +382,23 @@ class ServingEngine:
             return default
         return endpoint.spec.max_body_bytes
 
+    def limits(self, name: str, defaults: Limits) -> tuple[Limits, Admission]:
+        """The body limit and caps in force for `name` (its spec's, else `defaults`), and its
+        admission counters (a throwaway for a name that has no slot: it gets a 404)."""
+        with self._lock:
+            slot = self._slots.get(name)
+            spec = None if slot is None or slot.live is None else slot.live.spec
+            admission = Admission() if slot is None else slot.admission
+        if spec is None:
+            return defaults, admission
+        return Limits(
+            max_body_bytes=spec.max_body_bytes or defaults.max_body_bytes,
+            caps=Caps(
+                in_flight_bytes=spec.max_in_flight_bytes or defaults.caps.in_flight_bytes,
+                queued_rows=spec.max_queued_rows or defaults.caps.queued_rows,
+            ),
+        ), admission
+
     def predict(
         self, name: str, request: PredictRequest, *, step: str | None = None
     ) -> PredictResponse:
@@ -389,7 +416,7 @@ class ServingEngine:
                 job = self.jobs.submit(
                     "predict",
                     name,
-                    request.model_dump(mode="json", exclude_none=True),
+                    request.to_json(),
                     step=deferred[0],
                     early=response.model_dump(mode="json"),
                 )
@@ -441,16 +468,26 @@ class ServingEngine:
         )
         self.log.add([entry])
 
-    async def apredict(self, name: str, request: PredictRequest) -> PredictResponse:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._requests, self.predict, name, request)
+    async def apredict(
+        self, name: str, request: PredictRequest, *, ticket: Ticket | None = None
+    ) -> PredictResponse:
+        """`predict` on the engine's threads; `ticket` (what admission gave the request) is
+        given back when the run ends, even if the caller is cancelled first."""
+        if ticket is None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._requests, self.predict, name, request)
+        future = self._requests.submit(self.predict, name, request)
+        ticket.follow(future)
+        return await asyncio.wrap_future(future)
 
     def stats(self, name: str) -> dict[str, Any]:
         self.store.get(name)
         with self._lock:
             endpoint = self._live(name)
-            stats = self._slot(name).stats
+            slot = self._slot(name)
+            stats, admission = slot.stats, slot.admission
         out: dict[str, Any] = {"endpoint": name, **stats.snapshot()}
+        out["admission"] = admission.snapshot()
         if endpoint is not None:
             out["in_flight"] = endpoint.pending()
             out["steps"] = endpoint.step_stats()

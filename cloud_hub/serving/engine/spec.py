@@ -103,6 +103,18 @@ class EndpointSpec(BaseModel):
     max_body_bytes: int | None = Field(
         default=None, gt=0, description="request body limit [default: the hub's]"
     )
+    max_in_flight_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="request body bytes this endpoint holds at once; past it a predict call is "
+        "a 503 with Retry-After [default: the hub's serving_max_in_flight_bytes]",
+    )
+    max_queued_rows: int | None = Field(
+        default=None,
+        gt=0,
+        description="rows admitted and not yet answered; past it a predict call is a 503 with "
+        "Retry-After [default: the hub's serving_max_queued_rows]",
+    )
     public: bool = Field(
         default=False,
         description="POST /endpoints/{name}/predict without a token; everything else about the "
