@@ -35,7 +35,7 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -66,19 +66,7 @@ TopicKind = Literal[
     "infer",
     "result",
 ]
-TOPIC_KINDS: tuple[TopicKind, ...] = (
-    "status",
-    "desired",
-    "fetch",
-    "chunk",
-    "report",
-    "variants",
-    "logs",
-    "telemetry",
-    "ack",
-    "infer",
-    "result",
-)
+TOPIC_KINDS: tuple[TopicKind, ...] = get_args(TopicKind)
 DeploymentState = Literal["pending", "transferring", "verified", "active", "failed", "rolled_back"]
 
 
@@ -353,7 +341,9 @@ class VariantReport(Message):
     hardware: str = Field(default="", max_length=256)
     cpu_count: int = Field(default=1, ge=1, le=4096)
     timings: list[VariantTiming] = Field(
-        min_length=1, max_length=MAX_CANDIDATES * MAX_THREAD_CHOICES
+        # each candidate at each wanted thread count, and at 1 (always tried)
+        min_length=1,
+        max_length=MAX_CANDIDATES * (MAX_THREAD_CHOICES + 1),
     )
     chosen_sha256: Sha256 | None = Field(
         default=None, description="None: no candidate could be measured"

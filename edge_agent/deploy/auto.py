@@ -32,7 +32,6 @@ from typing import Any
 from edge_agent.core.fs import write_atomic
 from edge_agent.core.variant_bench import Candidate, measure_candidates, thread_choices
 from edge_agent.core.wire import (
-    MAX_THREAD_CHOICES,
     DeploymentState,
     DesiredState,
     ModelRef,
@@ -319,7 +318,7 @@ class VariantChooser:
         auto = trial.desired.auto
         model = trial.desired.model
         assert auto is not None and model is not None
-        threads = thread_choices(auto.threads)[:MAX_THREAD_CHOICES]
+        threads = thread_choices(auto.threads)
         timings: list[VariantTiming] = []
         for ref in auto.candidates:
             sha = ref.sha256.lower()

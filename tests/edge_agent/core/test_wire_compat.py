@@ -149,3 +149,30 @@ def test_an_epoch_that_could_not_come_from_an_outbox_is_refused(epoch: str) -> N
     doc = {"v": 1, "device_id": "pi", "epoch": epoch, "floor": 1, "records": []}
     with pytest.raises(WireError, match="epoch"):
         LogBatch.loads(json.dumps(doc).encode())
+
+
+def test_a_variant_report_holds_every_candidate_at_every_thread_count_tried() -> None:
+    """The agent tries each wanted thread count and 1 as well: the most candidates at the most
+    thread counts, plus 1, fit in one report; one more timing is refused."""
+    from edge_agent.core.variant_bench import thread_choices
+    from edge_agent.core.wire import MAX_CANDIDATES, MAX_THREAD_CHOICES, VariantReport
+
+    tried = thread_choices([2, 4, 8, 16], cores=16)
+    assert len(tried) == MAX_THREAD_CHOICES + 1  # 1 comes on top of the wanted four
+    timings = [
+        {
+            "sha256": f"{c:02x}" * 32,
+            "format": "onnx",
+            "precision": "fp32",
+            "threads": t,
+            "p50_ms": 1.0,
+            "p99_ms": 2.0,
+            "runs": 30,
+        }
+        for c in range(MAX_CANDIDATES)
+        for t in tried
+    ]
+    doc = {"v": 1, "device_id": "pi", "deployment_id": 1, "version_id": 2, "timings": timings}
+    assert len(VariantReport.model_validate(doc).timings) == MAX_CANDIDATES * len(tried)
+    with pytest.raises(ValidationError):
+        VariantReport.model_validate({**doc, "timings": [*timings, timings[0]]})
