@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -14,6 +15,7 @@ from cloud_hub.registry.registry import NewArtifact
 from cloud_hub.serving.engine.batch_policy import (
     LOAD_SHIFT,
     MIN_SAVING_US,
+    STOP_SHARE,
     PolicyCache,
     PolicyKey,
     decide,
@@ -53,6 +55,50 @@ def test_real_models_measured_here() -> None:
     assert fixed.enabled and "fixed batch of 3" in fixed.reason and not fixed.us_per_row
     pair = measure(load_runtime(multi_input_model().data, "onnx"), 64)
     assert set(pair.us_per_row) == {1, 4, 16, 64} and not pair.enabled
+
+
+def _conv_model() -> bytes:
+    """Two 3x3 convolutions over 64x64 images, one thread: as dear a row in a batch as alone."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.1, (32, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.1, (32, 32, 3, 3)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c2"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
+        [w1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_a_model_that_gains_nothing_at_4_rows_is_not_run_at_64() -> None:
+    """Measuring stops at the first size that saves under STOP_SHARE of a row's cost alone: a
+    batch of 64 images would grow the runtime's memory for good, for an endpoint that then
+    does not batch. (Asserted as the rule, so that a noisy size-1 reading on a loaded machine,
+    which makes batches look cheaper, cannot fail it; on a quiet one this model stops at 4.)"""
+    conv = load_runtime(_conv_model(), "onnx", threads=1)
+    choice = measure(conv, 64)
+    costs = choice.us_per_row
+    sizes = sorted(costs)
+    assert sizes == [1, 4, 16, 64][: len(sizes)] and len(sizes) >= 2, choice.describe()
+    for size in sizes[1:-1]:  # each size measured before the last saved enough to go on
+        assert costs[size] <= costs[1] * (1 - STOP_SHARE), choice.describe()
+    if sizes[-1] < 64:  # and the last saved too little
+        assert costs[sizes[-1]] > costs[1] * (1 - STOP_SHARE), choice.describe()
+    if costs[4] > costs[1] * (1 - STOP_SHARE):
+        assert sizes == [1, 4] and not choice.enabled, choice.describe()
 
 
 @pytest.fixture(scope="module")
