@@ -8,7 +8,8 @@ process's resident memory (VmRSS; None where /proc is not there). The runtime is
 before the next one is loaded, so at most one candidate is held at a time. A candidate that
 cannot be loaded or run is reported with its error, never raised: the others are still
 measured. Timing stops once a variant has run for `max_seconds`, so a slow candidate cannot
-hold the device for long.
+hold the device for long. `measure_candidates` interleaves the variants in rounds and keeps the
+medians of each variant's rounds.
 
 Used by the agent after downloading the candidates and by the hub when an endpoint's model
 step asks for `artifact: auto`; both pick with `wire.fastest_variant`.
@@ -34,7 +35,8 @@ __all__ = ["Candidate", "measure_candidates", "measure_variant", "thread_choices
 log = logging.getLogger(__name__)
 
 MAX_SECONDS = 10.0  # per variant, timed runs included
-MIN_SECONDS = 0.3
+MIN_SECONDS = 0.3  # per variant, over all rounds
+ROUNDS = 3  # interleaved: every variant once a round
 MAX_RUNS = 20_000
 _ERROR_CHARS = 300
 
@@ -150,28 +152,64 @@ def measure_candidates(
     timed_runs: int = 30,
     min_seconds: float = MIN_SECONDS,
     max_seconds: float = MAX_SECONDS,
+    rounds: int = ROUNDS,
+    clock: Callable[[], int] = time.perf_counter_ns,
 ) -> list[VariantTiming]:
-    """Every candidate at every thread count, in order (candidates outer, threads inner)."""
+    """Every candidate at every thread count, in order (candidates outer, threads inner),
+    measured in `rounds` interleaved rounds: each round times every variant once (loaded
+    again, warmed up, a `rounds`th of the runs and seconds), and a variant's p50 and p99 are
+    the medians of its rounds'. A burst of other work during one round (a neighbour on the
+    host, the agent's own uploads) then moves one round, not the decision (measured one after
+    the other, 6 of bench/artifact_auto.py's 12 picks on a 2-core machine were 6-56% slower
+    than the fastest).
+    The load time is the least of a variant's loads, the RSS growth its first round's; a
+    variant that fails is not tried again."""
+    variants = [(c, n) for c in candidates for n in threads]
+    rounds = max(1, rounds)
+    done: list[list[VariantTiming]] = [[] for _ in variants]
+    for _ in range(rounds):
+        for (candidate, n), mine in zip(variants, done, strict=True):
+            if mine and mine[-1].error is not None:
+                continue
+            mine.append(
+                measure_variant(
+                    candidate,
+                    n,
+                    warmup_runs=warmup_runs,
+                    timed_runs=max(1, -(-timed_runs // rounds)),
+                    min_seconds=min_seconds / rounds,
+                    max_seconds=max_seconds / rounds,
+                    clock=clock,
+                )
+            )
     timings = []
-    for candidate in candidates:
-        for n in threads:
-            timing = measure_variant(
-                candidate,
-                n,
-                warmup_runs=warmup_runs,
-                timed_runs=timed_runs,
-                min_seconds=min_seconds,
-                max_seconds=max_seconds,
-            )
-            log.info(
-                "measured %s/%s %s threads=%d: p50 %s ms, p99 %s ms%s",
-                candidate.format,
-                candidate.precision,
-                candidate.sha256[:12],
-                n,
-                timing.p50_ms,
-                timing.p99_ms,
-                f" ({timing.error})" if timing.error else "",
-            )
-            timings.append(timing)
+    for (candidate, n), mine in zip(variants, done, strict=True):
+        timing = _combined(mine)
+        log.info(
+            "measured %s/%s %s threads=%d: p50 %s ms, p99 %s ms%s",
+            candidate.format,
+            candidate.precision,
+            candidate.sha256[:12],
+            n,
+            timing.p50_ms,
+            timing.p99_ms,
+            f" ({timing.error})" if timing.error else "",
+        )
+        timings.append(timing)
     return timings
+
+
+def _combined(rounds: list[VariantTiming]) -> VariantTiming:
+    """One variant's rounds as one timing: the failure if one failed, else the medians."""
+    failed = [t for t in rounds if t.error is not None]
+    if failed:
+        return failed[0]
+    loads = [t.load_ms for t in rounds if t.load_ms is not None]
+    return rounds[0].model_copy(
+        update={
+            "load_ms": min(loads) if loads else None,
+            "p50_ms": round(float(np.median([t.p50_ms for t in rounds])), 4),
+            "p99_ms": round(float(np.median([t.p99_ms for t in rounds])), 4),
+            "runs": sum(t.runs for t in rounds),
+        }
+    )
