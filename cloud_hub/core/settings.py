@@ -62,14 +62,15 @@ class HubSettings(BaseModel):
     serving_max_body_bytes: int = Field(
         default=16 * 1024 * 1024, gt=0, description="predict request body limit (413 above)"
     )
-    # backpressure: a full endpoint answers 503 + Retry-After instead of growing. 64 MiB is four
-    # of the largest bodies the default body limit lets in, or ~48 MobileNetV2 inputs as 1.3 MB
-    # of JSON floats (several seconds of work at this machine's 13-16 req/s on them): parsed,
-    # they cost a few times their size, and issue 14 measured +450-700 MB of RSS unbounded.
+    # backpressure: a full endpoint answers 503 + Retry-After instead of growing. 32 MiB is two
+    # of the largest bodies the default body limit lets in, or ~24 MobileNetV2 inputs as 1.3 MB
+    # of JSON floats (about a second of work at this machine's 20-30 req/s on them): parsed,
+    # they cost about 5x their size. bench/peers.py at c=64 on them: +450-700 MB of RSS
+    # unbounded, +252-338 MB with 64 MiB here, under 200 MB with 32 (bench/RESULTS.md).
     # 4096 rows is 64 full batches of the default max_batch_size (64): about 3 s of the digits
     # CNN at its ~1,200 rows/s; a row queued behind more waits longer than a client's retry.
     serving_max_in_flight_bytes: int = Field(
-        default=64 * 1024 * 1024,
+        default=32 * 1024 * 1024,
         gt=0,
         description="request body bytes an endpoint holds at once (503 + Retry-After above)",
     )
