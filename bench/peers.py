@@ -342,6 +342,7 @@ class Cell:
     round_rps: list[float] = field(default_factory=list)
     cpu_ms_per_req: list[float] = field(default_factory=list)
     peak_rss: list[int] = field(default_factory=list)
+    refused: int = 0  # 503s (the hub's backpressure), summed over rounds
     idle_rss: int = 0
 
     def summary(self) -> dict[str, Any]:
@@ -356,6 +357,7 @@ class Cell:
             else None,
             "idle_rss_mb": self.idle_rss / 2**20,
             "peak_rss_mb": max(self.peak_rss) / 2**20 if self.peak_rss else None,
+            "refused": self.refused,
         }
 
 
@@ -368,6 +370,7 @@ def measure(
         )
     cell.latencies_s += load.latencies_s
     cell.round_rps.append(load.requests / args.seconds)
+    cell.refused += load.refused
     # CPU over warm-up and measured window, per request at the measured rate
     if load.requests:
         per_s = load.server_cpu_s / load.wall_s
@@ -535,8 +538,8 @@ def fmt(v: float | None, spec: str = ".0f") -> str:
 def table(results: dict[str, Any], levels: list[int]) -> str:
     lines = [
         "| model, body | c | server | req/s | p50 | p99 | p99/p50 | server CPU / req "
-        "| RSS idle → peak |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| RSS idle → peak | 503s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for wk, res in results.items():
         for conc in levels:
@@ -548,13 +551,14 @@ def table(results: dict[str, Any], levels: list[int]) -> str:
                     f"| {WORKLOADS[wk]} | {conc} | {SERVERS[key]} | {c['rps']:.0f} "
                     f"| {c['p50_ms']:.1f} ms | {c['p99_ms']:.1f} ms "
                     f"| {c['p99_ms'] / c['p50_ms']:.1f} | {fmt(c['cpu_ms_per_req'], '.2f')} ms "
-                    f"| {c['idle_rss_mb']:.0f} → {fmt(c['peak_rss_mb'])} MB |"
+                    f"| {c['idle_rss_mb']:.0f} → {fmt(c['peak_rss_mb'])} MB "
+                    f"| {c.get('refused', 0)} |"
                 )
         b = res["bare_loop"]
         lines.append(
             f"| {WORKLOADS[wk]} | - | bare loop, {b['threads']} threads, no HTTP "
             f"| {b['rps']:.0f} | {b['p50_ms']:.1f} ms | {b['p99_ms']:.1f} ms "
-            f"| {b['p99_ms'] / b['p50_ms']:.1f} | {b['cpu_ms_per_req']:.2f} ms | - |"
+            f"| {b['p99_ms'] / b['p50_ms']:.1f} | {b['cpu_ms_per_req']:.2f} ms | - | - |"
         )
     return "\n".join(lines)
 
@@ -746,7 +750,11 @@ def main() -> None:
             shutil.copytree(args.hub_data, hubs[key])
     results: dict[str, Any] = {}
     for wk in args.workloads:
-        results[wk] = run_workload(loads[wk], args, hubs, failed)
+        try:
+            results[wk] = run_workload(loads[wk], args, hubs, failed)
+        except Exception as exc:  # one workload's failure: report it, measure the others
+            failed[wk] = f"{type(exc).__name__}: {exc}"[:500]
+            print(f"workload {wk} failed: {failed[wk]}", file=sys.stderr)
     info["loadavg_end"] = serving.loadavg()
     rat = ratios(results, args.concurrency)
     print(f"machine: {json.dumps(info)}")

@@ -176,24 +176,39 @@ def request_bytes(port: int, path: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
+class Refused(Exception):
+    """A 503 with Retry-After: the server shedding load (the hub's caps on bytes in flight and
+    rows queued); a well-behaved client waits that long and sends again."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"503, retry after {retry_after_s:g} s")
+        self.retry_after_s = retry_after_s
+
+
 async def _exchange(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
 ) -> bytes:
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(f"bad response: {head[:200]!r}")
-    length = 0
+    length, retry_after = 0, None
     for line in head.split(b"\r\n"):
         if line[:15].lower() == b"content-length:":
             length = int(line[15:])
-    return await reader.readexactly(length)
+        elif line[:12].lower() == b"retry-after:":
+            retry_after = float(line[12:])
+    body = await reader.readexactly(length)
+    if head.startswith(b"HTTP/1.1 503") and retry_after is not None:
+        raise Refused(retry_after)
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"bad response: {head[:200]!r} {body[:200]!r}")
+    return body
 
 
 @dataclass
 class Load:
     latencies_s: list[float] = field(default_factory=list)
     requests: int = 0
+    refused: int = 0  # 503s with Retry-After in the measured window (each caller then waited)
     wall_s: float = 0.0
     client_cpu_s: float = 0.0
     server_cpu_s: float = 0.0
@@ -207,22 +222,29 @@ async def _drive(
     warm_s: float,
     seconds: float,
     keep_bodies: bool,
-) -> tuple[list[float], list[bytes], float]:
+) -> tuple[list[float], list[bytes], int]:
     conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(concurrency)]
     latencies: list[float] = []
     bodies: list[bytes] = []
+    refused = 0
     start = time.perf_counter()
     t_measure = start + warm_s
     t_end = t_measure + seconds
     counter = iter(range(1 << 62))
 
     async def caller(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal refused
         while True:
             request = requests(next(counter))
             t0 = time.perf_counter()
             if t0 >= t_end:
                 return
-            body = await _exchange(reader, writer, request)
+            try:
+                body = await _exchange(reader, writer, request)
+            except Refused as busy:
+                refused += t0 >= t_measure
+                await asyncio.sleep(min(busy.retry_after_s, max(0.0, t_end - t0)))
+                continue
             t1 = time.perf_counter()
             if t0 >= t_measure:
                 latencies.append(t1 - t0)
@@ -232,7 +254,7 @@ async def _drive(
     await asyncio.gather(*(caller(r, w) for r, w in conns))
     for _, writer in conns:
         writer.close()
-    return latencies, bodies, seconds
+    return latencies, bodies, refused
 
 
 def drive(
@@ -245,13 +267,14 @@ def drive(
     keep_bodies: bool = False,
 ) -> Load:
     cpu0, srv0, wall0 = time.process_time(), server.cpu_s(), time.perf_counter()
-    latencies, bodies, _ = asyncio.run(
+    latencies, bodies, refused = asyncio.run(
         _drive(server.port, requests, concurrency, warm_s, seconds, keep_bodies)
     )
     wall = time.perf_counter() - wall0
     return Load(
         latencies_s=latencies,
         requests=len(latencies),
+        refused=refused,
         wall_s=wall,
         client_cpu_s=time.process_time() - cpu0,
         server_cpu_s=server.cpu_s() - srv0,
