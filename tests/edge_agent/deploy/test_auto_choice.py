@@ -228,6 +228,7 @@ def fleet(tmp_path: Path, hub: Hub) -> Iterator[Fleet]:
 
 
 def trials(fleet: Fleet) -> list[Path]:
+    """The trial files on the device (removed just after the outcome is reported, so wait)."""
     directory = fleet.data_dir / "trials"
     return sorted(directory.iterdir()) if directory.is_dir() else []
 
@@ -279,7 +280,7 @@ def test_the_device_runs_the_fastest_candidate_it_measured_and_keeps_the_choice(
     assert hub.count(2, "transferring") == 3
     assert hub.states(2)[-2:] == ["verified", "active"]
     assert "failed" not in hub.states(2)
-    assert trials(fleet) == []
+    wait_until(lambda: trials(fleet) == [], 10, "the trial files removed")
     shown = device.deployer.snapshot()["variants"]
     assert shown["chosen_sha256"] == chosen.sha256 and shown["chosen_threads"] == chosen.threads
     assert len(shown["timings"]) == len(report.timings)
@@ -323,7 +324,7 @@ def test_with_no_candidate_measured_the_default_pick_is_pursued(
     hub.wait_count(3, "failed", 1)  # the default pick, activated from its trial bytes, fails
     assert fleet.device.manager.active is None
     assert hub.fetched() == {default.sha256, other.sha256}
-    assert trials(fleet) == []
+    wait_until(lambda: trials(fleet) == [], 10, "the trial files removed")
 
 
 def test_a_newer_desired_state_stops_the_measuring(
@@ -337,4 +338,4 @@ def test_a_newer_desired_state_stops_the_measuring(
     hub.wait_count(5, "active", 1)
     active = fleet.device.manager.active
     assert active is not None and active.version_id == 6
-    assert trials(fleet) == []
+    wait_until(lambda: trials(fleet) == [], 10, "the trial files removed")
